@@ -1,0 +1,246 @@
+//! Public keys and their text form.
+//!
+//! A public key is shown to people, pasted into chats and typed by hand, so its
+//! string form carries a checksum (bech32m, BIP 350): a typo is caught instead of
+//! silently addressing a stranger. Client identities use the prefix `sotto1`,
+//! relays `sottorelay1`, so a relay key pasted where a contact key belongs (or
+//! the other way round) is refused by its prefix.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bech32::{Bech32m, Hrp};
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::KeyStringError;
+
+/// Length in bytes of an X25519 public key.
+pub const PUBLIC_KEY_LEN: usize = 32;
+
+const USER_HRP: &str = "sotto";
+const RELAY_HRP: &str = "sottorelay";
+
+/// The X25519 public key of a client identity: its address on a relay.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey([u8; PUBLIC_KEY_LEN]);
+
+/// The X25519 public key of a relay, pinned by clients.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelayKey(PublicKey);
+
+impl PublicKey {
+    /// Wraps raw key bytes.
+    pub const fn from_bytes(bytes: [u8; PUBLIC_KEY_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// Wraps raw key bytes taken from a slice of exactly 32 bytes.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, KeyStringError> {
+        let arr: [u8; PUBLIC_KEY_LEN] = bytes
+            .try_into()
+            .map_err(|_| KeyStringError::Length { got: bytes.len() })?;
+        Ok(Self(arr))
+    }
+
+    /// The raw key bytes.
+    pub const fn as_bytes(&self) -> &[u8; PUBLIC_KEY_LEN] {
+        &self.0
+    }
+
+    /// A short form for logs and compact displays (prefix of the string form).
+    pub fn short(&self) -> String {
+        let s = self.to_string();
+        format!("{}…", &s[..USER_HRP.len() + 1 + 10])
+    }
+}
+
+impl RelayKey {
+    /// Wraps raw key bytes.
+    pub const fn from_bytes(bytes: [u8; PUBLIC_KEY_LEN]) -> Self {
+        Self(PublicKey(bytes))
+    }
+
+    /// The raw key bytes.
+    pub const fn as_bytes(&self) -> &[u8; PUBLIC_KEY_LEN] {
+        self.0.as_bytes()
+    }
+
+    /// The same bytes viewed as a plain public key.
+    pub const fn as_public(&self) -> &PublicKey {
+        &self.0
+    }
+}
+
+impl From<PublicKey> for RelayKey {
+    fn from(key: PublicKey) -> Self {
+        Self(key)
+    }
+}
+
+fn encode(hrp: &str, bytes: &[u8; PUBLIC_KEY_LEN]) -> String {
+    // Both prefixes are valid constants and 32 bytes fit far below bech32m's
+    // length limit, so encoding cannot fail.
+    let hrp = Hrp::parse_unchecked(hrp);
+    bech32::encode::<Bech32m>(hrp, bytes).unwrap_or_default()
+}
+
+fn decode(
+    expected_hrp: &'static str,
+    other_hrp: &'static str,
+    s: &str,
+) -> Result<[u8; PUBLIC_KEY_LEN], KeyStringError> {
+    let s = s.trim();
+    let lower = s.to_ascii_lowercase();
+    if lower.starts_with(&format!("{other_hrp}1")) {
+        return Err(KeyStringError::WrongKind {
+            expected: kind_name(expected_hrp),
+            got: kind_name(other_hrp),
+        });
+    }
+    if !lower.starts_with(&format!("{expected_hrp}1")) {
+        return Err(KeyStringError::Prefix {
+            expected: expected_hrp,
+        });
+    }
+    let checked = bech32::primitives::decode::CheckedHrpstring::new::<Bech32m>(s)
+        .map_err(|_| KeyStringError::Checksum)?;
+    if checked.hrp() != Hrp::parse_unchecked(expected_hrp) {
+        return Err(KeyStringError::Prefix {
+            expected: expected_hrp,
+        });
+    }
+    let data: Vec<u8> = checked.byte_iter().collect();
+    data.as_slice()
+        .try_into()
+        .map_err(|_| KeyStringError::Length { got: data.len() })
+}
+
+fn kind_name(hrp: &str) -> &'static str {
+    if hrp == RELAY_HRP {
+        "relay key"
+    } else {
+        "contact key"
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&encode(USER_HRP, &self.0))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = KeyStringError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        decode(USER_HRP, RELAY_HRP, s).map(Self)
+    }
+}
+
+impl fmt::Display for RelayKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&encode(RELAY_HRP, self.0.as_bytes()))
+    }
+}
+
+impl fmt::Debug for RelayKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RelayKey({self})")
+    }
+}
+
+impl FromStr for RelayKey {
+    type Err = KeyStringError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        decode(RELAY_HRP, USER_HRP, s).map(Self::from_bytes)
+    }
+}
+
+/// Human-readable formats (TOML) carry the checksummed string; binary formats
+/// (the wire) carry the 32 raw bytes.
+macro_rules! serde_key {
+    ($ty:ty) => {
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() {
+                    s.collect_str(self)
+                } else {
+                    self.as_bytes().serialize(s)
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                if d.is_human_readable() {
+                    let s = String::deserialize(d)?;
+                    s.parse().map_err(de::Error::custom)
+                } else {
+                    let bytes = <[u8; PUBLIC_KEY_LEN]>::deserialize(d)?;
+                    Ok(Self::from_bytes(bytes))
+                }
+            }
+        }
+    };
+}
+
+serde_key!(PublicKey);
+serde_key!(RelayKey);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_key_round_trips_through_its_string() {
+        let key = PublicKey::from_bytes([7; 32]);
+        let s = key.to_string();
+        assert!(s.starts_with("sotto1"), "{s}");
+        assert_eq!(s.parse::<PublicKey>().unwrap(), key);
+        assert_eq!(s.to_uppercase().parse::<PublicKey>().unwrap(), key);
+    }
+
+    #[test]
+    fn a_typo_is_caught_by_the_checksum() {
+        let s = PublicKey::from_bytes([9; 32]).to_string();
+        let mut chars: Vec<char> = s.chars().collect();
+        let i = chars.len() - 10;
+        chars[i] = if chars[i] == 'q' { 'p' } else { 'q' };
+        let typo: String = chars.into_iter().collect();
+        assert_eq!(typo.parse::<PublicKey>(), Err(KeyStringError::Checksum));
+    }
+
+    #[test]
+    fn relay_and_user_keys_are_not_interchangeable() {
+        let relay = RelayKey::from_bytes([1; 32]).to_string();
+        assert!(relay.starts_with("sottorelay1"));
+        assert!(matches!(
+            relay.parse::<PublicKey>(),
+            Err(KeyStringError::WrongKind { .. })
+        ));
+        let user = PublicKey::from_bytes([1; 32]).to_string();
+        assert!(matches!(
+            user.parse::<RelayKey>(),
+            Err(KeyStringError::WrongKind { .. })
+        ));
+        assert!(matches!(
+            "age1xyz".parse::<PublicKey>(),
+            Err(KeyStringError::Prefix { .. })
+        ));
+    }
+
+    #[test]
+    fn known_answer_vector() {
+        // docs/PROTOCOL.md quotes this vector.
+        let key = PublicKey::from_bytes([0; 32]);
+        assert_eq!(
+            key.to_string(),
+            "sotto1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqgjer5a"
+        );
+    }
+}
