@@ -1,0 +1,4 @@
+//! The sotto relay.
+#![forbid(unsafe_code)]
+
+pub mod store;
