@@ -1,0 +1,26 @@
+//! Everything sotto seals.
+//!
+//! The relay and the client share this crate so the wire is defined exactly
+//! once. Module map:
+//!
+//! - [`frame`]: the record layer on the TCP stream: a `u16` length and one Noise
+//!   message, so a record can never exceed Noise's 65,535-byte limit;
+//! - [`link`]: the client<->relay Noise `XX` handshake and the encrypted message
+//!   stream built on records (messages larger than one record span several);
+//! - [`wire`]: the messages exchanged on the link, client->relay and relay->client;
+//! - [`envelope`]: end-to-end envelopes client->client, sealed with Noise `X`
+//!   to the recipient's static key, padded to size buckets;
+//! - [`error`]: the error types. Crypto failures say "decryption failed" and no more.
+//!
+//! Every decoder here takes untrusted bytes and returns an error, never panics,
+//! and checks a declared length against its maximum before allocating.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod envelope;
+pub mod error;
+pub mod frame;
+pub mod link;
+pub mod wire;
+
+pub use error::{EnvelopeError, LinkError};

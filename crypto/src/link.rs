@@ -1,0 +1,567 @@
+//! The client<->relay link.
+//!
+//! `Noise_XX_25519_ChaChaPoly_BLAKE2s`, client as initiator:
+//!
+//! ```text
+//! client -> relay   preamble "sotto\0" | version u16 BE
+//! client -> relay   -> e                       (no payload: message 1 is replayable)
+//! relay  -> client  <- e, ee, s, es            payload RelayHello
+//! client -> relay   -> s, se                   payload ClientHello
+//! ```
+//!
+//! `XX` rather than `IK`: the client sees the key the relay proves in message 2
+//! and compares it with the pinned one before revealing its own identity, so a
+//! wrong relay is named precisely ("expected X, the relay presented Y") instead
+//! of showing up as an unexplained failure, and a client's static key is only
+//! ever sent to the pinned relay. The client's static key, proven in message 3,
+//! is its address on the relay.
+//!
+//! After the handshake the two directions are independent: each side keeps its
+//! own send counter and receive counter as the Noise nonce (snow's stateless
+//! transport, so the reader and the writer can live in different tasks).
+//! Messages are a `u32` little-endian length then the bytes, carried in one or
+//! more records; every message starts a new record, and the declared length is
+//! checked against [`MAX_MESSAGE_LEN`] before anything is buffered.
+
+use std::sync::Arc;
+
+use serde::{de::DeserializeOwned, Serialize};
+use snow::{HandshakeState, StatelessTransportState};
+use sotto_keys::{PublicKey, RelayKey, SecretKey};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+
+use crate::error::LinkError;
+use crate::frame::{read_record, write_record, MAX_RECORD_LEN};
+use crate::wire::{self, ClientHello, RelayHello};
+
+/// Link protocol version, in the preamble and both hellos.
+pub const LINK_VERSION: u16 = 1;
+/// The first bytes a client sends.
+pub const PREAMBLE_MAGIC: [u8; 6] = *b"sotto\0";
+/// The Noise protocol name of the link.
+pub const LINK_NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+/// The Noise prologue: binds the preamble into the handshake hash.
+pub const LINK_PROLOGUE: &[u8] = b"sotto link v1";
+/// Largest message on the link, in bytes (a file chunk with its headers fits).
+pub const MAX_MESSAGE_LEN: usize = 256 * 1024;
+
+const TAG_LEN: usize = 16;
+/// Message 1 is exactly one ephemeral key.
+const MSG1_LEN: usize = 32;
+/// Messages 2 and 3 carry a static key and a small hello.
+const MSG23_MAX: usize = 512;
+const MAX_RECORD_PLAINTEXT: usize = MAX_RECORD_LEN - TAG_LEN;
+const LEN_PREFIX: usize = 4;
+
+fn noise_builder<'a>() -> Result<snow::Builder<'a>, LinkError> {
+    let params = LINK_NOISE_PARAMS
+        .parse()
+        .map_err(|_| LinkError::Handshake)?;
+    snow::Builder::new(params)
+        .prologue(LINK_PROLOGUE)
+        .map_err(|_| LinkError::Handshake)
+}
+
+fn preamble() -> [u8; 8] {
+    let mut p = [0u8; 8];
+    p[..6].copy_from_slice(&PREAMBLE_MAGIC);
+    p[6..].copy_from_slice(&LINK_VERSION.to_be_bytes());
+    p
+}
+
+/// Runs the client side of the handshake on a fresh connection.
+///
+/// Fails with [`LinkError::RelayKeyMismatch`] before revealing the client's
+/// identity if the relay proves any key but `relay`.
+pub async fn connect<R, W>(
+    r: R,
+    w: W,
+    me: &SecretKey,
+    relay: &RelayKey,
+) -> Result<(LinkReader<R>, LinkWriter<W>, RelayHello), LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut r = BufReader::new(r);
+    let mut w = BufWriter::with_capacity(2 * MAX_RECORD_LEN, w);
+    let secret = me.to_bytes();
+    let mut hs = noise_builder()?
+        .local_private_key(secret.as_ref())
+        .map_err(|_| LinkError::Handshake)?
+        .build_initiator()
+        .map_err(|_| LinkError::Handshake)?;
+    let mut buf = vec![0u8; MAX_RECORD_LEN];
+    let mut rec = Vec::new();
+
+    // -> e
+    w.write_all(&preamble()).await?;
+    let n = hs
+        .write_message(&[], &mut buf)
+        .map_err(|_| LinkError::Handshake)?;
+    write_record(&mut w, &buf[..n]).await?;
+    w.flush().await?;
+
+    // <- e, ee, s, es
+    read_handshake_record(&mut r, &mut rec, MSG23_MAX).await?;
+    let n = hs
+        .read_message(&rec, &mut buf)
+        .map_err(|_| LinkError::Handshake)?;
+    let got = remote_static(&hs)?;
+    if got != *relay.as_bytes() {
+        return Err(LinkError::RelayKeyMismatch {
+            expected: *relay,
+            got: RelayKey::from_bytes(got),
+        });
+    }
+    let hello: RelayHello = wire::decode(&buf[..n])?;
+    if hello.version != LINK_VERSION {
+        return Err(LinkError::UnsupportedVersion {
+            got: hello.version,
+            ours: LINK_VERSION,
+        });
+    }
+
+    // -> s, se
+    let payload = wire::encode(&ClientHello {
+        version: LINK_VERSION,
+    });
+    let n = hs
+        .write_message(&payload, &mut buf)
+        .map_err(|_| LinkError::Handshake)?;
+    write_record(&mut w, &buf[..n]).await?;
+    w.flush().await?;
+
+    let (reader, writer) = split(hs, r, w)?;
+    Ok((reader, writer, hello))
+}
+
+/// Runs the relay side of the handshake; returns the client's proven key.
+pub async fn accept<R, W>(
+    r: R,
+    w: W,
+    me: &SecretKey,
+    hello: &RelayHello,
+) -> Result<(LinkReader<R>, LinkWriter<W>, PublicKey), LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut r = BufReader::new(r);
+    let mut w = BufWriter::with_capacity(2 * MAX_RECORD_LEN, w);
+
+    let mut pre = [0u8; 8];
+    match r.read_exact(&mut pre).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(LinkError::ClosedDuringHandshake)
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if pre[..6] != PREAMBLE_MAGIC {
+        return Err(LinkError::BadPreamble);
+    }
+    let version = u16::from_be_bytes([pre[6], pre[7]]);
+    if version != LINK_VERSION {
+        return Err(LinkError::UnsupportedVersion {
+            got: version,
+            ours: LINK_VERSION,
+        });
+    }
+
+    let secret = me.to_bytes();
+    let mut hs = noise_builder()?
+        .local_private_key(secret.as_ref())
+        .map_err(|_| LinkError::Handshake)?
+        .build_responder()
+        .map_err(|_| LinkError::Handshake)?;
+    let mut buf = vec![0u8; MSG23_MAX];
+    let mut rec = Vec::new();
+
+    // -> e
+    read_handshake_record(&mut r, &mut rec, MSG1_LEN).await?;
+    if rec.len() != MSG1_LEN {
+        return Err(LinkError::Handshake);
+    }
+    hs.read_message(&rec, &mut buf)
+        .map_err(|_| LinkError::Handshake)?;
+
+    // <- e, ee, s, es
+    let n = hs
+        .write_message(&wire::encode(hello), &mut buf)
+        .map_err(|_| LinkError::Handshake)?;
+    write_record(&mut w, &buf[..n]).await?;
+    w.flush().await?;
+
+    // -> s, se
+    read_handshake_record(&mut r, &mut rec, MSG23_MAX).await?;
+    let n = hs
+        .read_message(&rec, &mut buf)
+        .map_err(|_| LinkError::Handshake)?;
+    let client: ClientHello = wire::decode(&buf[..n])?;
+    if client.version != LINK_VERSION {
+        return Err(LinkError::UnsupportedVersion {
+            got: client.version,
+            ours: LINK_VERSION,
+        });
+    }
+    let peer = PublicKey::from_bytes(remote_static(&hs)?);
+    let (reader, writer) = split(hs, r, w)?;
+    Ok((reader, writer, peer))
+}
+
+async fn read_handshake_record<R: AsyncRead + Unpin>(
+    r: &mut R,
+    rec: &mut Vec<u8>,
+    max: usize,
+) -> Result<(), LinkError> {
+    match read_record(r, rec, max).await {
+        Ok(true) => Ok(()),
+        Ok(false) | Err(LinkError::UnexpectedEof) => Err(LinkError::ClosedDuringHandshake),
+        Err(e) => Err(e),
+    }
+}
+
+fn remote_static(hs: &HandshakeState) -> Result<[u8; 32], LinkError> {
+    hs.get_remote_static()
+        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        .ok_or(LinkError::Handshake)
+}
+
+fn split<R, W>(
+    hs: HandshakeState,
+    r: BufReader<R>,
+    w: BufWriter<W>,
+) -> Result<(LinkReader<R>, LinkWriter<W>), LinkError> {
+    let transport = Arc::new(
+        hs.into_stateless_transport_mode()
+            .map_err(|_| LinkError::Handshake)?,
+    );
+    Ok((
+        LinkReader {
+            io: r,
+            transport: transport.clone(),
+            nonce: 0,
+            record: Vec::new(),
+            plain: Vec::new(),
+        },
+        LinkWriter {
+            io: w,
+            transport,
+            nonce: 0,
+            cipher: Vec::new(),
+        },
+    ))
+}
+
+/// The receiving half of an established link.
+pub struct LinkReader<R> {
+    io: BufReader<R>,
+    transport: Arc<StatelessTransportState>,
+    nonce: u64,
+    record: Vec<u8>,
+    plain: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> LinkReader<R> {
+    /// Receives and decodes the next message; `None` when the peer closed the
+    /// connection cleanly between messages.
+    pub async fn recv<M: DeserializeOwned>(&mut self) -> Result<Option<M>, LinkError> {
+        match self.recv_bytes().await? {
+            Some(bytes) => wire::decode(bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Receives the next message's bytes.
+    pub async fn recv_bytes(&mut self) -> Result<Option<&[u8]>, LinkError> {
+        self.plain.clear();
+        if !self.next_record().await? {
+            return Ok(None);
+        }
+        if self.plain.len() < LEN_PREFIX {
+            return Err(LinkError::Malformed("record shorter than a message header"));
+        }
+        let mut len = [0u8; LEN_PREFIX];
+        len.copy_from_slice(&self.plain[..LEN_PREFIX]);
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_MESSAGE_LEN {
+            return Err(LinkError::MessageTooLarge {
+                len,
+                max: MAX_MESSAGE_LEN,
+            });
+        }
+        if len == 0 {
+            return Err(LinkError::Malformed("empty message"));
+        }
+        let total = LEN_PREFIX + len;
+        while self.plain.len() < total {
+            if !self.next_record().await? {
+                return Err(LinkError::UnexpectedEof);
+            }
+        }
+        if self.plain.len() > total {
+            return Err(LinkError::Malformed(
+                "record runs past the end of its message",
+            ));
+        }
+        Ok(Some(&self.plain[LEN_PREFIX..]))
+    }
+
+    /// Reads one record and appends its plaintext to `self.plain`.
+    async fn next_record(&mut self) -> Result<bool, LinkError> {
+        if !read_record(&mut self.io, &mut self.record, MAX_RECORD_LEN).await? {
+            return Ok(false);
+        }
+        if self.record.len() <= TAG_LEN {
+            return Err(LinkError::Malformed("record shorter than its tag"));
+        }
+        let start = self.plain.len();
+        self.plain.resize(start + self.record.len() - TAG_LEN, 0);
+        let n = self
+            .transport
+            .read_message(self.nonce, &self.record, &mut self.plain[start..])
+            .map_err(|_| LinkError::Decrypt)?;
+        self.plain.truncate(start + n);
+        self.nonce += 1;
+        Ok(true)
+    }
+}
+
+/// The sending half of an established link. Writes are buffered: call
+/// [`LinkWriter::flush`] when a batch is complete.
+pub struct LinkWriter<W> {
+    io: BufWriter<W>,
+    transport: Arc<StatelessTransportState>,
+    nonce: u64,
+    cipher: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> LinkWriter<W> {
+    /// Encodes and queues a message.
+    pub async fn send<M: Serialize>(&mut self, msg: &M) -> Result<(), LinkError> {
+        self.send_bytes(&wire::encode(msg)).await
+    }
+
+    /// Queues a message given as bytes.
+    pub async fn send_bytes(&mut self, msg: &[u8]) -> Result<(), LinkError> {
+        if msg.len() > MAX_MESSAGE_LEN {
+            return Err(LinkError::MessageTooLarge {
+                len: msg.len(),
+                max: MAX_MESSAGE_LEN,
+            });
+        }
+        if msg.is_empty() {
+            return Err(LinkError::Malformed("empty message"));
+        }
+        // The length prefix and the start of the message share the first record.
+        let first = msg.len().min(MAX_RECORD_PLAINTEXT - LEN_PREFIX);
+        let mut head = Vec::with_capacity(LEN_PREFIX + first);
+        head.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+        head.extend_from_slice(&msg[..first]);
+        self.send_record_plaintext(&head).await?;
+        for chunk in msg[first..].chunks(MAX_RECORD_PLAINTEXT) {
+            self.send_record_plaintext(chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Encrypts `plain` as exactly one record. The message layer is built on
+    /// this; conformance tests use it to send deliberately malformed messages.
+    pub async fn send_record_plaintext(&mut self, plain: &[u8]) -> Result<(), LinkError> {
+        if plain.len() > MAX_RECORD_PLAINTEXT {
+            return Err(LinkError::RecordTooLarge {
+                len: plain.len(),
+                max: MAX_RECORD_PLAINTEXT,
+            });
+        }
+        self.cipher.resize(plain.len() + TAG_LEN, 0);
+        let n = self
+            .transport
+            .write_message(self.nonce, plain, &mut self.cipher)
+            .map_err(|_| LinkError::Handshake)?;
+        self.nonce += 1;
+        write_record(&mut self.io, &self.cipher[..n]).await
+    }
+
+    /// Sends everything queued.
+    pub async fn flush(&mut self) -> Result<(), LinkError> {
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Flushes and closes the sending direction.
+    pub async fn shutdown(&mut self) -> Result<(), LinkError> {
+        self.io.shutdown().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{ClientMsg, RelayMsg};
+    use serde_bytes::ByteBuf;
+    use tokio::io::duplex;
+
+    fn hello() -> RelayHello {
+        RelayHello {
+            version: LINK_VERSION,
+            max_envelope_len: 65_536,
+        }
+    }
+
+    type Pipe = tokio::io::DuplexStream;
+    type Halves = (tokio::io::ReadHalf<Pipe>, tokio::io::WriteHalf<Pipe>);
+
+    fn pipes() -> (Halves, Halves) {
+        let (a, b) = duplex(1 << 20);
+        (tokio::io::split(a), tokio::io::split(b))
+    }
+
+    #[tokio::test]
+    async fn handshake_authenticates_both_sides_and_carries_messages() {
+        let client = SecretKey::generate();
+        let relay = SecretKey::generate();
+        let relay_key = RelayKey::from(relay.public());
+        let ((cr, cw), (rr, rw)) = pipes();
+        let server = tokio::spawn(async move { accept(rr, rw, &relay, &hello()).await });
+        let (mut creader, mut cwriter, h) = connect(cr, cw, &client, &relay_key).await.unwrap();
+        assert_eq!(h, hello());
+        let (mut rreader, mut rwriter, peer) = server.await.unwrap().unwrap();
+        assert_eq!(peer, client.public());
+
+        // A message spanning several records, in both directions.
+        let big = ClientMsg::Send {
+            req: 9,
+            to: PublicKey::from_bytes([3; 32]),
+            envelope: ByteBuf::from(vec![0x5A; 200_000]),
+        };
+        cwriter.send(&big).await.unwrap();
+        cwriter.send(&ClientMsg::Ping).await.unwrap();
+        cwriter.flush().await.unwrap();
+        assert_eq!(rreader.recv::<ClientMsg>().await.unwrap().unwrap(), big);
+        assert_eq!(
+            rreader.recv::<ClientMsg>().await.unwrap().unwrap(),
+            ClientMsg::Ping
+        );
+        rwriter.send(&RelayMsg::Pong).await.unwrap();
+        rwriter.shutdown().await.unwrap();
+        assert_eq!(
+            creader.recv::<RelayMsg>().await.unwrap().unwrap(),
+            RelayMsg::Pong
+        );
+        assert!(creader.recv::<RelayMsg>().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_relay_with_another_key_is_named_and_never_sees_the_client_key() {
+        let client = SecretKey::generate();
+        let impostor = SecretKey::generate();
+        let pinned = RelayKey::from(SecretKey::generate().public());
+        let impostor_key = RelayKey::from(impostor.public());
+        let ((cr, cw), (rr, rw)) = pipes();
+        let server = tokio::spawn(async move { accept(rr, rw, &impostor, &hello()).await });
+        let err = connect(cr, cw, &client, &pinned).await.err().unwrap();
+        match err {
+            LinkError::RelayKeyMismatch { expected, got } => {
+                assert_eq!(expected, pinned);
+                assert_eq!(got, impostor_key);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // The client hung up before message 3: the impostor learns nothing.
+        assert!(matches!(
+            server.await.unwrap(),
+            Err(LinkError::ClosedDuringHandshake)
+        ));
+    }
+
+    #[tokio::test]
+    async fn garbage_and_oversized_first_messages_are_refused() {
+        let relay = SecretKey::generate();
+        let (mut c, s) = duplex(1 << 16);
+        let (sr, sw) = tokio::io::split(s);
+        c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let err = accept(sr, sw, &relay, &hello()).await.err().unwrap();
+        assert!(matches!(err, LinkError::BadPreamble));
+
+        let (mut c, s) = duplex(1 << 16);
+        let (sr, sw) = tokio::io::split(s);
+        c.write_all(&preamble()).await.unwrap();
+        c.write_all(&0xFFFFu16.to_be_bytes()).await.unwrap();
+        let err = accept(sr, sw, &relay, &hello()).await.err().unwrap();
+        assert!(matches!(err, LinkError::RecordTooLarge { len: 65535, .. }));
+    }
+
+    #[tokio::test]
+    async fn oversized_and_tampered_messages_are_errors() {
+        let client = SecretKey::generate();
+        let relay = SecretKey::generate();
+        let relay_key = RelayKey::from(relay.public());
+        let ((cr, cw), (rr, rw)) = pipes();
+        let server = tokio::spawn(async move { accept(rr, rw, &relay, &hello()).await });
+        let (_cr, mut cwriter, _) = connect(cr, cw, &client, &relay_key).await.unwrap();
+        let (mut rreader, _rw, _) = server.await.unwrap().unwrap();
+        // A header declaring a 1 GiB message.
+        cwriter
+            .send_record_plaintext(&(1u32 << 30).to_le_bytes())
+            .await
+            .unwrap();
+        cwriter.flush().await.unwrap();
+        let err = rreader.recv_bytes().await.err().unwrap();
+        assert!(matches!(err, LinkError::MessageTooLarge { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_flipped_bit_fails_decryption() {
+        let client = SecretKey::generate();
+        let relay = SecretKey::generate();
+        let relay_key = RelayKey::from(relay.public());
+        let (c, s) = duplex(1 << 16);
+        let (cr, cw) = tokio::io::split(c);
+        // A man in the middle that flips a bit of the first transport record.
+        let (m, s2) = duplex(1 << 16);
+        let (mut mr, mut mw) = tokio::io::split(m);
+        let (mut sr_, mut sw_) = tokio::io::split(s);
+        tokio::spawn(async move {
+            // relay -> client untouched
+            let _ = tokio::io::copy(&mut mr, &mut sw_).await;
+        });
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = match sr_.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let start = seen.len();
+                seen.extend_from_slice(&buf[..n]);
+                // preamble 8 + msg1 (2+32) + msg3 (2+48+payload+16): flip the last byte seen
+                // once more than the handshake has passed.
+                let handshake =
+                    8 + 2 + 32 + 2 + 48 + wire::encode(&ClientHello { version: 1 }).len() + 16;
+                let mut out = buf[..n].to_vec();
+                if start + n > handshake + 5 && start <= handshake + 5 {
+                    out[handshake + 5 - start] ^= 1;
+                }
+                if mw.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let server = tokio::spawn(async move {
+            let (r, w) = tokio::io::split(s2);
+            accept(r, w, &relay, &hello()).await
+        });
+        let (_cr, mut cwriter, _) = connect(cr, cw, &client, &relay_key).await.unwrap();
+        let (mut rreader, _rw, _) = server.await.unwrap().unwrap();
+        cwriter.send(&ClientMsg::Ping).await.unwrap();
+        cwriter.flush().await.unwrap();
+        assert!(matches!(
+            rreader.recv_bytes().await,
+            Err(LinkError::Decrypt)
+        ));
+    }
+}
