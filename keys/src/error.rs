@@ -49,4 +49,137 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// A relay address (`host:port`) that could not be read.
+    #[error("invalid relay address: {reason} (expected HOST:PORT, e.g. relay.example.org:7300 or [::1]:7300)")]
+    InvalidRelayAddr {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An empty passphrase was given.
+    #[error("the passphrase is empty; choose a non-empty passphrase, or none to store the key unencrypted")]
+    EmptyPassphrase,
+    /// A passphrase file that could not be used (its content is never shown).
+    #[error("{path}: {reason}")]
+    PassphraseFile {
+        /// The passphrase file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A key file, or another file this crate never overwrites, already exists.
+    #[error("{path} already exists; refusing to overwrite it (move it away first if you really mean to replace it)")]
+    AlreadyExists {
+        /// The existing file.
+        path: PathBuf,
+    },
+    /// A key file that other users may read or write.
+    #[error("{path} is {} (mode {mode:04o}); run `chmod 600 {path}`", access_words(*.mode))]
+    InsecurePermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits (`mode & 0o7777`).
+        mode: u32,
+    },
+    /// There is no key file at the given path.
+    #[error("no key file at {path} (create an identity first, e.g. with `sotto init`)")]
+    NoKeyFile {
+        /// Where the key file was expected.
+        path: PathBuf,
+    },
+    /// A file larger than this crate accepts for its kind.
+    #[error("{path} is larger than {limit} bytes, too large to be what it should be")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The passphrase does not open the key file, or the encrypted key was altered.
+    ///
+    /// The two cannot be told apart, on purpose: the AEAD says only "no".
+    #[error("wrong passphrase, or the key file is damaged")]
+    WrongPassphrase,
+    /// A key file that is not in the expected format.
+    ///
+    /// Only the line number is given: the line itself may hold a secret.
+    #[error("{}", key_file_location(.path, *.line, .reason))]
+    KeyFileFormat {
+        /// The key file.
+        path: PathBuf,
+        /// 1-based line number of the problem, or 0 when it concerns the whole file.
+        line: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A contacts file that cannot be parsed or holds an invalid entry.
+    #[error("{path}:{line}:{col}: {message}")]
+    ContactsFormat {
+        /// The contacts file.
+        path: PathBuf,
+        /// 1-based line of the offending value.
+        line: usize,
+        /// 1-based column (in characters) of the offending value.
+        col: usize,
+        /// What is wrong and, where possible, how to fix it.
+        message: String,
+    },
+    /// A contact or group name that is not allowed.
+    #[error("invalid name: {reason}")]
+    InvalidName {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A contact with this name already exists.
+    #[error("there is already a contact named `{name}` (remove it first, or choose another name)")]
+    ContactExists {
+        /// The name.
+        name: String,
+    },
+    /// The key being added already belongs to a contact.
+    #[error("this key already belongs to the contact `{name}`")]
+    KeyAlreadyContact {
+        /// The existing contact's name.
+        name: String,
+    },
+    /// No contact has this name.
+    #[error("no contact named `{name}` (see `sotto contact list`)")]
+    UnknownContact {
+        /// The name asked for.
+        name: String,
+    },
+    /// An invite string that could not be read.
+    #[error("invalid invite: {reason}")]
+    Invite {
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Says which kind of access other users have, for [`Error::InsecurePermissions`].
+fn access_words(mode: u32) -> &'static str {
+    if mode & 0o044 != 0 {
+        "readable by others"
+    } else if mode & 0o022 != 0 {
+        "writable by others"
+    } else {
+        "accessible to others"
+    }
+}
+
+fn key_file_location(path: &std::path::Path, line: usize, reason: &str) -> String {
+    if line == 0 {
+        format!("{}: {reason}", path.display())
+    } else {
+        format!("{}:{line}: {reason}", path.display())
+    }
+}
+
+impl Error {
+    /// Wraps an I/O error with the file it concerns.
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }

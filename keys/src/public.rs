@@ -234,6 +234,22 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_key_round_trips_through_its_string(bytes in proptest::prelude::any::<[u8; 32]>()) {
+            let user = PublicKey::from_bytes(bytes);
+            proptest::prop_assert_eq!(user.to_string().parse::<PublicKey>(), Ok(user));
+            let relay = RelayKey::from_bytes(bytes);
+            proptest::prop_assert_eq!(relay.to_string().parse::<RelayKey>(), Ok(relay));
+        }
+
+        #[test]
+        fn parsing_never_panics(s in "\\PC{0,100}") {
+            let _ = s.parse::<PublicKey>();
+            let _ = s.parse::<RelayKey>();
+        }
+    }
+
     #[test]
     fn known_answer_vector() {
         // docs/PROTOCOL.md quotes this vector.
