@@ -1,1 +1,117 @@
-fn main() {}
+//! `sotto-relay`: run a relay, or print its key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sotto_keys::RelayKey;
+use sotto_relay::{relay_key, Relay, RelayConfig};
+
+/// sotto relay: stores and forwards end-to-end encrypted envelopes it cannot read.
+#[derive(Parser)]
+#[command(name = "sotto-relay", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// Address to listen on [default: 127.0.0.1:7300]; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Data directory: key file and mailboxes [default: ./sotto-relay-data].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// TOML file with settings and limits; flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the relay's public key (generating the keypair if there is none yet).
+    Key {
+        /// Data directory [default: ./sotto-relay-data].
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(run(cli)),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot start the async runtime")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sotto-relay: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Key { data }) = cli.command {
+        let data = data.unwrap_or_else(|| RelayConfig::defaults().data_dir);
+        let (key, _) = relay_key::load_or_create(&data)?;
+        println!("{}", RelayKey::from(key.public()));
+        return Ok(());
+    }
+
+    let mut config = match &cli.config {
+        Some(path) => RelayConfig::from_file(path)?,
+        None => RelayConfig::defaults(),
+    };
+    if let Some(listen) = cli.listen {
+        config.listen = listen;
+    }
+    if let Some(data) = cli.data {
+        config.data_dir = data;
+    }
+    let data_dir = config.data_dir.clone();
+    let relay = Relay::bind(config).await?;
+    let addr = relay
+        .local_addr()
+        .context("cannot read the bound address")?;
+    let key = relay.public_key();
+    if relay.key_created() {
+        tracing::info!("generated a new relay key in {}", data_dir.display());
+    }
+    let host = if addr.ip().is_unspecified() {
+        format!("THIS-HOST:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    println!("listening on {addr}");
+    println!("relay key: {key}");
+    println!("clients connect with:");
+    println!("  sotto init --relay {host} --relay-key {key}");
+    relay.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,478 @@
+//! The durable mailbox store: sealed envelopes kept per recipient key until
+//! the recipient acknowledges them or they expire.
+//!
+//! The relay promises a sender that an envelope is stored only once it is on
+//! disk, so a crash after "stored" loses nothing. Paying one fsync per envelope
+//! would cap the relay at a few hundred envelopes a second, so writes are group
+//! committed: a single writer thread (see `writer`) applies every request
+//! waiting for it in one redb transaction and answers them all after one
+//! durable commit. Reads never wait for the writer; they run their own redb
+//! read transactions on tokio's blocking pool, so the async runtime never
+//! blocks on disk.
+//!
+//! The store only ever sees sealed bytes. It logs neither envelope contents
+//! nor recipient keys; damage is logged by message id.
+//!
+//! Layout (see `codec` for the byte formats): `messages` keyed by
+//! `(recipient, id)`; `usage` per recipient, updated in the same transaction so
+//! a quota check is one lookup; `expiry` keyed by id so expiry walks from the
+//! oldest message and stops at the first young one; `meta` with the next id,
+//! so ids are global, strictly increasing and never reused, across restarts.
+
+mod codec;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redb::{Database, Durability, ReadableTable};
+use sotto_keys::PublicKey;
+use tokio::sync::{mpsc, oneshot};
+
+use codec::{
+    decode_message, decode_u64, Usage, EXPIRY, FORMAT_VERSION, MESSAGES, META, META_FORMAT,
+    META_NEXT_ID, USAGE,
+};
+use writer::{Clock, Request, Writer, QUEUE_DEPTH};
+
+/// Default for [`StoreLimits::max_messages_per_recipient`].
+pub const DEFAULT_MAX_MESSAGES_PER_RECIPIENT: u64 = 10_000;
+/// Default for [`StoreLimits::max_bytes_per_recipient`]: 64 MiB.
+pub const DEFAULT_MAX_BYTES_PER_RECIPIENT: u64 = 64 * 1024 * 1024;
+/// Default for [`StoreLimits::expiry`]: 7 days.
+pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// Default for [`StoreLimits::max_envelope_len`].
+pub const DEFAULT_MAX_ENVELOPE_LEN: usize = 65_536;
+
+/// Bounds on what one recipient's mailbox may hold, so one busy or abusive
+/// sender cannot fill the relay's disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Most envelopes pending for one recipient.
+    pub max_messages_per_recipient: u64,
+    /// Most envelope bytes pending for one recipient (envelope lengths only).
+    pub max_bytes_per_recipient: u64,
+    /// How long an envelope is kept unacknowledged before [`Store::expire`]
+    /// deletes it. Counted in whole seconds.
+    pub expiry: Duration,
+    /// Longest envelope accepted.
+    pub max_envelope_len: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self {
+            max_messages_per_recipient: DEFAULT_MAX_MESSAGES_PER_RECIPIENT,
+            max_bytes_per_recipient: DEFAULT_MAX_BYTES_PER_RECIPIENT,
+            expiry: DEFAULT_EXPIRY,
+            max_envelope_len: DEFAULT_MAX_ENVELOPE_LEN,
+        }
+    }
+}
+
+/// An envelope waiting in a mailbox.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Its id: unique in this store, and larger for later arrivals.
+    pub id: u64,
+    /// When the relay stored it, in unix seconds (the relay's clock).
+    pub received_at: u64,
+    /// The sealed envelope, exactly as the sender gave it.
+    pub envelope: Vec<u8>,
+}
+
+// By hand, so that logging a `Stored` never prints the envelope.
+impl fmt::Debug for Stored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stored")
+            .field("id", &self.id)
+            .field("received_at", &self.received_at)
+            .field("envelope_len", &self.envelope.len())
+            .finish()
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The recipient's mailbox is at its message or byte quota, so the
+    /// envelope was not stored; the sender should be told and may retry after
+    /// the recipient has fetched. The fields are what the mailbox held.
+    #[error("the recipient's mailbox is full ({messages} messages, {bytes} bytes pending)")]
+    QuotaExceeded {
+        /// Envelopes pending for the recipient.
+        messages: u64,
+        /// Envelope bytes pending for the recipient.
+        bytes: u64,
+    },
+    /// The envelope is longer than [`StoreLimits::max_envelope_len`]; it was
+    /// not stored.
+    #[error("envelope of {len} bytes is longer than the maximum of {max}")]
+    TooLarge {
+        /// Length of the refused envelope.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The store was closed with [`Store::close`] (through this handle or a clone).
+    #[error("the mailbox store is closed")]
+    Closed,
+    /// redb failed: an I/O error, a full disk, a damaged file, or the file is
+    /// already open elsewhere. Any write that reports this was not stored,
+    /// nor were the others committed with it. Holds redb's message (a
+    /// string, so one failed commit can be reported to every caller in it).
+    #[error("mailbox store database error: {0}")]
+    Database(String),
+    /// A stored value does not have the shape this code writes (damage on
+    /// disk or a bug). Details are logged; the value itself is not.
+    #[error("the mailbox store holds a damaged value")]
+    Corrupt,
+    /// The file was written in a layout this version does not know, probably
+    /// by a newer relay; it is left untouched.
+    #[error("mailbox store format {found} is not supported (this relay reads format {supported})")]
+    UnsupportedFormat {
+        /// The format recorded in the file.
+        found: u64,
+        /// The format this code reads and writes.
+        supported: u64,
+    },
+    /// The writer thread could not be started.
+    #[error("could not start the mailbox store writer thread: {0}")]
+    WriterSpawn(Arc<std::io::Error>),
+    /// A store thread stopped unexpectedly (a panic, which is a bug). The
+    /// outcome of the operation is unknown; the store must be reopened.
+    #[error("the mailbox store stopped unexpectedly")]
+    Crashed,
+}
+
+impl From<redb::Error> for StoreError {
+    fn from(err: redb::Error) -> Self {
+        Self::Database(err.to_string())
+    }
+}
+
+macro_rules! from_redb {
+    ($($ty:ty),*) => {$(
+        impl From<$ty> for StoreError {
+            fn from(err: $ty) -> Self {
+                Self::Database(redb::Error::from(err).to_string())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// A handle to the mailbox store. Cloning is cheap; all clones share one
+/// database and one writer.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `None` once closed. A std mutex: it guards a few clones and a take,
+    /// and is never held across an `.await`.
+    open: Mutex<Option<Open>>,
+    limits: StoreLimits,
+    commits: Arc<AtomicU64>,
+}
+
+struct Open {
+    requests: mpsc::Sender<Request>,
+    db: Arc<Database>,
+    writer: JoinHandle<()>,
+}
+
+impl Store {
+    /// Opens the store at `path`, creating the file if it is missing, and
+    /// starts its writer thread. Blocking: call it before serving.
+    pub fn open(path: &Path, limits: StoreLimits) -> Result<Store, StoreError> {
+        Self::open_with_clock(path, limits, Arc::new(unix_now))
+    }
+
+    fn open_with_clock(
+        path: &Path,
+        limits: StoreLimits,
+        clock: Clock,
+    ) -> Result<Store, StoreError> {
+        let db = Database::create(path)?;
+        let next_id = prepare(&db)?;
+        let db = Arc::new(db);
+        let commits = Arc::new(AtomicU64::new(0));
+        let (requests, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer = Writer {
+            db: Arc::clone(&db),
+            limits: limits.clone(),
+            next_id,
+            clock,
+            commits: Arc::clone(&commits),
+        };
+        let writer = std::thread::Builder::new()
+            .name("sotto-store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|err| StoreError::WriterSpawn(Arc::new(err)))?;
+        tracing::debug!(path = %path.display(), next_id, "mailbox store open");
+        Ok(Store {
+            inner: Arc::new(Inner {
+                open: Mutex::new(Some(Open {
+                    requests,
+                    db,
+                    writer,
+                })),
+                limits,
+                commits,
+            }),
+        })
+    }
+
+    /// The limits the store was opened with.
+    pub fn limits(&self) -> &StoreLimits {
+        &self.inner.limits
+    }
+
+    /// Write transactions committed since the store was opened. Under load it
+    /// is far below the number of writes: that is group commit at work.
+    pub fn commits(&self) -> u64 {
+        self.inner.commits.load(Ordering::Relaxed)
+    }
+
+    /// Stores `envelope` for `to` and returns its id, only once the write is
+    /// durably committed.
+    ///
+    /// If this future is dropped after the request reached the writer, the
+    /// envelope may still be stored.
+    pub async fn enqueue(&self, to: PublicKey, envelope: Vec<u8>) -> Result<u64, StoreError> {
+        let max = self.inner.limits.max_envelope_len;
+        if envelope.len() > max {
+            return Err(StoreError::TooLarge {
+                len: envelope.len(),
+                max,
+            });
+        }
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::Enqueue {
+            to: *to.as_bytes(),
+            envelope,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| StoreError::Crashed)?
+    }
+
+    /// `owner`'s envelopes with an id above `after` (all if `None`), oldest
+    /// first, at most `limit` of them.
+    pub async fn pending(
+        &self,
+        owner: PublicKey,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let db = self.db()?;
+        let Some(first) = after.map_or(Some(0), |after| after.checked_add(1)) else {
+            return Ok(Vec::new());
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let owner = *owner.as_bytes();
+        blocking(move || {
+            let txn = db.begin_read()?;
+            let messages = txn.open_table(MESSAGES)?;
+            let mut out = Vec::new();
+            for item in messages.range((owner, first)..=(owner, u64::MAX))? {
+                let (key, value) = item?;
+                let (_, id) = key.value();
+                let (received_at, envelope) = decode_message(value.value()).inspect_err(|_| {
+                    tracing::error!(id, "damaged message");
+                })?;
+                out.push(Stored {
+                    id,
+                    received_at,
+                    envelope: envelope.to_vec(),
+                });
+                if out.len() == limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Deletes those of `ids` that are in `owner`'s mailbox and returns how
+    /// many were deleted. Ids that are unknown, already deleted or another
+    /// recipient's are ignored. Returns once the deletion is committed.
+    pub async fn ack(&self, owner: PublicKey, ids: Vec<u64>) -> Result<usize, StoreError> {
+        if ids.is_empty() {
+            self.db()?;
+            return Ok(0);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::Ack {
+            owner: *owner.as_bytes(),
+            ids,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| StoreError::Crashed)?
+    }
+
+    /// Deletes every envelope stored at least [`StoreLimits::expiry`] before
+    /// `now_unix` and returns how many were deleted.
+    pub async fn expire(&self, now_unix: u64) -> Result<usize, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::Expire {
+            now: now_unix,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| StoreError::Crashed)?
+    }
+
+    /// `(messages, bytes)` pending for `owner`.
+    pub async fn usage(&self, owner: PublicKey) -> Result<(u64, u64), StoreError> {
+        let db = self.db()?;
+        let owner = *owner.as_bytes();
+        blocking(move || {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(USAGE)?;
+            let stored = table.get(&owner)?.map(|guard| Usage::decode(guard.value()));
+            let usage = match stored {
+                None => Usage::default(),
+                Some(Ok(usage)) => usage,
+                // Derived data: count the messages instead (the writer rebuilds
+                // the row on its next change to this mailbox).
+                Some(Err(_)) => writer::recount(&txn.open_table(MESSAGES)?, &owner)?,
+            };
+            Ok((usage.messages, usage.bytes))
+        })
+        .await
+    }
+
+    /// Stops accepting work, waits until every write already queued is
+    /// committed and answered, then stops the writer. Afterwards every call
+    /// on any clone returns [`StoreError::Closed`].
+    ///
+    /// The file is released once reads still in flight finish.
+    pub async fn close(self) -> Result<(), StoreError> {
+        let Open {
+            requests,
+            db,
+            writer,
+        } = self.lock().take().ok_or(StoreError::Closed)?;
+        // The writer stops once every sender is gone: this one, and those of
+        // calls already in `submit`, whose requests it commits first.
+        drop(requests);
+        drop(db);
+        let joined = tokio::task::spawn_blocking(move || writer.join()).await;
+        match joined {
+            Ok(Ok(())) => {
+                tracing::debug!("mailbox store closed");
+                Ok(())
+            }
+            _ => Err(StoreError::Crashed),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Open>> {
+        // Nothing can be left half-done under this lock, so poisoning is moot.
+        self.inner
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.lock()
+            .as_ref()
+            .map(|open| Arc::clone(&open.db))
+            .ok_or(StoreError::Closed)
+    }
+
+    async fn submit(&self, request: Request) -> Result<(), StoreError> {
+        let requests = self
+            .lock()
+            .as_ref()
+            .map(|open| open.requests.clone())
+            .ok_or(StoreError::Closed)?;
+        // The writer runs until every sender is dropped, and we hold one: a
+        // closed channel means the writer died.
+        requests
+            .send(request)
+            .await
+            .map_err(|_| StoreError::Crashed)
+    }
+}
+
+/// Runs a read on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|_| StoreError::Crashed)?
+}
+
+/// Creates the tables if missing, checks the format, and returns the next id.
+fn prepare(db: &Database) -> Result<u64, StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate);
+    let next_id = {
+        let mut meta = txn.open_table(META)?;
+        let format = meta
+            .get(META_FORMAT)?
+            .map(|guard| decode_u64("format", guard.value()))
+            .transpose()?;
+        match format {
+            None => {
+                meta.insert(META_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice())?;
+            }
+            Some(FORMAT_VERSION) => {}
+            Some(found) => {
+                return Err(StoreError::UnsupportedFormat {
+                    found,
+                    supported: FORMAT_VERSION,
+                })
+            }
+        }
+        let stored = meta
+            .get(META_NEXT_ID)?
+            .map(|guard| decode_u64("next id", guard.value()))
+            .transpose()?;
+        txn.open_table(MESSAGES)?;
+        txn.open_table(USAGE)?;
+        let expiry = txn.open_table(EXPIRY)?;
+        // Every live message has an expiry entry, so this guards the counter
+        // against having fallen behind the ids in use.
+        let after_last = match expiry.last()? {
+            Some((id, _)) => id.value().saturating_add(1),
+            None => 1,
+        };
+        if stored.is_some_and(|next| next < after_last) {
+            tracing::warn!("mailbox id counter was behind the stored ids; moving it on");
+        }
+        stored.unwrap_or(1).max(after_last).max(1)
+    };
+    txn.commit()?;
+    Ok(next_id)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_secs())
+        .unwrap_or(0)
+}

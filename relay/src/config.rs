@@ -1,0 +1,190 @@
+//! Relay settings: embedded defaults, overridden by a TOML file, overridden by flags.
+//!
+//! Zero configuration must give a working, safe relay (loopback, local data dir,
+//! bounded everything); the file exists for the limits a self-hoster tunes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sotto_keys::PublicKey;
+
+use crate::store::StoreLimits;
+
+/// Default listening address: loopback only, so a first start exposes nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7300";
+/// Default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "sotto-relay-data";
+
+/// Everything the relay needs to run.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory of the key file and the store.
+    pub data_dir: PathBuf,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Handshakes in flight at once; a connection beyond this is closed.
+    pub max_handshakes: usize,
+    /// Time a new connection has to finish the Noise handshake.
+    pub handshake_timeout: Duration,
+    /// A connection silent for this long is closed (clients ping more often).
+    pub idle_timeout: Duration,
+    /// How often expired mailbox entries are collected.
+    pub gc_interval: Duration,
+    /// Time allowed for in-flight work at shutdown.
+    pub shutdown_grace: Duration,
+    /// Mailbox limits.
+    pub mailbox: StoreLimits,
+    /// If set, only these client keys may connect (a private relay).
+    pub allow: Option<Vec<PublicKey>>,
+}
+
+impl RelayConfig {
+    /// The embedded defaults.
+    pub fn defaults() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7300))),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            max_connections: 16_384,
+            max_handshakes: 512,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            gc_interval: Duration::from_secs(3600),
+            shutdown_grace: Duration::from_secs(10),
+            mailbox: StoreLimits::default(),
+            allow: None,
+        }
+    }
+
+    /// Defaults with a TOML file's settings applied.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            line: e
+                .span()
+                .map(|s| {
+                    text.as_bytes()[..s.start.min(text.len())]
+                        .iter()
+                        .filter(|b| **b == b'\n')
+                        .count()
+                        + 1
+                })
+                .unwrap_or(0),
+            message: e.message().to_owned(),
+        })?;
+        let mut cfg = Self::defaults();
+        file.apply(&mut cfg);
+        Ok(cfg)
+    }
+}
+
+/// A config file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{}:{line}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the problem.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The TOML file: every field optional, unknown fields refused (a typo in a
+/// limit must not be silently ignored).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data: Option<PathBuf>,
+    max_connections: Option<usize>,
+    max_handshakes: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    handshake_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    gc_interval: Option<Duration>,
+    allow: Option<Vec<PublicKey>>,
+    #[serde(default)]
+    mailbox: MailboxFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MailboxFile {
+    #[serde(default, with = "humantime_serde")]
+    expiry: Option<Duration>,
+    max_messages: Option<u64>,
+    max_bytes: Option<u64>,
+}
+
+impl FileConfig {
+    fn apply(self, cfg: &mut RelayConfig) {
+        macro_rules! set {
+            ($($src:expr => $dst:expr),* $(,)?) => { $( if let Some(v) = $src { $dst = v; } )* };
+        }
+        set! {
+            self.listen => cfg.listen,
+            self.data => cfg.data_dir,
+            self.max_connections => cfg.max_connections,
+            self.max_handshakes => cfg.max_handshakes,
+            self.handshake_timeout => cfg.handshake_timeout,
+            self.idle_timeout => cfg.idle_timeout,
+            self.gc_interval => cfg.gc_interval,
+            self.mailbox.expiry => cfg.mailbox.expiry,
+            self.mailbox.max_messages => cfg.mailbox.max_messages_per_recipient,
+            self.mailbox.max_bytes => cfg.mailbox.max_bytes_per_recipient,
+        }
+        if self.allow.is_some() {
+            cfg.allow = self.allow;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_typos_are_refused_with_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:9000\"\nidle_timeout = \"90s\"\n[mailbox]\nexpiry = \"2days\"\nmax_messages = 5\n",
+        )
+        .unwrap();
+        let cfg = RelayConfig::from_file(&path).unwrap();
+        assert_eq!(cfg.listen.port(), 9000);
+        assert_eq!(cfg.idle_timeout, Duration::from_secs(90));
+        assert_eq!(cfg.mailbox.expiry, Duration::from_secs(2 * 86400));
+        assert_eq!(cfg.mailbox.max_messages_per_recipient, 5);
+        assert_eq!(cfg.max_connections, RelayConfig::defaults().max_connections);
+
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\n\nmax_conections = 3\n").unwrap();
+        let err = RelayConfig::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("relay.toml:3:"), "{err}");
+        assert!(err.contains("max_conections"), "{err}");
+    }
+}

@@ -1,0 +1,293 @@
+//! One client connection: handshake, then requests and live delivery.
+//!
+//! A connection is three cooperating parts: this task reads requests; a writer
+//! task owns the sending half and flushes once per burst; a delivery task,
+//! started by `Fetch`, streams the mailbox and then waits for wake-ups. Every
+//! way a connection can end (clean close, idle, bad input, shutdown) ends here
+//! with one logged reason, and never affects another connection or the store.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde_bytes::ByteBuf;
+use sotto_crypto::link::{self, LinkReader, LinkWriter};
+use sotto_crypto::wire::{ClientMsg, ErrorCode, RelayMsg};
+use sotto_crypto::LinkError;
+use sotto_keys::PublicKey;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::server::Shared;
+use crate::store::StoreError;
+
+/// How many envelopes one store read hands to the delivery loop.
+const DELIVERY_BATCH: usize = 256;
+/// Messages queued for the writer before readers wait (backpressure).
+const OUTBOX: usize = 256;
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+enum Closed {
+    #[error("handshake not finished within {0:?}")]
+    HandshakeTimeout(std::time::Duration),
+    #[error("too many handshakes in flight")]
+    HandshakeBusy,
+    #[error("handshake failed: {0}")]
+    Handshake(LinkError),
+    #[error("{0} is not on the allow-list")]
+    NotAllowed(PublicKey),
+    #[error("idle for {0:?}")]
+    Idle(std::time::Duration),
+    #[error("{0}")]
+    Link(#[from] LinkError),
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    #[error("store failure: {0}")]
+    Store(StoreError),
+}
+
+/// Serves one connection to its end and logs why it ended.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    match run(stream, &shared, &shutdown).await {
+        Ok(Some(client)) => debug!(%addr, client = %client.short(), "connection closed"),
+        Ok(None) => debug!(%addr, "connection closed before the handshake"),
+        Err(e) => info!(%addr, "connection closed: {e}"),
+    }
+}
+
+async fn run(
+    stream: TcpStream,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) -> Result<Option<PublicKey>, Closed> {
+    let (r, w) = stream.into_split();
+    let Ok(permit) = shared.handshakes.clone().try_acquire_owned() else {
+        return Err(Closed::HandshakeBusy);
+    };
+    let timeout = shared.config.handshake_timeout;
+    let handshake = link::accept(r, w, &shared.key, &shared.hello);
+    let (mut reader, writer, client) = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(None),
+        r = tokio::time::timeout(timeout, handshake) => match r {
+            Err(_) => return Err(Closed::HandshakeTimeout(timeout)),
+            Ok(Err(LinkError::ClosedDuringHandshake)) => return Ok(None),
+            Ok(Err(e)) => return Err(Closed::Handshake(e)),
+            Ok(Ok(done)) => done,
+        },
+    };
+    drop(permit);
+    if let Some(allow) = &shared.config.allow {
+        if !allow.contains(&client) {
+            return Err(Closed::NotAllowed(client));
+        }
+    }
+    debug!(client = %client.short(), "authenticated");
+
+    let (tx, rx) = mpsc::channel(OUTBOX);
+    let writer = tokio::spawn(write_loop(writer, rx));
+    let mut session = Session {
+        shared: shared.clone(),
+        client,
+        tx,
+        delivery: None,
+        shutdown: shutdown.child_token(),
+    };
+    let result = session.read_loop(&mut reader, shutdown).await;
+    session.shutdown.cancel();
+    if let Some(d) = session.delivery.take() {
+        let _ = d.await;
+    }
+    if shutdown.is_cancelled() {
+        let _ = session
+            .tx
+            .send(RelayMsg::Error {
+                req: 0,
+                code: ErrorCode::ShuttingDown,
+                detail: "the relay is shutting down; reconnect later".into(),
+            })
+            .await;
+    }
+    drop(session);
+    // The writer ends once every queued message is written and flushed.
+    let written = writer.await;
+    result?;
+    match written {
+        Ok(Err(e)) => Err(e.into()),
+        _ => Ok(Some(client)),
+    }
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    client: PublicKey,
+    tx: mpsc::Sender<RelayMsg>,
+    delivery: Option<JoinHandle<Result<(), Closed>>>,
+    shutdown: CancellationToken,
+}
+
+impl Session {
+    async fn read_loop(
+        &mut self,
+        reader: &mut LinkReader<OwnedReadHalf>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Closed> {
+        let idle = self.shared.config.idle_timeout;
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                r = tokio::time::timeout(idle, reader.recv::<ClientMsg>()) => r,
+            };
+            let msg = match msg {
+                Err(_) => return Err(Closed::Idle(idle)),
+                Ok(Err(e)) => return Err(e.into()),
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Ok(Some(msg))) => msg,
+            };
+            if let Some(reply) = self.handle(msg).await? {
+                if self.tx.send(reply).await.is_err() {
+                    return Ok(()); // the writer failed; it reports why
+                }
+            }
+            if let Some(d) = &self.delivery {
+                if d.is_finished() {
+                    if let Some(d) = self.delivery.take() {
+                        if let Ok(Err(e)) = d.await {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, msg: ClientMsg) -> Result<Option<RelayMsg>, Closed> {
+        Ok(Some(match msg {
+            ClientMsg::Send { req, to, envelope } => {
+                match self.shared.store.enqueue(to, envelope.into_vec()).await {
+                    Ok(_) => {
+                        self.shared.registry.notify(&to);
+                        RelayMsg::Stored { req }
+                    }
+                    Err(e) => refusal(req, e)?,
+                }
+            }
+            ClientMsg::Fetch { live } => {
+                if self.delivery.is_some() {
+                    return Err(Closed::Protocol("a second Fetch on one connection"));
+                }
+                self.delivery = Some(tokio::spawn(deliver(
+                    self.shared.clone(),
+                    self.client,
+                    self.tx.clone(),
+                    live,
+                    self.shutdown.clone(),
+                )));
+                return Ok(None);
+            }
+            ClientMsg::Ack { req, ids } => match self.shared.store.ack(self.client, ids).await {
+                Ok(n) => RelayMsg::Acked {
+                    req,
+                    deleted: u32::try_from(n).unwrap_or(u32::MAX),
+                },
+                Err(e) => refusal(req, e)?,
+            },
+            ClientMsg::Ping => RelayMsg::Pong,
+        }))
+    }
+}
+
+/// Turns a store error into an answer for the client, or ends the connection
+/// if the store itself is failing.
+fn refusal(req: u32, e: StoreError) -> Result<RelayMsg, Closed> {
+    let (code, detail) = match &e {
+        StoreError::QuotaExceeded { .. } => (
+            ErrorCode::QuotaExceeded,
+            "the recipient's mailbox is full".to_owned(),
+        ),
+        StoreError::TooLarge { len, max } => (
+            ErrorCode::TooLarge,
+            format!("envelope of {len} bytes exceeds the relay's limit of {max}"),
+        ),
+        StoreError::Closed => (
+            ErrorCode::ShuttingDown,
+            "the relay is shutting down".to_owned(),
+        ),
+        _ => return Err(Closed::Store(e)),
+    };
+    Ok(RelayMsg::Error { req, code, detail })
+}
+
+/// Streams the mailbox in order, then (if `live`) waits for new envelopes.
+async fn deliver(
+    shared: Arc<Shared>,
+    client: PublicKey,
+    tx: mpsc::Sender<RelayMsg>,
+    live: bool,
+    shutdown: CancellationToken,
+) -> Result<(), Closed> {
+    let sub = shared.registry.subscribe(client);
+    let mut after = None;
+    let mut drained = false;
+    loop {
+        // Armed before reading the store, so an envelope stored between the
+        // read and the wait still wakes us.
+        let woken = sub.notify().notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+
+        let batch = shared
+            .store
+            .pending(client, after, DELIVERY_BATCH)
+            .await
+            .map_err(Closed::Store)?;
+        let full = batch.len() == DELIVERY_BATCH;
+        for m in batch {
+            after = Some(m.id);
+            let msg = RelayMsg::Deliver {
+                id: m.id,
+                received_at: m.received_at,
+                envelope: ByteBuf::from(m.envelope),
+            };
+            if tx.send(msg).await.is_err() {
+                return Ok(());
+            }
+        }
+        if full {
+            continue;
+        }
+        if !drained {
+            drained = true;
+            if tx.send(RelayMsg::Drained).await.is_err() || !live {
+                return Ok(());
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = &mut woken => {}
+        }
+    }
+}
+
+async fn write_loop(
+    mut w: LinkWriter<OwnedWriteHalf>,
+    mut rx: mpsc::Receiver<RelayMsg>,
+) -> Result<(), LinkError> {
+    while let Some(msg) = rx.recv().await {
+        w.send(&msg).await?;
+        // Everything already queued goes out with one flush.
+        while let Ok(msg) = rx.try_recv() {
+            w.send(&msg).await?;
+        }
+        w.flush().await?;
+    }
+    w.shutdown().await
+}

@@ -1,0 +1,217 @@
+//! The accept loop and graceful shutdown.
+//!
+//! A connection permit is taken *before* `accept`, so a flood waits in the
+//! kernel's backlog instead of growing the relay's memory. Each connection runs
+//! in its own task, tracked so that shutdown can wait for in-flight work: on
+//! the shutdown signal the loop stops accepting, every connection is told to
+//! finish what it is doing (a `Send` being committed is committed and
+//! acknowledged), then the store's writer drains and closes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sotto_crypto::link::LINK_VERSION;
+use sotto_crypto::wire::RelayHello;
+use sotto_keys::{RelayKey, SecretKey};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::RelayConfig;
+use crate::connection;
+use crate::registry::Registry;
+use crate::relay_key::{self, RelayKeyError};
+use crate::store::{Store, StoreError};
+
+/// State shared by every connection.
+pub(crate) struct Shared {
+    pub config: RelayConfig,
+    pub key: SecretKey,
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    pub handshakes: Arc<Semaphore>,
+    pub hello: RelayHello,
+}
+
+/// A relay that failed to start or stop.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The key could not be loaded or created.
+    #[error(transparent)]
+    Key(#[from] RelayKeyError),
+    /// The store could not be opened or closed.
+    #[error("mailbox store: {0}")]
+    Store(#[from] StoreError),
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A bound relay, ready to [`Relay::run`].
+pub struct Relay {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    key_created: bool,
+}
+
+/// File name of the mailbox store inside the data dir.
+pub const STORE_FILE: &str = "mailboxes.redb";
+
+impl Relay {
+    /// Loads (or creates) the key, opens the store and binds the socket.
+    pub async fn bind(config: RelayConfig) -> Result<Self, RelayError> {
+        let (key, key_created) = relay_key::load_or_create(&config.data_dir)?;
+        let store_path = config.data_dir.join(STORE_FILE);
+        let limits = config.mailbox.clone();
+        let store = tokio::task::spawn_blocking(move || {
+            let store = Store::open(&store_path, limits)?;
+            // The data dir is 0700 already; the file is private on its own too.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&store_path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError::Database(format!("{}: {e}", store_path.display())))?;
+            Ok::<_, StoreError>(store)
+        })
+        .await
+        .map_err(|_| StoreError::Crashed)??;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| RelayError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let hello = RelayHello {
+            version: LINK_VERSION,
+            max_envelope_len: u32::try_from(config.mailbox.max_envelope_len).unwrap_or(u32::MAX),
+        };
+        let shared = Arc::new(Shared {
+            handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
+            registry: Arc::new(Registry::default()),
+            config,
+            key,
+            store,
+            hello,
+        });
+        Ok(Self {
+            listener,
+            shared,
+            key_created,
+        })
+    }
+
+    /// The address actually bound (the real port when given port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The relay's public key, which clients pin.
+    pub fn public_key(&self) -> RelayKey {
+        RelayKey::from(self.shared.key.public())
+    }
+
+    /// Whether this start generated the relay's key.
+    pub fn key_created(&self) -> bool {
+        self.key_created
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight work.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
+        let Self {
+            listener, shared, ..
+        } = self;
+        let connections = Arc::new(Semaphore::new(shared.config.max_connections));
+        let token = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tracker.spawn(collect_garbage(shared.clone(), token.clone()));
+
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                p = connections.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let (stream, addr) = tokio::select! {
+                _ = &mut shutdown => break,
+                r = accept(&listener) => r,
+            };
+            configure(&stream);
+            let shared = shared.clone();
+            let token = token.clone();
+            tracker.spawn(async move {
+                connection::serve(stream, addr, shared, token).await;
+                drop(permit);
+            });
+        }
+
+        info!("shutting down: no new connections, finishing in-flight work");
+        drop(listener);
+        token.cancel();
+        tracker.close();
+        if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("some connections did not finish within the shutdown grace period");
+        }
+        shared.store.clone().close().await?;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Accepts the next connection, riding out transient errors (such as running
+/// out of file descriptors) with a short backoff instead of exiting.
+async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        match listener.accept().await {
+            Ok(conn) => return conn,
+            Err(e) => {
+                warn!("accept failed: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn configure(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(15));
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        debug!("could not enable TCP keepalive: {e}");
+    }
+}
+
+async fn collect_garbage(shared: Arc<Shared>, token: CancellationToken) {
+    let mut tick = tokio::time::interval(shared.config.gc_interval);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        match shared.store.expire(now).await {
+            Ok(0) => {}
+            Ok(n) => info!("expired {n} undelivered envelopes"),
+            Err(e) => warn!("expiry failed: {e}"),
+        }
+    }
+}
