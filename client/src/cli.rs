@@ -1,0 +1,227 @@
+//! The command line as typed: raw arguments, nothing resolved.
+//!
+//! Keys, invites and relay addresses are taken as strings here and parsed by
+//! the commands, so a bad value is reported as sotto's own one-line error with
+//! the fix, not as a generic usage message. No argument ever carries a secret:
+//! passphrases come from a file, the environment or a terminal prompt.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::home::HOME_ENV;
+
+/// sotto: end-to-end encrypted chat over a relay nobody has to trust.
+#[derive(Debug, Parser)]
+#[command(name = "sotto", version, max_term_width = 100)]
+pub struct Cli {
+    /// Directory holding identity.key, config.toml, contacts.toml and local state
+    /// [default: sotto in the platform's config directory].
+    #[arg(long, global = true, env = HOME_ENV, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// Read the identity's passphrase from the first line of FILE (else
+    /// $SOTTO_PASSPHRASE, else a prompt on a terminal).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+
+    /// Log what happens to stderr (-v info, -vv debug, -vvv trace); RUST_LOG
+    /// overrides. Message text and secrets are never logged.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an identity (never overwrites one) and write config.toml.
+    Init(InitArgs),
+    /// Pin the relay you read from.
+    #[command(subcommand)]
+    Relay(RelayCommand),
+    /// Print your public key (first line), optionally an invite and a QR code.
+    Id(IdArgs),
+    /// Manage contacts (contacts.toml).
+    #[command(subcommand)]
+    Contact(ContactCommand),
+    /// Seal a text message to a contact and hand it to the relay.
+    Send(SendArgs),
+    /// Fetch, print and acknowledge pending messages.
+    Inbox,
+}
+
+/// `sotto init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The name you go by (stored in config.toml).
+    #[arg(long, value_name = "N")]
+    pub name: Option<String>,
+    /// The relay you read from (needs --relay-key).
+    #[arg(long, value_name = "HOST:PORT", requires = "relay_key")]
+    pub relay: Option<String>,
+    /// The relay's public key, sottorelay1... (needs --relay).
+    #[arg(long, value_name = "KEY", requires = "relay")]
+    pub relay_key: Option<String>,
+    /// Protect the key with a passphrase asked on the terminal (twice). A key is
+    /// also protected when --passphrase-file or $SOTTO_PASSPHRASE is given.
+    #[arg(long)]
+    pub passphrase: bool,
+}
+
+/// `sotto relay ...`.
+#[derive(Debug, Subcommand)]
+pub enum RelayCommand {
+    /// Pin the relay address and key (the only way to change the pinned key).
+    Set {
+        /// Where the relay listens.
+        #[arg(value_name = "HOST:PORT")]
+        addr: String,
+        /// The key it prints when it starts (sottorelay1...).
+        #[arg(value_name = "KEY")]
+        key: String,
+    },
+}
+
+/// `sotto id`.
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Also print an invite (key + relay + relay key) as the second line.
+    #[arg(long)]
+    pub invite: bool,
+    /// Also draw the invite (or, without a relay, the key) as a QR code.
+    #[arg(long)]
+    pub qr: bool,
+}
+
+/// `sotto contact ...`.
+#[derive(Debug, Subcommand)]
+pub enum ContactCommand {
+    /// Add a contact from their key (sotto1...) or invite (sottoinvite1...).
+    Add {
+        /// Name to file them under (A-Z a-z 0-9 . _ -).
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Their key or invite.
+        #[arg(value_name = "KEY|INVITE")]
+        key: String,
+    },
+    /// List contacts and groups, one per line.
+    List,
+    /// Remove a contact.
+    Remove {
+        /// The contact's name.
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Print the safety number to compare with the contact.
+    Verify {
+        /// The contact's name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Mark the contact as verified (after comparing the numbers).
+        #[arg(long)]
+        confirm: bool,
+    },
+}
+
+/// `sotto send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The contact's name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The message; `-` reads it from stdin.
+    #[arg(value_name = "TEXT", allow_hyphen_values = true)]
+    pub text: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("sotto").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn relay_and_relay_key_go_together() {
+        assert!(parse(&["init", "--relay", "h:1"]).is_err());
+        assert!(parse(&["init", "--relay-key", "k"]).is_err());
+        let cli = parse(&["init", "--relay", "h:1", "--relay-key", "k", "--name", "al"]).unwrap();
+        match cli.command {
+            Command::Init(a) => {
+                assert_eq!(a.relay.as_deref(), Some("h:1"));
+                assert_eq!(a.relay_key.as_deref(), Some("k"));
+                assert_eq!(a.name.as_deref(), Some("al"));
+                assert!(!a.passphrase);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn global_flags_work_after_the_subcommand() {
+        let cli = parse(&[
+            "inbox",
+            "--home",
+            "/tmp/h",
+            "--passphrase-file",
+            "/p",
+            "-vv",
+        ])
+        .unwrap();
+        assert_eq!(cli.home, Some(PathBuf::from("/tmp/h")));
+        assert_eq!(cli.passphrase_file, Some(PathBuf::from("/p")));
+        assert_eq!(cli.verbose, 2);
+    }
+
+    #[test]
+    fn message_text_may_be_a_dash_or_start_with_one() {
+        for text in ["-", "-5 degrees outside", "hello"] {
+            match parse(&["send", "bob", text]).unwrap().command {
+                Command::Send(a) => assert_eq!(a.text, text),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(parse(&["send", "bob"]).is_err());
+    }
+
+    #[test]
+    fn no_option_takes_a_secret() {
+        // A passphrase is a flag (prompt) or a file, never a value.
+        assert!(parse(&["init", "--passphrase", "hunter2"]).is_err());
+        let cmd = Cli::command();
+        let init = cmd.find_subcommand("init").unwrap();
+        let pass = init
+            .get_arguments()
+            .find(|a| a.get_id() == "passphrase")
+            .unwrap();
+        assert!(!pass.get_action().takes_values());
+    }
+
+    #[test]
+    fn contact_subcommands_parse() {
+        match parse(&["contact", "verify", "bob", "--confirm"])
+            .unwrap()
+            .command
+        {
+            Command::Contact(ContactCommand::Verify { name, confirm }) => {
+                assert_eq!(name, "bob");
+                assert!(confirm);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["contact", "add", "bob"]).is_err());
+        assert!(parse(&["relay", "set", "h:1"]).is_err());
+    }
+}

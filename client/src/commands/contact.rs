@@ -1,0 +1,243 @@
+//! `sotto contact add | list | remove | verify`: the contact book.
+//!
+//! Contacts are the trust store: a message is shown under a name only if its
+//! sender key is the one filed under that name. Adding is therefore explicit
+//! and never replaces an entry, and `verify` prints a safety number that both
+//! people compute independently and compare over another channel, so a relay
+//! (or whoever passed the key along) cannot have swapped it unnoticed.
+
+use anyhow::{anyhow, Result};
+use sotto_keys::{safety_number, Contact, ContactBook, ContactName, Invite, PublicKey};
+
+use super::{note, warn, Ctx, Out};
+use crate::config::Config;
+use crate::display::sanitize;
+use crate::identity;
+
+/// What `contact add` was given.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum KeyOrInvite {
+    /// A bare key.
+    Key(PublicKey),
+    /// An invite: key, relay and relay key.
+    Invite(Invite),
+}
+
+/// Parses a contact key (`sotto1...`) or an invite (`sottoinvite1...`).
+pub(crate) fn parse_key_or_invite(s: &str) -> Result<KeyOrInvite> {
+    let t = s.trim();
+    let lower = t.get(..12).map(str::to_ascii_lowercase).unwrap_or_default();
+    if lower.starts_with("sottoinvite1") {
+        return Ok(KeyOrInvite::Invite(t.parse()?));
+    }
+    match t.parse::<PublicKey>() {
+        Ok(key) => Ok(KeyOrInvite::Key(key)),
+        Err(e) if lower.starts_with("sotto") => Err(anyhow!("invalid key: {e}")),
+        Err(_) => Err(anyhow!(
+            "`{}` is neither a contact key (sotto1...) nor an invite (sottoinvite1...); ask them for the output of `sotto id --invite`",
+            sanitize(&t.chars().take(40).collect::<String>())
+        )),
+    }
+}
+
+fn load_book(ctx: &Ctx) -> Result<ContactBook> {
+    ctx.home.require_identity()?;
+    Ok(ContactBook::load(&ctx.home.contacts())?)
+}
+
+/// Runs `sotto contact add NAME KEY|INVITE`.
+pub fn add(ctx: &Ctx, name: &str, key: &str) -> Result<()> {
+    let mut book = load_book(ctx)?;
+    let name: ContactName = name.parse()?;
+    let (key, invite) = match parse_key_or_invite(key)? {
+        KeyOrInvite::Key(key) => (key, None),
+        KeyOrInvite::Invite(invite) => (invite.key, Some(invite)),
+    };
+    let relay = invite.as_ref().map(|i| i.relay.clone());
+    book.add(Contact::new(name.clone(), key, relay))?;
+    book.save()?;
+    note(&format!("added {name} ({key})"));
+
+    if let Some(invite) = invite {
+        let config = Config::load(&ctx.home.config())?;
+        match config.relay() {
+            Err(_) => note(&format!(
+                "you have no relay yet; to read from the same relay as {name}, run `sotto relay set {} {}`",
+                invite.relay, invite.relay_key
+            )),
+            Ok(mine) if mine.addr != invite.relay || mine.key != invite.relay_key => warn(&format!(
+                "{name} reads from the relay at {}, yours is {}; sotto sends through your own relay, so {name} only gets your messages if they read from it too",
+                invite.relay, mine.addr
+            )),
+            Ok(_) => {}
+        }
+    }
+    note(&format!(
+        "to make sure this is really {name}'s key, compare safety numbers: `sotto contact verify {name}`"
+    ));
+    Ok(())
+}
+
+/// Runs `sotto contact list`.
+pub fn list(ctx: &Ctx) -> Result<()> {
+    let book = load_book(ctx)?;
+    let lines = list_lines(&book);
+    if lines.is_empty() {
+        note("no contacts yet; add one with `sotto contact add NAME KEY`");
+        return Ok(());
+    }
+    let mut out = Out::new();
+    for line in lines {
+        out.line(&line)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// One line per contact (`NAME  KEY  verified|unchecked  RELAY|-`), then one
+/// per group (`NAME  group  MEMBER,MEMBER`), names padded to line up.
+pub(crate) fn list_lines(book: &ContactBook) -> Vec<String> {
+    let width = book
+        .contacts()
+        .map(|c| c.name.as_str().len())
+        .chain(book.groups().iter().map(|g| g.name.as_str().len()))
+        .max()
+        .unwrap_or(0);
+    let mut lines: Vec<String> = book
+        .contacts()
+        .map(|c| {
+            let mark = if c.verified { "verified" } else { "unchecked" };
+            let relay = c
+                .relay
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), ToString::to_string);
+            format!("{:<width$}  {}  {mark:<9}  {relay}", c.name.as_str(), c.key)
+        })
+        .collect();
+    for group in book.groups() {
+        let members: Vec<&str> = group.members.iter().map(ContactName::as_str).collect();
+        lines.push(format!(
+            "{:<width$}  group  {}",
+            group.name.as_str(),
+            members.join(",")
+        ));
+    }
+    lines
+}
+
+/// Runs `sotto contact remove NAME`.
+pub fn remove(ctx: &Ctx, name: &str) -> Result<()> {
+    let mut book = load_book(ctx)?;
+    let removed = book.remove(name)?;
+    book.save()?;
+    note(&format!("removed {} ({})", removed.name, removed.key));
+    Ok(())
+}
+
+/// Runs `sotto contact verify NAME [--confirm]`.
+pub fn verify(ctx: &Ctx, name: &str, confirm: bool) -> Result<()> {
+    let mut book = load_book(ctx)?;
+    let contact = book.get(name).ok_or_else(|| unknown_contact(name))?.clone();
+    let me = identity::load(&ctx.home, ctx.passphrase_file.as_deref())?.public();
+    let number = safety_number(&me, &contact.key);
+    let mut out = Out::new();
+    out.line(&number.to_string())?;
+    out.flush()?;
+    let name = &contact.name;
+    if confirm {
+        book.set_verified(name.as_str(), true)?;
+        book.save()?;
+        note(&format!("{name} is now marked as verified"));
+    } else {
+        note(&format!(
+            "this is the safety number of you and {name}: compare it with what {name}'s own `sotto contact verify` shows for you, in person or on a call; if every digit matches, run `sotto contact verify {name} --confirm`"
+        ));
+        if contact.verified {
+            note(&format!("{name} is already marked as verified"));
+        }
+    }
+    Ok(())
+}
+
+/// The error for a name that is not in the book, with the command to fix it.
+pub(crate) fn unknown_contact(name: &str) -> anyhow::Error {
+    match name.parse::<ContactName>() {
+        Ok(valid) => anyhow!("unknown contact '{valid}': add them first with `sotto contact add {valid} KEY`"),
+        Err(_) => anyhow!(
+            "unknown contact '{}': contact names use only A-Z a-z 0-9 . _ - (see `sotto contact list`)",
+            sanitize(name)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sotto_keys::RelayKey;
+
+    #[test]
+    fn keys_and_invites_are_told_apart() {
+        let key = PublicKey::from_bytes([7; 32]);
+        assert_eq!(
+            parse_key_or_invite(&key.to_string()).unwrap(),
+            KeyOrInvite::Key(key)
+        );
+        let invite = Invite {
+            key,
+            relay: "relay.example.org:7300".parse().unwrap(),
+            relay_key: RelayKey::from_bytes([8; 32]),
+        };
+        assert_eq!(
+            parse_key_or_invite(&invite.to_string().to_uppercase()).unwrap(),
+            KeyOrInvite::Invite(invite)
+        );
+        let relay = RelayKey::from_bytes([8; 32]).to_string();
+        let err = parse_key_or_invite(&relay).unwrap_err().to_string();
+        assert!(err.contains("relay key, not a contact key"), "{err}");
+        let err = parse_key_or_invite("hello\x1b[2J").unwrap_err().to_string();
+        assert!(
+            err.contains("neither a contact key") && !err.contains('\x1b'),
+            "{err}"
+        );
+        let mut typo = key.to_string();
+        typo.pop();
+        assert!(parse_key_or_invite(&typo)
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid key: "));
+    }
+
+    #[test]
+    fn unknown_contact_message_names_the_fix() {
+        assert_eq!(
+            unknown_contact("bob").to_string(),
+            "unknown contact 'bob': add them first with `sotto contact add bob KEY`"
+        );
+        assert!(!unknown_contact("b\x1bob").to_string().contains('\x1b'));
+    }
+
+    #[test]
+    fn the_list_has_one_aligned_line_per_contact_then_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut book = ContactBook::load(&dir.path().join("contacts.toml")).unwrap();
+        let alice = PublicKey::from_bytes([1; 32]);
+        let bob = PublicKey::from_bytes([2; 32]);
+        book.add(Contact::new(
+            "alice".parse().unwrap(),
+            alice,
+            Some("r.example:1".parse().unwrap()),
+        ))
+        .unwrap();
+        book.add(Contact::new("bo".parse().unwrap(), bob, None))
+            .unwrap();
+        book.set_verified("alice", true).unwrap();
+        let lines = list_lines(&book);
+        assert_eq!(
+            lines,
+            vec![
+                format!("alice  {alice}  verified   r.example:1"),
+                format!("bo     {bob}  unchecked  -"),
+            ]
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! `sotto inbox`: fetch, open, show once, remember, acknowledge.
+//!
+//! The order is what makes it safe:
+//!
+//! 1. every pending envelope is fetched (`Fetch`, up to `Drained`);
+//! 2. each is opened with my key; one that fails is reported and dropped, one
+//!    whose id was already shown is dropped silently (a replay or a
+//!    re-delivery), one dated before the replay window is dropped with a
+//!    warning, the rest are printed as `[time] NAME: TEXT`;
+//! 3. the ids of the printed messages are committed to the seen store;
+//! 4. only then are the envelopes acknowledged, so the relay deletes them.
+//!
+//! A crash before 4 means the relay delivers again and the seen store hides
+//! what was already shown; a failure to print (a closed pipe) stops before the
+//! message that could not be shown, which stays on the relay. A sender is
+//! named only by the contact book: a key that is not a contact is shown as
+//! `unknown sotto1...`, never under a name it chose.
+
+use std::collections::{BTreeSet, HashSet};
+
+use anyhow::{Context, Result};
+use sotto_crypto::envelope::{self, Content, MessageId};
+use sotto_keys::{ContactBook, PublicKey, SecretKey};
+
+use super::{block_on, note, warn, Ctx, Out};
+use crate::config::Config;
+use crate::display::{local_time_ms, message_line};
+use crate::identity;
+use crate::relay_client::{self, Delivery};
+use crate::seen::{self, SeenStore};
+
+/// Runs `sotto inbox`.
+pub fn run(ctx: &Ctx) -> Result<()> {
+    ctx.home.require_identity()?;
+    let pin = Config::load(&ctx.home.config())?.relay()?;
+    let book = ContactBook::load(&ctx.home.contacts())?;
+    let me = identity::load(&ctx.home, ctx.passphrase_file.as_deref())?;
+    // Opened before the network: if another `sotto inbox` holds it, say so
+    // before fetching anything.
+    let store = SeenStore::open(&ctx.home.seen(), seen::now_secs())?;
+
+    let outcome = block_on(async move {
+        let mut conn = relay_client::connect(&pin, &me).await?;
+        let pending = conn.fetch_pending().await?;
+        tracing::info!(count = pending.len(), "fetched");
+        if pending.is_empty() {
+            conn.close().await;
+            return Ok::<_, anyhow::Error>(None);
+        }
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut out = Out::new();
+            process(&me, &book, &store, pending, seen::now_secs(), &mut |line| {
+                out.line(line)
+            })
+        })
+        .await
+        .context("the inbox task failed")??;
+        let deleted = conn.ack(&outcome.ack).await?;
+        tracing::info!(acked = outcome.ack.len(), deleted, "acknowledged");
+        conn.close().await;
+        Ok(Some(outcome))
+    })??;
+
+    let Some(outcome) = outcome else {
+        note("no new messages");
+        return Ok(());
+    };
+    // Reported only now that the discarded envelopes are acknowledged: had
+    // the acknowledgement failed, they would come back, and the error alone
+    // would be the one line on stderr.
+    if outcome.failed > 0 {
+        warn(&plural(
+            outcome.failed,
+            "an envelope that failed to decrypt was discarded",
+            "envelopes that failed to decrypt were discarded",
+        ));
+    }
+    if outcome.stale > 0 {
+        warn(&plural(
+            outcome.stale,
+            "a message dated more than 30 days ago was discarded: it cannot be told apart from a replay",
+            "messages dated more than 30 days ago were discarded: they cannot be told apart from replays",
+        ));
+    }
+    for key in &outcome.unknown_senders {
+        note(&format!(
+            "a message came from {key}, who is not in your contacts; if you know who it is: `sotto contact add NAME {key}`"
+        ));
+    }
+    if let Some(e) = outcome.print_error {
+        return Err(anyhow::Error::new(e).context("cannot write to stdout"));
+    }
+    if outcome.shown == 0 {
+        note("no new messages");
+    }
+    Ok(())
+}
+
+/// What processing a batch came to.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    /// Relay ids to acknowledge.
+    pub ack: Vec<u64>,
+    /// How many messages were printed.
+    pub shown: usize,
+    /// Senders that are not contacts, in key order.
+    pub unknown_senders: BTreeSet<PublicKey>,
+    /// Envelopes that failed to open, discarded.
+    pub failed: usize,
+    /// Messages dated before the replay window, discarded.
+    pub stale: usize,
+    /// The error that stopped printing, if any.
+    pub print_error: Option<std::io::Error>,
+}
+
+/// Opens, filters and prints a batch, records what was printed, and says
+/// which envelopes may be acknowledged. `print` gets one line per message.
+pub(crate) fn process(
+    me: &SecretKey,
+    book: &ContactBook,
+    store: &SeenStore,
+    pending: Vec<Delivery>,
+    now: u64,
+    print: &mut dyn FnMut(&str) -> std::io::Result<()>,
+) -> Result<Outcome> {
+    let mut outcome = Outcome::default();
+    let mut shown: Vec<(MessageId, u64)> = Vec::new();
+    let mut in_batch: HashSet<MessageId> = HashSet::new();
+
+    for delivery in pending {
+        let opened = match envelope::open(me, &delivery.envelope) {
+            Ok(opened) => opened,
+            Err(e) => {
+                tracing::debug!(id = delivery.id, error = %e, "envelope failed to open");
+                outcome.failed += 1;
+                outcome.ack.push(delivery.id);
+                continue;
+            }
+        };
+        let body = opened.body;
+        if in_batch.contains(&body.id) || store.contains(&body.id)? {
+            tracing::debug!(id = delivery.id, "duplicate message dropped");
+            outcome.ack.push(delivery.id);
+            continue;
+        }
+        if seen::is_stale(body.sent_at_ms, now) {
+            outcome.stale += 1;
+            outcome.ack.push(delivery.id);
+            continue;
+        }
+        let time = local_time_ms(body.sent_at_ms)
+            .or_else(|| local_time_ms(delivery.received_at.saturating_mul(1000)))
+            .unwrap_or_else(|| "????-??-?? ??:??:??".to_owned());
+        let who = if let Some(contact) = book.by_key(&opened.sender) {
+            contact.name.to_string()
+        } else {
+            outcome.unknown_senders.insert(opened.sender);
+            format!("unknown {}", opened.sender)
+        };
+        let Content::Text(text) = &body.content;
+        if let Err(e) = print(&message_line(&time, &who, text)) {
+            // Not shown: neither remembered nor acknowledged, so it stays on
+            // the relay for the next `sotto inbox`.
+            outcome.print_error = Some(e);
+            break;
+        }
+        in_batch.insert(body.id);
+        shown.push((body.id, body.sent_at_ms));
+        outcome.ack.push(delivery.id);
+        outcome.shown += 1;
+    }
+
+    // Durably remembered before the caller acknowledges anything.
+    store.record(&shown, now)?;
+    Ok(outcome)
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        one.to_owned()
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sotto_crypto::envelope::Body;
+    use sotto_keys::Contact;
+
+    const NOW: u64 = 1_800_000_000;
+
+    struct World {
+        _dir: tempfile::TempDir,
+        me: SecretKey,
+        alice: SecretKey,
+        book: ContactBook,
+        store: SeenStore,
+    }
+
+    fn world() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let me = SecretKey::generate();
+        let alice = SecretKey::generate();
+        let mut book = ContactBook::load(&dir.path().join("contacts.toml")).unwrap();
+        book.add(Contact::new("alice".parse().unwrap(), alice.public(), None))
+            .unwrap();
+        let store = SeenStore::open(&dir.path().join("seen.redb"), NOW).unwrap();
+        World {
+            _dir: dir,
+            me,
+            alice,
+            book,
+            store,
+        }
+    }
+
+    fn body(text: &str, sent_at_ms: u64) -> Body {
+        let mut b = Body::new(Content::Text(text.to_owned()));
+        b.sent_at_ms = sent_at_ms;
+        b
+    }
+
+    fn deliver(id: u64, from: &SecretKey, to: &SecretKey, body: &Body) -> Delivery {
+        Delivery {
+            id,
+            received_at: NOW,
+            envelope: envelope::seal(from, &to.public(), body).unwrap(),
+        }
+    }
+
+    fn run_batch(w: &World, pending: Vec<Delivery>) -> (Outcome, Vec<String>) {
+        let mut lines = Vec::new();
+        let outcome = process(&w.me, &w.book, &w.store, pending, NOW, &mut |l| {
+            lines.push(l.to_owned());
+            Ok(())
+        })
+        .unwrap();
+        (outcome, lines)
+    }
+
+    #[test]
+    fn contacts_by_name_strangers_by_key_duplicates_once_garbage_acked() {
+        let w = world();
+        let mallory = SecretKey::generate();
+        let hello = body("hello \x1b[31mthere", NOW * 1000);
+        let pending = vec![
+            deliver(1, &w.alice, &w.me, &hello),
+            deliver(2, &w.alice, &w.me, &hello), // replayed in the same batch
+            deliver(3, &mallory, &w.me, &body("i am alice", NOW * 1000)),
+            Delivery {
+                id: 4,
+                received_at: NOW,
+                envelope: vec![1, 1, 0, 0, 0],
+            },
+        ];
+        let (outcome, lines) = run_batch(&w, pending);
+        assert_eq!(outcome.ack, vec![1, 2, 3, 4]);
+        assert_eq!(outcome.failed, 1);
+        assert_eq!(outcome.shown, 2);
+        assert_eq!(lines.len(), 2);
+        assert!(
+            lines[0].ends_with("] alice: hello \\x1b[31mthere"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[0].starts_with('['));
+        assert!(
+            lines[1].ends_with(&format!("] unknown {}: i am alice", mallory.public())),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(
+            outcome.unknown_senders.into_iter().collect::<Vec<_>>(),
+            vec![mallory.public()]
+        );
+
+        // Delivered again later (an ack that was lost): acked, not shown.
+        let (outcome, lines) = run_batch(&w, vec![deliver(9, &w.alice, &w.me, &hello)]);
+        assert_eq!(outcome.ack, vec![9]);
+        assert!(lines.is_empty());
+    }
+
+    #[test]
+    fn a_message_that_could_not_be_printed_is_neither_remembered_nor_acked() {
+        let w = world();
+        let first = body("one", NOW * 1000);
+        let second = body("two", NOW * 1000);
+        let pending = vec![
+            deliver(1, &w.alice, &w.me, &first),
+            deliver(2, &w.alice, &w.me, &second),
+        ];
+        let mut calls = 0;
+        let outcome = process(&w.me, &w.book, &w.store, pending, NOW, &mut |_| {
+            calls += 1;
+            if calls == 2 {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+        assert_eq!(outcome.ack, vec![1]);
+        assert!(outcome.print_error.is_some());
+        assert!(w.store.contains(&first.id).unwrap());
+        assert!(!w.store.contains(&second.id).unwrap());
+    }
+
+    #[test]
+    fn stale_messages_are_dropped_and_times_are_the_senders() {
+        let w = world();
+        let old = body("from long ago", (NOW - 31 * 24 * 3600) * 1000);
+        let (outcome, lines) = run_batch(
+            &w,
+            vec![
+                deliver(1, &w.alice, &w.me, &old),
+                deliver(2, &w.alice, &w.me, &body("now", NOW * 1000)),
+            ],
+        );
+        assert_eq!(outcome.ack, vec![1, 2]);
+        assert_eq!(outcome.stale, 1);
+        assert_eq!(lines.len(), 1);
+        let expected = local_time_ms(NOW * 1000).unwrap();
+        assert_eq!(lines[0], format!("[{expected}] alice: now"));
+    }
+}

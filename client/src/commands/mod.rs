@@ -1,0 +1,94 @@
+//! One module per subcommand; this one dispatches and holds what they share.
+//!
+//! Commands print data on stdout (through [`Out`], which reports a closed pipe
+//! instead of panicking) and messages on stderr ([`note`], [`warn`]); they
+//! return errors for `lib.rs` to print as one line.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::cli::{Cli, Command, ContactCommand, RelayCommand};
+use crate::home::Home;
+
+pub mod contact;
+pub mod id;
+pub mod inbox;
+pub mod init;
+pub mod relay;
+pub mod send;
+
+/// What every command may need from the global flags.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// The sotto home.
+    pub home: Home,
+    /// `--passphrase-file`.
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// Runs the command the user asked for.
+pub fn run(cli: Cli) -> Result<()> {
+    let ctx = Ctx {
+        home: Home::resolve(cli.home)?,
+        passphrase_file: cli.passphrase_file,
+    };
+    match cli.command {
+        Command::Init(args) => init::run(&ctx, args),
+        Command::Relay(RelayCommand::Set { addr, key }) => relay::set(&ctx, &addr, &key),
+        Command::Id(args) => id::run(&ctx, args),
+        Command::Contact(ContactCommand::Add { name, key }) => contact::add(&ctx, &name, &key),
+        Command::Contact(ContactCommand::List) => contact::list(&ctx),
+        Command::Contact(ContactCommand::Remove { name }) => contact::remove(&ctx, &name),
+        Command::Contact(ContactCommand::Verify { name, confirm }) => {
+            contact::verify(&ctx, &name, confirm)
+        }
+        Command::Send(args) => send::run(&ctx, args),
+        Command::Inbox => inbox::run(&ctx),
+    }
+}
+
+/// Runs the network part of a command on a single-threaded runtime: one
+/// connection, one request at a time, nothing to spread over threads.
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    Ok(runtime.block_on(future))
+}
+
+/// Standard output, line by line, flushed at the end.
+pub(crate) struct Out {
+    inner: std::io::StdoutLock<'static>,
+}
+
+impl Out {
+    pub(crate) fn new() -> Self {
+        Self {
+            inner: std::io::stdout().lock(),
+        }
+    }
+
+    /// Writes one line. A closed pipe comes back as an error (`lib.rs` ends
+    /// quietly on it), never as a panic.
+    pub(crate) fn line(&mut self, line: &str) -> std::io::Result<()> {
+        writeln!(self.inner, "{line}")
+    }
+
+    /// Pushes everything written so far out.
+    pub(crate) fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A message for the person at the terminal, on stderr.
+pub(crate) fn note(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "sotto: {msg}");
+}
+
+/// A warning, on stderr.
+pub(crate) fn warn(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "sotto: warning: {msg}");
+}

@@ -1,0 +1,206 @@
+//! `sotto send NAME TEXT`: seal a text message and hand it to the relay.
+//!
+//! Success (exit 0) means the relay answered `Stored`, which it does only after
+//! a durable commit: a script can rely on a message it was told was sent not
+//! being lost by the relay. Everything that can be checked locally (contact,
+//! text, size) is checked before the passphrase is asked or the network used.
+
+use std::io::Read;
+
+use anyhow::{anyhow, bail, Context, Result};
+use sotto_crypto::envelope::{self, Body, Content, MAX_BODY_LEN};
+use sotto_crypto::wire::ErrorCode;
+use sotto_crypto::EnvelopeError;
+use sotto_keys::ContactBook;
+
+use super::contact::unknown_contact;
+use super::{block_on, note, warn, Ctx};
+use crate::cli::SendArgs;
+use crate::config::Config;
+use crate::identity;
+use crate::relay_client::{self, RelayError};
+
+/// Most bytes a body adds around the text: a 16-byte id, a varint timestamp
+/// (at most 10 bytes), the content tag (1) and the text's varint length (at
+/// most 3 bytes below 2^21).
+const BODY_OVERHEAD_MAX: usize = 16 + 10 + 1 + 3;
+
+/// Longest text that always fits in one envelope, in bytes.
+pub const MAX_TEXT_LEN: usize = MAX_BODY_LEN - BODY_OVERHEAD_MAX;
+
+/// Runs `sotto send`.
+pub fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
+    ctx.home.require_identity()?;
+    let book = ContactBook::load(&ctx.home.contacts())?;
+    let contact = match book.get(&args.name) {
+        Some(c) => c.clone(),
+        None if book.group(&args.name).is_some() => {
+            bail!(
+                "'{}' is a group; sending to a group is not supported yet, send to each member",
+                args.name
+            )
+        }
+        None => return Err(unknown_contact(&args.name)),
+    };
+    let text = if args.text == "-" {
+        read_stdin()?
+    } else {
+        args.text
+    };
+    check_text(&text)?;
+    let pin = Config::load(&ctx.home.config())?.relay()?;
+
+    let me = identity::load(&ctx.home, ctx.passphrase_file.as_deref())?;
+    let body = Body::new(Content::Text(text));
+    let sealed = envelope::seal(&me, &contact.key, &body).map_err(|e| match e {
+        EnvelopeError::TooLarge { .. } => too_long(MAX_TEXT_LEN + 1),
+        other => anyhow!("cannot seal the message: {other}"),
+    })?;
+    let name = contact.name.to_string();
+
+    block_on(async {
+        let mut conn = relay_client::connect(&pin, &me).await?;
+        if sealed.len() > conn.max_envelope_len() {
+            bail!(
+                "the message is too long for the relay at {}: sealed it is {} bytes, the relay accepts at most {}; send a shorter message",
+                pin.addr,
+                sealed.len(),
+                conn.max_envelope_len()
+            );
+        }
+        tracing::info!(envelope_len = sealed.len(), "sending");
+        conn.send_envelope(&contact.key, sealed)
+            .await
+            .map_err(|e| explain(e, &name))?;
+        conn.close().await;
+        Ok(())
+    })??;
+    note(&format!("sent to {name}: the relay has stored it"));
+    // After the fact, so a failure stays a single line on stderr.
+    if let Some(theirs) = contact.relay.as_ref().filter(|r| **r != pin.addr) {
+        warn(&format!(
+            "{name} reads from the relay at {theirs}, but messages go through yours at {}; they only get it if they read from it too",
+            pin.addr
+        ));
+    }
+    Ok(())
+}
+
+/// Adds the recipient's name to what the relay said.
+pub(crate) fn explain(err: RelayError, name: &str) -> anyhow::Error {
+    match err {
+        RelayError::Refused {
+            code: ErrorCode::QuotaExceeded,
+            ..
+        } => anyhow!("{name}'s mailbox on the relay is full; try again once they have read their messages"),
+        RelayError::Refused {
+            code: ErrorCode::TooLarge,
+            addr,
+            ..
+        } => anyhow!("the relay at {addr} refused the message to {name} as too large; send a shorter message"),
+        other => other.into(),
+    }
+}
+
+fn too_long(len: usize) -> anyhow::Error {
+    anyhow!("message too long: {len} bytes, at most {MAX_TEXT_LEN} bytes fit in one message")
+}
+
+fn check_text(text: &str) -> Result<()> {
+    if text.is_empty() {
+        bail!("the message is empty; nothing was sent");
+    }
+    if text.len() > MAX_TEXT_LEN {
+        return Err(too_long(text.len()));
+    }
+    Ok(())
+}
+
+/// The message from stdin: UTF-8, read through a size limit, without the one
+/// line ending that `echo` and editors add.
+fn read_stdin() -> Result<String> {
+    read_message(std::io::stdin().lock())
+}
+
+fn read_message(input: impl Read) -> Result<String> {
+    // Two bytes of slack for a final "\r\n".
+    let limit = MAX_TEXT_LEN + 2;
+    let mut bytes = Vec::new();
+    input
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .context("cannot read the message from stdin")?;
+    if bytes.len() > limit {
+        return Err(anyhow!(
+            "message too long: more than {MAX_TEXT_LEN} bytes on stdin, at most {MAX_TEXT_LEN} bytes fit in one message"
+        ));
+    }
+    let mut text =
+        String::from_utf8(bytes).map_err(|_| anyhow!("the message on stdin is not UTF-8 text"))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sotto_keys::{PublicKey, SecretKey};
+
+    #[test]
+    fn the_text_limit_is_exact_enough_to_always_seal() {
+        let alice = SecretKey::generate();
+        let bob = PublicKey::from_bytes([9; 32]);
+        let mut body = Body::new(Content::Text("a".repeat(MAX_TEXT_LEN)));
+        body.sent_at_ms = u64::MAX;
+        assert!(envelope::seal(&alice, &bob, &body).is_ok());
+        assert!(check_text(&"a".repeat(MAX_TEXT_LEN)).is_ok());
+        let err = check_text(&"a".repeat(MAX_TEXT_LEN + 1))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "message too long: {} bytes, at most {MAX_TEXT_LEN} bytes fit in one message",
+                MAX_TEXT_LEN + 1
+            )
+        );
+        assert!(check_text("").is_err());
+    }
+
+    #[test]
+    fn stdin_loses_one_line_ending_and_must_be_utf8() {
+        assert_eq!(read_message(&b"hi\n"[..]).unwrap(), "hi");
+        assert_eq!(read_message(&b"two\nlines\r\n"[..]).unwrap(), "two\nlines");
+        assert_eq!(read_message(&b"x\n\n"[..]).unwrap(), "x\n");
+        assert!(read_message(&b"\xff"[..]).is_err());
+        let big = vec![b'a'; MAX_TEXT_LEN + 3];
+        assert!(read_message(&big[..])
+            .unwrap_err()
+            .to_string()
+            .starts_with("message too long"));
+    }
+
+    #[test]
+    fn a_full_mailbox_is_explained_with_the_contacts_name() {
+        let err = RelayError::Refused {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            code: ErrorCode::QuotaExceeded,
+            detail: String::new(),
+        };
+        assert_eq!(
+            explain(err, "bob").to_string(),
+            "bob's mailbox on the relay is full; try again once they have read their messages"
+        );
+        let err = RelayError::Closed {
+            addr: "127.0.0.1:1".parse().unwrap(),
+        };
+        assert!(explain(err, "bob")
+            .to_string()
+            .contains("closed the connection"));
+    }
+}

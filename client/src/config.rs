@@ -1,0 +1,268 @@
+//! `config.toml`: who I am called and which relay I read from.
+//!
+//! The file is meant to be read and, carefully, edited by people, so it is
+//! written with a comment header, updated in place (a person's comments and
+//! layout survive `sotto relay set`), and every error names the file and the
+//! line. Unknown keys are errors rather than silently ignored: a typo such as
+//! `relay-key` would otherwise turn into a confusing "no relay configured".
+//!
+//! The relay key is a pin: it changes only through `sotto relay set` (or an
+//! edit), never because a relay presented another key.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use sotto_keys::{relay_addr::RelayAddr, RelayKey};
+use toml_edit::DocumentMut;
+
+/// Largest config file read, in bytes: it holds three short values.
+const MAX_CONFIG_LEN: u64 = 64 * 1024;
+
+const HEADER: &str = "\
+# sotto client settings, written by `sotto init` and `sotto relay set`.
+#
+# name      = the name you go by (optional, for your own reference)
+# relay     = HOST:PORT of the relay you read your messages from
+# relay_key = that relay's public key (sottorelay1...). It is pinned: a relay
+#             that proves any other key is refused. Change it only on purpose,
+#             with `sotto relay set HOST:PORT KEY`.
+";
+
+/// The settings in `config.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The name I go by.
+    pub name: Option<String>,
+    /// The relay I read from.
+    pub relay: Option<RelayAddr>,
+    /// That relay's pinned key.
+    pub relay_key: Option<RelayKey>,
+}
+
+/// A relay and its pinned key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayPin {
+    /// Where it listens.
+    pub addr: RelayAddr,
+    /// The key it must prove.
+    pub key: RelayKey,
+}
+
+impl Config {
+    /// Reads the config at `path`; a missing file is an empty config.
+    pub fn load(path: &Path) -> Result<Self> {
+        let Some(text) = read_text(path)? else {
+            return Ok(Self::default());
+        };
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text; errors say `PATH:LINE: what`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let config: Self = toml::from_str(text).map_err(|e| {
+            anyhow!(
+                "{}: {}",
+                location(path, text, e.span().map(|s| s.start)),
+                one_line(e.message())
+            )
+        })?;
+        match (&config.relay, &config.relay_key) {
+            (Some(_), None) => bail!(
+                "{}: `relay` is set but `relay_key` is missing; run `sotto relay set HOST:PORT KEY`",
+                path.display()
+            ),
+            (None, Some(_)) => bail!(
+                "{}: `relay_key` is set but `relay` is missing; run `sotto relay set HOST:PORT KEY`",
+                path.display()
+            ),
+            _ => Ok(config),
+        }
+    }
+
+    /// The configured relay, or the standard error saying how to set one.
+    pub fn relay(&self) -> Result<RelayPin> {
+        match (&self.relay, &self.relay_key) {
+            (Some(addr), Some(key)) => Ok(RelayPin {
+                addr: addr.clone(),
+                key: *key,
+            }),
+            _ => Err(anyhow!(
+                "no relay configured: run `sotto relay set HOST:PORT KEY`"
+            )),
+        }
+    }
+}
+
+/// Sets values in `config.toml`, keeping whatever else the file holds
+/// (comments included); creates the file, with its header, if missing.
+///
+/// `None` leaves a value as it is.
+pub fn update(path: &Path, name: Option<&str>, relay: Option<&RelayPin>) -> Result<()> {
+    let text = read_text(path)?;
+    let mut doc = match &text {
+        Some(text) => text.parse::<DocumentMut>().map_err(|e| {
+            anyhow!(
+                "{}: {}",
+                location(path, text, e.span().map(|s| s.start)),
+                one_line(e.message())
+            )
+        })?,
+        None => DocumentMut::new(),
+    };
+    if let Some(name) = name {
+        doc["name"] = toml_edit::value(name);
+    }
+    if let Some(pin) = relay {
+        doc["relay"] = toml_edit::value(pin.addr.to_string());
+        doc["relay_key"] = toml_edit::value(pin.key.to_string());
+    }
+    let mut out = doc.to_string();
+    if text.is_none() {
+        out = format!("{HEADER}\n{out}");
+    }
+    // What we write must read back: refuse to leave a file we cannot load.
+    Config::parse(&out, path)?;
+    write_atomic(path, out.as_bytes())
+}
+
+fn read_text(path: &Path) -> Result<Option<String>> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut text = String::new();
+    file.take(MAX_CONFIG_LEN + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read {} as UTF-8 text", path.display()))?;
+    if text.len() as u64 > MAX_CONFIG_LEN {
+        bail!(
+            "{} is larger than {MAX_CONFIG_LEN} bytes; it is not a sotto config",
+            path.display()
+        );
+    }
+    Ok(Some(text))
+}
+
+/// `PATH:LINE` for a byte offset into `text`, or `PATH` without one.
+fn location(path: &Path, text: &str, offset: Option<usize>) -> String {
+    match offset {
+        Some(at) => {
+            let at = at.min(text.len());
+            let line = text.as_bytes()[..at]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1;
+            format!("{}:{line}", path.display())
+        }
+        None => path.display().to_string(),
+    }
+}
+
+fn one_line(message: &str) -> String {
+    message.trim().replace('\n', "; ")
+}
+
+/// Replaces `path` atomically: a temporary file in the same directory is
+/// written, synced and renamed over it, so a crash leaves the old file or the
+/// new one, never half of one.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir: PathBuf = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let context = || format!("cannot write {}", path.display());
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir).with_context(context)?;
+    tmp.write_all(bytes).with_context(context)?;
+    tmp.as_file().sync_all().with_context(context)?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(context)?;
+    if let Ok(d) = std::fs::File::open(&dir) {
+        // Best effort: makes the rename itself durable.
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sotto_keys::PublicKey;
+
+    fn pin() -> RelayPin {
+        RelayPin {
+            addr: "relay.example.org:7300".parse().unwrap(),
+            key: RelayKey::from(PublicKey::from_bytes([4; 32])),
+        }
+    }
+
+    #[test]
+    fn round_trip_through_the_file_keeps_comments() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        assert_eq!(Config::load(&path).unwrap(), Config::default());
+        update(&path, Some("alice"), None).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# sotto client settings"), "{text}");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.name.as_deref(), Some("alice"));
+        assert!(c
+            .relay()
+            .unwrap_err()
+            .to_string()
+            .starts_with("no relay configured"));
+
+        std::fs::write(&path, format!("{text}# my own note\n")).unwrap();
+        update(&path, None, Some(&pin())).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.relay().unwrap(), pin());
+        assert_eq!(c.name.as_deref(), Some("alice"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("# my own note"), "{text}");
+        assert!(text.contains("relay_key = \"sottorelay1"), "{text}");
+    }
+
+    #[test]
+    fn a_broken_line_is_named_with_the_file() {
+        let path = Path::new("/h/config.toml");
+        let text = "# comment\nname = \"a\"\nrelay = \"nope\"\nrelay_key = \"x\"\n";
+        let err = Config::parse(text, path).unwrap_err().to_string();
+        assert!(err.starts_with("/h/config.toml:3: "), "{err}");
+        assert!(err.contains("invalid relay address"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+
+        let err = Config::parse("name = \"a\"\n\nrelay-key = \"x\"\n", path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/h/config.toml:3: unknown field `relay-key`"),
+            "{err}"
+        );
+
+        let err = Config::parse("name = \n", path).unwrap_err().to_string();
+        assert!(err.starts_with("/h/config.toml:1: "), "{err}");
+    }
+
+    #[test]
+    fn a_relay_without_its_key_is_refused() {
+        let err = Config::parse("relay = \"h:1\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`relay_key` is missing"), "{err}");
+    }
+
+    #[test]
+    fn an_unparsable_file_is_not_overwritten_by_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "name = [\n").unwrap();
+        let err = update(&path, None, Some(&pin())).unwrap_err().to_string();
+        assert!(err.contains("config.toml:"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "name = [\n");
+    }
+}

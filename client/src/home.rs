@@ -1,0 +1,117 @@
+//! The sotto home: the one directory that holds a user's identity and state.
+//!
+//! `$SOTTO_HOME` (or `--home`) when set, so tests and people with several
+//! identities can keep them apart; else `sotto` in the platform's config
+//! directory. The directory holds the secret key, so it is created private
+//! (0700); the key file itself is also 0600 and checked on every load.
+
+use std::fs::DirBuilder;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+
+/// Name of the environment variable that selects the home.
+pub const HOME_ENV: &str = "SOTTO_HOME";
+
+/// The files of a home.
+#[derive(Debug, Clone)]
+pub struct Home {
+    dir: PathBuf,
+}
+
+impl Home {
+    /// The home at `dir` (as given by `--home` / `$SOTTO_HOME`), else the
+    /// platform default.
+    pub fn resolve(dir: Option<PathBuf>) -> Result<Self> {
+        let dir = match dir {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => dirs::config_dir()
+                .map(|d| d.join("sotto"))
+                .ok_or_else(|| {
+                    anyhow!("cannot find a config directory for this user; set {HOME_ENV} to a directory for sotto's files")
+                })?,
+        };
+        Ok(Self { dir })
+    }
+
+    /// A home at exactly `dir`.
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The directory itself.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The secret key: the identity.
+    pub fn identity(&self) -> PathBuf {
+        self.dir.join("identity.key")
+    }
+
+    /// Name and relay settings.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
+    /// The contact book.
+    pub fn contacts(&self) -> PathBuf {
+        self.dir.join("contacts.toml")
+    }
+
+    /// Ids of messages already shown, for duplicate suppression.
+    pub fn seen(&self) -> PathBuf {
+        self.dir.join("seen.redb")
+    }
+
+    /// Creates the directory (and missing parents) if needed; a directory
+    /// created here is private to the user.
+    pub fn ensure_dir(&self) -> Result<()> {
+        if self.dir.is_dir() {
+            return Ok(());
+        }
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .with_context(|| format!("cannot create the sotto home {}", self.dir.display()))
+    }
+
+    /// Whether an identity exists here.
+    pub fn has_identity(&self) -> bool {
+        self.identity().exists()
+    }
+
+    /// Fails with the standard hint unless an identity exists here.
+    pub fn require_identity(&self) -> Result<()> {
+        if self.has_identity() {
+            Ok(())
+        } else {
+            Err(anyhow!(
+                "no identity in {}: run `sotto init` first",
+                self.dir.display()
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_created_home_is_private_and_names_its_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path().join("a/b"));
+        home.ensure_dir().unwrap();
+        let mode = std::fs::metadata(home.dir()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert_eq!(home.identity(), tmp.path().join("a/b/identity.key"));
+        assert!(!home.has_identity());
+        let err = home.require_identity().unwrap_err().to_string();
+        assert!(err.starts_with("no identity in "), "{err}");
+        assert!(err.ends_with(": run `sotto init` first"), "{err}");
+    }
+}

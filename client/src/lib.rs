@@ -1,0 +1,157 @@
+//! The sotto client: the `sotto` command and the library behind it.
+//!
+//! The binary (`src/main.rs`) only calls [`main`]; everything else is here so
+//! it can be tested. Module map:
+//!
+//! - [`cli`]: the command line as typed (clap derive), no interpretation;
+//! - [`commands`]: one module per subcommand, the only place that prints;
+//! - [`home`]: where the files live (`$SOTTO_HOME`, else the config dir);
+//! - [`config`]: `config.toml`: name, relay address, pinned relay key;
+//! - [`identity`]: loading the secret key and getting its passphrase;
+//! - [`relay_client`]: the connection to the relay, with time limits and
+//!   errors that say what to do;
+//! - [`seen`]: message ids already shown, so a replay is shown once;
+//! - [`display`]: neutralising control characters from the network, times.
+//!
+//! Errors end up in [`main`] and are printed as one line,
+//! `sotto: error: ...`, with exit code 1 (2 for a malformed command line).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod display;
+pub mod home;
+pub mod identity;
+pub mod relay_client;
+pub mod seen;
+
+/// Runs `sotto` with the process's arguments; returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    init_logging(cli.verbose);
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`sotto inbox | head -1`): nothing to report to.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "sotto: error: {}", error_line(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// An error and its causes as one line, safe for a terminal.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    let joined = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    display::sanitize(&joined)
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Help and version go out as clap prints them; a usage error becomes one
+/// line like every other error, with exit code 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+        }
+        _ => {
+            let _ = writeln!(std::io::stderr(), "sotto: error: {}", usage_line(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// clap's multi-line usage error as one line, with where to find help.
+pub fn usage_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let parts: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
+        .collect();
+    let text = parts.join(" ");
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    format!("{}; see `sotto --help`", display::sanitize(text))
+}
+
+/// Logs to stderr, off unless `-v` or `RUST_LOG` asks.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.is_empty() => EnvFilter::new(spec),
+        _ => EnvFilter::new(match verbose {
+            0 => "off",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(verbose > 1)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn errors_are_one_line_with_their_causes() {
+        let e = anyhow::anyhow!("inner\ncause").context("cannot read x");
+        assert_eq!(error_line(&e), "cannot read x: inner; cause");
+        let e = anyhow::anyhow!("evil \x1b]0;title\x07");
+        assert_eq!(error_line(&e), "evil \\x1b]0;title\\x07");
+    }
+
+    #[test]
+    fn usage_errors_become_one_line() {
+        let e = cli::Cli::command()
+            .try_get_matches_from(["sotto", "send", "bob"])
+            .unwrap_err();
+        let line = usage_line(&e);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("<TEXT>"), "{line}");
+        assert!(line.ends_with("; see `sotto --help`"), "{line}");
+        assert!(!line.starts_with("error:"), "{line}");
+    }
+
+    #[test]
+    fn a_broken_pipe_is_recognised_through_context() {
+        let e = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+            .context("stdout");
+        assert!(is_broken_pipe(&e));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("x")));
+    }
+}
