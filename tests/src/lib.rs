@@ -1,0 +1,421 @@
+//! Harness for end-to-end tests: starts the real `sotto-relay` binary on
+//! 127.0.0.1 port 0 with a temporary data dir, and runs the real `sotto` binary
+//! with temporary homes, exactly as a user or a script would.
+//!
+//! The binaries are taken from the target dir the tests were built into;
+//! `cargo test --workspace` builds them, and if they are missing (a test run of
+//! this package alone) they are built once here.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// Path of a workspace binary (`sotto` or `sotto-relay`).
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        // target/<profile>/deps/<test-binary>
+        let exe = std::env::current_exe().expect("test executable path");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf();
+        if !dir.join("sotto").exists() || !dir.join("sotto-relay").exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "-p", "sotto-client", "-p", "sotto-relay"]);
+            if dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build");
+            assert!(status.success(), "building the binaries failed");
+        }
+        dir
+    });
+    dir.join(name)
+}
+
+/// A running relay process.
+pub struct Relay {
+    child: Option<Child>,
+    /// `127.0.0.1:PORT` it listens on.
+    pub addr: String,
+    /// Its public key string.
+    pub key: String,
+    /// Its data dir.
+    pub data: PathBuf,
+    config: Option<PathBuf>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Relay {
+    /// Starts a relay on a free port with `data` as its data dir and an
+    /// optional TOML config.
+    pub fn start(data: &Path, config: Option<&str>) -> Self {
+        let config = config.map(|text| {
+            let path = data.with_extension("toml");
+            std::fs::write(&path, text).expect("write relay config");
+            path
+        });
+        Self::spawn(data, "127.0.0.1:0", config)
+    }
+
+    fn spawn(data: &Path, listen: &str, config: Option<PathBuf>) -> Self {
+        let mut cmd = Command::new(bin("sotto-relay"));
+        cmd.args(["--listen", listen, "--data"])
+            .arg(data)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(c) = &config {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd.spawn().expect("start sotto-relay");
+        let stdout = child.stdout.take().expect("relay stdout");
+        let mut stderr = child.stderr.take().expect("relay stderr");
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let mut lines = BufReader::new(stdout).lines();
+        let mut addr = None;
+        let mut key = None;
+        while addr.is_none() || key.is_none() {
+            let line = lines
+                .next()
+                .expect("relay exited before printing its address and key")
+                .expect("read relay stdout");
+            if let Some(a) = line.strip_prefix("listening on ") {
+                addr = Some(a.trim().to_owned());
+            } else if let Some(k) = line.strip_prefix("relay key: ") {
+                key = Some(k.trim().to_owned());
+            }
+        }
+        // Keep draining stdout so the relay never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child: Some(child),
+            addr: addr.unwrap_or_default(),
+            key: key.unwrap_or_default(),
+            data: data.to_owned(),
+            config,
+            stderr: Some(stderr),
+        }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port in relay address")
+    }
+
+    /// Kills the relay with SIGKILL: no chance to flush or clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the relay with SIGTERM and returns its exit success and log.
+    pub fn terminate(&mut self) -> (bool, String) {
+        let ok = match self.child.take() {
+            Some(mut c) => {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &c.id().to_string()])
+                    .status();
+                c.wait().map(|s| s.success()).unwrap_or(false)
+            }
+            None => false,
+        };
+        (ok, self.log())
+    }
+
+    /// The relay's stderr so far (only once it has exited).
+    pub fn log(&mut self) -> String {
+        self.stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+
+    /// Starts the relay again on the same port and data dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        let listen = self.addr.clone();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // The port may linger briefly after the kill.
+            if std::net::TcpListener::bind(&listen).is_ok() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let next = Self::spawn(&self.data, &listen, self.config.clone());
+        assert_eq!(next.key, self.key, "the relay key must survive a restart");
+        *self = next;
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A client with its own temporary home.
+pub struct Client {
+    home: TempDir,
+    /// Its public key string (first line of `sotto id`).
+    pub key: String,
+    /// Extra environment for every command.
+    pub env: Vec<(String, String)>,
+}
+
+impl Client {
+    /// A home with no identity yet.
+    pub fn uninit() -> Self {
+        Self {
+            home: tempfile::tempdir().expect("temp home"),
+            key: String::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// The client's secret key, read from its key file.
+    pub fn secret(&self) -> sotto_keys::SecretKey {
+        let pass = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "SOTTO_PASSPHRASE")
+            .map(|(_, v)| v.clone());
+        sotto_keys::keyfile::load(&self.home().join("identity.key"), || {
+            sotto_keys::passphrase::Passphrase::new(pass.unwrap_or_default())
+        })
+        .expect("load the client's key file")
+    }
+
+    /// `sotto init` against `relay`.
+    pub fn new(relay: &Relay) -> Self {
+        Self::with_env(relay, &[])
+    }
+
+    /// `sotto init` with extra environment variables.
+    pub fn with_env(relay: &Relay, env: &[(&str, &str)]) -> Self {
+        let home = tempfile::tempdir().expect("temp home");
+        let mut client = Self {
+            home,
+            key: String::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        client
+            .run(&["init", "--relay", &relay.addr, "--relay-key", &relay.key])
+            .ok();
+        client.key = first_line(&client.run(&["id"]).ok());
+        assert!(client.key.starts_with("sotto1"), "{:?}", client.key);
+        client
+    }
+
+    /// The home directory.
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// Runs `sotto ARGS` with this home; returns the output, whatever the status.
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_with_stdin(args, "")
+    }
+
+    /// Runs `sotto ARGS` feeding `stdin`.
+    pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        use std::io::Write;
+        let mut cmd = Command::new(bin("sotto"));
+        cmd.args(args)
+            .env("SOTTO_HOME", self.home.path())
+            .env_remove("SOTTO_PASSPHRASE")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("run sotto");
+        if let Some(mut i) = child.stdin.take() {
+            let _ = i.write_all(stdin.as_bytes());
+        }
+        let out = wait_with_timeout(child, Duration::from_secs(60));
+        Run {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            out,
+        }
+    }
+
+    /// Adds `other` as a contact named `name`.
+    pub fn add_contact(&self, name: &str, other: &Client) {
+        self.run(&["contact", "add", name, &other.key]).ok();
+    }
+}
+
+fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("collect sotto output")
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().trim().to_owned()
+}
+
+/// The result of one `sotto` run.
+pub struct Run {
+    args: Vec<String>,
+    /// The raw output.
+    pub out: Output,
+}
+
+impl Run {
+    /// Stdout as text.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+
+    /// Stderr as text.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> String {
+        assert!(
+            self.out.status.success(),
+            "sotto {:?} failed ({}):\nstdout: {}\nstderr: {}",
+            self.args,
+            self.out.status,
+            self.stdout(),
+            self.stderr()
+        );
+        self.stdout()
+    }
+
+    /// Asserts failure with exactly one line on stderr and returns it.
+    #[track_caller]
+    pub fn fails(&self) -> String {
+        assert!(
+            !self.out.status.success(),
+            "sotto {:?} should have failed:\nstdout: {}\nstderr: {}",
+            self.args,
+            self.stdout(),
+            self.stderr()
+        );
+        let err = self.stderr();
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "an error is one line on stderr, got:\n{err}"
+        );
+        err.trim_end().to_owned()
+    }
+}
+
+/// Every file under `dir`, recursively, with its bytes.
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push((path, bytes));
+            }
+        }
+    }
+    out
+}
+
+/// Whether `hay` contains `needle` anywhere.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A raw link to the relay with the crypto crate, for tests that must do what
+/// the `sotto` binary never does (replay, ack others' ids, send bad messages).
+pub mod raw {
+    use sotto_crypto::link::{self, LinkReader, LinkWriter};
+    use sotto_crypto::wire::{ClientMsg, RelayMsg};
+    use sotto_keys::{RelayKey, SecretKey};
+    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+    use tokio::net::TcpStream;
+
+    /// An authenticated raw connection.
+    pub struct Raw {
+        /// Receiving half.
+        pub reader: LinkReader<OwnedReadHalf>,
+        /// Sending half.
+        pub writer: LinkWriter<OwnedWriteHalf>,
+    }
+
+    impl Raw {
+        /// Connects and completes the handshake as `me`.
+        pub async fn connect(addr: &str, me: &SecretKey, relay_key: &str) -> Self {
+            let relay: RelayKey = relay_key.parse().expect("relay key");
+            let stream = TcpStream::connect(addr).await.expect("connect to relay");
+            let (r, w) = stream.into_split();
+            let (reader, writer, _) = link::connect(r, w, me, &relay).await.expect("handshake");
+            Self { reader, writer }
+        }
+
+        /// Sends one message and flushes.
+        pub async fn send(&mut self, msg: &ClientMsg) {
+            self.writer.send(msg).await.expect("send");
+            self.writer.flush().await.expect("flush");
+        }
+
+        /// The next message from the relay (panics on close or timeout).
+        pub async fn recv(&mut self) -> RelayMsg {
+            tokio::time::timeout(std::time::Duration::from_secs(10), self.reader.recv())
+                .await
+                .expect("relay answered in time")
+                .expect("link ok")
+                .expect("relay kept the connection open")
+        }
+
+        /// Fetches the whole mailbox without acknowledging: (id, envelope) pairs.
+        pub async fn fetch_all(&mut self) -> Vec<(u64, Vec<u8>)> {
+            self.send(&ClientMsg::Fetch { live: false }).await;
+            let mut out = Vec::new();
+            loop {
+                match self.recv().await {
+                    RelayMsg::Deliver { id, envelope, .. } => out.push((id, envelope.into_vec())),
+                    RelayMsg::Drained => return out,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+    }
+}

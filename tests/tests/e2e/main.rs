@@ -1,0 +1,6 @@
+//! End-to-end tests: the real `sotto-relay` and `sotto` binaries on 127.0.0.1.
+//! One test binary, a module per area.
+
+mod abuse;
+mod cli;
+mod messaging;
