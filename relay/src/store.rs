@@ -295,14 +295,25 @@ impl Store {
             for item in messages.range((owner, first)..=(owner, u64::MAX))? {
                 let (key, value) = item?;
                 let (_, id) = key.value();
-                let (received_at, envelope) = decode_message(value.value()).inspect_err(|_| {
-                    tracing::error!(id, "damaged message");
-                })?;
-                out.push(Stored {
-                    id,
-                    received_at,
-                    envelope: envelope.to_vec(),
-                });
+                // A damaged row must not lock its owner out of the rest of the
+                // mailbox: it goes out empty, fails to open at the client, and
+                // the client's ack deletes it.
+                let stored = match decode_message(value.value()) {
+                    Ok((received_at, envelope)) => Stored {
+                        id,
+                        received_at,
+                        envelope: envelope.to_vec(),
+                    },
+                    Err(_) => {
+                        tracing::error!(id, "damaged message delivered empty");
+                        Stored {
+                            id,
+                            received_at: 0,
+                            envelope: Vec::new(),
+                        }
+                    }
+                };
+                out.push(stored);
                 if out.len() == limit {
                     break;
                 }
