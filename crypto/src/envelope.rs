@@ -127,17 +127,47 @@ pub fn seal(
     recipient: &PublicKey,
     body: &Body,
 ) -> Result<Vec<u8>, EnvelopeError> {
+    seal_inner(sender, recipient, body, None)
+}
+
+/// [`seal`] with a chosen ephemeral key, for the known-answer vectors of
+/// docs/PROTOCOL.md. An ephemeral key must never be chosen outside a test.
+#[cfg(test)]
+pub(crate) fn seal_with_ephemeral(
+    sender: &SecretKey,
+    recipient: &PublicKey,
+    body: &Body,
+    ephemeral: &[u8; 32],
+) -> Result<Vec<u8>, EnvelopeError> {
+    seal_inner(sender, recipient, body, Some(ephemeral))
+}
+
+/// The padded plaintext of `body`: `u32 LE length | body | zeros` up to its bucket.
+pub(crate) fn pad(body: &Body) -> Result<Vec<u8>, EnvelopeError> {
     let encoded = postcard::to_stdvec(body).map_err(|_| EnvelopeError::Internal)?;
     let mut padded = vec![0u8; padded_len(encoded.len())?];
     padded[..4].copy_from_slice(&(encoded.len() as u32).to_le_bytes());
     padded[4..4 + encoded.len()].copy_from_slice(&encoded);
+    Ok(padded)
+}
 
+fn seal_inner(
+    sender: &SecretKey,
+    recipient: &PublicKey,
+    body: &Body,
+    fixed_ephemeral: Option<&[u8; 32]>,
+) -> Result<Vec<u8>, EnvelopeError> {
+    let padded = pad(body)?;
     let secret = sender.to_bytes();
-    let mut hs = builder()?
+    let mut builder = builder()?
         .local_private_key(secret.as_ref())
         .map_err(|_| EnvelopeError::Internal)?
         .remote_public_key(recipient.as_bytes())
-        .map_err(|_| EnvelopeError::Internal)?
+        .map_err(|_| EnvelopeError::Internal)?;
+    if let Some(e) = fixed_ephemeral {
+        builder = builder.fixed_ephemeral_key_for_testing_only(e);
+    }
+    let mut hs = builder
         .build_initiator()
         .map_err(|_| EnvelopeError::Internal)?;
     let mut out = vec![0u8; HEADER_LEN + NOISE_OVERHEAD + padded.len()];
@@ -187,7 +217,7 @@ pub fn open(recipient: &SecretKey, envelope: &[u8]) -> Result<Opened, EnvelopeEr
     Ok(Opened { sender, body })
 }
 
-fn unpad(padded: &[u8]) -> Result<&[u8], EnvelopeError> {
+pub(crate) fn unpad(padded: &[u8]) -> Result<&[u8], EnvelopeError> {
     let (len, rest) = padded
         .split_first_chunk::<4>()
         .ok_or(EnvelopeError::Malformed("no length"))?;

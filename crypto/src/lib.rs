@@ -23,4 +23,7 @@ pub mod frame;
 pub mod link;
 pub mod wire;
 
+#[cfg(test)]
+mod vectors;
+
 pub use error::{EnvelopeError, LinkError};

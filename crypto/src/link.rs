@@ -62,6 +62,21 @@ fn noise_builder<'a>() -> Result<snow::Builder<'a>, LinkError> {
         .map_err(|_| LinkError::Handshake)
 }
 
+/// `fixed_ephemeral` is `Some` only in the known-answer tests; everywhere else
+/// snow draws a fresh ephemeral key for every handshake.
+fn handshake_builder<'a>(
+    secret: &'a [u8; 32],
+    fixed_ephemeral: Option<&'a [u8; 32]>,
+) -> Result<snow::Builder<'a>, LinkError> {
+    let builder = noise_builder()?
+        .local_private_key(secret)
+        .map_err(|_| LinkError::Handshake)?;
+    Ok(match fixed_ephemeral {
+        Some(e) => builder.fixed_ephemeral_key_for_testing_only(e),
+        None => builder,
+    })
+}
+
 fn preamble() -> [u8; 8] {
     let mut p = [0u8; 8];
     p[..6].copy_from_slice(&PREAMBLE_MAGIC);
@@ -83,12 +98,41 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    connect_inner(r, w, me, relay, None).await
+}
+
+/// [`connect`] with a chosen ephemeral key, for the known-answer vectors of
+/// docs/PROTOCOL.md. An ephemeral key must never be chosen outside a test.
+#[cfg(test)]
+pub(crate) async fn connect_with_ephemeral<R, W>(
+    r: R,
+    w: W,
+    me: &SecretKey,
+    relay: &RelayKey,
+    ephemeral: &[u8; 32],
+) -> Result<(LinkReader<R>, LinkWriter<W>, RelayHello), LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    connect_inner(r, w, me, relay, Some(ephemeral)).await
+}
+
+async fn connect_inner<R, W>(
+    r: R,
+    w: W,
+    me: &SecretKey,
+    relay: &RelayKey,
+    fixed_ephemeral: Option<&[u8; 32]>,
+) -> Result<(LinkReader<R>, LinkWriter<W>, RelayHello), LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut r = BufReader::new(r);
     let mut w = BufWriter::with_capacity(2 * MAX_RECORD_LEN, w);
     let secret = me.to_bytes();
-    let mut hs = noise_builder()?
-        .local_private_key(secret.as_ref())
-        .map_err(|_| LinkError::Handshake)?
+    let mut hs = handshake_builder(&secret, fixed_ephemeral)?
         .build_initiator()
         .map_err(|_| LinkError::Handshake)?;
     let mut buf = vec![0u8; MAX_RECORD_LEN];
@@ -147,6 +191,37 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    accept_inner(r, w, me, hello, None).await
+}
+
+/// [`accept`] with a chosen ephemeral key, for the known-answer vectors of
+/// docs/PROTOCOL.md. An ephemeral key must never be chosen outside a test.
+#[cfg(test)]
+pub(crate) async fn accept_with_ephemeral<R, W>(
+    r: R,
+    w: W,
+    me: &SecretKey,
+    hello: &RelayHello,
+    ephemeral: &[u8; 32],
+) -> Result<(LinkReader<R>, LinkWriter<W>, PublicKey), LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    accept_inner(r, w, me, hello, Some(ephemeral)).await
+}
+
+async fn accept_inner<R, W>(
+    r: R,
+    w: W,
+    me: &SecretKey,
+    hello: &RelayHello,
+    fixed_ephemeral: Option<&[u8; 32]>,
+) -> Result<(LinkReader<R>, LinkWriter<W>, PublicKey), LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut r = BufReader::new(r);
     let mut w = BufWriter::with_capacity(2 * MAX_RECORD_LEN, w);
 
@@ -170,9 +245,7 @@ where
     }
 
     let secret = me.to_bytes();
-    let mut hs = noise_builder()?
-        .local_private_key(secret.as_ref())
-        .map_err(|_| LinkError::Handshake)?
+    let mut hs = handshake_builder(&secret, fixed_ephemeral)?
         .build_responder()
         .map_err(|_| LinkError::Handshake)?;
     let mut buf = vec![0u8; MSG23_MAX];

@@ -1,0 +1,638 @@
+//! The known-answer vectors of docs/PROTOCOL.md, recomputed with the real code.
+//!
+//! The protocol document is what an independent client is written from, so its
+//! vectors must be the code's output, not a copy that drifts. It carries them
+//! in fenced blocks tagged `vectors`: a `vector: NAME` line, then `field: value`
+//! lines (`#` starts a comment line; byte strings are lower-case hex). Each
+//! test below reads one block, takes its inputs (keys, ids, texts), recomputes
+//! every output with the functions the client and relay use, and compares.
+//! A field the test does not check is an error too, so nothing in a block goes
+//! unverified; a mismatch names the block, the field and what the code computes.
+//!
+//! Ephemeral keys are fixed through snow's testing hook (the
+//! `*_with_ephemeral` seams of `envelope` and `link`), which makes the envelope
+//! and the link transcript deterministic.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use serde_bytes::ByteBuf;
+use sotto_keys::{keyfile, safety_number, Invite, Passphrase, PublicKey, RelayKey, SecretKey};
+use tokio::io::AsyncWrite;
+use zeroize::Zeroizing;
+
+use crate::envelope::{self, Body, Content, MessageId};
+use crate::link::{self, LINK_VERSION};
+use crate::wire::{self, ClientHello, ClientMsg, ErrorCode, RelayHello, RelayMsg};
+
+const PROTOCOL_MD: &str = include_str!("../../docs/PROTOCOL.md");
+
+/// Every vector block the document must contain, and nothing else.
+const VECTORS: [&str; 7] = [
+    "envelope",
+    "invite",
+    "key-file",
+    "key-strings",
+    "link-handshake",
+    "safety-number",
+    "wire",
+];
+
+type Blocks = BTreeMap<String, BTreeMap<String, String>>;
+
+/// Reads every ```` ```vectors ```` block of the document.
+fn blocks() -> Blocks {
+    let mut out = Blocks::new();
+    let mut lines = PROTOCOL_MD.lines().enumerate();
+    while let Some((_, line)) = lines.next() {
+        if line.trim_end() != "```vectors" {
+            continue;
+        }
+        let mut name = None;
+        let mut fields = BTreeMap::new();
+        let mut closed = false;
+        for (number, line) in lines.by_ref() {
+            let line = line.trim_end();
+            if line == "```" {
+                closed = true;
+                break;
+            }
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = format!("docs/PROTOCOL.md:{}", number + 1);
+            let (key, value) = line
+                .split_once(": ")
+                .unwrap_or_else(|| panic!("{at}: a vector line is `field: value`"));
+            if key == "vector" {
+                assert!(name.is_none(), "{at}: a second `vector:` line in one block");
+                name = Some(value.to_owned());
+            } else {
+                assert!(name.is_some(), "{at}: a block starts with `vector: NAME`");
+                let old = fields.insert(key.to_owned(), value.to_owned());
+                assert!(old.is_none(), "{at}: field `{key}` given twice");
+            }
+        }
+        assert!(closed, "docs/PROTOCOL.md: a vectors block is not closed");
+        let name = name.expect("docs/PROTOCOL.md: an empty vectors block");
+        assert!(
+            out.insert(name.clone(), fields).is_none(),
+            "docs/PROTOCOL.md: two blocks named `{name}`"
+        );
+    }
+    out
+}
+
+/// One block under test: hands out its fields, records what was checked and
+/// every disagreement, and fails once, at the end, with all of them.
+struct Vector {
+    name: &'static str,
+    fields: BTreeMap<String, String>,
+    used: RefCell<BTreeSet<String>>,
+    failures: RefCell<Vec<String>>,
+}
+
+impl Vector {
+    fn load(name: &'static str) -> Self {
+        let fields = blocks()
+            .remove(name)
+            .unwrap_or_else(|| panic!("docs/PROTOCOL.md has no `vector: {name}` block"));
+        Self {
+            name,
+            fields,
+            used: RefCell::default(),
+            failures: RefCell::default(),
+        }
+    }
+
+    fn get(&self, field: &str) -> &str {
+        self.used.borrow_mut().insert(field.to_owned());
+        self.fields
+            .get(field)
+            .unwrap_or_else(|| panic!("vector `{}` lacks the field `{field}`", self.name))
+    }
+
+    fn hex(&self, field: &str) -> Vec<u8> {
+        from_hex(self.get(field))
+            .unwrap_or_else(|| panic!("vector `{}`, `{field}`: not hex", self.name))
+    }
+
+    fn array<const N: usize>(&self, field: &str) -> [u8; N] {
+        self.hex(field)
+            .try_into()
+            .unwrap_or_else(|_| panic!("vector `{}`, `{field}`: not {N} bytes", self.name))
+    }
+
+    fn number<T: std::str::FromStr>(&self, field: &str) -> T {
+        self.get(field)
+            .parse()
+            .unwrap_or_else(|_| panic!("vector `{}`, `{field}`: not a number", self.name))
+    }
+
+    fn secret(&self, field: &str) -> SecretKey {
+        SecretKey::from_bytes(Zeroizing::new(self.array(field)))
+    }
+
+    /// Compares a documented output with what the code computes.
+    fn expect(&self, field: &str, computed: impl AsRef<str>) {
+        let computed = computed.as_ref();
+        if self.get(field) != computed {
+            self.fail(format!("`{field}`: the code computes\n{field}: {computed}"));
+        }
+    }
+
+    fn expect_hex(&self, field: &str, computed: &[u8]) {
+        self.expect(field, to_hex(computed));
+    }
+
+    fn check(&self, ok: bool, what: &str) {
+        if !ok {
+            self.fail(what.to_owned());
+        }
+    }
+
+    fn fail(&self, what: String) {
+        self.failures.borrow_mut().push(what);
+    }
+
+    fn finish(self) {
+        let used = self.used.into_inner();
+        let mut failures = self.failures.into_inner();
+        for field in self.fields.keys().filter(|f| !used.contains(*f)) {
+            failures.push(format!("`{field}` is not checked by crypto/src/vectors.rs"));
+        }
+        assert!(
+            failures.is_empty(),
+            "docs/PROTOCOL.md, vector `{}` disagrees with the code:\n{}",
+            self.name,
+            failures.join("\n")
+        );
+    }
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// The data part of a bech32m string, as bytes. The checksum is not verified
+/// here: the real parsers that each test also runs do that.
+fn bech32_data(s: &str) -> Vec<u8> {
+    const CHARSET: &str = "qpzry9x8gf2tvdw0s3jn54khce6mua7l";
+    let s = s.to_ascii_lowercase();
+    let separator = s.rfind('1').expect("a bech32 string has a separator");
+    let data = &s[separator + 1..s.len() - 6];
+    let (mut acc, mut bits, mut out) = (0u32, 0u32, Vec::new());
+    for c in data.chars() {
+        let value = CHARSET.find(c).expect("a bech32 character") as u32;
+        acc = (acc << 5) | value;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+        acc &= (1 << bits) - 1;
+    }
+    out
+}
+
+#[test]
+fn the_document_holds_exactly_the_checked_vectors() {
+    let names: Vec<String> = blocks().into_keys().collect();
+    assert_eq!(names, VECTORS);
+}
+
+#[test]
+fn key_strings() {
+    let v = Vector::load("key-strings");
+    let zero = PublicKey::from_bytes(v.array("zero_bytes"));
+    v.expect("zero_user", zero.to_string());
+    v.expect("zero_relay", RelayKey::from(zero).to_string());
+    v.check(
+        v.get("zero_user").parse::<PublicKey>() == Ok(zero),
+        "`zero_user` does not parse back",
+    );
+    v.check(
+        v.get("zero_relay").parse::<RelayKey>() == Ok(RelayKey::from(zero)),
+        "`zero_relay` does not parse back",
+    );
+    for (who, string, as_relay) in [("alice", "alice_user", false), ("bob", "bob_relay", true)] {
+        let secret = v.secret(&format!("{who}_secret"));
+        let public = secret.public();
+        v.expect_hex(&format!("{who}_public"), public.as_bytes());
+        if as_relay {
+            v.expect(string, RelayKey::from(public).to_string());
+            v.check(
+                v.get(string).parse::<RelayKey>() == Ok(RelayKey::from(public)),
+                "`bob_relay` does not parse back",
+            );
+        } else {
+            v.expect(string, public.to_string());
+            v.check(
+                v.get(string).parse::<PublicKey>() == Ok(public),
+                "`alice_user` does not parse back",
+            );
+        }
+    }
+    v.finish();
+}
+
+/// A key file in the temporary directory, mode 0600, removed on drop.
+struct TempKeyFile(PathBuf);
+
+impl TempKeyFile {
+    fn new(tag: &str, line: &str) -> Self {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path =
+            std::env::temp_dir().join(format!("sotto-vectors-{}-{tag}.key", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .expect("create a temporary key file");
+        writeln!(file, "{line}").expect("write a temporary key file");
+        Self(path)
+    }
+}
+
+impl Drop for TempKeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn key_file() {
+    let v = Vector::load("key-file");
+    let secret: [u8; 32] = v.array("secret");
+
+    let plain = v.get("plain");
+    v.check(
+        plain.starts_with("SOTTO-SECRET-KEY-1"),
+        "`plain` does not start with SOTTO-SECRET-KEY-1",
+    );
+    v.check(
+        bech32_data(plain) == secret,
+        "`plain` does not hold `secret`",
+    );
+    let file = TempKeyFile::new("plain", plain);
+    let key = keyfile::load(&file.0, || Err(sotto_keys::Error::EmptyPassphrase));
+    v.check(
+        key.is_ok_and(|k| *k.to_bytes() == secret),
+        "`plain` does not load as `secret`",
+    );
+
+    let mut header = vec![1u8];
+    for field in ["m_cost_kib", "t_cost", "p_cost"] {
+        header.extend(v.number::<u32>(field).to_be_bytes());
+    }
+    header.extend(v.array::<16>("salt"));
+    header.extend(v.array::<12>("nonce"));
+    let encrypted = v.get("encrypted");
+    v.check(
+        encrypted.starts_with("SOTTO-ENCRYPTED-KEY-1"),
+        "`encrypted` does not start with SOTTO-ENCRYPTED-KEY-1",
+    );
+    let data = bech32_data(encrypted);
+    v.expect_hex("encrypted_data", &data);
+    v.check(
+        data.len() == 89 && data[..41] == header[..],
+        "`encrypted_data` does not start with 01 | m | t | p | salt | nonce",
+    );
+    // Opening checks the AEAD tag over exactly that header: a successful load
+    // with the documented passphrase proves the ciphertext and tag.
+    let file = TempKeyFile::new("encrypted", encrypted);
+    let passphrase = v.get("passphrase").to_owned();
+    let key = keyfile::load(&file.0, || Passphrase::new(passphrase));
+    v.check(
+        key.is_ok_and(|k| *k.to_bytes() == secret),
+        "`encrypted` does not open to `secret` with `passphrase`",
+    );
+    v.finish();
+}
+
+#[test]
+fn invite() {
+    let v = Vector::load("invite");
+    let invite = Invite {
+        key: PublicKey::from_bytes(v.array("key")),
+        relay: v.get("relay").parse().expect("a relay address"),
+        relay_key: RelayKey::from_bytes(v.array("relay_key")),
+    };
+    let string = invite.to_string();
+    v.expect("invite", &string);
+    v.expect_hex("data", &bech32_data(&string));
+    v.check(
+        v.get("invite").parse::<Invite>().ok() == Some(invite),
+        "`invite` does not parse back",
+    );
+    v.finish();
+}
+
+#[test]
+fn safety_number_vector() {
+    let v = Vector::load("safety-number");
+    let a = PublicKey::from_bytes(v.array("key_a"));
+    let b = PublicKey::from_bytes(v.array("key_b"));
+    v.expect("safety_number", safety_number(&a, &b).to_string());
+    v.check(
+        safety_number(&b, &a) == safety_number(&a, &b),
+        "the order of the keys matters",
+    );
+    v.finish();
+}
+
+#[test]
+fn wire_messages() {
+    let v = Vector::load("wire");
+    let to = PublicKey::from_bytes([0xAB; 32]);
+    let client = [
+        (
+            "client.send",
+            ClientMsg::Send {
+                req: 1,
+                to,
+                envelope: ByteBuf::from(vec![1, 2, 3]),
+            },
+        ),
+        ("client.fetch", ClientMsg::Fetch { live: true }),
+        (
+            "client.ack",
+            ClientMsg::Ack {
+                req: 300,
+                ids: vec![5],
+            },
+        ),
+        ("client.ping", ClientMsg::Ping),
+    ];
+    let relay = [
+        ("relay.stored", RelayMsg::Stored { req: 1 }),
+        (
+            "relay.deliver",
+            RelayMsg::Deliver {
+                id: 7,
+                received_at: 1_767_225_600,
+                envelope: ByteBuf::from(vec![1, 2, 3]),
+            },
+        ),
+        ("relay.drained", RelayMsg::Drained),
+        (
+            "relay.acked",
+            RelayMsg::Acked {
+                req: 300,
+                deleted: 1,
+            },
+        ),
+        ("relay.pong", RelayMsg::Pong),
+        (
+            "relay.error",
+            RelayMsg::Error {
+                req: 0,
+                code: ErrorCode::ShuttingDown,
+                detail: "bye".into(),
+            },
+        ),
+    ];
+    for (field, msg) in &client {
+        v.expect_hex(field, &wire::encode(msg));
+        v.check(
+            from_hex(v.get(field))
+                .and_then(|b| wire::decode::<ClientMsg>(&b).ok())
+                .as_ref()
+                == Some(msg),
+            field,
+        );
+    }
+    for (field, msg) in &relay {
+        v.expect_hex(field, &wire::encode(msg));
+        v.check(
+            from_hex(v.get(field))
+                .and_then(|b| wire::decode::<RelayMsg>(&b).ok())
+                .as_ref()
+                == Some(msg),
+            field,
+        );
+    }
+    let codes = [
+        ErrorCode::QuotaExceeded,
+        ErrorCode::TooLarge,
+        ErrorCode::BadRequest,
+        ErrorCode::Internal,
+        ErrorCode::ShuttingDown,
+        ErrorCode::RateLimited,
+    ];
+    let encoded: Vec<String> = codes.iter().map(|c| to_hex(&wire::encode(c))).collect();
+    v.expect("error_codes", encoded.join(" "));
+    let hello = RelayHello {
+        version: 1,
+        max_envelope_len: 65_536,
+    };
+    v.expect_hex("relay_hello", &wire::encode(&hello));
+    v.expect_hex("client_hello", &wire::encode(&ClientHello { version: 1 }));
+    v.finish();
+}
+
+#[test]
+fn envelope_vector() {
+    let v = Vector::load("envelope");
+    let sender = v.secret("sender_secret");
+    let recipient = v.secret("recipient_secret");
+    let ephemeral: [u8; 32] = v.array("ephemeral_secret");
+    v.expect("sender", sender.public().to_string());
+    v.expect("recipient", recipient.public().to_string());
+    let ephemeral_public = SecretKey::from_bytes(Zeroizing::new(ephemeral)).public();
+    v.expect_hex("ephemeral_public", ephemeral_public.as_bytes());
+
+    let body = Body {
+        id: MessageId(v.array("id")),
+        sent_at_ms: v.number("sent_at_ms"),
+        content: Content::Text(v.get("text").to_owned()),
+    };
+    v.expect_hex("body", &postcard::to_stdvec(&body).expect("encode a body"));
+    v.expect_hex("padded", &envelope::pad(&body).expect("pad a body"));
+    v.check(
+        from_hex(v.get("padded"))
+            .is_some_and(|p| envelope::unpad(&p).ok() == from_hex(v.get("body")).as_deref()),
+        "`padded` does not unpad to `body`",
+    );
+    let sealed = envelope::seal_with_ephemeral(&sender, &recipient.public(), &body, &ephemeral)
+        .expect("seal");
+    v.expect_hex("envelope", &sealed);
+
+    // The documented envelope (not only the recomputed one) opens to the
+    // documented sender and body.
+    let documented = from_hex(v.get("envelope")).unwrap_or_default();
+    match envelope::open(&recipient, &documented) {
+        Ok(opened) => {
+            v.check(
+                opened.sender.to_string() == v.get("sender"),
+                "`envelope` opens to another sender",
+            );
+            v.check(opened.body == body, "`envelope` opens to another body");
+        }
+        Err(e) => v.fail(format!("`envelope` does not open: {e}")),
+    }
+    v.finish();
+}
+
+/// Copies everything written through it, to read the transcript afterwards.
+struct Tap<W> {
+    inner: W,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Tap<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            this.seen
+                .lock()
+                .expect("tap lock")
+                .extend_from_slice(&buf[..n]);
+        }
+        written
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Splits a byte stream into record bodies.
+fn records(mut bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while let [hi, lo, rest @ ..] = bytes {
+        let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+        assert!(rest.len() >= len, "a truncated record in the transcript");
+        out.push(rest[..len].to_vec());
+        bytes = &rest[len..];
+    }
+    assert!(bytes.is_empty(), "a stray byte after the last record");
+    out
+}
+
+fn message_plaintext(msg: &[u8]) -> Vec<u8> {
+    let mut plain = (msg.len() as u32).to_le_bytes().to_vec();
+    plain.extend_from_slice(msg);
+    plain
+}
+
+#[tokio::test]
+async fn link_handshake() {
+    let v = Vector::load("link-handshake");
+    let client = v.secret("client_secret");
+    let relay = v.secret("relay_secret");
+    let client_e: [u8; 32] = v.array("client_ephemeral_secret");
+    let relay_e: [u8; 32] = v.array("relay_ephemeral_secret");
+    let relay_key = RelayKey::from(relay.public());
+    let client_key = client.public();
+    v.expect("client_key", client_key.to_string());
+    v.expect("relay_key", relay_key.to_string());
+    for (field, e) in [
+        ("client_ephemeral_public", client_e),
+        ("relay_ephemeral_public", relay_e),
+    ] {
+        v.expect_hex(
+            field,
+            SecretKey::from_bytes(Zeroizing::new(e)).public().as_bytes(),
+        );
+    }
+    let hello = RelayHello {
+        version: LINK_VERSION,
+        max_envelope_len: v.number("max_envelope_len"),
+    };
+    v.expect_hex("relay_hello", &wire::encode(&hello));
+    v.expect_hex(
+        "client_hello",
+        &wire::encode(&ClientHello {
+            version: LINK_VERSION,
+        }),
+    );
+
+    let client_wire = Arc::new(Mutex::new(Vec::new()));
+    let relay_wire = Arc::new(Mutex::new(Vec::new()));
+    let (c, r) = tokio::io::duplex(1 << 16);
+    let (cr, cw) = tokio::io::split(c);
+    let (rr, rw) = tokio::io::split(r);
+
+    let relay_tap = Tap {
+        inner: rw,
+        seen: relay_wire.clone(),
+    };
+    let relay_hello = hello.clone();
+    let relay_side = tokio::spawn(async move {
+        let (mut reader, mut writer, peer) =
+            link::accept_with_ephemeral(rr, relay_tap, &relay, &relay_hello, &relay_e)
+                .await
+                .expect("the relay side of the handshake");
+        let request: ClientMsg = reader.recv().await.expect("recv").expect("a message");
+        writer.send(&RelayMsg::Pong).await.expect("send");
+        writer.flush().await.expect("flush");
+        (peer, request)
+    });
+    let client_tap = Tap {
+        inner: cw,
+        seen: client_wire.clone(),
+    };
+    let (mut reader, mut writer, got_hello) =
+        link::connect_with_ephemeral(cr, client_tap, &client, &relay_key, &client_e)
+            .await
+            .expect("the client side of the handshake");
+    writer.send(&ClientMsg::Ping).await.expect("send");
+    writer.flush().await.expect("flush");
+    let answer: RelayMsg = reader.recv().await.expect("recv").expect("a message");
+    let (peer, request) = relay_side.await.expect("the relay task");
+    assert_eq!(got_hello, hello);
+    assert_eq!(peer, client_key);
+    assert_eq!(request, ClientMsg::Ping);
+    assert_eq!(answer, RelayMsg::Pong);
+
+    let client_bytes = client_wire.lock().expect("tap lock").clone();
+    let relay_bytes = relay_wire.lock().expect("tap lock").clone();
+    let (preamble, rest) = client_bytes.split_at(8);
+    v.expect_hex("preamble", preamble);
+    let from_client = records(rest);
+    let from_relay = records(&relay_bytes);
+    assert_eq!(from_client.len(), 3, "msg1, msg3, one transport record");
+    assert_eq!(from_relay.len(), 2, "msg2, one transport record");
+    v.expect_hex("msg1", &from_client[0]);
+    v.expect_hex("msg2", &from_relay[0]);
+    v.expect_hex("msg3", &from_client[1]);
+    v.expect_hex(
+        "c2r_0_plaintext",
+        &message_plaintext(&wire::encode(&ClientMsg::Ping)),
+    );
+    v.expect_hex("c2r_0", &from_client[2]);
+    v.expect_hex(
+        "r2c_0_plaintext",
+        &message_plaintext(&wire::encode(&RelayMsg::Pong)),
+    );
+    v.expect_hex("r2c_0", &from_relay[1]);
+    v.finish();
+}
