@@ -50,16 +50,27 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// An error and its causes as one line, safe for a terminal.
+/// An error and its causes as one line, safe for a terminal. A cause whose
+/// text its parent already includes is not repeated.
 pub fn error_line(e: &anyhow::Error) -> String {
-    let text = format!("{e:#}");
-    let joined = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ");
-    display::sanitize(&joined)
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let text = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    display::sanitize(&line)
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -140,6 +140,9 @@ fn refusal(addr: &RelayAddr, code: ErrorCode, detail: &str) -> String {
         ErrorCode::RateLimited => {
             format!("the relay at {addr} asks to slow down{why}; try again later")
         }
+        ErrorCode::NotAllowed => format!(
+            "the relay at {addr} is private and does not serve your key{why}; ask its operator to add the key `sotto id` prints"
+        ),
     }
 }
 

@@ -208,6 +208,7 @@ pub fn open(recipient: &SecretKey, envelope: &[u8]) -> Result<Opened, EnvelopeEr
     let sender = hs
         .get_remote_static()
         .and_then(|k| PublicKey::from_slice(k).ok())
+        .filter(|k| !k.is_weak())
         .ok_or(EnvelopeError::Decrypt)?;
     let body = unpad(&padded[..n])?;
     let body: Body = match postcard::take_from_bytes(body) {

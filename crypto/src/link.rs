@@ -40,7 +40,7 @@ pub const LINK_VERSION: u16 = 1;
 pub const PREAMBLE_MAGIC: [u8; 6] = *b"sotto\0";
 /// The Noise protocol name of the link.
 pub const LINK_NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
-/// The Noise prologue: binds the preamble into the handshake hash.
+/// The Noise prologue: binds the protocol name and version into the handshake hash.
 pub const LINK_PROLOGUE: &[u8] = b"sotto link v1";
 /// Largest message on the link, in bytes (a file chunk with its headers fits).
 pub const MAX_MESSAGE_LEN: usize = 256 * 1024;
@@ -279,6 +279,10 @@ where
         });
     }
     let peer = PublicKey::from_bytes(remote_static(&hs)?);
+    if peer.is_weak() {
+        // Anyone can complete a handshake as a low-order key.
+        return Err(LinkError::Handshake);
+    }
     let (reader, writer) = split(hs, r, w)?;
     Ok((reader, writer, peer))
 }

@@ -73,6 +73,8 @@ pub enum ErrorCode {
     ShuttingDown,
     /// Too many requests; slow down.
     RateLimited,
+    /// This relay serves an allow-list of keys and the client's is not on it.
+    NotAllowed,
 }
 
 /// Relay -> client.

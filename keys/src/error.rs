@@ -26,6 +26,9 @@ pub enum KeyStringError {
     /// The checksum does not match: most likely a typo.
     #[error("the key's checksum does not match (a typo or a truncated copy?)")]
     Checksum,
+    /// A low-order curve point: anyone could impersonate its owner.
+    #[error("this key is a weak (low-order) curve point that anyone could impersonate; it cannot be used")]
+    Weak,
     /// The key decodes to the wrong number of bytes.
     #[error("a key is 32 bytes, this one decodes to {got}")]
     Length {

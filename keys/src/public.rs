@@ -47,6 +47,21 @@ impl PublicKey {
         &self.0
     }
 
+    /// Whether this is a low-order point of Curve25519 (the all-zero key and
+    /// its kin). A Diffie-Hellman with such a key yields a value an attacker
+    /// knows whatever the other secret is, so a peer with a weak key could be
+    /// impersonated by anyone. Noise implementations do not all reject them
+    /// (snow does not), so sotto refuses them wherever a key enters: key
+    /// strings, envelope senders, link clients.
+    pub fn is_weak(&self) -> bool {
+        // X25519 clamps scalars to multiples of the cofactor, so any secret
+        // maps a low-order point to zero: one probe decides.
+        let probe = x25519_dalek::StaticSecret::random_from_rng(rand_core::OsRng);
+        !probe
+            .diffie_hellman(&x25519_dalek::PublicKey::from(self.0))
+            .was_contributory()
+    }
+
     /// A short form for logs and compact displays (prefix of the string form).
     pub fn short(&self) -> String {
         let s = self.to_string();
@@ -110,9 +125,14 @@ fn decode(
         });
     }
     let data: Vec<u8> = checked.byte_iter().collect();
-    data.as_slice()
+    let bytes: [u8; PUBLIC_KEY_LEN] = data
+        .as_slice()
         .try_into()
-        .map_err(|_| KeyStringError::Length { got: data.len() })
+        .map_err(|_| KeyStringError::Length { got: data.len() })?;
+    if PublicKey(bytes).is_weak() {
+        return Err(KeyStringError::Weak);
+    }
+    Ok(bytes)
 }
 
 fn kind_name(hrp: &str) -> &'static str {
@@ -248,6 +268,29 @@ mod tests {
             let _ = s.parse::<PublicKey>();
             let _ = s.parse::<RelayKey>();
         }
+    }
+
+    #[test]
+    fn weak_keys_are_refused_when_parsed() {
+        // The all-zero key and a point of order 8 (RFC 7748 test material).
+        let order8: [u8; 32] = [
+            0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f,
+            0xc4, 0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16,
+            0x5f, 0x49, 0xb8, 0x00,
+        ];
+        for weak in [[0u8; 32], order8] {
+            let key = PublicKey::from_bytes(weak);
+            assert!(key.is_weak());
+            assert_eq!(
+                key.to_string().parse::<PublicKey>(),
+                Err(KeyStringError::Weak)
+            );
+            assert_eq!(
+                RelayKey::from(key).to_string().parse::<RelayKey>(),
+                Err(KeyStringError::Weak)
+            );
+        }
+        assert!(!crate::SecretKey::generate().public().is_weak());
     }
 
     #[test]

@@ -87,6 +87,16 @@ async fn run(
     drop(permit);
     if let Some(allow) = &shared.config.allow {
         if !allow.contains(&client) {
+            let mut writer = writer;
+            let refusal = RelayMsg::Error {
+                req: 0,
+                code: ErrorCode::NotAllowed,
+                detail: "this is a private relay and your key is not on its allow-list".into(),
+            };
+            // Best effort: the client may already be gone.
+            if writer.send(&refusal).await.is_ok() {
+                let _ = writer.shutdown().await;
+            }
             return Err(Closed::NotAllowed(client));
         }
     }
@@ -181,8 +191,13 @@ impl Session {
                 }
             }
             ClientMsg::Fetch { live } => {
-                if self.delivery.is_some() {
-                    return Err(Closed::Protocol("a second Fetch on one connection"));
+                if let Some(previous) = self.delivery.take() {
+                    if !previous.is_finished() {
+                        return Err(Closed::Protocol("a Fetch while another is still running"));
+                    }
+                    previous
+                        .await
+                        .map_err(|_| Closed::Protocol("delivery task failed"))??;
                 }
                 self.delivery = Some(tokio::spawn(deliver(
                     self.shared.clone(),
@@ -205,8 +220,9 @@ impl Session {
     }
 }
 
-/// Turns a store error into an answer for the client, or ends the connection
-/// if the store itself is failing.
+/// Turns a store error into an answer for the client. A failing store (a full
+/// disk, say) is logged here and reported to the client as an internal error:
+/// the request fails, the connection and everything stored before stay.
 fn refusal(req: u32, e: StoreError) -> Result<RelayMsg, Closed> {
     let (code, detail) = match &e {
         StoreError::QuotaExceeded { .. } => (
@@ -221,7 +237,13 @@ fn refusal(req: u32, e: StoreError) -> Result<RelayMsg, Closed> {
             ErrorCode::ShuttingDown,
             "the relay is shutting down".to_owned(),
         ),
-        _ => return Err(Closed::Store(e)),
+        _ => {
+            tracing::warn!("store failure: {e}");
+            (
+                ErrorCode::Internal,
+                "the relay could not store this; try again later".to_owned(),
+            )
+        }
     };
     Ok(RelayMsg::Error { req, code, detail })
 }

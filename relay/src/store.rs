@@ -49,7 +49,7 @@ pub const DEFAULT_MAX_BYTES_PER_RECIPIENT: u64 = 64 * 1024 * 1024;
 /// Default for [`StoreLimits::expiry`]: 7 days.
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// Default for [`StoreLimits::max_envelope_len`].
-pub const DEFAULT_MAX_ENVELOPE_LEN: usize = 65_536;
+pub const DEFAULT_MAX_ENVELOPE_LEN: usize = sotto_crypto::envelope::MAX_ENVELOPE_LEN;
 
 /// Bounds on what one recipient's mailbox may hold, so one busy or abusive
 /// sender cannot fill the relay's disk.

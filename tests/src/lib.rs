@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 /// Path of a workspace binary (`sotto` or `sotto-relay`).
+///
+/// `cargo test` builds only the binaries of the packages it tests, so a run of
+/// this package alone could find stale ones: they are brought up to date once
+/// per test process (a no-op when `cargo test --workspace` just built them).
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
@@ -25,16 +29,24 @@ pub fn bin(name: &str) -> PathBuf {
             .and_then(Path::parent)
             .expect("target dir")
             .to_path_buf();
-        if !dir.join("sotto").exists() || !dir.join("sotto-relay").exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "-p", "sotto-client", "-p", "sotto-relay"]);
-            if dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("run cargo build");
-            assert!(status.success(), "building the binaries failed");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "sotto-client",
+            "-p",
+            "sotto-relay",
+        ]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
         }
+        if let Some(target) = dir.parent() {
+            cmd.env("CARGO_TARGET_DIR", target);
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
         dir
     });
     dir.join(name)

@@ -218,3 +218,47 @@ fn an_invite_makes_a_contact_and_both_sides_see_the_same_safety_number() {
     bob.run(&["contact", "remove", "alice"]).ok();
     assert!(!bob.run(&["contact", "list"]).ok().contains("alice"));
 }
+
+#[test]
+fn a_private_relay_serves_its_allow_list_and_tells_everyone_else_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    // Start once to learn a client key, then restart with the allow-list.
+    let mut relay = Relay::start(&dir.path().join("relay"), None);
+    let alice = Client::new(&relay);
+    let bob = Client::new(&relay);
+    alice.add_contact("bob", &bob);
+    bob.add_contact("alice", &alice);
+    relay.kill();
+    let relay = Relay::start(
+        &dir.path().join("relay"),
+        Some(&format!("allow = [\"{}\"]\n", alice.key)),
+    );
+    let port = relay.port().to_string();
+    for c in [&alice, &bob] {
+        c.run(&["relay", "set", &format!("127.0.0.1:{port}"), &relay.key])
+            .ok();
+    }
+    alice.run(&["send", "bob", "alice is allowed"]).ok();
+    let err = bob.run(&["send", "alice", "bob is not"]).fails();
+    assert!(err.contains("private"), "{err}");
+    let err = bob.run(&["inbox"]).fails();
+    assert!(err.contains("private"), "{err}");
+}
+
+#[test]
+fn the_largest_text_that_fits_in_one_envelope_goes_through() {
+    let (_d, relay) = relay();
+    let alice = Client::new(&relay);
+    let bob = Client::new(&relay);
+    alice.add_contact("bob", &bob);
+    bob.add_contact("alice", &alice);
+    let long = "x".repeat(65_000);
+    alice.run_with_stdin(&["send", "bob", "-"], &long).ok();
+    let out = bob.run(&["inbox"]).ok();
+    assert!(out.trim_end().ends_with(&format!("alice: {long}")));
+    let too_long = "x".repeat(70_000);
+    let err = alice
+        .run_with_stdin(&["send", "bob", "-"], &too_long)
+        .fails();
+    assert!(err.contains("too long"), "{err}");
+}
