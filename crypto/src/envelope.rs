@@ -63,6 +63,8 @@ impl MessageId {
 pub enum Content {
     /// A text message.
     Text(String),
+    /// A file uploaded to the relay, sealed under the key in the offer.
+    File(crate::file::FileOffer),
 }
 
 /// The plaintext of an envelope.

@@ -10,6 +10,8 @@
 //! - [`wire`]: the messages exchanged on the link, client->relay and relay->client;
 //! - [`envelope`]: end-to-end envelopes client->client, sealed with Noise `X`
 //!   to the recipient's static key, padded to size buckets;
+//! - [`file`]: file-drop chunks sealed with STREAM under a per-file key, and the
+//!   offer that carries that key to the recipient;
 //! - [`error`]: the error types. Crypto failures say "decryption failed" and no more.
 //!
 //! Every decoder here takes untrusted bytes and returns an error, never panics,
@@ -19,6 +21,7 @@
 
 pub mod envelope;
 pub mod error;
+pub mod file;
 pub mod frame;
 pub mod link;
 pub mod wire;

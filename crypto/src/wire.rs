@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use sotto_keys::PublicKey;
 
+use crate::file::FileId;
+
 /// The relay's handshake payload (in Noise message 2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayHello {
@@ -56,6 +58,55 @@ pub enum ClientMsg {
     },
     /// Keepalive; answered by `Pong`.
     Ping,
+    /// Begin, or resume, uploading the sealed file `file_id` for `to`.
+    /// Answered by `UploadState` with the number of chunks the relay already
+    /// holds durably: the client sends from there.
+    UploadBegin {
+        /// Request number, echoed.
+        req: u32,
+        /// The file's random id.
+        file_id: FileId,
+        /// Recipient.
+        to: PublicKey,
+        /// Plaintext size; the relay derives the chunk layout from it.
+        size: u64,
+    },
+    /// One sealed chunk of an upload, in order. Not answered one by one: the
+    /// relay sends `UploadProgress` as chunks become durable.
+    UploadChunk {
+        /// The file.
+        file_id: FileId,
+        /// Chunk index.
+        index: u64,
+        /// The sealed chunk.
+        data: ByteBuf,
+    },
+    /// Every chunk has been sent. Answered by `UploadDone` once the whole blob
+    /// is durable.
+    UploadEnd {
+        /// Request number, echoed.
+        req: u32,
+        /// The file.
+        file_id: FileId,
+    },
+    /// Stream the sealed chunks of a file addressed to me, from chunk `from`.
+    /// Answered by `DownloadChunk`s then `DownloadEnd`.
+    Download {
+        /// Request number, echoed.
+        req: u32,
+        /// The file.
+        file_id: FileId,
+        /// First chunk wanted (for resuming).
+        from: u64,
+    },
+    /// Delete a file addressed to me (it has been received). Answered by
+    /// `BlobDeleted`.
+    DeleteBlob {
+        /// Request number, echoed.
+        req: u32,
+        /// The file.
+        file_id: FileId,
+    },
 }
 
 /// Why the relay refused a request.
@@ -113,6 +164,52 @@ pub enum RelayMsg {
         code: ErrorCode,
         /// A short human-readable explanation.
         detail: String,
+    },
+    /// Answer to `UploadBegin`: the relay holds chunks `0..have` durably.
+    UploadState {
+        /// Echoed request number.
+        req: u32,
+        /// The file.
+        file_id: FileId,
+        /// Chunks already stored durably; the upload continues at this index.
+        have: u64,
+    },
+    /// Chunks `0..have` of an upload are now durable.
+    UploadProgress {
+        /// The file.
+        file_id: FileId,
+        /// Chunks stored durably.
+        have: u64,
+    },
+    /// Answer to `UploadEnd`: the whole blob is durable.
+    UploadDone {
+        /// Echoed request number.
+        req: u32,
+        /// The file.
+        file_id: FileId,
+    },
+    /// One sealed chunk of a download.
+    DownloadChunk {
+        /// The file.
+        file_id: FileId,
+        /// Chunk index.
+        index: u64,
+        /// The sealed chunk.
+        data: ByteBuf,
+    },
+    /// Every requested chunk of `Download` `req` has been sent.
+    DownloadEnd {
+        /// Echoed request number.
+        req: u32,
+        /// The file.
+        file_id: FileId,
+    },
+    /// Answer to `DeleteBlob`.
+    BlobDeleted {
+        /// Echoed request number.
+        req: u32,
+        /// Whether a blob was deleted (false: unknown, or not mine).
+        deleted: bool,
     },
 }
 
