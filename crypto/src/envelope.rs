@@ -10,7 +10,7 @@
 //! What `X` does not give, and how sotto makes up for it (Noise rev. 34 §7.7):
 //! an `X` message can be replayed, so every body carries a random 16-byte id and
 //! the receiver shows an id once; it has no forward secrecy against a later theft
-//! of the recipient's key — live sessions (a later protocol kind) add that.
+//! of the recipient's key — sessions (kinds 2 to 4, [`crate::session`]) add that.
 //!
 //! The plaintext is padded to a size bucket so the relay learns less from
 //! lengths: `u32 LE body length | body | zero bytes` up to the smallest of
@@ -26,6 +26,12 @@ use crate::error::EnvelopeError;
 pub const ENVELOPE_VERSION: u8 = 1;
 /// Kind byte of a one-shot `X` envelope.
 pub const KIND_ONE_SHOT: u8 = 1;
+/// Kind byte of a session init: `IK` message 1 (see [`crate::session`]).
+pub const KIND_SESSION_INIT: u8 = 2;
+/// Kind byte of a session accept: `IK` message 2 and a transport message.
+pub const KIND_SESSION_ACCEPT: u8 = 3;
+/// Kind byte of a session message: a transport message.
+pub const KIND_SESSION_MESSAGE: u8 = 4;
 /// The Noise protocol name of one-shot envelopes.
 pub const ENVELOPE_NOISE_PARAMS: &str = "Noise_X_25519_ChaChaPoly_BLAKE2s";
 /// The Noise prologue of one-shot envelopes (binds version and kind).
@@ -39,8 +45,12 @@ const MAX_NOISE_MSG: usize = 65_535;
 pub const MAX_PADDED_LEN: usize = MAX_NOISE_MSG - NOISE_OVERHEAD;
 /// Padded plaintext sizes. The last bucket is "as large as Noise allows".
 pub const BUCKETS: [usize; 5] = [256, 1024, 4096, 16_384, MAX_PADDED_LEN];
-/// Largest envelope on the wire.
-pub const MAX_ENVELOPE_LEN: usize = HEADER_LEN + MAX_NOISE_MSG;
+/// Largest envelope on the wire, of any kind: a session init (kind 2) in the
+/// largest bucket, whose Noise message is as long as a one-shot's plus a
+/// 16-byte session id and an 8-byte timestamp in its header.
+pub const MAX_ENVELOPE_LEN: usize = HEADER_LEN + 16 + 8 + MAX_NOISE_MSG;
+/// Largest one-shot (kind 1) envelope.
+pub const MAX_ONE_SHOT_LEN: usize = HEADER_LEN + MAX_NOISE_MSG;
 /// Largest encoded body.
 pub const MAX_BODY_LEN: usize = MAX_PADDED_LEN - 4;
 
@@ -147,10 +157,24 @@ pub(crate) fn seal_with_ephemeral(
 /// The padded plaintext of `body`: `u32 LE length | body | zeros` up to its bucket.
 pub(crate) fn pad(body: &Body) -> Result<Vec<u8>, EnvelopeError> {
     let encoded = postcard::to_stdvec(body).map_err(|_| EnvelopeError::Internal)?;
+    pad_encoded(&encoded)
+}
+
+/// The padded plaintext of an already encoded body (empty: no body at all, as
+/// in a session's bare init or accept; no encoded `Body` is empty).
+pub(crate) fn pad_encoded(encoded: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
     let mut padded = vec![0u8; padded_len(encoded.len())?];
     padded[..4].copy_from_slice(&(encoded.len() as u32).to_le_bytes());
-    padded[4..4 + encoded.len()].copy_from_slice(&encoded);
+    padded[4..4 + encoded.len()].copy_from_slice(encoded);
     Ok(padded)
+}
+
+/// Decodes a body, refusing trailing bytes.
+pub(crate) fn decode_body(bytes: &[u8]) -> Result<Body, EnvelopeError> {
+    match postcard::take_from_bytes(bytes) {
+        Ok((body, [])) => Ok(body),
+        _ => Err(EnvelopeError::Malformed("undecodable body")),
+    }
 }
 
 fn seal_inner(
@@ -212,11 +236,7 @@ pub fn open(recipient: &SecretKey, envelope: &[u8]) -> Result<Opened, EnvelopeEr
         .and_then(|k| PublicKey::from_slice(k).ok())
         .filter(|k| !k.is_weak())
         .ok_or(EnvelopeError::Decrypt)?;
-    let body = unpad(&padded[..n])?;
-    let body: Body = match postcard::take_from_bytes(body) {
-        Ok((body, [])) => body,
-        _ => return Err(EnvelopeError::Malformed("undecodable body")),
-    };
+    let body = decode_body(unpad(&padded[..n])?)?;
     Ok(Opened { sender, body })
 }
 
@@ -306,6 +326,7 @@ mod tests {
         let overhead = postcard::to_stdvec(&text("")).unwrap().len() + 2; // varint grows by 2
         let fits = text(&"a".repeat(MAX_BODY_LEN - overhead));
         let env = seal(&alice, &bob.public(), &fits).unwrap();
+        assert_eq!(env.len(), MAX_ONE_SHOT_LEN);
         assert!(env.len() <= MAX_ENVELOPE_LEN);
         assert_eq!(open(&bob, &env).unwrap().body, fits);
         let too_big = text(&"a".repeat(MAX_BODY_LEN - overhead + 1));

@@ -96,4 +96,43 @@ pub enum EnvelopeError {
     /// The Noise library refused a local operation.
     #[error("internal crypto error")]
     Internal,
+    /// A session envelope that was opened before (a re-delivery or a replay),
+    /// or one so far behind the newest of its session that it can no longer be
+    /// told apart from one. Nothing to show.
+    #[error("envelope already received, or too old to tell")]
+    Replayed,
+    /// A session envelope whose session is not (or no longer) in the store:
+    /// its keys were erased after their grace period, or the sender holds
+    /// session state this store never had (a lost or older copy of it).
+    #[error("no session for this envelope: its keys were erased or never held here")]
+    UnknownSession,
+}
+
+/// A failure saving or restoring the session store (`sessions` file).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionStateError {
+    /// Wrong identity key, tampering, or not a sealed session state.
+    #[error("decryption failed")]
+    Decrypt,
+    /// A state format this build does not read.
+    #[error("unsupported session state version {0}")]
+    UnsupportedVersion(u8),
+    /// The state decrypted (or was given in the clear) but does not decode.
+    #[error("malformed session state: {0}")]
+    Malformed(&'static str),
+    /// Larger than any state this build writes.
+    #[error("session state of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Length given.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// The state belongs to another identity than the key it is used with.
+    #[error("this session state belongs to another identity")]
+    WrongIdentity,
+    /// A local crypto operation failed.
+    #[error("internal crypto error")]
+    Internal,
 }

@@ -10,8 +10,12 @@
 //! - [`wire`]: the messages exchanged on the link, client->relay and relay->client;
 //! - [`envelope`]: end-to-end envelopes client->client, sealed with Noise `X`
 //!   to the recipient's static key, padded to size buckets;
-//! - [`file`]: file-drop chunks sealed with STREAM under a per-file key, and the
-//!   offer that carries that key to the recipient;
+//! - [`session`]: forward-secret sessions between two clients (envelope kinds
+//!   2 to 4): a Noise `IK` handshake carried in envelopes, explicit-nonce
+//!   transport with a replay window, renewal, erasure, and the
+//!   [`session::SessionStore`] that holds it all and saves it sealed;
+//! - [`file`](mod@file): file-drop chunks sealed with STREAM under a per-file
+//!   key, and the offer that carries that key to the recipient;
 //! - [`error`]: the error types. Crypto failures say "decryption failed" and no more.
 //!
 //! Every decoder here takes untrusted bytes and returns an error, never panics,
@@ -24,9 +28,10 @@ pub mod error;
 pub mod file;
 pub mod frame;
 pub mod link;
+pub mod session;
 pub mod wire;
 
 #[cfg(test)]
 mod vectors;
 
-pub use error::{EnvelopeError, LinkError};
+pub use error::{EnvelopeError, LinkError, SessionStateError};

@@ -1,0 +1,206 @@
+//! The bytes of session envelopes (kinds 2, 3 and 4), built and parsed.
+//!
+//! Parsing checks every length against the layout before anything is
+//! decrypted or allocated; what it returns borrows from the envelope.
+
+use super::noise::{MSG1_OVERHEAD, MSG2_LEN, TAG_LEN};
+use super::SessionId;
+use crate::envelope::{
+    BUCKETS, ENVELOPE_VERSION, KIND_SESSION_ACCEPT, KIND_SESSION_INIT, KIND_SESSION_MESSAGE,
+};
+use crate::error::EnvelopeError;
+
+const HEADER_LEN: usize = 2;
+const ID_LEN: usize = 16;
+const TIME_LEN: usize = 8;
+const NONCE_LEN: usize = 8;
+const MAX_NOISE_MSG: usize = 65_535;
+
+/// Where message 1 starts in a kind 2 envelope.
+pub(crate) const INIT_MSG1_AT: usize = HEADER_LEN + ID_LEN + TIME_LEN;
+/// Where the transport ciphertext starts in a kind 3 envelope.
+pub(crate) const ACCEPT_CIPHERTEXT_AT: usize = HEADER_LEN + ID_LEN + MSG2_LEN + NONCE_LEN;
+/// Where the transport ciphertext starts in a kind 4 envelope.
+pub(crate) const MESSAGE_CIPHERTEXT_AT: usize = HEADER_LEN + ID_LEN + NONCE_LEN;
+
+/// A parsed kind 2 envelope.
+pub(crate) struct Init<'a> {
+    pub(crate) id: SessionId,
+    pub(crate) created_at_ms: u64,
+    pub(crate) msg1: &'a [u8],
+}
+
+/// A parsed kind 3 envelope.
+pub(crate) struct Accept<'a> {
+    pub(crate) id: SessionId,
+    pub(crate) msg2: &'a [u8; MSG2_LEN],
+    pub(crate) nonce: u64,
+    pub(crate) ciphertext: &'a [u8],
+}
+
+/// A parsed kind 4 envelope.
+pub(crate) struct Message<'a> {
+    pub(crate) id: SessionId,
+    pub(crate) nonce: u64,
+    pub(crate) ciphertext: &'a [u8],
+}
+
+/// Whether `len` bytes of Noise ciphertext can hold one padded plaintext after
+/// `overhead` bytes of Noise: the padded length must be one of the buckets.
+fn holds_a_bucket(len: usize, overhead: usize) -> bool {
+    len <= MAX_NOISE_MSG
+        && len
+            .checked_sub(overhead)
+            .is_some_and(|p| BUCKETS.contains(&p))
+}
+
+fn header(kind: u8, id: &SessionId, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity);
+    out.extend_from_slice(&[ENVELOPE_VERSION, kind]);
+    out.extend_from_slice(&id.0);
+    out
+}
+
+fn split_id(rest: &[u8]) -> Result<(SessionId, &[u8]), EnvelopeError> {
+    let (id, rest) = rest
+        .split_first_chunk::<ID_LEN>()
+        .ok_or(EnvelopeError::Malformed("shorter than its header"))?;
+    Ok((SessionId(*id), rest))
+}
+
+fn split_u64(rest: &[u8]) -> Result<(u64, &[u8]), EnvelopeError> {
+    let (n, rest) = rest
+        .split_first_chunk::<8>()
+        .ok_or(EnvelopeError::Malformed("shorter than its header"))?;
+    Ok((u64::from_le_bytes(*n), rest))
+}
+
+/// `01 02 | session id (16) | created_at_ms (u64 LE) | message 1`.
+pub(crate) fn init(id: &SessionId, created_at_ms: u64, msg1: &[u8]) -> Vec<u8> {
+    let mut out = header(KIND_SESSION_INIT, id, INIT_MSG1_AT + msg1.len());
+    out.extend_from_slice(&created_at_ms.to_le_bytes());
+    out.extend_from_slice(msg1);
+    out
+}
+
+/// `01 03 | session id (16) | message 2 (48) | nonce (u64 LE) | ciphertext`.
+pub(crate) fn accept(
+    id: &SessionId,
+    msg2: &[u8; MSG2_LEN],
+    nonce: u64,
+    ciphertext: &[u8],
+) -> Vec<u8> {
+    let mut out = header(
+        KIND_SESSION_ACCEPT,
+        id,
+        ACCEPT_CIPHERTEXT_AT + ciphertext.len(),
+    );
+    out.extend_from_slice(msg2);
+    out.extend_from_slice(&nonce.to_le_bytes());
+    out.extend_from_slice(ciphertext);
+    out
+}
+
+/// `01 04 | session id (16) | nonce (u64 LE) | ciphertext`.
+pub(crate) fn message(id: &SessionId, nonce: u64, ciphertext: &[u8]) -> Vec<u8> {
+    let mut out = header(
+        KIND_SESSION_MESSAGE,
+        id,
+        MESSAGE_CIPHERTEXT_AT + ciphertext.len(),
+    );
+    out.extend_from_slice(&nonce.to_le_bytes());
+    out.extend_from_slice(ciphertext);
+    out
+}
+
+/// Parses the part of a kind 2 envelope after its 2-byte header.
+pub(crate) fn parse_init(rest: &[u8]) -> Result<Init<'_>, EnvelopeError> {
+    let (id, rest) = split_id(rest)?;
+    let (created_at_ms, msg1) = split_u64(rest)?;
+    if !holds_a_bucket(msg1.len(), MSG1_OVERHEAD) {
+        return Err(EnvelopeError::Decrypt);
+    }
+    Ok(Init {
+        id,
+        created_at_ms,
+        msg1,
+    })
+}
+
+/// Parses the part of a kind 3 envelope after its 2-byte header.
+pub(crate) fn parse_accept(rest: &[u8]) -> Result<Accept<'_>, EnvelopeError> {
+    let (id, rest) = split_id(rest)?;
+    let (msg2, rest) = rest
+        .split_first_chunk::<MSG2_LEN>()
+        .ok_or(EnvelopeError::Malformed("shorter than its header"))?;
+    let (nonce, ciphertext) = split_u64(rest)?;
+    if !holds_a_bucket(ciphertext.len(), TAG_LEN) {
+        return Err(EnvelopeError::Decrypt);
+    }
+    Ok(Accept {
+        id,
+        msg2,
+        nonce,
+        ciphertext,
+    })
+}
+
+/// Parses the part of a kind 4 envelope after its 2-byte header.
+pub(crate) fn parse_message(rest: &[u8]) -> Result<Message<'_>, EnvelopeError> {
+    let (id, rest) = split_id(rest)?;
+    let (nonce, ciphertext) = split_u64(rest)?;
+    if !holds_a_bucket(ciphertext.len(), TAG_LEN) {
+        return Err(EnvelopeError::Decrypt);
+    }
+    Ok(Message {
+        id,
+        nonce,
+        ciphertext,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_round_trip() {
+        let id = SessionId([3; 16]);
+        let msg1 = vec![7u8; MSG1_OVERHEAD + 256];
+        let env = init(&id, 0x0102_0304_0506_0708, &msg1);
+        assert_eq!(env.len(), INIT_MSG1_AT + msg1.len());
+        assert_eq!(&env[..2], &[1, 2]);
+        let p = parse_init(&env[2..]).unwrap();
+        assert_eq!(
+            (p.id, p.created_at_ms, p.msg1),
+            (id, 0x0102_0304_0506_0708, &msg1[..])
+        );
+
+        let msg2 = [9u8; MSG2_LEN];
+        let ct = vec![5u8; 1024 + TAG_LEN];
+        let env = accept(&id, &msg2, 77, &ct);
+        assert_eq!(&env[..2], &[1, 3]);
+        let p = parse_accept(&env[2..]).unwrap();
+        assert_eq!(
+            (p.id, p.msg2, p.nonce, p.ciphertext),
+            (id, &msg2, 77, &ct[..])
+        );
+
+        let env = message(&id, u64::MAX, &ct);
+        assert_eq!(&env[..2], &[1, 4]);
+        let p = parse_message(&env[2..]).unwrap();
+        assert_eq!((p.id, p.nonce, p.ciphertext), (id, u64::MAX, &ct[..]));
+    }
+
+    #[test]
+    fn lengths_off_a_bucket_are_refused_before_decrypting() {
+        let id = SessionId([3; 16]);
+        let env = message(&id, 1, &[0u8; 256 + TAG_LEN + 1]);
+        assert!(parse_message(&env[2..]).is_err());
+        let env = message(&id, 1, &[0u8; 255 + TAG_LEN]);
+        assert!(parse_message(&env[2..]).is_err());
+        assert!(parse_message(&[0u8; 23]).is_err());
+        assert!(parse_accept(&[0u8; 71]).is_err());
+        assert!(parse_init(&[0u8; 23]).is_err());
+    }
+}

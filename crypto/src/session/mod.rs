@@ -1,0 +1,881 @@
+//! End-to-end sessions with forward secrecy (envelope kinds 2, 3 and 4).
+//!
+//! A one-shot envelope (kind 1, [`crate::envelope`]) is sealed to the
+//! recipient's static key: whoever later steals that key opens every recorded
+//! one. A session replaces it, once both sides have spoken, by a Noise
+//! handshake between the two clients whose transport keys come from ephemeral
+//! keys that are erased later, so a recording plus both static keys, taken
+//! after the erasure, opens nothing of the session's transport messages.
+//!
+//! This text is written to be copied into docs/PROTOCOL.md.
+//!
+//! # 1. Handshake
+//!
+//! `Noise_IK_25519_ChaChaPoly_BLAKE2s` (Noise §7.5), the peer who starts the
+//! session as initiator:
+//!
+//! ```text
+//! <- s                 pre-message: the responder's static key, from contacts
+//! ...
+//! -> e, es, s, ss      message 1, in a kind 2 envelope; payload: padded body or nothing
+//! <- e, ee, se         message 2, in a kind 3 envelope; payload: empty
+//! ```
+//!
+//! Prologue: `"sotto envelope v1 kind 2"` (24 ASCII bytes) `| session id (16)
+//! | created_at_ms (u64 LE)`, the two fields from the kind 2 header. The
+//! transport that follows is snow's *stateless* transport: every transport
+//! message carries its 64-bit nonce explicitly, so envelopes may arrive late,
+//! out of order or twice (Noise §11.4).
+//!
+//! **Why `IK` and not `KK`.** Both end in the same tokens (`ee`, `se` after
+//! `es`, `ss`) and give the same payload properties (Noise §7.7: message 1
+//! source 1 / destination 2, message 2 source 2 / destination 4, transport 2 /
+//! 5). `KK` does not transmit the initiator's static key, so the responder must
+//! know who wrote message 1 before it can read it: the sender's key would have
+//! to travel in clear beside the envelope, or the recipient would have to try
+//! every contact. `IK` carries it encrypted inside message 1, exactly like a
+//! one-shot `X` envelope, which keeps design §3's rule that the sender's
+//! identity travels inside the envelope, never beside it (sealed sender later).
+//! Message 1 has the very tokens of `X`, hence the same size.
+//!
+//! # 2. Envelopes
+//!
+//! ```text
+//! kind 2, init:    01 02 | session id (16) | created_at_ms (u64 LE) | IK message 1 (96 + P)
+//! kind 3, accept:  01 03 | session id (16) | IK message 2 (48) | nonce (u64 LE) | transport (P + 16)
+//! kind 4, message: 01 04 | session id (16) | nonce (u64 LE) | transport (P + 16)
+//! ```
+//!
+//! `P` is a padded plaintext of PROTOCOL §7.3 (`u32 LE length | body | zeros`,
+//! one of the same buckets as kind 1) holding the same postcard `Body` (§7.4),
+//! so deduplication by message id and content types are unchanged above this
+//! layer. A padded plaintext of length 0 (`L = 0`, bucket 256) carries no body:
+//! a *bare* init or accept, which only moves the handshake on.
+//!
+//! - The **session id** is 16 random bytes chosen by the initiator; it names
+//!   the session in every envelope so the receiver finds its keys. It is in the
+//!   clear: the relay learns which envelopes belong to one session (it already
+//!   knows sender and recipient of each from the link).
+//! - **created_at_ms** is the initiator's clock when it wrote the init, in
+//!   the clear like the id; both sides measure a session's age from it, and
+//!   their clocks must agree to within `init_lifetime / 2` for sessions to
+//!   start (otherwise messages still flow, as kinds 1 and 2).
+//! - The **transport** ciphertext is Noise `ENCRYPT(k, nonce, "", P)`, `k` the
+//!   sender's split key. In a kind 3 envelope, message 2 is the responder's
+//!   handshake reply, the same 48 bytes in every kind 3 of a session (see §3).
+//! - Binding: version, session id and timestamp are in the prologue, so they
+//!   are bound into every key of the session; the nonce is the AEAD nonce. The
+//!   only unbound choice is kind 3 versus kind 4 for one transport message;
+//!   re-framing one as the other yields the same (session, nonce), which the
+//!   replay window shows once.
+//! - Sizes: kind 2 is `122 + P`, kind 3 `90 + P`, kind 4 `42 + P` bytes, so the
+//!   largest envelope is now a kind 2 of 65,561 bytes
+//!   ([`crate::envelope::MAX_ENVELOPE_LEN`]).
+//!
+//! # 3. State machine, per peer
+//!
+//! A store keeps, for each peer: its *pending inits* (sent, not yet
+//! answered: the init's ephemeral private key and padded payload), its
+//! *sessions* (oldest first; the last one established is *current*, the
+//! earlier ones *superseded*), and the ids of inits it has *seen*.
+//!
+//! A session is *established* on a side when that side holds its keys: the
+//! responder when it reads message 1 and writes message 2, the initiator when
+//! it reads message 2. It is *confirmed* when the side knows the peer holds
+//! them too: at once for the initiator (message 2 proves it), for the
+//! responder when the first kind 4 from the initiator opens.
+//!
+//! Sealing a body to a peer ([`SessionStore::seal_to`]):
+//!
+//! | state | sends |
+//! | --- | --- |
+//! | current session, younger than `max_age` | kind 4 on it; kind 3 (message 2 attached) while it is an unconfirmed responder session |
+//! | no usable session, a pending init younger than `renew_after` | kind 1 (one-shot), as before sessions |
+//! | neither | a new pending init: kind 2 carrying the body |
+//!
+//! plus, when the current session is *due* (below) and no pending init is
+//! younger than `renew_after`, a bare kind 2 that starts its successor.
+//!
+//! So no envelope ever needs state its recipient may lack. Kinds 1 and 2 open
+//! with the recipient's static key alone. A kind 3 needs the initiator's pending
+//! init, which is kept `init_lifetime`, survives restarts, and is what message 2
+//! completes — every kind 3 carries message 2, so whichever arrives first
+//! completes the handshake, and a lost accept costs nothing. A kind 4 is only
+//! sent on a session the peer is known to hold (confirmed).
+//!
+//! Opening ([`SessionStore::open`]):
+//!
+//! - kind 1: as PROTOCOL §7.5;
+//! - kind 2: read message 1 (the body, if any, is returned whatever follows).
+//!   If the sender is a contact, the init is not stale (`created_at_ms` less
+//!   than `init_lifetime / 2` ago) and not seen before, and the tie-break
+//!   below does not go against it: write message 2, establish the session as
+//!   responder (it becomes current), and return a bare kind 3 as `reply`.
+//!   Sending the reply is optional; it completes the handshake without waiting
+//!   for this side to write, and tells the peer this side received the init.
+//!   A stranger's or a stale init is not remembered: its body comes back each
+//!   time it is delivered, and the client's deduplication by message id shows
+//!   it once, as for kind 1;
+//! - kind 3: on a pending init, rebuild its handshake state, read message 2,
+//!   establish the session (it becomes current, confirmed), open the
+//!   transport message; on a session this side initiated, check that message 2
+//!   is the one it was completed with, then open the transport message;
+//! - kind 4: open on the session, through its replay window; confirms a
+//!   responder session.
+//!
+//! Every receiving direction has a **replay window** ([`window::WINDOW`] =
+//! 1,024 nonces ending at the highest opened): a nonce seen before, or below
+//! the window, is refused ([`EnvelopeError::Replayed`]). A replayed init is
+//! refused by its remembered id (kept until `created_at_ms + init_lifetime`),
+//! and one older than `init_lifetime / 2` starts no session at all, so an old
+//! recorded init can never make a responder build a session its initiator has
+//! forgotten (the margin absorbs clock differences).
+//!
+//! # 4. Simultaneous initiation
+//!
+//! Both sides may send a kind 2 before seeing the other's. A side that
+//! receives an init while it holds a pending init of its own to that peer,
+//! younger than `renew_after`, answers it only if its own static key is the
+//! greater (bytes compared lexicographically): the init of the *lower* key
+//! wins, on both sides alike. The losing init's body is opened and returned
+//! like any other; its initiator keeps it pending (a late answer to it is still
+//! completed, so even a crossing the other way round leaves every envelope
+//! readable). A pending init older than `renew_after` does not compete, so a
+//! lost init cannot block its peer's.
+//!
+//! # 5. Renewal and erasure
+//!
+//! The current session is *due* once this side has sent
+//! `renew_after_messages` (1,000) on it, or once it is `renew_after` (24 h) old
+//! if this side initiated it, `2 × renew_after` if it responded (so the two
+//! sides do not usually race). The side then keeps sending on it and starts a
+//! successor with a bare init; when the successor is established it becomes
+//! current and the old one is superseded, still open for *receiving*.
+//!
+//! A superseded session's keys are erased `grace` (72 h) after a later session
+//! of the peer is confirmed — from then on the peer seals nothing new on the
+//! old one, and the grace covers envelopes sealed before and delivered late.
+//! A superseded session whose successor is never confirmed goes
+//! `init_lifetime` after it was superseded. No session is sealed on once it is
+//! `max_age` (7 days) old, and every session is erased at `max_age + grace`,
+//! so keys are never kept long after a conversation falls silent. Pending
+//! inits and seen ids go after `init_lifetime` (14 days). Erasing drops the
+//! keys from memory (all zeroized) and from the next saved state. At most
+//! [`MAX_SESSIONS_PER_PEER`] sessions and [`MAX_PENDING_PER_PEER`] pending
+//! inits are kept per peer, the oldest going first.
+//!
+//! # 6. Persistence
+//!
+//! [`SessionStore::encode`] gives `version (1) | postcard(state)` with every key
+//! the store holds; [`SessionStore::seal_state`] seals that for the disk:
+//!
+//! ```text
+//! "sotto-sessions\0" (15) | version 01 | nonce (24) | XChaCha20-Poly1305 ciphertext
+//! key = BLAKE2b-256 keyed with the identity secret key, over "sotto session state key v1"
+//! associated data = the first 16 bytes
+//! ```
+//!
+//! A session is saved as its two split keys (snow's
+//! `dangerously_get_raw_split`, the same `Split()` the handshake would hand its
+//! transport) and restored into a snow `StatelessTransportState` by finishing a
+//! throwaway in-memory `NN` handshake and replacing both keys with
+//! `rekey_manually`; sessions go through that path when they are established
+//! too (`noise::transport`). A pending init is saved as its ephemeral private
+//! key and padded payload; snow cannot save a handshake, so it is rebuilt by
+//! writing message 1 again with that ephemeral key (byte-identical, so no key
+//! covers two plaintexts) before reading message 2. A restored store resumes
+//! every send counter [`RESTART_NONCE_SKIP`] (64) nonces further on, so a crash between sealing and
+//! saving cannot make it reuse a nonce unless it lost more than 64 seals;
+//! the client must still save the store *before* sending what it sealed, or a
+//! crash can lose the pending init an answer will need.
+//!
+//! # 7. What forward secrecy covers
+//!
+//! Against someone who records envelopes and later steals both static keys
+//! (and the saved state, which opens with the identity key):
+//!
+//! - transport messages (kinds 3 and 4) of a session whose keys have been
+//!   erased stay closed: their keys need `ee`, and neither ephemeral key
+//!   survives (the responder's lives for one call; the initiator's is kept,
+//!   and saved, only until message 2 is read);
+//! - a kind 2 payload does not: it is sealed with `es` and `ss`, which the
+//!   responder's static key recomputes (like kind 1, Noise destination
+//!   property 2), and so are kind 1 envelopes;
+//! - sessions still current (or in their grace period) at the theft are open
+//!   to the thief, since the saved state holds their keys; so are sessions
+//!   that grow out of inits still pending at the theft (their ephemeral key is
+//!   in the saved state).
+//!
+//! Not covered: an attacker who already holds a static key at the time can
+//! impersonate (Noise key-compromise impersonation) and so read what is then
+//! sent to them; `IK`'s message 2 is destination property 4, not 5, for that
+//! reason. Snow's handshake keeps its chaining key in plain arrays for the
+//! length of one call; snow does not wipe them (every other key here is in a
+//! zeroizing type, including snow's cipher and DH objects, see `noise`).
+
+mod layout;
+mod noise;
+mod state;
+#[cfg(test)]
+mod tests;
+pub mod window;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+use snow::StatelessTransportState;
+use sotto_keys::{PublicKey, SecretKey};
+use zeroize::Zeroizing;
+
+use crate::envelope::{
+    self, decode_body, pad_encoded, unpad, Body, ENVELOPE_VERSION, KIND_ONE_SHOT,
+    KIND_SESSION_ACCEPT, KIND_SESSION_INIT, KIND_SESSION_MESSAGE,
+};
+use crate::error::EnvelopeError;
+use noise::{CipherKey, SplitKeys, MSG2_LEN, TAG_LEN};
+use window::ReplayWindow;
+
+pub use noise::{SESSION_NOISE_PARAMS, SESSION_PROLOGUE_LABEL};
+pub use state::{MAX_STATE_LEN, RESTART_NONCE_SKIP, STATE_VERSION};
+
+/// At most this many sessions are kept per peer; a newer one pushes out the oldest.
+pub const MAX_SESSIONS_PER_PEER: usize = 8;
+/// At most this many pending inits are kept per peer; a newer one pushes out the oldest.
+pub const MAX_PENDING_PER_PEER: usize = 4;
+/// At most this many seen init ids are remembered per peer.
+const MAX_SEEN_PER_PEER: usize = 64;
+
+/// When sessions are renewed and erased. Policy, not state: not saved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Messages this side sends on a session before it starts a successor.
+    pub renew_after_messages: u64,
+    /// Age at which the side that initiated a session starts a successor
+    /// (the responder waits twice as long).
+    pub renew_after: Duration,
+    /// How long a superseded session stays open for late envelopes once its
+    /// successor is confirmed.
+    pub grace: Duration,
+    /// Age after which a session is no longer sealed on; it is erased at
+    /// `max_age + grace`.
+    pub max_age: Duration,
+    /// How long a pending init waits for its answer, and how long an init id
+    /// is remembered; an init older than half of it starts no session.
+    pub init_lifetime: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        const HOUR: u64 = 3600;
+        Self {
+            renew_after_messages: 1000,
+            renew_after: Duration::from_secs(24 * HOUR),
+            grace: Duration::from_secs(72 * HOUR),
+            max_age: Duration::from_secs(7 * 24 * HOUR),
+            init_lifetime: Duration::from_secs(14 * 24 * HOUR),
+        }
+    }
+}
+
+/// What [`SessionStore::seal_to`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// The envelope carrying the body.
+    pub envelope: Vec<u8>,
+    /// A bare init starting the current session's successor, to send as well
+    /// (after `envelope`). Dropping it only delays renewal.
+    pub renewal: Option<Vec<u8>>,
+    /// Whether `envelope` is a session transport message (kind 3 or 4), whose
+    /// content a later theft of the static keys will not reveal once the
+    /// session's keys are erased.
+    pub forward_secret: bool,
+}
+
+/// What [`SessionStore::open`] found in an envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The sender's static key, proven by the envelope (`ss`, or the session's
+    /// keys, which only the two peers derive).
+    pub sender: PublicKey,
+    /// What they sent; `None` for a bare init or accept (nothing to show).
+    pub body: Option<Body>,
+    /// Whether it came in a session transport message (kind 3 or 4).
+    pub forward_secret: bool,
+    /// An envelope to send back to `sender`: the bare accept of a session this
+    /// init started. Optional, but it completes the handshake sooner.
+    pub reply: Option<Vec<u8>>,
+}
+
+/// A session's name in its envelopes: 16 random bytes chosen by the initiator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub(crate) struct SessionId(pub(crate) [u8; 16]);
+
+/// This side's part in a session's handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Role {
+    Initiator,
+    Responder,
+}
+
+/// An established session. Its keys are zeroized on drop (`SplitKeys`, and
+/// the transport's cipher objects, see `noise`).
+#[derive(Serialize, Deserialize)]
+struct Session {
+    id: SessionId,
+    role: Role,
+    created_at_ms: u64,
+    keys: SplitKeys,
+    /// IK message 2: attached to kind 3 envelopes by the responder, checked
+    /// against them by the initiator.
+    #[serde(with = "serde_bytes")]
+    accept: [u8; MSG2_LEN],
+    /// The nonce of the next transport message this side sends.
+    next_nonce: u64,
+    /// Transport messages this side has sealed on the session (for renewal).
+    sent: u64,
+    window: ReplayWindow,
+    confirmed_at_ms: Option<u64>,
+    superseded_at_ms: Option<u64>,
+    /// Built from `keys` when first needed.
+    #[serde(skip)]
+    transport: Option<StatelessTransportState>,
+}
+
+/// An init this side sent and has had no answer to. Zeroized on drop.
+#[derive(Serialize, Deserialize)]
+struct PendingInit {
+    id: SessionId,
+    created_at_ms: u64,
+    ephemeral: CipherKey,
+    /// The padded payload of message 1, exactly as sent.
+    payload: Zeroizing<Vec<u8>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SeenInit {
+    id: SessionId,
+    forget_at_ms: u64,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Peer {
+    sessions: Vec<Session>,
+    pending: Vec<PendingInit>,
+    seen: Vec<SeenInit>,
+}
+
+/// Every session of one identity with its peers. Pure state: no I/O, no
+/// clock (callers pass `now`). Save it ([`SessionStore::seal_state`]) after
+/// every call that changed it, before sending what it sealed.
+pub struct SessionStore {
+    owner: PublicKey,
+    config: SessionConfig,
+    peers: BTreeMap<PublicKey, Peer>,
+}
+
+impl fmt::Debug for SessionStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Counts only: no key, no id.
+        f.debug_struct("SessionStore")
+            .field("owner", &self.owner)
+            .field("peers", &self.peers.len())
+            .field(
+                "sessions",
+                &self.peers.values().map(|p| p.sessions.len()).sum::<usize>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn now_ms(now: SystemTime) -> u64 {
+    now.duration_since(SystemTime::UNIX_EPOCH)
+        .map(millis)
+        .unwrap_or(0)
+}
+
+/// The body in a padded plaintext, if there is one.
+fn body_of(padded: &[u8]) -> Result<Option<Body>, EnvelopeError> {
+    match unpad(padded)? {
+        [] => Ok(None),
+        body => decode_body(body).map(Some),
+    }
+}
+
+fn bare_payload() -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+    pad_encoded(&[]).map(Zeroizing::new)
+}
+
+impl Session {
+    fn new(
+        id: SessionId,
+        role: Role,
+        created_at_ms: u64,
+        keys: SplitKeys,
+        accept: [u8; MSG2_LEN],
+    ) -> Self {
+        Self {
+            id,
+            role,
+            created_at_ms,
+            keys,
+            accept,
+            next_nonce: 0,
+            sent: 0,
+            window: ReplayWindow::default(),
+            confirmed_at_ms: None,
+            superseded_at_ms: None,
+            transport: None,
+        }
+    }
+
+    fn transport(&mut self) -> Result<&StatelessTransportState, EnvelopeError> {
+        if self.transport.is_none() {
+            self.transport = Some(noise::transport(self.role, &self.keys)?);
+        }
+        self.transport.as_ref().ok_or(EnvelopeError::Internal)
+    }
+
+    fn age(&self, now: u64) -> u64 {
+        now.saturating_sub(self.created_at_ms)
+    }
+
+    fn due(&self, now: u64, config: &SessionConfig) -> bool {
+        let renew_after = millis(config.renew_after);
+        let renew_after = match self.role {
+            Role::Initiator => renew_after,
+            Role::Responder => renew_after.saturating_mul(2),
+        };
+        self.sent >= config.renew_after_messages || self.age(now) >= renew_after
+    }
+
+    /// Seals `padded` as the next transport message: kind 3 while this side
+    /// is a responder the initiator has not yet been seen to complete, kind 4
+    /// otherwise.
+    fn seal(&mut self, padded: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+        let nonce = self.next_nonce;
+        // 2^64 - 1 is reserved by Noise (§5.1); unreachable, sessions renew long before.
+        let next = nonce
+            .checked_add(1)
+            .filter(|n| *n < u64::MAX)
+            .ok_or(EnvelopeError::Internal)?;
+        let mut ciphertext = vec![0u8; padded.len() + TAG_LEN];
+        let n = self
+            .transport()?
+            .write_message(nonce, padded, &mut ciphertext)
+            .map_err(|_| EnvelopeError::Internal)?;
+        ciphertext.truncate(n);
+        self.next_nonce = next;
+        self.sent = self.sent.saturating_add(1);
+        Ok(match (self.role, self.confirmed_at_ms) {
+            (Role::Responder, None) => layout::accept(&self.id, &self.accept, nonce, &ciphertext),
+            _ => layout::message(&self.id, nonce, &ciphertext),
+        })
+    }
+
+    /// Opens a transport message through the replay window; the window moves
+    /// only for a message that authenticated.
+    fn open(&mut self, nonce: u64, ciphertext: &[u8]) -> Result<Option<Body>, EnvelopeError> {
+        self.window
+            .check(nonce)
+            .map_err(|_| EnvelopeError::Replayed)?;
+        let mut padded = Zeroizing::new(vec![0u8; ciphertext.len()]);
+        let n = self
+            .transport()?
+            .read_message(nonce, ciphertext, &mut padded)
+            .map_err(|_| EnvelopeError::Decrypt)?;
+        self.window.mark(nonce);
+        body_of(&padded[..n])
+    }
+}
+
+impl Peer {
+    fn is_empty(&self) -> bool {
+        self.sessions.is_empty() && self.pending.is_empty() && self.seen.is_empty()
+    }
+
+    fn has_fresh_pending(&self, now: u64, config: &SessionConfig) -> bool {
+        let fresh = millis(config.renew_after);
+        self.pending
+            .iter()
+            .any(|p| now.saturating_sub(p.created_at_ms) < fresh)
+    }
+
+    /// The current session, if it may still be sealed on. (A superseded one
+    /// never is, even should it end up last after its successor's erasure.)
+    fn sendable(&mut self, now: u64, config: &SessionConfig) -> Option<&mut Session> {
+        self.sessions
+            .last_mut()
+            .filter(|s| s.superseded_at_ms.is_none() && s.age(now) < millis(config.max_age))
+    }
+
+    fn knows(&self, id: &SessionId) -> bool {
+        self.sessions.iter().any(|s| s.id == *id)
+            || self.pending.iter().any(|p| p.id == *id)
+            || self.seen.iter().any(|s| s.id == *id)
+    }
+
+    fn remember(&mut self, id: SessionId, forget_at_ms: u64) {
+        self.seen.push(SeenInit { id, forget_at_ms });
+        if self.seen.len() > MAX_SEEN_PER_PEER {
+            self.seen.remove(0);
+        }
+    }
+
+    /// Makes `session` current.
+    fn push(&mut self, session: Session, now: u64) {
+        if let Some(current) = self.sessions.last_mut() {
+            current.superseded_at_ms.get_or_insert(now);
+        }
+        self.sessions.push(session);
+        if self.sessions.len() > MAX_SESSIONS_PER_PEER {
+            self.sessions.remove(0);
+        }
+    }
+
+    fn erase_expired(&mut self, now: u64, config: &SessionConfig) {
+        let grace = millis(config.grace);
+        let lifetime = millis(config.init_lifetime);
+        let max_age = millis(config.max_age);
+        self.pending
+            .retain(|p| now < p.created_at_ms.saturating_add(lifetime));
+        self.seen.retain(|s| now < s.forget_at_ms);
+        let deadlines: Vec<u64> = self
+            .sessions
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let hard = s
+                    .created_at_ms
+                    .saturating_add(max_age)
+                    .saturating_add(grace);
+                let later = &self.sessions[i + 1..];
+                if later.is_empty() {
+                    return hard;
+                }
+                let soft = match later.iter().filter_map(|l| l.confirmed_at_ms).min() {
+                    Some(confirmed) => confirmed.saturating_add(grace),
+                    None => s.superseded_at_ms.unwrap_or(now).saturating_add(lifetime),
+                };
+                hard.min(soft)
+            })
+            .collect();
+        let mut deadlines = deadlines.into_iter();
+        self.sessions
+            .retain(|_| deadlines.next().is_some_and(|d| now < d));
+    }
+}
+
+impl SessionStore {
+    /// An empty store for the identity `owner`.
+    pub fn new(owner: PublicKey, config: SessionConfig) -> Self {
+        Self {
+            owner,
+            config,
+            peers: BTreeMap::new(),
+        }
+    }
+
+    /// The identity this store belongs to.
+    pub fn owner(&self) -> PublicKey {
+        self.owner
+    }
+
+    /// The renewal and erasure policy in force.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// Replaces the renewal and erasure policy.
+    pub fn set_config(&mut self, config: SessionConfig) {
+        self.config = config;
+    }
+
+    /// Whether a session with `peer` is established on this side (so the next
+    /// message to them is forward-secret, unless it has grown too old).
+    pub fn has_session(&self, peer: &PublicKey) -> bool {
+        self.peers.get(peer).is_some_and(|p| !p.sessions.is_empty())
+    }
+
+    fn check_owner(&self, me: &SecretKey) -> Result<(), EnvelopeError> {
+        if me.public() == self.owner {
+            Ok(())
+        } else {
+            Err(EnvelopeError::Internal)
+        }
+    }
+
+    fn id_in_use(&self, id: &SessionId) -> bool {
+        self.peers.values().any(|p| p.knows(id))
+    }
+
+    fn fresh_id(&self) -> SessionId {
+        loop {
+            let mut id = SessionId([0; 16]);
+            OsRng.fill_bytes(&mut id.0);
+            if !self.id_in_use(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Seals `body` for `peer` (see the module documentation, §3, for what is
+    /// sent when). Erases expired state first.
+    pub fn seal_to(
+        &mut self,
+        me: &SecretKey,
+        peer: &PublicKey,
+        body: &Body,
+        now: SystemTime,
+    ) -> Result<Sealed, EnvelopeError> {
+        self.check_owner(me)?;
+        let now = now_ms(now);
+        self.erase_expired_ms(now);
+        let encoded =
+            Zeroizing::new(postcard::to_stdvec(body).map_err(|_| EnvelopeError::Internal)?);
+        let padded = Zeroizing::new(pad_encoded(&encoded)?);
+        let id = self.fresh_id();
+        let config = self.config.clone();
+        let entry = self.peers.entry(*peer).or_default();
+        let fresh_pending = entry.has_fresh_pending(now, &config);
+
+        if let Some(session) = entry.sendable(now, &config) {
+            let due = session.due(now, &config);
+            let envelope = session.seal(&padded)?;
+            let renewal = if due && !fresh_pending {
+                Some(start_init(entry, me, peer, id, now, bare_payload()?)?)
+            } else {
+                None
+            };
+            return Ok(Sealed {
+                envelope,
+                renewal,
+                forward_secret: true,
+            });
+        }
+        let envelope = if fresh_pending {
+            envelope::seal(me, peer, body)?
+        } else {
+            start_init(entry, me, peer, id, now, padded)?
+        };
+        Ok(Sealed {
+            envelope,
+            renewal: None,
+            forward_secret: false,
+        })
+    }
+
+    /// Opens an envelope of any kind addressed to `me` (see the module
+    /// documentation, §3). `is_contact` decides whose inits may start a
+    /// session: anyone may send an init, but only contacts get state kept.
+    /// Erases expired state first; apart from that, on error the store is
+    /// unchanged, except that an authentic but malformed body still counts as
+    /// received.
+    pub fn open(
+        &mut self,
+        me: &SecretKey,
+        envelope: &[u8],
+        now: SystemTime,
+        is_contact: impl Fn(&PublicKey) -> bool,
+    ) -> Result<Received, EnvelopeError> {
+        self.check_owner(me)?;
+        let now = now_ms(now);
+        self.erase_expired_ms(now);
+        let (header, rest) = envelope
+            .split_first_chunk::<2>()
+            .ok_or(EnvelopeError::Malformed("shorter than its header"))?;
+        match *header {
+            [ENVELOPE_VERSION, KIND_ONE_SHOT] => {
+                let opened = envelope::open(me, envelope)?;
+                Ok(Received {
+                    sender: opened.sender,
+                    body: Some(opened.body),
+                    forward_secret: false,
+                    reply: None,
+                })
+            }
+            [ENVELOPE_VERSION, KIND_SESSION_INIT] => self.open_init(me, rest, now, is_contact),
+            [ENVELOPE_VERSION, KIND_SESSION_ACCEPT] => self.open_accept(me, rest, now),
+            [ENVELOPE_VERSION, KIND_SESSION_MESSAGE] => self.open_message(rest, now),
+            [version, kind] => Err(EnvelopeError::Unsupported { version, kind }),
+        }
+    }
+
+    fn open_init(
+        &mut self,
+        me: &SecretKey,
+        rest: &[u8],
+        now: u64,
+        is_contact: impl Fn(&PublicKey) -> bool,
+    ) -> Result<Received, EnvelopeError> {
+        let init = layout::parse_init(rest)?;
+        let read = noise::read_init(me, &init.id, init.created_at_ms, init.msg1)?;
+        let sender = read.sender;
+        let mut received = Received {
+            sender,
+            body: body_of(&read.payload)?,
+            forward_secret: false,
+            reply: None,
+        };
+        if !is_contact(&sender) {
+            return Ok(received);
+        }
+        if self.peers.get(&sender).is_some_and(|p| p.knows(&init.id)) {
+            return Err(EnvelopeError::Replayed);
+        }
+        let lifetime = millis(self.config.init_lifetime);
+        let stale = now.saturating_sub(init.created_at_ms) >= lifetime / 2;
+        // An id some other peer uses is refused a session: ids must name one session.
+        if stale || self.id_in_use(&init.id) {
+            return Ok(received);
+        }
+        let owner_wins = self.owner < sender;
+        let config = self.config.clone();
+        let entry = self.peers.entry(sender).or_default();
+        entry.remember(
+            init.id,
+            init.created_at_ms.max(now).saturating_add(lifetime),
+        );
+        if owner_wins && entry.has_fresh_pending(now, &config) {
+            // Our own init wins the tie-break; the peer will answer it.
+            return Ok(received);
+        }
+        let (msg2, keys) = read.accept()?;
+        let mut session = Session::new(init.id, Role::Responder, init.created_at_ms, keys, msg2);
+        received.reply = Some(session.seal(&bare_payload()?)?);
+        entry.push(session, now);
+        Ok(received)
+    }
+
+    fn open_accept(
+        &mut self,
+        me: &SecretKey,
+        rest: &[u8],
+        now: u64,
+    ) -> Result<Received, EnvelopeError> {
+        let accept = layout::parse_accept(rest)?;
+        for (peer, entry) in self.peers.iter_mut() {
+            if let Some(session) = entry.sessions.iter_mut().find(|s| s.id == accept.id) {
+                // Only the responder sends kind 3, always with the message 2
+                // the session was completed with.
+                if session.role != Role::Initiator || session.accept != *accept.msg2 {
+                    return Err(EnvelopeError::Decrypt);
+                }
+                let body = session.open(accept.nonce, accept.ciphertext)?;
+                return Ok(Received {
+                    sender: *peer,
+                    body,
+                    forward_secret: true,
+                    reply: None,
+                });
+            }
+            let Some(at) = entry.pending.iter().position(|p| p.id == accept.id) else {
+                continue;
+            };
+            let pending = &entry.pending[at];
+            let keys = noise::complete_init(
+                me,
+                peer,
+                &pending.id,
+                pending.created_at_ms,
+                &pending.ephemeral,
+                &pending.payload,
+                accept.msg2,
+            )?;
+            let mut session = Session::new(
+                pending.id,
+                Role::Initiator,
+                pending.created_at_ms,
+                keys,
+                *accept.msg2,
+            );
+            session.confirmed_at_ms = Some(now);
+            // Nothing is kept unless the transport message authenticates too
+            // (an authentic message with a malformed body still completes).
+            let body = session.open(accept.nonce, accept.ciphertext);
+            if let Err(e) = &body {
+                if !matches!(e, EnvelopeError::Malformed(_)) {
+                    return Err(e.clone());
+                }
+            }
+            entry.pending.remove(at);
+            entry.push(session, now);
+            return Ok(Received {
+                sender: *peer,
+                body: body?,
+                forward_secret: true,
+                reply: None,
+            });
+        }
+        Err(EnvelopeError::UnknownSession)
+    }
+
+    fn open_message(&mut self, rest: &[u8], now: u64) -> Result<Received, EnvelopeError> {
+        let message = layout::parse_message(rest)?;
+        for (peer, entry) in self.peers.iter_mut() {
+            let Some(session) = entry.sessions.iter_mut().find(|s| s.id == message.id) else {
+                continue;
+            };
+            let body = session.open(message.nonce, message.ciphertext)?;
+            // Only the initiator's key opens here: it holds the session.
+            session.confirmed_at_ms.get_or_insert(now);
+            return Ok(Received {
+                sender: *peer,
+                body,
+                forward_secret: true,
+                reply: None,
+            });
+        }
+        Err(EnvelopeError::UnknownSession)
+    }
+
+    /// Erases everything expired at `now` (module documentation, §5). Also
+    /// done at the start of every `seal_to` and `open`.
+    pub fn erase_expired(&mut self, now: SystemTime) {
+        self.erase_expired_ms(now_ms(now));
+    }
+
+    fn erase_expired_ms(&mut self, now: u64) {
+        let config = &self.config;
+        for peer in self.peers.values_mut() {
+            peer.erase_expired(now, config);
+        }
+        self.peers.retain(|_, p| !p.is_empty());
+    }
+
+    /// Erases every session, pending init and remembered id of `peer` (a
+    /// contact removed, or a reset). What they send on those sessions
+    /// afterwards no longer opens.
+    pub fn erase_peer(&mut self, peer: &PublicKey) {
+        self.peers.remove(peer);
+    }
+}
+
+/// Writes a new init to `peer` carrying `payload`, and keeps it pending.
+fn start_init(
+    entry: &mut Peer,
+    me: &SecretKey,
+    peer: &PublicKey,
+    id: SessionId,
+    now: u64,
+    payload: Zeroizing<Vec<u8>>,
+) -> Result<Vec<u8>, EnvelopeError> {
+    let ephemeral = noise::new_ephemeral();
+    let (_, msg1) = noise::write_init(me, peer, &id, now, &ephemeral, &payload)?;
+    entry.pending.push(PendingInit {
+        id,
+        created_at_ms: now,
+        ephemeral,
+        payload,
+    });
+    if entry.pending.len() > MAX_PENDING_PER_PEER {
+        entry.pending.remove(0);
+    }
+    Ok(layout::init(&id, now, &msg1))
+}
