@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sotto_keys::PublicKey;
 
+use crate::blobs::BlobLimits;
 use crate::store::StoreLimits;
 
 /// Default listening address: loopback only, so a first start exposes nothing.
@@ -38,6 +39,8 @@ pub struct RelayConfig {
     pub shutdown_grace: Duration,
     /// Mailbox limits.
     pub mailbox: StoreLimits,
+    /// File cache limits.
+    pub files: BlobLimits,
     /// If set, only these client keys may connect (a private relay).
     pub allow: Option<Vec<PublicKey>>,
 }
@@ -57,6 +60,7 @@ impl RelayConfig {
             gc_interval: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(10),
             mailbox: StoreLimits::default(),
+            files: BlobLimits::default(),
             allow: None,
         }
     }
@@ -128,6 +132,8 @@ struct FileConfig {
     allow: Option<Vec<PublicKey>>,
     #[serde(default)]
     mailbox: MailboxFile,
+    #[serde(default)]
+    files: FilesFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +143,17 @@ struct MailboxFile {
     expiry: Option<Duration>,
     max_messages: Option<u64>,
     max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilesFile {
+    max_file_size: Option<u64>,
+    max_bytes_per_recipient: Option<u64>,
+    max_files_per_recipient: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    expiry: Option<Duration>,
+    checkpoint_bytes: Option<u64>,
 }
 
 impl FileConfig {
@@ -155,6 +172,11 @@ impl FileConfig {
             self.mailbox.expiry => cfg.mailbox.expiry,
             self.mailbox.max_messages => cfg.mailbox.max_messages_per_recipient,
             self.mailbox.max_bytes => cfg.mailbox.max_bytes_per_recipient,
+            self.files.max_file_size => cfg.files.max_file_size,
+            self.files.max_bytes_per_recipient => cfg.files.max_bytes_per_recipient,
+            self.files.max_files_per_recipient => cfg.files.max_files_per_recipient,
+            self.files.expiry => cfg.files.expiry,
+            self.files.checkpoint_bytes => cfg.files.checkpoint_bytes,
         }
         if self.allow.is_some() {
             cfg.allow = self.allow;
@@ -181,6 +203,28 @@ mod tests {
         assert_eq!(cfg.mailbox.expiry, Duration::from_secs(2 * 86400));
         assert_eq!(cfg.mailbox.max_messages_per_recipient, 5);
         assert_eq!(cfg.max_connections, RelayConfig::defaults().max_connections);
+        assert_eq!(cfg.files, BlobLimits::default());
+
+        std::fs::write(
+            &path,
+            "[files]\nmax_file_size = 1000\nmax_bytes_per_recipient = 5000\nmax_files_per_recipient = 3\nexpiry = \"1day\"\ncheckpoint_bytes = 1048576\n",
+        )
+        .unwrap();
+        let cfg = RelayConfig::from_file(&path).unwrap();
+        assert_eq!(
+            cfg.files,
+            BlobLimits {
+                max_file_size: 1000,
+                max_bytes_per_recipient: 5000,
+                max_files_per_recipient: 3,
+                expiry: Duration::from_secs(86400),
+                checkpoint_bytes: 1 << 20,
+            }
+        );
+        assert_eq!(cfg.mailbox, StoreLimits::default());
+        std::fs::write(&path, "[files]\nmax_size = 1\n").unwrap();
+        let err = RelayConfig::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("relay.toml:2:"), "{err}");
 
         std::fs::write(&path, "listen = \"127.0.0.1:1\"\n\nmax_conections = 3\n").unwrap();
         let err = RelayConfig::from_file(&path).unwrap_err().to_string();

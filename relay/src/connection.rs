@@ -1,11 +1,19 @@
 //! One client connection: handshake, then requests and live delivery.
 //!
-//! A connection is three cooperating parts: this task reads requests; a writer
-//! task owns the sending half and flushes once per burst; a delivery task,
-//! started by `Fetch`, streams the mailbox and then waits for wake-ups. Every
+//! A connection is cooperating parts: this task reads requests; a writer task
+//! owns the sending half and flushes once per burst; a delivery task, started
+//! by `Fetch`, streams the mailbox and then waits for wake-ups; each upload
+//! has a disk task and each download a streaming task (see `files`). Every
 //! way a connection can end (clean close, idle, bad input, shutdown) ends here
 //! with one logged reason, and never affects another connection or the store.
+//!
+//! Everything bound for the client goes through one bounded queue to the
+//! writer, so a client that reads slowly slows down what is produced for it
+//! instead of growing the relay's memory.
 
+mod files;
+
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -16,7 +24,7 @@ use sotto_crypto::LinkError;
 use sotto_keys::PublicKey;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -45,10 +53,54 @@ enum Closed {
     #[error("{0}")]
     Link(#[from] LinkError),
     #[error("protocol violation: {0}")]
-    Protocol(&'static str),
+    Protocol(Cow<'static, str>),
     #[error("store failure: {0}")]
     Store(StoreError),
+    #[error("upload stopped: {0}")]
+    Upload(crate::blobs::BlobError),
 }
+
+impl Closed {
+    /// The last message for a client whose connection is closed for this
+    /// reason, if it is one the client should be told.
+    fn notice(&self) -> Option<RelayMsg> {
+        let (code, detail) = match self {
+            Closed::Protocol(detail) => (ErrorCode::BadRequest, detail.to_string()),
+            Closed::Upload(crate::blobs::BlobError::Superseded) => (
+                ErrorCode::BadRequest,
+                "another request took an upload of this connection over; begin it again to resume"
+                    .to_owned(),
+            ),
+            Closed::Upload(_) => (
+                ErrorCode::Internal,
+                "the relay could not store an upload; begin it again to resume".to_owned(),
+            ),
+            _ => return None,
+        };
+        Some(RelayMsg::Error {
+            req: 0,
+            code,
+            detail,
+        })
+    }
+}
+
+/// A message for the writer task. A download chunk carries its share of the
+/// connection's download budget until it is written, which is what bounds the
+/// chunks read ahead of a slow client.
+pub(crate) struct Outgoing {
+    msg: RelayMsg,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+impl From<RelayMsg> for Outgoing {
+    fn from(msg: RelayMsg) -> Self {
+        Self { msg, _budget: None }
+    }
+}
+
+/// The queue to the writer task.
+type Outbox = mpsc::Sender<Outgoing>;
 
 /// Serves one connection to its end and logs why it ended.
 pub(crate) async fn serve(
@@ -110,20 +162,29 @@ async fn run(
         tx,
         delivery: None,
         shutdown: shutdown.child_token(),
+        files: files::Files::new(),
     };
     let result = session.read_loop(&mut reader, shutdown).await;
     session.shutdown.cancel();
     if let Some(d) = session.delivery.take() {
         let _ = d.await;
     }
+    // Uploads write and checkpoint every chunk received; downloads stop.
+    session.files.close().await;
+    if let Some(notice) = result.as_ref().err().and_then(Closed::notice) {
+        let _ = session.tx.send(notice.into()).await;
+    }
     if shutdown.is_cancelled() {
         let _ = session
             .tx
-            .send(RelayMsg::Error {
-                req: 0,
-                code: ErrorCode::ShuttingDown,
-                detail: "the relay is shutting down; reconnect later".into(),
-            })
+            .send(
+                RelayMsg::Error {
+                    req: 0,
+                    code: ErrorCode::ShuttingDown,
+                    detail: "the relay is shutting down; reconnect later".into(),
+                }
+                .into(),
+            )
             .await;
     }
     drop(session);
@@ -139,9 +200,11 @@ async fn run(
 struct Session {
     shared: Arc<Shared>,
     client: PublicKey,
-    tx: mpsc::Sender<RelayMsg>,
+    tx: Outbox,
     delivery: Option<JoinHandle<Result<(), Closed>>>,
+    /// Cancelled when the connection ends: stops delivery and downloads.
     shutdown: CancellationToken,
+    files: files::Files,
 }
 
 impl Session {
@@ -152,18 +215,32 @@ impl Session {
     ) -> Result<(), Closed> {
         let idle = self.shared.config.idle_timeout;
         loop {
-            let msg = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                r = tokio::time::timeout(idle, reader.recv::<ClientMsg>()) => r,
+            let received = {
+                // One receive, kept across idle checks: dropping it part-way
+                // through a message would lose the bytes already read.
+                let recv = reader.recv::<ClientMsg>();
+                tokio::pin!(recv);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        r = &mut recv => break r,
+                        _ = tokio::time::sleep(idle) => {
+                            // Streaming a download is not idleness, though
+                            // the client may send nothing while it receives.
+                            if !self.files.downloading() {
+                                return Err(Closed::Idle(idle));
+                            }
+                        }
+                    }
+                }
             };
-            let msg = match msg {
-                Err(_) => return Err(Closed::Idle(idle)),
-                Ok(Err(e)) => return Err(e.into()),
-                Ok(Ok(None)) => return Ok(()),
-                Ok(Ok(Some(msg))) => msg,
+            let msg = match received {
+                Err(e) => return Err(e.into()),
+                Ok(None) => return Ok(()),
+                Ok(Some(msg)) => msg,
             };
             if let Some(reply) = self.handle(msg).await? {
-                if self.tx.send(reply).await.is_err() {
+                if self.tx.send(reply.into()).await.is_err() {
                     return Ok(()); // the writer failed; it reports why
                 }
             }
@@ -193,11 +270,13 @@ impl Session {
             ClientMsg::Fetch { live } => {
                 if let Some(previous) = self.delivery.take() {
                     if !previous.is_finished() {
-                        return Err(Closed::Protocol("a Fetch while another is still running"));
+                        return Err(Closed::Protocol(
+                            "a Fetch while another is still running".into(),
+                        ));
                     }
                     previous
                         .await
-                        .map_err(|_| Closed::Protocol("delivery task failed"))??;
+                        .map_err(|_| Closed::Protocol("delivery task failed".into()))??;
                 }
                 self.delivery = Some(tokio::spawn(deliver(
                     self.shared.clone(),
@@ -216,6 +295,27 @@ impl Session {
                 Err(e) => refusal(req, e)?,
             },
             ClientMsg::Ping => RelayMsg::Pong,
+            ClientMsg::UploadBegin {
+                req,
+                file_id,
+                to,
+                size,
+            } => self.upload_begin(req, file_id, to, size).await,
+            ClientMsg::UploadChunk {
+                file_id,
+                index,
+                data,
+            } => {
+                self.upload_chunk(file_id, index, data.into_vec()).await?;
+                return Ok(None);
+            }
+            ClientMsg::UploadEnd { req, file_id } => {
+                return Ok(self.upload_end(req, file_id).await);
+            }
+            ClientMsg::Download { req, file_id, from } => {
+                return Ok(self.download(req, file_id, from).await);
+            }
+            ClientMsg::DeleteBlob { req, file_id } => self.delete_blob(req, file_id).await,
         }))
     }
 }
@@ -252,7 +352,7 @@ fn refusal(req: u32, e: StoreError) -> Result<RelayMsg, Closed> {
 async fn deliver(
     shared: Arc<Shared>,
     client: PublicKey,
-    tx: mpsc::Sender<RelayMsg>,
+    tx: Outbox,
     live: bool,
     shutdown: CancellationToken,
 ) -> Result<(), Closed> {
@@ -279,7 +379,7 @@ async fn deliver(
                 received_at: m.received_at,
                 envelope: ByteBuf::from(m.envelope),
             };
-            if tx.send(msg).await.is_err() {
+            if tx.send(msg.into()).await.is_err() {
                 return Ok(());
             }
         }
@@ -288,7 +388,7 @@ async fn deliver(
         }
         if !drained {
             drained = true;
-            if tx.send(RelayMsg::Drained).await.is_err() || !live {
+            if tx.send(RelayMsg::Drained.into()).await.is_err() || !live {
                 return Ok(());
             }
         }
@@ -301,13 +401,13 @@ async fn deliver(
 
 async fn write_loop(
     mut w: LinkWriter<OwnedWriteHalf>,
-    mut rx: mpsc::Receiver<RelayMsg>,
+    mut rx: mpsc::Receiver<Outgoing>,
 ) -> Result<(), LinkError> {
-    while let Some(msg) = rx.recv().await {
-        w.send(&msg).await?;
+    while let Some(out) = rx.recv().await {
+        w.send(&out.msg).await?;
         // Everything already queued goes out with one flush.
-        while let Ok(msg) = rx.try_recv() {
-            w.send(&msg).await?;
+        while let Ok(out) = rx.try_recv() {
+            w.send(&out.msg).await?;
         }
         w.flush().await?;
     }

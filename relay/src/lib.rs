@@ -4,15 +4,21 @@
 //!
 //! - [`config`]: embedded defaults, a TOML file, flags;
 //! - [`server`]: the accept loop, connection and handshake bounds, graceful shutdown;
-//! - `connection`: one client: handshake, requests, live delivery;
+//! - `connection`: one client: handshake, requests, live delivery, file
+//!   uploads and downloads with bounded memory;
 //! - [`registry`]: which keys are waiting for live delivery;
-//! - [`store`]: durable mailboxes (redb) with group commit, quotas and expiry;
+//! - [`store`]: durable mailboxes and blob metadata (redb) with group commit,
+//!   quotas and expiry;
+//! - [`blobs`]: the blind file cache: sealed chunks streamed to files, resumable
+//!   uploads, downloads by the recipient only;
 //! - [`relay_key`]: the relay's keypair, generated on first start.
 //!
 //! The relay holds no key that opens an envelope: it knows recipients' public
-//! keys (its addressing) and the authenticated key of each connected client.
+//! keys (its addressing) and the authenticated key of each connected client,
+//! and of a dropped file only its random id, its size and its sealed chunks.
 #![forbid(unsafe_code)]
 
+pub mod blobs;
 pub mod config;
 mod connection;
 pub mod registry;
@@ -21,4 +27,4 @@ pub mod server;
 pub mod store;
 
 pub use config::RelayConfig;
-pub use server::{Relay, RelayError};
+pub use server::{Collected, Maintenance, Relay, RelayError};

@@ -5,7 +5,8 @@
 //! in its own task, tracked so that shutdown can wait for in-flight work: on
 //! the shutdown signal the loop stops accepting, every connection is told to
 //! finish what it is doing (a `Send` being committed is committed and
-//! acknowledged), then the store's writer drains and closes.
+//! acknowledged, every chunk of an upload received is written and made
+//! durable), then the store's writer drains and closes.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::blobs::{BlobError, Blobs};
 use crate::config::RelayConfig;
 use crate::connection;
 use crate::registry::Registry;
@@ -32,6 +34,7 @@ pub(crate) struct Shared {
     pub config: RelayConfig,
     pub key: SecretKey,
     pub store: Store,
+    pub blobs: Blobs,
     pub registry: Arc<Registry>,
     pub handshakes: Arc<Semaphore>,
     pub hello: RelayHello,
@@ -46,6 +49,9 @@ pub enum RelayError {
     /// The store could not be opened or closed.
     #[error("mailbox store: {0}")]
     Store(#[from] StoreError),
+    /// The file cache could not be opened or swept.
+    #[error("file cache: {0}")]
+    Blobs(#[from] BlobError),
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -82,6 +88,18 @@ impl Relay {
         })
         .await
         .map_err(|_| StoreError::Crashed)??;
+        let blobs = {
+            let (data_dir, store, limits) =
+                (config.data_dir.clone(), store.clone(), config.files.clone());
+            tokio::task::spawn_blocking(move || Blobs::open(&data_dir, store, limits))
+                .await
+                .map_err(|_| BlobError::Crashed)??
+        };
+        // Before serving: no upload can have a file without its row yet.
+        match blobs.remove_orphans().await? {
+            0 => {}
+            n => info!("removed {n} blob files left behind without metadata"),
+        }
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -99,6 +117,7 @@ impl Relay {
             config,
             key,
             store,
+            blobs,
             hello,
         });
         Ok(Self {
@@ -121,6 +140,14 @@ impl Relay {
     /// Whether this start generated the relay's key.
     pub fn key_created(&self) -> bool {
         self.key_created
+    }
+
+    /// A handle for maintenance work that also runs periodically, usable
+    /// while the relay runs.
+    pub fn maintenance(&self) -> Maintenance {
+        Maintenance {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Serves until `shutdown` completes, then finishes in-flight work.
@@ -197,8 +224,38 @@ fn configure(stream: &TcpStream) {
     }
 }
 
+/// Maintenance of a relay's stored data; see [`Relay::maintenance`].
+#[derive(Clone)]
+pub struct Maintenance {
+    shared: Arc<Shared>,
+}
+
+/// What one garbage collection removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Envelopes past the mailbox expiry.
+    pub envelopes: usize,
+    /// Blobs, complete or abandoned, not updated within the file expiry.
+    pub blobs: usize,
+}
+
+impl Maintenance {
+    /// Deletes what has expired as of `now_unix`: envelopes and blobs alike.
+    /// Runs every `gc_interval` on its own; a test passes a time in the future
+    /// instead of waiting for it.
+    pub async fn collect_garbage(&self, now_unix: u64) -> Result<Collected, RelayError> {
+        let envelopes = self.shared.store.expire(now_unix).await;
+        let blobs = self.shared.blobs.expire(now_unix).await;
+        Ok(Collected {
+            envelopes: envelopes?,
+            blobs: blobs?,
+        })
+    }
+}
+
 async fn collect_garbage(shared: Arc<Shared>, token: CancellationToken) {
-    let mut tick = tokio::time::interval(shared.config.gc_interval);
+    let maintenance = Maintenance { shared };
+    let mut tick = tokio::time::interval(maintenance.shared.config.gc_interval);
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
@@ -208,9 +265,14 @@ async fn collect_garbage(shared: Arc<Shared>, token: CancellationToken) {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        match shared.store.expire(now).await {
-            Ok(0) => {}
-            Ok(n) => info!("expired {n} undelivered envelopes"),
+        match maintenance.collect_garbage(now).await {
+            Ok(Collected {
+                envelopes: 0,
+                blobs: 0,
+            }) => {}
+            Ok(Collected { envelopes, blobs }) => {
+                info!("expired {envelopes} undelivered envelopes and {blobs} files")
+            }
             Err(e) => warn!("expiry failed: {e}"),
         }
     }

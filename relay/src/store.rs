@@ -18,7 +18,13 @@
 //! a quota check is one lookup; `expiry` keyed by id so expiry walks from the
 //! oldest message and stops at the first young one; `meta` with the next id,
 //! so ids are global, strictly increasing and never reused, across restarts.
+//!
+//! The blob cache keeps its metadata here too (`blob`): one row per stored
+//! file and a usage row per recipient, changed only by the same writer thread,
+//! so a checkpoint of an upload shares its fsync with whatever else is being
+//! committed. The chunks themselves live in files (see `crate::blobs`).
 
+mod blob;
 mod codec;
 mod writer;
 
@@ -37,8 +43,8 @@ use sotto_keys::PublicKey;
 use tokio::sync::{mpsc, oneshot};
 
 use codec::{
-    decode_message, decode_u64, Usage, EXPIRY, FORMAT_VERSION, MESSAGES, META, META_FORMAT,
-    META_NEXT_ID, USAGE,
+    decode_message, decode_u64, Usage, BLOBS, BLOB_USAGE, EXPIRY, FORMAT_VERSION, MESSAGES, META,
+    META_FORMAT, META_NEXT_ID, USAGE,
 };
 use writer::{Clock, Request, Writer, QUEUE_DEPTH};
 
@@ -99,6 +105,52 @@ impl fmt::Debug for Stored {
     }
 }
 
+/// What the relay knows about one stored file: its addressing, its layout and
+/// how far its upload got. No name, no content, no key: the relay has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobMeta {
+    /// The only key that may download or delete it.
+    pub recipient: PublicKey,
+    /// The only key that may resume its upload.
+    pub uploader: PublicKey,
+    /// Plaintext size, from which the chunk layout follows.
+    pub size: u64,
+    /// Chunks `0..have` are durably on disk.
+    pub have: u64,
+    /// Every chunk is there and the uploader said so: it may be downloaded.
+    pub complete: bool,
+    /// When the upload began (unix seconds, the relay's clock).
+    pub created: u64,
+    /// Last durable progress (or resumption) of the upload; expiry counts from here.
+    pub updated: u64,
+}
+
+impl BlobMeta {
+    /// Number of chunks of the file.
+    pub fn chunks(&self) -> u64 {
+        sotto_crypto::file::chunk_count(self.size)
+    }
+}
+
+/// The outcome of [`Store::begin_blob`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobBegun {
+    /// A new blob was recorded and its quota reserved.
+    Created(BlobMeta),
+    /// The same uploader, recipient and size already have this blob: this is
+    /// a resumption (an unfinished one has had its `updated` time refreshed).
+    Existing(BlobMeta),
+}
+
+/// Per-recipient bounds on the blob cache, checked when an upload begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobQuota {
+    /// Most files held for one recipient, complete or not.
+    pub max_files: u64,
+    /// Most sealed bytes held (or reserved by unfinished uploads) for one recipient.
+    pub max_bytes: u64,
+}
+
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -121,6 +173,32 @@ pub enum StoreError {
         /// The configured maximum.
         max: usize,
     },
+    /// The recipient's blob quota (files or bytes) would be exceeded; the
+    /// upload was not begun. The fields are what the recipient held.
+    #[error("the recipient's file quota is full ({files} files, {bytes} bytes held)")]
+    BlobQuotaExceeded {
+        /// Files held for the recipient.
+        files: u64,
+        /// Sealed bytes held or reserved for the recipient.
+        bytes: u64,
+    },
+    /// A blob with this id exists for another uploader, recipient or size.
+    #[error("another file with this id is stored")]
+    BlobConflict,
+    /// No blob has this id.
+    #[error("no such file")]
+    NoSuchBlob,
+    /// A blob larger than the file format allows.
+    #[error("a file of {size} bytes is larger than the format allows")]
+    BlobTooLarge {
+        /// The refused size.
+        size: u64,
+    },
+    /// An update that no upload could make (past the last chunk, a complete
+    /// blob with chunks missing, a change to a complete blob): a bug in the
+    /// caller. Nothing was changed.
+    #[error("refused an impossible update of a stored file")]
+    InvalidBlobUpdate,
     /// The store was closed with [`Store::close`] (through this handle or a clone).
     #[error("the mailbox store is closed")]
     Closed,
@@ -465,6 +543,8 @@ fn prepare(db: &Database) -> Result<u64, StoreError> {
             .transpose()?;
         txn.open_table(MESSAGES)?;
         txn.open_table(USAGE)?;
+        txn.open_table(BLOBS)?;
+        txn.open_table(BLOB_USAGE)?;
         let expiry = txn.open_table(EXPIRY)?;
         // Every live message has an expiry entry, so this guards the counter
         // against having fallen behind the ids in use.

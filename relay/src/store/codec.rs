@@ -9,11 +9,16 @@
 //! All integers are big-endian.
 
 use redb::TableDefinition;
+use sotto_crypto::file::{chunk_count, MAX_FILE_SIZE};
+use sotto_keys::PublicKey;
 
-use super::StoreError;
+use super::{BlobMeta, StoreError};
 
 /// A recipient's raw public key, the mailbox address.
 pub(super) type Recipient = [u8; 32];
+
+/// A file id's raw bytes, the name of a blob.
+pub(super) type BlobId = [u8; 16];
 
 /// `(recipient, id)` → `received_at (8) | envelope`.
 ///
@@ -39,11 +44,24 @@ pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 /// transaction that allocates ids, so ids are never reused across restarts.
 pub(super) const META_NEXT_ID: &str = "next_id";
 
+/// `file id` → `recipient (32) | uploader (32) | size (8) | have (8) |
+/// complete (1) | created (8) | updated (8)`: one stored file. Its chunks are
+/// in a file of the blob cache named after the id, never in the database.
+pub(super) const BLOBS: TableDefinition<BlobId, &[u8]> = TableDefinition::new("blobs");
+
+/// `recipient` → `files (8) | bytes (8)`: the blobs held for a recipient and
+/// their sealed lengths, reserved in full when an upload begins. Kept in step
+/// with `BLOBS` in the same transaction; a row whose count falls to zero is
+/// removed.
+pub(super) const BLOB_USAGE: TableDefinition<Recipient, &[u8]> = TableDefinition::new("blob_usage");
+
 /// The layout version of the file (8 bytes), so a future layout is refused
 /// instead of misread.
 pub(super) const META_FORMAT: &str = "format";
 
-/// The layout described in this module.
+/// The layout described in this module. The blob tables were added without a
+/// new version: a store of the first layout simply has none yet, and they are
+/// created on open.
 pub(super) const FORMAT_VERSION: u64 = 1;
 
 /// Length of the `received_at` prefix of a message value.
@@ -103,6 +121,82 @@ impl Usage {
             bytes: decode_u64("usage", bytes)?,
         })
     }
+}
+
+/// What a recipient's blobs take up: what blob quotas are checked against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct BlobUsage {
+    pub(super) files: u64,
+    /// Sum of the sealed lengths of the files (complete or not).
+    pub(super) bytes: u64,
+}
+
+impl BlobUsage {
+    pub(super) fn encode(self) -> [u8; 16] {
+        Usage {
+            messages: self.files,
+            bytes: self.bytes,
+        }
+        .encode()
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        if bytes.len() != 16 {
+            return Err(corrupt("blob usage", bytes.len()));
+        }
+        let (files, bytes) = bytes.split_at(8);
+        Ok(Self {
+            files: decode_u64("blob usage", files)?,
+            bytes: decode_u64("blob usage", bytes)?,
+        })
+    }
+}
+
+const BLOB_LEN: usize = 32 + 32 + 8 + 8 + 1 + 8 + 8;
+
+/// Builds a `BLOBS` value.
+pub(super) fn encode_blob(meta: &BlobMeta) -> [u8; BLOB_LEN] {
+    let mut out = [0; BLOB_LEN];
+    out[..32].copy_from_slice(meta.recipient.as_bytes());
+    out[32..64].copy_from_slice(meta.uploader.as_bytes());
+    out[64..72].copy_from_slice(&meta.size.to_be_bytes());
+    out[72..80].copy_from_slice(&meta.have.to_be_bytes());
+    out[80] = u8::from(meta.complete);
+    out[81..89].copy_from_slice(&meta.created.to_be_bytes());
+    out[89..97].copy_from_slice(&meta.updated.to_be_bytes());
+    out
+}
+
+/// Reads a `BLOBS` value, refusing one this code could not have written (a
+/// size past the format's limit, more chunks than the file has, a complete
+/// file with chunks missing), so damage never reaches the file layout maths.
+pub(super) fn decode_blob(bytes: &[u8]) -> Result<BlobMeta, StoreError> {
+    let damaged = || corrupt("blob", bytes.len());
+    if bytes.len() != BLOB_LEN {
+        return Err(damaged());
+    }
+    let key = |range: std::ops::Range<usize>| PublicKey::from_slice(&bytes[range]);
+    let int = |at: usize| decode_u64("blob", &bytes[at..at + 8]);
+    let meta = BlobMeta {
+        recipient: key(0..32).map_err(|_| damaged())?,
+        uploader: key(32..64).map_err(|_| damaged())?,
+        size: int(64)?,
+        have: int(72)?,
+        complete: match bytes[80] {
+            0 => false,
+            1 => true,
+            _ => return Err(damaged()),
+        },
+        created: int(81)?,
+        updated: int(89)?,
+    };
+    if meta.size > MAX_FILE_SIZE
+        || meta.have > chunk_count(meta.size)
+        || (meta.complete && meta.have != chunk_count(meta.size))
+    {
+        return Err(damaged());
+    }
+    Ok(meta)
 }
 
 /// An `EXPIRY` value: where to find the message and how old it is.
@@ -173,6 +267,75 @@ mod tests {
             ));
         }
         assert!(matches!(decode_u64("x", &[0; 7]), Err(StoreError::Corrupt)));
+    }
+
+    fn blob() -> BlobMeta {
+        BlobMeta {
+            recipient: PublicKey::from_bytes([1; 32]),
+            uploader: PublicKey::from_bytes([2; 32]),
+            size: 3 * 65_536 + 7,
+            have: 2,
+            complete: false,
+            created: 1_700_000_000,
+            updated: 1_700_000_060,
+        }
+    }
+
+    #[test]
+    fn blob_round_trip_and_known_bytes() {
+        let meta = blob();
+        let bytes = encode_blob(&meta);
+        assert_eq!(&bytes[..32], &[1; 32]);
+        assert_eq!(&bytes[32..64], &[2; 32]);
+        assert_eq!(&bytes[64..72], &(3u64 * 65_536 + 7).to_be_bytes());
+        assert_eq!(&bytes[72..80], &2u64.to_be_bytes());
+        assert_eq!(bytes[80], 0);
+        assert_eq!(&bytes[81..89], &1_700_000_000u64.to_be_bytes());
+        assert_eq!(&bytes[89..], &1_700_000_060u64.to_be_bytes());
+        assert_eq!(decode_blob(&bytes).unwrap(), meta);
+        let done = BlobMeta {
+            have: 4,
+            complete: true,
+            ..meta
+        };
+        assert_eq!(decode_blob(&encode_blob(&done)).unwrap(), done);
+    }
+
+    #[test]
+    fn impossible_blobs_are_corrupt_not_panics() {
+        for len in [0, 96, 98] {
+            assert!(matches!(
+                decode_blob(&vec![0; len]),
+                Err(StoreError::Corrupt)
+            ));
+        }
+        let mut flag = encode_blob(&blob());
+        flag[80] = 2;
+        let too_many = BlobMeta { have: 5, ..blob() };
+        let incomplete_but_done = BlobMeta {
+            have: 3,
+            complete: true,
+            ..blob()
+        };
+        let huge = BlobMeta {
+            size: MAX_FILE_SIZE + 1,
+            have: 0,
+            ..blob()
+        };
+        for bytes in [
+            flag,
+            encode_blob(&too_many),
+            encode_blob(&incomplete_but_done),
+            encode_blob(&huge),
+        ] {
+            assert!(matches!(decode_blob(&bytes), Err(StoreError::Corrupt)));
+        }
+        assert!(matches!(
+            BlobUsage::decode(&[0; 15]),
+            Err(StoreError::Corrupt)
+        ));
+        let usage = BlobUsage { files: 2, bytes: 9 };
+        assert_eq!(BlobUsage::decode(&usage.encode()).unwrap(), usage);
     }
 
     #[test]

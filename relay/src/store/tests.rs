@@ -589,3 +589,274 @@ fn store_handle_is_shareable() {
     fn shareable<T: Clone + Send + Sync + 'static>() {}
     shareable::<Store>();
 }
+
+// ---- blob metadata ----
+
+use sotto_crypto::file::{sealed_len, FileId, CHUNK_LEN};
+
+use super::codec::{BlobUsage, BLOBS, BLOB_USAGE};
+use super::{BlobBegun, BlobQuota};
+
+const QUOTA: BlobQuota = BlobQuota {
+    max_files: 1000,
+    max_bytes: u64::MAX,
+};
+
+fn fid(n: u8) -> FileId {
+    FileId([n; 16])
+}
+
+const FOUR_CHUNKS: u64 = 3 * CHUNK_LEN as u64 + 7;
+
+#[tokio::test]
+async fn a_blob_is_begun_resumed_by_its_uploader_only_and_completed() {
+    let dir = TempDir::new().unwrap();
+    let (store, clock) = open_at(&dir, StoreLimits::default());
+    let (alice, bob, mallory) = (key(1), key(2), key(3));
+
+    let begun = store
+        .begin_blob(fid(1), alice, bob, FOUR_CHUNKS, QUOTA)
+        .await
+        .unwrap();
+    let BlobBegun::Created(meta) = begun else {
+        panic!("{begun:?}")
+    };
+    assert_eq!((meta.recipient, meta.uploader), (bob, alice));
+    assert_eq!((meta.have, meta.complete, meta.chunks()), (0, false, 4));
+    assert_eq!((meta.created, meta.updated), (1_000, 1_000));
+    assert_eq!(
+        store.blob_usage(bob).await.unwrap(),
+        (1, sealed_len(FOUR_CHUNKS))
+    );
+    assert_eq!(store.blob_usage(alice).await.unwrap(), (0, 0));
+
+    clock.store(1_050, Ordering::SeqCst);
+    store.update_blob(fid(1), 2, false).await.unwrap();
+    let meta = store.blob(fid(1)).await.unwrap().unwrap();
+    assert_eq!((meta.have, meta.updated, meta.created), (2, 1_050, 1_000));
+
+    // Resuming refreshes the time and reserves nothing more.
+    clock.store(1_060, Ordering::SeqCst);
+    let again = store
+        .begin_blob(fid(1), alice, bob, FOUR_CHUNKS, QUOTA)
+        .await
+        .unwrap();
+    assert!(matches!(again, BlobBegun::Existing(m) if m.have == 2 && m.updated == 1_060));
+    assert_eq!(
+        store.blob_usage(bob).await.unwrap(),
+        (1, sealed_len(FOUR_CHUNKS))
+    );
+    // Anyone or anything else with the same id is a conflict.
+    for (uploader, to, size) in [
+        (mallory, bob, FOUR_CHUNKS),
+        (alice, mallory, FOUR_CHUNKS),
+        (alice, bob, FOUR_CHUNKS + 1),
+    ] {
+        let err = store
+            .begin_blob(fid(1), uploader, to, size, QUOTA)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::BlobConflict), "{err:?}");
+    }
+
+    // Impossible updates are refused and change nothing.
+    for (have, complete) in [(5, false), (3, true)] {
+        let err = store.update_blob(fid(1), have, complete).await.unwrap_err();
+        assert!(matches!(err, StoreError::InvalidBlobUpdate), "{err:?}");
+    }
+    assert!(matches!(
+        store.update_blob(fid(9), 0, false).await,
+        Err(StoreError::NoSuchBlob)
+    ));
+    store.update_blob(fid(1), 4, true).await.unwrap();
+    assert!(matches!(
+        store.update_blob(fid(1), 4, true).await,
+        Err(StoreError::InvalidBlobUpdate)
+    ));
+    // A complete blob's age is not refreshed by beginning it again.
+    clock.store(2_000, Ordering::SeqCst);
+    let done = store
+        .begin_blob(fid(1), alice, bob, FOUR_CHUNKS, QUOTA)
+        .await
+        .unwrap();
+    assert!(matches!(done, BlobBegun::Existing(m) if m.complete && m.updated == 1_060));
+    store.close().await.unwrap();
+
+    // Everything survives a reopen.
+    let store = open(&dir, StoreLimits::default());
+    let meta = store.blob(fid(1)).await.unwrap().unwrap();
+    assert!(meta.complete);
+    assert_eq!(store.blob_ids().await.unwrap(), [fid(1)]);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn blob_quotas_count_files_and_sealed_bytes_per_recipient() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, StoreLimits::default());
+    let (alice, bob, carol) = (key(1), key(2), key(3));
+    let quota = BlobQuota {
+        max_files: 2,
+        max_bytes: sealed_len(FOUR_CHUNKS) + sealed_len(0),
+    };
+    store
+        .begin_blob(fid(1), alice, bob, FOUR_CHUNKS, quota)
+        .await
+        .unwrap();
+    let err = store
+        .begin_blob(fid(2), alice, bob, 1, quota)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::BlobQuotaExceeded { files: 1, bytes } if bytes == sealed_len(FOUR_CHUNKS)),
+        "{err:?}"
+    );
+    assert!(
+        store.blob(fid(2)).await.unwrap().is_none(),
+        "nothing recorded"
+    );
+    store
+        .begin_blob(fid(3), alice, bob, 0, quota)
+        .await
+        .unwrap();
+    let err = store
+        .begin_blob(fid(4), carol, bob, 0, quota)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::BlobQuotaExceeded { files: 2, .. }
+    ));
+    // Another recipient has a quota of its own.
+    store
+        .begin_blob(fid(4), alice, carol, FOUR_CHUNKS, quota)
+        .await
+        .unwrap();
+    let err = store
+        .begin_blob(fid(5), alice, bob, u64::MAX, quota)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::BlobTooLarge { .. }));
+
+    // Deleting gives the quota back.
+    assert_eq!(
+        store
+            .delete_blobs(vec![fid(1)], Some(bob), None)
+            .await
+            .unwrap(),
+        [fid(1)]
+    );
+    assert_eq!(store.blob_usage(bob).await.unwrap(), (1, sealed_len(0)));
+    store
+        .begin_blob(fid(2), alice, bob, 1, quota)
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn blobs_are_deleted_only_for_their_recipient_or_by_age() {
+    let dir = TempDir::new().unwrap();
+    let (store, clock) = open_at(&dir, StoreLimits::default());
+    let (alice, bob) = (key(1), key(2));
+    store
+        .begin_blob(fid(1), alice, bob, 10, QUOTA)
+        .await
+        .unwrap();
+    clock.store(1_100, Ordering::SeqCst);
+    store
+        .begin_blob(fid(2), alice, bob, 10, QUOTA)
+        .await
+        .unwrap();
+
+    // Neither the uploader nor anyone else may delete bob's blob.
+    for owner in [alice, key(3)] {
+        let deleted = store
+            .delete_blobs(vec![fid(1)], Some(owner), None)
+            .await
+            .unwrap();
+        assert!(deleted.is_empty());
+    }
+    assert_eq!(store.stale_blobs(999).await.unwrap(), []);
+    assert_eq!(store.stale_blobs(1_000).await.unwrap(), [fid(1)]);
+    // The age is checked again at deletion: a young blob survives even if named.
+    let deleted = store
+        .delete_blobs(vec![fid(1), fid(2), fid(7)], None, Some(1_000))
+        .await
+        .unwrap();
+    assert_eq!(deleted, [fid(1)]);
+    assert_eq!(store.blob_usage(bob).await.unwrap(), (1, sealed_len(10)));
+    let deleted = store
+        .delete_blobs(vec![fid(2)], Some(bob), None)
+        .await
+        .unwrap();
+    assert_eq!(deleted, [fid(2)]);
+    assert_eq!(store.blob_usage(bob).await.unwrap(), (0, 0));
+    assert!(store.blob_ids().await.unwrap().is_empty());
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn damaged_blob_rows_are_not_anyones_and_expire() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, StoreLimits::default());
+    let (alice, bob) = (key(1), key(2));
+    store
+        .begin_blob(fid(1), alice, bob, 10, QUOTA)
+        .await
+        .unwrap();
+    store
+        .begin_blob(fid(2), alice, bob, 20, QUOTA)
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+
+    tamper(&dir, |txn| {
+        let mut blobs = txn.open_table(BLOBS).unwrap();
+        blobs.insert([1; 16], [7u8; 5].as_slice()).unwrap();
+        let mut usage = txn.open_table(BLOB_USAGE).unwrap();
+        usage.insert([2; 32], [7u8; 3].as_slice()).unwrap();
+    });
+
+    let store = open(&dir, StoreLimits::default());
+    assert!(matches!(store.blob(fid(1)).await, Err(StoreError::Corrupt)));
+    // The damaged usage row is rebuilt from the blobs that can be read.
+    assert_eq!(store.blob_usage(bob).await.unwrap(), (1, sealed_len(20)));
+    assert!(store
+        .delete_blobs(vec![fid(1)], Some(bob), None)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        store.begin_blob(fid(1), alice, bob, 10, QUOTA).await,
+        Err(StoreError::Corrupt)
+    ));
+    // Expiry finds it whatever its time, and removes it.
+    assert_eq!(store.stale_blobs(0).await.unwrap(), [fid(1)]);
+    assert_eq!(
+        store
+            .delete_blobs(vec![fid(1)], None, Some(0))
+            .await
+            .unwrap(),
+        [fid(1)]
+    );
+    assert_eq!(store.blob_ids().await.unwrap(), [fid(2)]);
+    // The next change to bob's blobs writes the rebuilt row back.
+    store
+        .begin_blob(fid(3), alice, bob, 0, QUOTA)
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+
+    let db = Database::create(db_path(&dir)).unwrap();
+    let txn = db.begin_read().unwrap();
+    let usage = txn.open_table(BLOB_USAGE).unwrap();
+    let row = usage.get([2; 32]).unwrap().unwrap();
+    assert_eq!(
+        BlobUsage::decode(row.value()).unwrap(),
+        BlobUsage {
+            files: 2,
+            bytes: sealed_len(20) + sealed_len(0)
+        }
+    );
+}

@@ -19,11 +19,14 @@ use std::sync::Arc;
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
+use sotto_crypto::file::{chunk_count, sealed_len, MAX_FILE_SIZE};
+use sotto_keys::PublicKey;
+
 use super::codec::{
-    decode_message, encode_message, ExpiryEntry, Recipient, Usage, EXPIRY, MESSAGES, META,
-    META_NEXT_ID, USAGE,
+    decode_blob, decode_message, encode_blob, encode_message, BlobId, BlobUsage, ExpiryEntry,
+    Recipient, Usage, BLOBS, BLOB_USAGE, EXPIRY, MESSAGES, META, META_NEXT_ID, USAGE,
 };
-use super::{StoreError, StoreLimits};
+use super::{BlobBegun, BlobMeta, BlobQuota, StoreError, StoreLimits};
 
 /// Most requests applied in one transaction, so a flood of writers still gets
 /// answers in bounded time and a batch's bookkeeping stays bounded in memory.
@@ -51,50 +54,69 @@ pub(super) enum Request {
         now: u64,
         reply: oneshot::Sender<Result<usize, StoreError>>,
     },
+    BlobBegin {
+        id: BlobId,
+        uploader: Recipient,
+        to: Recipient,
+        size: u64,
+        quota: BlobQuota,
+        reply: oneshot::Sender<Result<BlobBegun, StoreError>>,
+    },
+    BlobUpdate {
+        id: BlobId,
+        have: u64,
+        complete: bool,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    BlobDelete {
+        ids: Vec<BlobId>,
+        owner: Option<Recipient>,
+        updated_at_or_before: Option<u64>,
+        reply: oneshot::Sender<Result<Vec<BlobId>, StoreError>>,
+    },
 }
 
 impl Request {
     /// Answers a request that was never applied because its batch failed.
     fn fail(self, err: &StoreError) {
         // A caller that stopped waiting has nobody to tell; ignore send errors.
+        fn tell<T>(reply: oneshot::Sender<Result<T, StoreError>>, err: &StoreError) {
+            drop(reply.send(Err(err.clone())));
+        }
         match self {
-            Request::Enqueue { reply, .. } => drop(reply.send(Err(err.clone()))),
-            Request::Ack { reply, .. } | Request::Expire { reply, .. } => {
-                drop(reply.send(Err(err.clone())))
-            }
+            Request::Enqueue { reply, .. } => tell(reply, err),
+            Request::Ack { reply, .. } | Request::Expire { reply, .. } => tell(reply, err),
+            Request::BlobBegin { reply, .. } => tell(reply, err),
+            Request::BlobUpdate { reply, .. } => tell(reply, err),
+            Request::BlobDelete { reply, .. } => tell(reply, err),
         }
     }
 }
 
+/// Sends one request's answer, given the batch's failure if it had one.
+type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
 /// A request that has been applied, holding its answer until the commit.
-enum Answer {
-    Id(
-        oneshot::Sender<Result<u64, StoreError>>,
-        Result<u64, StoreError>,
-    ),
-    Count(
-        oneshot::Sender<Result<usize, StoreError>>,
-        Result<usize, StoreError>,
-    ),
-}
+struct Answer(Reply);
 
 impl Answer {
+    fn new<T: Send + 'static>(
+        reply: oneshot::Sender<Result<T, StoreError>>,
+        own: Result<T, StoreError>,
+    ) -> Self {
+        Self(Box::new(move |failure| {
+            let answer = match failure {
+                Some(err) => Err(err.clone()),
+                None => own,
+            };
+            drop(reply.send(answer));
+        }))
+    }
+
     /// Sends the request's own result, or the batch's error if the batch was
     /// not committed (then nothing of it was stored, whatever it said).
     fn send(self, batch_failure: Option<&StoreError>) {
-        fn pick<T>(
-            own: Result<T, StoreError>,
-            failure: Option<&StoreError>,
-        ) -> Result<T, StoreError> {
-            match failure {
-                Some(err) => Err(err.clone()),
-                None => own,
-            }
-        }
-        match self {
-            Answer::Id(reply, own) => drop(reply.send(pick(own, batch_failure))),
-            Answer::Count(reply, own) => drop(reply.send(pick(own, batch_failure))),
-        }
+        (self.0)(batch_failure)
     }
 }
 
@@ -171,13 +193,29 @@ impl Writer {
                     to,
                     envelope,
                     reply,
-                } => settle(batch.enqueue(to, &envelope), |own| Answer::Id(reply, own)),
-                Request::Ack { owner, ids, reply } => {
-                    settle(batch.ack(owner, ids), |own| Answer::Count(reply, own))
-                }
-                Request::Expire { now, reply } => {
-                    settle(batch.expire(now), |own| Answer::Count(reply, own))
-                }
+                } => settle(batch.enqueue(to, &envelope), reply),
+                Request::Ack { owner, ids, reply } => settle(batch.ack(owner, ids), reply),
+                Request::Expire { now, reply } => settle(batch.expire(now), reply),
+                Request::BlobBegin {
+                    id,
+                    uploader,
+                    to,
+                    size,
+                    quota,
+                    reply,
+                } => settle(batch.blob_begin(id, uploader, to, size, quota), reply),
+                Request::BlobUpdate {
+                    id,
+                    have,
+                    complete,
+                    reply,
+                } => settle(batch.blob_update(id, have, complete), reply),
+                Request::BlobDelete {
+                    ids,
+                    owner,
+                    updated_at_or_before,
+                    reply,
+                } => settle(batch.blob_delete(ids, owner, updated_at_or_before), reply),
             };
             answers.push(answer);
             if let Some(err) = fatal {
@@ -227,15 +265,15 @@ impl From<Fatal> for StoreError {
 
 /// Splits a step's result into the caller's answer and, for a database error,
 /// the error that must end the batch (the caller is then told that error too).
-fn settle<T>(
+fn settle<T: Send + 'static>(
     step: Result<Result<T, StoreError>, Fatal>,
-    answer: impl FnOnce(Result<T, StoreError>) -> Answer,
+    reply: oneshot::Sender<Result<T, StoreError>>,
 ) -> (Answer, Option<StoreError>) {
     match step {
-        Ok(own) => (answer(own), None),
+        Ok(own) => (Answer::new(reply, own), None),
         Err(err) => {
             let err = StoreError::from(err);
-            (answer(Err(err.clone())), Some(err))
+            (Answer::new(reply, Err(err.clone())), Some(err))
         }
     }
 }
@@ -255,7 +293,11 @@ struct Batch<'t> {
     expiry: Table<'t, u64, &'static [u8]>,
     usage_table: Table<'t, Recipient, &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
+    blobs: Table<'t, BlobId, &'static [u8]>,
+    blob_usage_table: Table<'t, Recipient, &'static [u8]>,
     usage: HashMap<Recipient, Cached>,
+    /// Blob usage as the batch sees it, and whether it must be written back.
+    blob_usage: HashMap<Recipient, (BlobUsage, bool)>,
     limits: &'t StoreLimits,
     first_id: u64,
     next_id: u64,
@@ -275,7 +317,10 @@ impl<'t> Batch<'t> {
             expiry: txn.open_table(EXPIRY)?,
             usage_table: txn.open_table(USAGE)?,
             meta: txn.open_table(META)?,
+            blobs: txn.open_table(BLOBS)?,
+            blob_usage_table: txn.open_table(BLOB_USAGE)?,
             usage: HashMap::new(),
+            blob_usage: HashMap::new(),
             limits,
             first_id: next_id,
             next_id,
@@ -439,6 +484,171 @@ impl<'t> Batch<'t> {
         Ok(Some(len))
     }
 
+    fn blob_usage(&mut self, recipient: &Recipient) -> Result<BlobUsage, Fatal> {
+        if let Some((usage, _)) = self.blob_usage.get(recipient) {
+            return Ok(*usage);
+        }
+        let stored = self
+            .blob_usage_table
+            .get(recipient)?
+            .map(|guard| BlobUsage::decode(guard.value()));
+        let (usage, dirty) = match stored {
+            None => (BlobUsage::default(), false),
+            Some(Ok(usage)) => (usage, false),
+            Some(Err(_)) => {
+                tracing::warn!("rebuilding a damaged blob usage row");
+                self.changed = true;
+                (recount_blobs(&self.blobs, recipient)?, true)
+            }
+        };
+        self.blob_usage.insert(*recipient, (usage, dirty));
+        Ok(usage)
+    }
+
+    fn set_blob_usage(&mut self, recipient: Recipient, usage: BlobUsage) {
+        self.blob_usage.insert(recipient, (usage, true));
+        self.changed = true;
+    }
+
+    /// Reads one blob row; a damaged row is reported as the request's own
+    /// failure (logged by the codec), so it cannot fail a whole batch.
+    fn blob(&self, id: &BlobId) -> Result<Option<Result<BlobMeta, StoreError>>, Fatal> {
+        Ok(self.blobs.get(id)?.map(|guard| decode_blob(guard.value())))
+    }
+
+    fn put_blob(&mut self, id: &BlobId, meta: &BlobMeta) -> Result<(), Fatal> {
+        self.blobs.insert(id, encode_blob(meta).as_slice())?;
+        self.changed = true;
+        Ok(())
+    }
+
+    fn blob_begin(
+        &mut self,
+        id: BlobId,
+        uploader: Recipient,
+        to: Recipient,
+        size: u64,
+        quota: BlobQuota,
+    ) -> Result<Result<BlobBegun, StoreError>, Fatal> {
+        let (uploader, to) = (PublicKey::from_bytes(uploader), PublicKey::from_bytes(to));
+        match self.blob(&id)? {
+            Some(Err(err)) => return Ok(Err(err)),
+            Some(Ok(mut meta)) => {
+                if meta.uploader != uploader || meta.recipient != to || meta.size != size {
+                    return Ok(Err(StoreError::BlobConflict));
+                }
+                // Resuming is activity: an upload that keeps coming back is not
+                // abandoned. A complete blob's age counts from its completion.
+                if !meta.complete {
+                    meta.updated = self.now;
+                    self.put_blob(&id, &meta)?;
+                }
+                return Ok(Ok(BlobBegun::Existing(meta)));
+            }
+            None => {}
+        }
+        if size > MAX_FILE_SIZE {
+            return Ok(Err(StoreError::BlobTooLarge { size }));
+        }
+        let usage = self.blob_usage(to.as_bytes())?;
+        let reserved = sealed_len(size);
+        if usage.files.saturating_add(1) > quota.max_files
+            || usage.bytes.saturating_add(reserved) > quota.max_bytes
+        {
+            return Ok(Err(StoreError::BlobQuotaExceeded {
+                files: usage.files,
+                bytes: usage.bytes,
+            }));
+        }
+        let meta = BlobMeta {
+            recipient: to,
+            uploader,
+            size,
+            have: 0,
+            complete: false,
+            created: self.now,
+            updated: self.now,
+        };
+        self.put_blob(&id, &meta)?;
+        self.set_blob_usage(
+            *to.as_bytes(),
+            BlobUsage {
+                files: usage.files.saturating_add(1),
+                bytes: usage.bytes.saturating_add(reserved),
+            },
+        );
+        Ok(Ok(BlobBegun::Created(meta)))
+    }
+
+    fn blob_update(
+        &mut self,
+        id: BlobId,
+        have: u64,
+        complete: bool,
+    ) -> Result<Result<(), StoreError>, Fatal> {
+        let mut meta = match self.blob(&id)? {
+            None => return Ok(Err(StoreError::NoSuchBlob)),
+            Some(Err(err)) => return Ok(Err(err)),
+            Some(Ok(meta)) => meta,
+        };
+        let chunks = chunk_count(meta.size);
+        if meta.complete || have > chunks || (complete && have != chunks) {
+            tracing::error!(have, complete, "refusing an impossible blob update");
+            return Ok(Err(StoreError::InvalidBlobUpdate));
+        }
+        meta.have = have;
+        meta.complete = complete;
+        meta.updated = self.now;
+        self.put_blob(&id, &meta)?;
+        Ok(Ok(()))
+    }
+
+    fn blob_delete(
+        &mut self,
+        ids: Vec<BlobId>,
+        owner: Option<Recipient>,
+        updated_at_or_before: Option<u64>,
+    ) -> Result<Result<Vec<BlobId>, StoreError>, Fatal> {
+        let mut deleted = Vec::new();
+        for id in ids {
+            let meta = match self.blob(&id)? {
+                None => continue,
+                Some(Ok(meta)) => Some(meta),
+                // Nobody can be shown to own a damaged row, so only expiry
+                // (which asks for no owner) removes it; its usage cannot be
+                // given back, since its recipient is unknown.
+                Some(Err(_)) if owner.is_none() => None,
+                Some(Err(_)) => continue,
+            };
+            if let Some(meta) = meta {
+                if owner.is_some_and(|owner| owner != *meta.recipient.as_bytes())
+                    || updated_at_or_before.is_some_and(|cutoff| meta.updated > cutoff)
+                {
+                    continue;
+                }
+                let recipient = *meta.recipient.as_bytes();
+                let usage = self.blob_usage(&recipient)?;
+                let freed = sealed_len(meta.size);
+                if usage.files == 0 || usage.bytes < freed {
+                    tracing::warn!("blob usage was lower than its blobs; clamping at zero");
+                }
+                self.set_blob_usage(
+                    recipient,
+                    BlobUsage {
+                        files: usage.files.saturating_sub(1),
+                        bytes: usage.bytes.saturating_sub(freed),
+                    },
+                );
+            } else {
+                tracing::error!("deleting a damaged blob row");
+            }
+            self.blobs.remove(&id)?;
+            self.changed = true;
+            deleted.push(id);
+        }
+        Ok(Ok(deleted))
+    }
+
     /// Writes back changed usage rows and the id counter. Returns whether the
     /// transaction changed anything, and the next id to adopt if it commits.
     fn finish(mut self) -> Result<(bool, u64), Fatal> {
@@ -451,6 +661,17 @@ impl<'t> Batch<'t> {
             } else {
                 self.usage_table
                     .insert(recipient, cached.usage.encode().as_slice())?;
+            }
+        }
+        for (recipient, (usage, dirty)) in &self.blob_usage {
+            if !dirty {
+                continue;
+            }
+            if usage.files == 0 {
+                self.blob_usage_table.remove(recipient)?;
+            } else {
+                self.blob_usage_table
+                    .insert(recipient, usage.encode().as_slice())?;
             }
         }
         if self.next_id != self.first_id {
@@ -492,6 +713,25 @@ pub(super) fn recount(
         usage.bytes = usage
             .bytes
             .saturating_add(envelope_len(value.value()).unwrap_or(0));
+    }
+    Ok(usage)
+}
+
+/// Counts a recipient's blobs, for when its usage row is damaged. Blobs are
+/// keyed by id, so this reads them all: it happens only after damage.
+pub(super) fn recount_blobs(
+    blobs: &impl ReadableTable<BlobId, &'static [u8]>,
+    recipient: &Recipient,
+) -> Result<BlobUsage, Fatal> {
+    let mut usage = BlobUsage::default();
+    for item in blobs.iter()? {
+        let (_, value) = item?;
+        if let Ok(meta) = decode_blob(value.value()) {
+            if meta.recipient.as_bytes() == recipient {
+                usage.files += 1;
+                usage.bytes = usage.bytes.saturating_add(sealed_len(meta.size));
+            }
+        }
     }
     Ok(usage)
 }

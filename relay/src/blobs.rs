@@ -1,0 +1,751 @@
+//! The blind file cache: sealed file chunks on disk, their metadata in the store.
+//!
+//! A dropped file can be gigabytes, so its chunks never sit in memory: each one
+//! is written at its place in `DATA/blobs/<hex file id>` (0600, in a 0700
+//! directory) as it arrives, and read back by position for downloads. The
+//! relay holds sealed bytes only; it sees no name, no key and no plaintext.
+//! Beside the file, the store (`crate::store`) keeps one metadata row per blob:
+//! recipient, uploader, size, how many chunks are durable (`have`), whether
+//! the upload is complete, and when it began and last progressed. Metadata
+//! changes go through the store's single writer thread, so they share its
+//! group commits.
+//!
+//! Durability follows one rule: a file's data is fsynced *before* a larger
+//! `have` is committed, and the client hears of it only after the commit. So
+//! `have` never claims bytes that a crash could lose, and resuming is always
+//! safe: bytes past `have` may be garbage after a crash, and a resumption cuts
+//! the file back to `have` before writing on.
+//!
+//! Each operation orders its file and metadata steps so that a crash between
+//! them leaves something the next start repairs:
+//! - begin: the metadata row (reserving quota) before the empty file; a row
+//!   without a file is treated as a file with nothing in it when resumed;
+//! - delete and expiry: the row (committed) before the file; a file without a
+//!   row is removed at the next start ([`Blobs::remove_orphans`]).
+//!
+//! Within the process, every change to one blob holds its *claim* (a lock per
+//! file id): an upload holds it for as long as it runs, a deletion takes it,
+//! expiry skips files that are claimed. A new claimant asks the holder to
+//! stop, so a client that reconnects after a dropped connection takes its
+//! upload over from the relay's stale half of the old one, which first makes
+//! what it wrote durable.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use sotto_crypto::file::{
+    chunk_count, sealed_chunk_len, sealed_len, sealed_offset, FileId, CHUNK_LEN, MAX_FILE_SIZE,
+    SEALED_CHUNK_LEN,
+};
+use sotto_keys::PublicKey;
+use tokio::sync::OwnedMutexGuard;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use crate::store::{BlobBegun, BlobMeta, BlobQuota, Store, StoreError, DEFAULT_EXPIRY};
+
+/// Name of the blob directory inside the data dir.
+pub const BLOBS_DIR: &str = "blobs";
+/// Default for [`BlobLimits::max_file_size`]: 8 GiB.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 8 << 30;
+/// Default for [`BlobLimits::max_bytes_per_recipient`]: 16 GiB.
+pub const DEFAULT_MAX_BYTES_PER_RECIPIENT: u64 = 16 << 30;
+/// Default for [`BlobLimits::max_files_per_recipient`].
+pub const DEFAULT_MAX_FILES_PER_RECIPIENT: u64 = 1000;
+/// Default for [`BlobLimits::checkpoint_bytes`]: 16 MiB.
+pub const DEFAULT_CHECKPOINT_BYTES: u64 = 16 << 20;
+
+/// Most blobs deleted in one store request by expiry, so a large sweep is
+/// several bounded transactions rather than one huge one.
+const EXPIRY_BATCH: usize = 1024;
+
+/// Bounds on the file cache, so one sender cannot fill the relay's disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobLimits {
+    /// Largest file accepted, in plaintext bytes (never more than the format's
+    /// [`MAX_FILE_SIZE`]).
+    pub max_file_size: u64,
+    /// Most sealed bytes held for one recipient, counting unfinished uploads
+    /// at their full size.
+    pub max_bytes_per_recipient: u64,
+    /// Most files held for one recipient, complete or not.
+    pub max_files_per_recipient: u64,
+    /// A blob not updated for this long (a complete one not fetched and
+    /// deleted, an upload not resumed) is deleted. Counted in whole seconds.
+    pub expiry: Duration,
+    /// Plaintext bytes of an upload between durability checkpoints (an fsync
+    /// and a commit, then `UploadProgress`). A relay that crashes loses at
+    /// most this much of each upload; a smaller value costs more fsyncs.
+    pub checkpoint_bytes: u64,
+}
+
+impl BlobLimits {
+    /// Chunks between checkpoints (at least one).
+    pub fn checkpoint_chunks(&self) -> u64 {
+        (self.checkpoint_bytes / CHUNK_LEN as u64).max(1)
+    }
+}
+
+impl Default for BlobLimits {
+    fn default() -> Self {
+        Self {
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
+            max_bytes_per_recipient: DEFAULT_MAX_BYTES_PER_RECIPIENT,
+            max_files_per_recipient: DEFAULT_MAX_FILES_PER_RECIPIENT,
+            expiry: DEFAULT_EXPIRY,
+            checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
+        }
+    }
+}
+
+/// Why a file-cache operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BlobError {
+    /// The file is larger than this relay accepts; nothing was stored.
+    #[error("a file of {size} bytes is larger than this relay accepts ({max} bytes)")]
+    TooLarge {
+        /// The refused size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The recipient's file quota would be exceeded; nothing was stored. The
+    /// fields are what the recipient holds.
+    #[error("the recipient's file quota is full ({files} files, {bytes} bytes held)")]
+    QuotaExceeded {
+        /// Files held for the recipient.
+        files: u64,
+        /// Sealed bytes held or reserved for the recipient.
+        bytes: u64,
+    },
+    /// The file id is taken by another uploader's file, or one for another
+    /// recipient or of another size.
+    #[error("this file id belongs to another upload")]
+    Conflict,
+    /// No such file for this key: unknown, someone else's, or not complete.
+    /// One answer for all three, so it reveals nothing about other keys' files.
+    #[error("no such file")]
+    NotFound,
+    /// Another request for the same file (a resumption from another
+    /// connection, or its deletion) took it over; this one stopped after
+    /// making what it had written durable.
+    #[error("another request took this file over")]
+    Superseded,
+    /// The file on disk is missing or shorter than its metadata says.
+    #[error("stored file damaged")]
+    Damaged,
+    /// A file or directory operation failed (a full disk, say).
+    #[error("file cache: {action}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The cause.
+        source: Arc<io::Error>,
+    },
+    /// The metadata store failed.
+    #[error(transparent)]
+    Store(StoreError),
+    /// A blocking task stopped unexpectedly (a panic, which is a bug).
+    #[error("a file cache task stopped unexpectedly")]
+    Crashed,
+}
+
+impl From<StoreError> for BlobError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::BlobQuotaExceeded { files, bytes } => Self::QuotaExceeded { files, bytes },
+            StoreError::BlobConflict => Self::Conflict,
+            StoreError::NoSuchBlob => Self::NotFound,
+            StoreError::BlobTooLarge { size } => Self::TooLarge {
+                size,
+                max: MAX_FILE_SIZE,
+            },
+            other => Self::Store(other),
+        }
+    }
+}
+
+fn io_error(action: &'static str) -> impl FnOnce(io::Error) -> BlobError {
+    move |source| BlobError::Io {
+        action,
+        source: Arc::new(source),
+    }
+}
+
+/// Runs file I/O on tokio's blocking pool, so the async runtime never waits
+/// for the disk.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BlobError> + Send + 'static,
+) -> Result<T, BlobError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| BlobError::Crashed)?
+}
+
+/// The sealed bytes of chunks `0..have` of a file of `size` bytes.
+fn sealed_prefix_len(size: u64, have: u64) -> u64 {
+    sealed_offset(have).min(sealed_len(size))
+}
+
+/// The file cache. Cloning is cheap; clones share one set of claims.
+#[derive(Clone)]
+pub struct Blobs {
+    dir: PathBuf,
+    store: Store,
+    limits: BlobLimits,
+    claims: Arc<Claims>,
+}
+
+/// The outcome of [`Blobs::begin`].
+pub enum Begun {
+    /// The blob is complete already: nothing to upload.
+    Complete {
+        /// Its chunk count.
+        chunks: u64,
+    },
+    /// Upload from chunk [`BlobWriter::have`] on.
+    Upload(BlobWriter),
+}
+
+impl Blobs {
+    /// Opens the blob directory under `data_dir`, creating it (0700) if
+    /// needed. Blocking: call it before serving.
+    pub fn open(data_dir: &Path, store: Store, limits: BlobLimits) -> Result<Self, BlobError> {
+        let dir = data_dir.join(BLOBS_DIR);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_error("creating the blob directory"))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_error("restricting the blob directory"))?;
+        Ok(Self {
+            dir,
+            store,
+            limits,
+            claims: Arc::default(),
+        })
+    }
+
+    /// The limits the cache was opened with.
+    pub fn limits(&self) -> &BlobLimits {
+        &self.limits
+    }
+
+    /// The directory holding the blob files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, id: FileId) -> PathBuf {
+        self.dir.join(id.to_string())
+    }
+
+    /// Removes blob files that have no metadata (a crash between deleting a
+    /// row and its file), and returns how many. Files whose name is not a
+    /// file id are left alone: they are not ours. Meant for startup, before
+    /// any upload can create a file whose row is not yet committed.
+    pub async fn remove_orphans(&self) -> Result<usize, BlobError> {
+        let dir = self.dir.clone();
+        let found = blocking(move || {
+            let mut found = Vec::new();
+            for entry in std::fs::read_dir(&dir).map_err(io_error("listing the blob directory"))? {
+                let entry = entry.map_err(io_error("listing the blob directory"))?;
+                let is_file = entry
+                    .file_type()
+                    .map_err(io_error("listing the blob directory"))?
+                    .is_file();
+                let id = if is_file {
+                    parse_id(&entry.file_name())
+                } else {
+                    None
+                };
+                found.push((id, entry.path()));
+            }
+            Ok(found)
+        })
+        .await?;
+        let known: HashSet<FileId> = self.store.blob_ids().await?.into_iter().collect();
+        let mut foreign = 0;
+        let mut orphans = Vec::new();
+        for (id, path) in found {
+            match id {
+                Some(id) if known.contains(&id) => {}
+                Some(_) => orphans.push(path),
+                None => foreign += 1,
+            }
+        }
+        if foreign > 0 {
+            tracing::warn!(
+                foreign,
+                "files in the blob directory that are not blobs were left alone"
+            );
+        }
+        blocking(move || {
+            let mut removed = 0;
+            for path in orphans {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    // Not fatal: an orphan only takes space, and the next
+                    // start tries again.
+                    Err(e) => tracing::warn!("could not remove an orphaned blob: {e}"),
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    /// Begins an upload of `id`, `size` plaintext bytes from `uploader` to
+    /// `to`, or resumes it.
+    ///
+    /// A new blob reserves its full sealed length against `to`'s quota before
+    /// a byte is uploaded. An existing one resumes only for the same uploader,
+    /// recipient and size ([`BlobError::Conflict`] otherwise): its file is cut
+    /// back to the last durable chunk, and an upload of it still running (from
+    /// a connection that dropped) is stopped first.
+    pub async fn begin(
+        &self,
+        uploader: PublicKey,
+        id: FileId,
+        to: PublicKey,
+        size: u64,
+    ) -> Result<Begun, BlobError> {
+        let max = self.limits.max_file_size.min(MAX_FILE_SIZE);
+        if size > max {
+            return Err(BlobError::TooLarge { size, max });
+        }
+        // Checked before claiming, so that nobody but the uploader can
+        // interrupt an upload in progress.
+        if let Some(meta) = self.store.blob(id).await? {
+            if meta.uploader != uploader || meta.recipient != to || meta.size != size {
+                return Err(BlobError::Conflict);
+            }
+            if meta.complete {
+                return Ok(Begun::Complete {
+                    chunks: meta.chunks(),
+                });
+            }
+        }
+        let claim = self.claims.claim(id).await?;
+        let quota = BlobQuota {
+            max_files: self.limits.max_files_per_recipient,
+            max_bytes: self.limits.max_bytes_per_recipient,
+        };
+        let (meta, created) = match self.store.begin_blob(id, uploader, to, size, quota).await? {
+            BlobBegun::Created(meta) => (meta, true),
+            BlobBegun::Existing(meta) => (meta, false),
+        };
+        if meta.complete {
+            return Ok(Begun::Complete {
+                chunks: meta.chunks(),
+            });
+        }
+        let path = self.path(id);
+        let dir = self.dir.clone();
+        let opened = blocking(move || open_for_upload(&path, &dir, &meta, created)).await;
+        let (file, have) = match opened {
+            Ok(opened) => opened,
+            Err(err) => {
+                if created {
+                    // Nothing was uploaded: give the quota back at once.
+                    if let Err(e) = self.store.delete_blobs(vec![id], Some(to), None).await {
+                        tracing::warn!("could not undo a failed upload start: {e}");
+                    }
+                }
+                return Err(err);
+            }
+        };
+        if have != meta.have {
+            tracing::warn!(
+                recorded = meta.have,
+                found = have,
+                "a stored upload was shorter than recorded; resuming from what is there"
+            );
+            self.store.update_blob(id, have, false).await?;
+        }
+        Ok(Begun::Upload(BlobWriter {
+            id,
+            size,
+            have,
+            file: Arc::new(file),
+            store: self.store.clone(),
+            claim,
+        }))
+    }
+
+    /// Opens blob `id` for download by `owner`: only its recipient, only once
+    /// complete; [`BlobError::NotFound`] otherwise, whatever the reason.
+    pub async fn open_download(
+        &self,
+        owner: PublicKey,
+        id: FileId,
+    ) -> Result<BlobReader, BlobError> {
+        let meta = match self.store.blob(id).await {
+            Ok(Some(meta)) if meta.recipient == owner && meta.complete => meta,
+            // A damaged row cannot be shown to be `owner`'s.
+            Ok(_) | Err(StoreError::Corrupt) => return Err(BlobError::NotFound),
+            Err(e) => return Err(e.into()),
+        };
+        let path = self.path(id);
+        let file = blocking(move || match File::open(&path) {
+            Ok(file) => Ok(file),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::error!("a complete blob has no file");
+                Err(BlobError::Damaged)
+            }
+            Err(e) => Err(io_error("opening a blob for download")(e)),
+        })
+        .await?;
+        Ok(BlobReader {
+            file: Arc::new(file),
+            size: meta.size,
+        })
+    }
+
+    /// Deletes blob `id` if `owner` is its recipient, stopping an upload of
+    /// it in progress; gives its quota back. Returns whether it was deleted
+    /// (`false` for an unknown id and for someone else's, alike).
+    pub async fn delete(&self, owner: PublicKey, id: FileId) -> Result<bool, BlobError> {
+        match self.store.blob(id).await {
+            Ok(Some(meta)) if meta.recipient == owner => {}
+            Ok(_) | Err(StoreError::Corrupt) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        let claim = self.claims.claim(id).await?;
+        let deleted = self.store.delete_blobs(vec![id], Some(owner), None).await?;
+        if deleted.is_empty() {
+            return Ok(false);
+        }
+        self.remove_files(deleted).await;
+        drop(claim);
+        Ok(true)
+    }
+
+    /// Deletes every blob, complete or not, not updated for
+    /// [`BlobLimits::expiry`] before `now_unix`, except those in use right
+    /// now; returns how many were deleted.
+    pub async fn expire(&self, now_unix: u64) -> Result<usize, BlobError> {
+        let Some(cutoff) = now_unix.checked_sub(self.limits.expiry.as_secs()) else {
+            return Ok(0);
+        };
+        let stale = self.store.stale_blobs(cutoff).await?;
+        let mut removed = 0;
+        for batch in stale.chunks(EXPIRY_BATCH) {
+            // Claimed blobs are being uploaded or deleted right now: not abandoned.
+            let claims: Vec<Claim> = batch
+                .iter()
+                .filter_map(|id| self.claims.try_claim(*id))
+                .collect();
+            let ids = claims.iter().map(|claim| claim.id).collect();
+            let deleted = self.store.delete_blobs(ids, None, Some(cutoff)).await?;
+            removed += deleted.len();
+            self.remove_files(deleted).await;
+            drop(claims);
+        }
+        Ok(removed)
+    }
+
+    /// Removes the files of blobs whose rows are deleted. A failure leaves an
+    /// orphan for the next start to remove; the deletion itself stands.
+    async fn remove_files(&self, ids: Vec<FileId>) {
+        let paths: Vec<PathBuf> = ids.into_iter().map(|id| self.path(id)).collect();
+        let result = blocking(move || {
+            for path in paths {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_error("removing a deleted blob")(e)),
+                }
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::warn!("{e}; the file will be removed at the next start");
+        }
+    }
+}
+
+/// Opens (creating it if needed) the file of an upload and cuts it back to
+/// the chunks that are durable; returns it with the chunk count to resume at.
+fn open_for_upload(
+    path: &Path,
+    dir: &Path,
+    meta: &BlobMeta,
+    created: bool,
+) -> Result<(File, u64), BlobError> {
+    let existed = !created && path.exists();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(created)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_error("creating a blob"))?;
+    if !existed {
+        // Make the new name durable too, or a crash could lose the whole file
+        // while its row says chunks are stored.
+        File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_error("syncing the blob directory"))?;
+    }
+    let len = file
+        .metadata()
+        .map_err(io_error("reading a blob's length"))?
+        .len();
+    let mut have = meta.have;
+    if len < sealed_prefix_len(meta.size, have) {
+        // Only the last chunk can be short, and a file shorter than its
+        // recorded prefix lacks at least that: what is there is whole chunks.
+        have = (len / SEALED_CHUNK_LEN as u64).min(have);
+    }
+    file.set_len(sealed_prefix_len(meta.size, have))
+        .map_err(io_error("cutting a blob back to its last checkpoint"))?;
+    Ok((file, have))
+}
+
+/// Parses a blob file name: exactly the lowercase hex of a file id.
+fn parse_id(name: &std::ffi::OsStr) -> Option<FileId> {
+    let name = name.to_str()?;
+    if name.len() != 32 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, byte) in id.iter_mut().enumerate() {
+        let pair = name.get(2 * i..2 * i + 2)?;
+        if pair
+            .bytes()
+            .any(|b| !matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return None;
+        }
+        *byte = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(FileId(id))
+}
+
+/// The writing end of one upload, holding the blob's claim.
+pub struct BlobWriter {
+    id: FileId,
+    size: u64,
+    have: u64,
+    file: Arc<File>,
+    store: Store,
+    claim: Claim,
+}
+
+impl BlobWriter {
+    /// The file.
+    pub fn id(&self) -> FileId {
+        self.id
+    }
+
+    /// Its plaintext size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Chunks durable when the upload (re)started: the next chunk expected.
+    pub fn have(&self) -> u64 {
+        self.have
+    }
+
+    /// Completes when another request wants this blob: the upload should make
+    /// what it wrote durable and stop.
+    pub fn superseded(&self) -> WaitForCancellationFuture<'_> {
+        self.claim.token.cancelled()
+    }
+
+    /// Writes sealed chunk `index` at its place. The caller has checked its
+    /// length. Not durable until a [`BlobWriter::checkpoint`] covers it.
+    pub async fn write(&self, index: u64, data: Vec<u8>) -> Result<(), BlobError> {
+        let file = Arc::clone(&self.file);
+        blocking(move || {
+            file.write_all_at(&data, sealed_offset(index))
+                .map_err(io_error("writing a chunk"))
+        })
+        .await
+    }
+
+    /// Makes chunks `0..have` durable (fsync), then records so (commit), with
+    /// `complete` as the end of the upload. Every chunk below `have` must
+    /// have been written.
+    pub async fn checkpoint(&self, have: u64, complete: bool) -> Result<(), BlobError> {
+        let file = Arc::clone(&self.file);
+        blocking(move || file.sync_data().map_err(io_error("syncing a blob"))).await?;
+        self.store.update_blob(self.id, have, complete).await?;
+        Ok(())
+    }
+}
+
+/// The reading end of one complete blob.
+pub struct BlobReader {
+    file: Arc<File>,
+    size: u64,
+}
+
+/// Chunks read by [`BlobReader::read`].
+pub struct ReadChunks {
+    /// The sealed chunks, in order.
+    pub chunks: Vec<Vec<u8>>,
+    /// The file ended before the chunks asked for: it is damaged.
+    pub damaged: bool,
+}
+
+impl BlobReader {
+    /// The blob's chunk count.
+    pub fn chunks(&self) -> u64 {
+        chunk_count(self.size)
+    }
+
+    /// Reads up to `n` sealed chunks from `first` by position, in one trip
+    /// to the blocking pool. Stops short, with `damaged` set, where the file
+    /// ends before them.
+    pub async fn read(&self, first: u64, n: u64) -> Result<ReadChunks, BlobError> {
+        let file = Arc::clone(&self.file);
+        let size = self.size;
+        blocking(move || {
+            let mut chunks = Vec::new();
+            for index in first..first.saturating_add(n) {
+                let Some(len) = sealed_chunk_len(size, index) else {
+                    break;
+                };
+                let mut buf = vec![0; len];
+                match file.read_exact_at(&mut buf, sealed_offset(index)) {
+                    Ok(()) => chunks.push(buf),
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        tracing::error!("a complete blob is shorter than its metadata says");
+                        return Ok(ReadChunks {
+                            chunks,
+                            damaged: true,
+                        });
+                    }
+                    Err(e) => return Err(io_error("reading a chunk")(e)),
+                }
+            }
+            Ok(ReadChunks {
+                chunks,
+                damaged: false,
+            })
+        })
+        .await
+    }
+}
+
+/// The claims on blobs currently in use, by file id. Entries exist only while
+/// somebody holds or waits for a claim.
+#[derive(Default)]
+struct Claims {
+    // A std Mutex: held for map operations only, never across an `.await`.
+    slots: Mutex<HashMap<FileId, Arc<Slot>>>,
+}
+
+struct Slot {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    /// The token of the newest claimant, cancelled when a newer one comes.
+    newest: Mutex<CancellationToken>,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Self {
+            lock: Arc::new(tokio::sync::Mutex::new(())),
+            newest: Mutex::new(CancellationToken::new()),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a single map or token operation: nothing is
+    // left half-done by a panic, so poisoning is ignored.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Claims {
+    /// Claims `id`, asking its holder (if any) to stop and waiting until it
+    /// has. Fails with [`BlobError::Superseded`] if a newer claimant came
+    /// while this one waited: the newest wins.
+    async fn claim(self: &Arc<Self>, id: FileId) -> Result<Claim, BlobError> {
+        let token = CancellationToken::new();
+        let slot = {
+            let mut slots = lock(&self.slots);
+            let slot = Arc::clone(slots.entry(id).or_default());
+            let previous = std::mem::replace(&mut *lock(&slot.newest), token.clone());
+            previous.cancel();
+            slot
+        };
+        let mutex = Arc::clone(&slot.lock);
+        // Built before waiting, so a waiter that is dropped still cleans up.
+        let mut claim = Claim {
+            claims: Arc::clone(self),
+            id,
+            slot: Some(slot),
+            guard: None,
+            token,
+        };
+        claim.guard = Some(mutex.lock_owned().await);
+        if claim.token.is_cancelled() {
+            return Err(BlobError::Superseded);
+        }
+        Ok(claim)
+    }
+
+    /// Claims `id` only if nobody holds it.
+    fn try_claim(self: &Arc<Self>, id: FileId) -> Option<Claim> {
+        let token = CancellationToken::new();
+        let (slot, guard) = {
+            let mut slots = lock(&self.slots);
+            let slot = Arc::clone(slots.entry(id).or_default());
+            let guard = Arc::clone(&slot.lock).try_lock_owned().ok();
+            if guard.is_some() {
+                *lock(&slot.newest) = token.clone();
+            }
+            (slot, guard)
+        };
+        let claim = Claim {
+            claims: Arc::clone(self),
+            id,
+            slot: Some(slot),
+            guard,
+            token,
+        };
+        // Dropped without the lock, an unsuccessful claim just cleans up.
+        claim.guard.is_some().then_some(claim)
+    }
+}
+
+/// The right to change one blob, held until dropped.
+struct Claim {
+    claims: Arc<Claims>,
+    id: FileId,
+    /// Always `Some` until dropped: `drop` lets go of it under the map's lock.
+    slot: Option<Arc<Slot>>,
+    guard: Option<OwnedMutexGuard<()>>,
+    token: CancellationToken,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut slots = lock(&self.claims.slots);
+        self.guard.take();
+        // Every claim lets go of its slot under the lock, so the last one to
+        // do so sees the map's reference alone, and removes the entry.
+        self.slot.take();
+        if slots
+            .get(&self.id)
+            .is_some_and(|slot| Arc::strong_count(slot) == 1)
+        {
+            slots.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
