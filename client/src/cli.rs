@@ -52,6 +52,10 @@ pub enum Command {
     Send(SendArgs),
     /// Fetch, print and acknowledge pending messages.
     Inbox,
+    /// Encrypt files and drop them on the relay for a contact (resumable).
+    SendFile(SendFileArgs),
+    /// Print pending messages and download every pending file into a directory.
+    ReceiveAll(ReceiveAllArgs),
 }
 
 /// `sotto init`.
@@ -139,6 +143,33 @@ pub struct SendArgs {
     pub text: String,
 }
 
+/// `sotto send-file`.
+#[derive(Debug, Args)]
+pub struct SendFileArgs {
+    /// The contact's name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The files to send (directories are refused: archive them first). Run
+    /// the same command again to resume an interrupted upload.
+    #[arg(value_name = "PATH", required = true)]
+    pub paths: Vec<PathBuf>,
+    /// No progress bars (they are only drawn when stderr is a terminal anyway).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// `sotto receive-all`.
+#[derive(Debug, Args)]
+pub struct ReceiveAllArgs {
+    /// Where received files go; it must exist. Existing files are never
+    /// overwritten: a taken name becomes `name (1).ext`.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+    /// No progress bars (they are only drawn when stderr is a terminal anyway).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +238,39 @@ mod tests {
             .find(|a| a.get_id() == "passphrase")
             .unwrap();
         assert!(!pass.get_action().takes_values());
+    }
+
+    #[test]
+    fn file_commands_parse() {
+        match parse(&["send-file", "bob", "a", "b c", "--quiet"])
+            .unwrap()
+            .command
+        {
+            Command::SendFile(a) => {
+                assert_eq!(a.name, "bob");
+                assert_eq!(a.paths, vec![PathBuf::from("a"), PathBuf::from("b c")]);
+                assert!(a.quiet);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["send-file", "bob"]).is_err());
+        match parse(&["receive-all"]).unwrap().command {
+            Command::ReceiveAll(a) => {
+                assert_eq!(a.dir, PathBuf::from("."));
+                assert!(!a.quiet);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["receive-all", "--dir", "/tmp/in", "-q"])
+            .unwrap()
+            .command
+        {
+            Command::ReceiveAll(a) => {
+                assert_eq!(a.dir, PathBuf::from("/tmp/in"));
+                assert!(a.quiet);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

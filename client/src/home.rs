@@ -65,6 +65,11 @@ impl Home {
         self.dir.join("seen.redb")
     }
 
+    /// Resume states of interrupted uploads (see [`crate::upload_state`]).
+    pub fn uploads(&self) -> PathBuf {
+        self.dir.join("uploads")
+    }
+
     /// Creates the directory (and missing parents) if needed; a directory
     /// created here is private to the user.
     pub fn ensure_dir(&self) -> Result<()> {

@@ -11,7 +11,15 @@
 //! - [`relay_client`]: the connection to the relay, with time limits and
 //!   errors that say what to do;
 //! - [`seen`]: message ids already shown, so a replay is shown once;
-//! - [`display`]: neutralising control characters from the network, times.
+//! - [`display`]: neutralising control characters from the network, times;
+//! - [`upload`]: sending a file: streamed from disk, sealed, pipelined,
+//!   resumable, with progress through a callback;
+//! - [`upload_state`]: what resuming an interrupted upload needs (0600 files
+//!   in `uploads/`);
+//! - [`download`]: receiving a file: chunks opened one by one into a
+//!   temporary file, verified, then put in place; resumable;
+//! - [`safe_name`]: turning a name chosen by a sender into a safe file name;
+//! - [`publish`]: putting a verified file in place without ever overwriting one.
 //!
 //! Errors end up in [`main`] and are printed as one line,
 //! `sotto: error: ...`, with exit code 1 (2 for a malformed command line).
@@ -27,10 +35,15 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod display;
+pub mod download;
 pub mod home;
 pub mod identity;
+pub mod publish;
 pub mod relay_client;
+pub mod safe_name;
 pub mod seen;
+pub mod upload;
+pub mod upload_state;
 
 /// Runs `sotto` with the process's arguments; returns its exit code.
 pub fn main() -> ExitCode {
@@ -43,6 +56,7 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`sotto inbox | head -1`): nothing to report to.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<commands::AlreadyReported>().is_some() => ExitCode::from(1),
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "sotto: error: {}", error_line(&e));
             ExitCode::from(1)

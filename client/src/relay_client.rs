@@ -12,6 +12,7 @@ use std::fmt;
 use std::time::Duration;
 
 use serde_bytes::ByteBuf;
+use sotto_crypto::file::{self, FileId};
 use sotto_crypto::link::{self, LinkReader, LinkWriter};
 use sotto_crypto::wire::{ClientMsg, ErrorCode, RelayHello, RelayMsg};
 use sotto_crypto::LinkError;
@@ -19,6 +20,7 @@ use sotto_keys::{PublicKey, RelayAddr, RelayKey, SecretKey};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use crate::config::RelayPin;
@@ -96,6 +98,12 @@ pub enum RelayError {
     /// The relay did not answer in time.
     #[error("the relay at {addr} did not answer within {} s; try again", ANSWER_TIMEOUT.as_secs())]
     NoAnswer {
+        /// The relay's address.
+        addr: RelayAddr,
+    },
+    /// The relay stopped taking what we send.
+    #[error("the relay at {addr} stopped accepting data for {} s; try again", ANSWER_TIMEOUT.as_secs())]
+    Stalled {
         /// The relay's address.
         addr: RelayAddr,
     },
@@ -184,6 +192,33 @@ pub struct Delivery {
     pub received_at: u64,
     /// The sealed envelope.
     pub envelope: Vec<u8>,
+}
+
+/// One sealed chunk of a file, on its way to or from the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedChunk {
+    /// Its index in the file.
+    pub index: u64,
+    /// The sealed bytes.
+    pub data: Vec<u8>,
+}
+
+/// How [`RelayConn::upload_chunks`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadEnd {
+    /// The relay holds the whole blob durably.
+    Done,
+    /// The source of chunks closed before the last one; nothing was ended.
+    SourceEnded,
+}
+
+/// How [`RelayConn::download`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownloadEnd {
+    /// The relay sent `DownloadEnd`: every chunk it had to send was passed on.
+    Ended,
+    /// The sink closed first.
+    SinkClosed,
 }
 
 /// An authenticated connection to the relay.
@@ -284,6 +319,80 @@ fn handshake_error(addr: RelayAddr, e: LinkError) -> RelayError {
     }
 }
 
+fn link_error(addr: &RelayAddr, source: LinkError) -> RelayError {
+    use std::io::ErrorKind as K;
+    match source {
+        // A peer that went away, whichever way the system noticed. Told as
+        // such, and without the I/O error as a cause: a broken pipe to the
+        // relay must not pass for a closed stdout.
+        LinkError::UnexpectedEof => RelayError::Closed { addr: addr.clone() },
+        LinkError::Io(e)
+            if matches!(
+                e.kind(),
+                K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof
+            ) =>
+        {
+            RelayError::Closed { addr: addr.clone() }
+        }
+        source => RelayError::Link {
+            addr: addr.clone(),
+            source,
+        },
+    }
+}
+
+fn refused(addr: &RelayAddr, code: ErrorCode, detail: &str) -> RelayError {
+    RelayError::Refused {
+        addr: addr.clone(),
+        code,
+        detail: sanitize(detail.chars().take(200).collect::<String>().trim()),
+    }
+}
+
+/// The next message from the relay; within `limit` when there is one.
+///
+/// Not cancel-safe (a message may be half read): callers that race it
+/// against something else keep the future alive across the race.
+async fn recv_from<R: AsyncRead + Unpin>(
+    reader: &mut LinkReader<R>,
+    addr: &RelayAddr,
+    limit: Option<Duration>,
+) -> Result<RelayMsg, RelayError> {
+    let received = match limit {
+        Some(limit) => match timeout(limit, reader.recv::<RelayMsg>()).await {
+            Err(_) => return Err(RelayError::NoAnswer { addr: addr.clone() }),
+            Ok(r) => r,
+        },
+        None => reader.recv::<RelayMsg>().await,
+    };
+    match received {
+        Err(e) => Err(link_error(addr, e)),
+        Ok(None) => Err(RelayError::Closed { addr: addr.clone() }),
+        Ok(Some(msg)) => Ok(msg),
+    }
+}
+
+/// Queues one message on the link without flushing, within [`ANSWER_TIMEOUT`]:
+/// a relay that stops reading must not hang the client forever.
+async fn write_to<W: AsyncWrite + Unpin>(
+    writer: &mut LinkWriter<W>,
+    addr: &RelayAddr,
+    msg: &ClientMsg,
+    flush: bool,
+) -> Result<(), RelayError> {
+    let write = async {
+        writer.send(msg).await?;
+        if flush {
+            writer.flush().await?;
+        }
+        Ok(())
+    };
+    match timeout(ANSWER_TIMEOUT, write).await {
+        Err(_) => Err(RelayError::Stalled { addr: addr.clone() }),
+        Ok(r) => r.map_err(|e| link_error(addr, e)),
+    }
+}
+
 impl<R, W> RelayConn<R, W>
 where
     R: AsyncRead + Unpin,
@@ -315,37 +424,16 @@ where
     }
 
     fn link_error(&self, source: LinkError) -> RelayError {
-        match source {
-            LinkError::UnexpectedEof => RelayError::Closed {
-                addr: self.addr.clone(),
-            },
-            source => RelayError::Link {
-                addr: self.addr.clone(),
-                source,
-            },
-        }
+        link_error(&self.addr, source)
     }
 
     /// The next message from the relay, within [`ANSWER_TIMEOUT`].
     async fn recv(&mut self) -> Result<RelayMsg, RelayError> {
-        match timeout(ANSWER_TIMEOUT, self.reader.recv::<RelayMsg>()).await {
-            Err(_) => Err(RelayError::NoAnswer {
-                addr: self.addr.clone(),
-            }),
-            Ok(Err(e)) => Err(self.link_error(e)),
-            Ok(Ok(None)) => Err(RelayError::Closed {
-                addr: self.addr.clone(),
-            }),
-            Ok(Ok(Some(msg))) => Ok(msg),
-        }
+        recv_from(&mut self.reader, &self.addr, Some(ANSWER_TIMEOUT)).await
     }
 
     fn refused(&self, code: ErrorCode, detail: &str) -> RelayError {
-        RelayError::Refused {
-            addr: self.addr.clone(),
-            code,
-            detail: sanitize(detail.chars().take(200).collect::<String>().trim()),
-        }
+        refused(&self.addr, code, detail)
     }
 
     /// Hands an envelope to the relay for `to`; returns once the relay has
@@ -394,7 +482,14 @@ where
                 RelayMsg::Drained => return Ok(out),
                 RelayMsg::Error { code, detail, .. } => return Err(self.refused(code, &detail)),
                 RelayMsg::Pong => {}
-                RelayMsg::Stored { .. } | RelayMsg::Acked { .. } => {
+                RelayMsg::Stored { .. }
+                | RelayMsg::Acked { .. }
+                | RelayMsg::UploadState { .. }
+                | RelayMsg::UploadProgress { .. }
+                | RelayMsg::UploadDone { .. }
+                | RelayMsg::DownloadChunk { .. }
+                | RelayMsg::DownloadEnd { .. }
+                | RelayMsg::BlobDeleted { .. } => {
                     return Err(RelayError::Protocol {
                         addr: self.addr.clone(),
                         what: "an answer to a request that was not made, while fetching",
@@ -434,6 +529,233 @@ where
         Ok(deleted)
     }
 
+    /// Begins, or resumes, uploading file `file_id` of `size` plaintext
+    /// bytes for `to`; returns how many chunks the relay already holds
+    /// durably (the upload continues from there).
+    pub async fn upload_begin(
+        &mut self,
+        file_id: FileId,
+        to: &PublicKey,
+        size: u64,
+    ) -> Result<u64, RelayError> {
+        let req = self.req();
+        self.send(&ClientMsg::UploadBegin {
+            req,
+            file_id,
+            to: *to,
+            size,
+        })
+        .await?;
+        loop {
+            match self.recv().await? {
+                RelayMsg::UploadState {
+                    req: r,
+                    file_id: f,
+                    have,
+                } if r == req && f == file_id => {
+                    if have > file::chunk_count(size) {
+                        return Err(RelayError::Protocol {
+                            addr: self.addr.clone(),
+                            what: "more chunks stored than the file has",
+                        });
+                    }
+                    return Ok(have);
+                }
+                RelayMsg::Error {
+                    req: r,
+                    code,
+                    detail,
+                } if r == req || r == 0 => return Err(self.refused(code, &detail)),
+                RelayMsg::Pong => {}
+                other => {
+                    tracing::debug!(?other, "ignoring a message while waiting for UploadState")
+                }
+            }
+        }
+    }
+
+    /// Sends the sealed chunks `from..` of an upload begun with
+    /// [`upload_begin`](Self::upload_begin), as `chunks` yields them, without
+    /// waiting for the relay between chunks; then `UploadEnd`, and returns once
+    /// the relay answers `UploadDone` (the whole blob is durable).
+    ///
+    /// Chunks must come in order, starting at `from`. If `chunks` closes before
+    /// the last chunk of the file has come, the upload is left unfinished (no
+    /// `UploadEnd`) and [`UploadEnd::SourceEnded`] is returned: the caller knows
+    /// why its source stopped. `on_sent(n)` is called once chunks `0..n` have
+    /// been handed to the link.
+    pub async fn upload_chunks(
+        &mut self,
+        file_id: FileId,
+        size: u64,
+        from: u64,
+        chunks: &mut mpsc::Receiver<SealedChunk>,
+        on_sent: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<UploadEnd, RelayError> {
+        let total = file::chunk_count(size);
+        let end_req = self.req();
+        let addr = self.addr.clone();
+        let reader = &mut self.reader;
+        let writer = &mut self.writer;
+
+        let send_all = async {
+            let mut next = from;
+            while next < total {
+                let Some(chunk) = chunks.recv().await else {
+                    return Ok(false);
+                };
+                if chunk.index != next {
+                    return Err(RelayError::Protocol {
+                        addr: addr.clone(),
+                        what: "a chunk out of order from the local reader",
+                    });
+                }
+                let msg = ClientMsg::UploadChunk {
+                    file_id,
+                    index: chunk.index,
+                    data: ByteBuf::from(chunk.data),
+                };
+                // Flushed only when nothing else is ready: a burst of chunks
+                // goes out in as few writes as the buffer allows.
+                write_to(writer, &addr, &msg, chunks.is_empty()).await?;
+                next += 1;
+                on_sent(next);
+            }
+            write_to(
+                writer,
+                &addr,
+                &ClientMsg::UploadEnd {
+                    req: end_req,
+                    file_id,
+                },
+                true,
+            )
+            .await?;
+            Ok::<bool, RelayError>(true)
+        };
+
+        // Runs for the whole upload, so that a refusal or a dropped connection
+        // is noticed while chunks are still going out. No time limit while
+        // sending: checkpoints can be minutes apart on a slow link, and a
+        // stalled relay shows up as a stalled write instead.
+        let read_all = async {
+            loop {
+                match recv_from(reader, &addr, None).await? {
+                    RelayMsg::UploadProgress { file_id: f, have } if f == file_id => {
+                        tracing::debug!(have, "durable on the relay");
+                    }
+                    RelayMsg::UploadDone { req, file_id: f } if req == end_req && f == file_id => {
+                        return Ok::<(), RelayError>(());
+                    }
+                    // Nothing else is outstanding on this connection: any
+                    // refusal is about this upload.
+                    RelayMsg::Error { code, detail, .. } => {
+                        return Err(refused(&addr, code, &detail))
+                    }
+                    RelayMsg::Pong => {}
+                    other => tracing::debug!(?other, "ignoring a message during an upload"),
+                }
+            }
+        };
+
+        tokio::pin!(send_all);
+        tokio::pin!(read_all);
+        tokio::select! {
+            sent = &mut send_all => {
+                if !sent? {
+                    return Ok(UploadEnd::SourceEnded);
+                }
+                match timeout(ANSWER_TIMEOUT, &mut read_all).await {
+                    Err(_) => Err(RelayError::NoAnswer { addr: addr.clone() }),
+                    Ok(r) => r.map(|()| UploadEnd::Done),
+                }
+            }
+            done = &mut read_all => {
+                done?;
+                Err(RelayError::Protocol {
+                    addr: addr.clone(),
+                    what: "UploadDone before the upload was complete",
+                })
+            }
+        }
+    }
+
+    /// Streams the sealed chunks of file `file_id` (addressed to me) from
+    /// chunk `from` into `sink`, up to the relay's `DownloadEnd`.
+    ///
+    /// Chunks are passed on as they come, unchecked (the receiver opens them);
+    /// only their file id is checked here. Waiting on a full `sink` is the
+    /// backpressure that keeps memory bounded. If `sink` closes (its reader
+    /// stopped), [`DownloadEnd::SinkClosed`] is returned with the stream still
+    /// running: the connection must not be used for anything else afterwards.
+    /// `on_chunk(index)` is called once a chunk is in `sink`.
+    pub async fn download(
+        &mut self,
+        file_id: FileId,
+        from: u64,
+        sink: &mpsc::Sender<SealedChunk>,
+        on_chunk: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<DownloadEnd, RelayError> {
+        let req = self.req();
+        self.send(&ClientMsg::Download { req, file_id, from })
+            .await?;
+        loop {
+            match self.recv().await? {
+                RelayMsg::DownloadChunk {
+                    file_id: f,
+                    index,
+                    data,
+                } if f == file_id => {
+                    let chunk = SealedChunk {
+                        index,
+                        data: data.into_vec(),
+                    };
+                    if sink.send(chunk).await.is_err() {
+                        return Ok(DownloadEnd::SinkClosed);
+                    }
+                    on_chunk(index);
+                }
+                RelayMsg::DownloadEnd { req: r, file_id: f } if r == req && f == file_id => {
+                    return Ok(DownloadEnd::Ended)
+                }
+                RelayMsg::Error {
+                    req: r,
+                    code,
+                    detail,
+                } if r == req || r == 0 => return Err(self.refused(code, &detail)),
+                RelayMsg::DownloadChunk { .. } | RelayMsg::DownloadEnd { .. } => {
+                    return Err(RelayError::Protocol {
+                        addr: self.addr.clone(),
+                        what: "a chunk of a file that was not asked for",
+                    })
+                }
+                RelayMsg::Pong => {}
+                other => tracing::debug!(?other, "ignoring a message during a download"),
+            }
+        }
+    }
+
+    /// Deletes file `file_id` (addressed to me) from the relay; returns
+    /// whether there was one to delete.
+    pub async fn delete_blob(&mut self, file_id: FileId) -> Result<bool, RelayError> {
+        let req = self.req();
+        self.send(&ClientMsg::DeleteBlob { req, file_id }).await?;
+        loop {
+            match self.recv().await? {
+                RelayMsg::BlobDeleted { req: r, deleted } if r == req => return Ok(deleted),
+                RelayMsg::Error {
+                    req: r,
+                    code,
+                    detail,
+                } if r == req || r == 0 => return Err(self.refused(code, &detail)),
+                RelayMsg::Pong => {}
+                other => {
+                    tracing::debug!(?other, "ignoring a message while waiting for BlobDeleted")
+                }
+            }
+        }
+    }
+
     /// Says goodbye: flushes and closes our direction. Failures are ignored,
     /// everything that mattered has been answered already.
     pub async fn close(mut self) {
@@ -441,10 +763,55 @@ where
     }
 }
 
+/// A scripted relay for the tests of the modules built on this one.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_relay {
     use super::*;
     use sotto_crypto::link::LINK_VERSION;
+
+    type Reader = LinkReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>;
+    type Writer = LinkWriter<tokio::io::WriteHalf<tokio::io::DuplexStream>>;
+    /// The client's end of a scripted relay.
+    pub(crate) type TestConn = RelayConn<
+        tokio::io::ReadHalf<tokio::io::DuplexStream>,
+        tokio::io::WriteHalf<tokio::io::DuplexStream>,
+    >;
+
+    /// A relay in a task on the other end of a pipe, answering from a script.
+    pub(crate) async fn fake_relay<F, Fut>(script: F) -> TestConn
+    where
+        F: FnOnce(Reader, Writer) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let relay = SecretKey::generate();
+        let pinned = RelayKey::from(relay.public());
+        let (c, s) = tokio::io::duplex(1 << 20);
+        tokio::spawn(async move {
+            let (r, w) = tokio::io::split(s);
+            let hello = RelayHello {
+                version: LINK_VERSION,
+                max_envelope_len: 70_000,
+            };
+            let (rr, rw, _peer) = link::accept(r, w, &relay, &hello).await.unwrap();
+            script(rr, rw).await;
+        });
+        let (r, w) = tokio::io::split(c);
+        handshake(
+            r,
+            w,
+            "127.0.0.1:7300".parse().unwrap(),
+            &pinned,
+            &SecretKey::generate(),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_relay::fake_relay;
+    use super::*;
 
     fn addr() -> RelayAddr {
         "127.0.0.1:7300".parse().unwrap()
@@ -478,6 +845,18 @@ mod tests {
     }
 
     #[test]
+    fn a_relay_that_went_away_is_closed_not_a_broken_pipe() {
+        for kind in [
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::ConnectionReset,
+        ] {
+            let e = link_error(&addr(), LinkError::Io(kind.into()));
+            assert!(matches!(e, RelayError::Closed { .. }), "{e}");
+            assert!(std::error::Error::source(&e).is_none());
+        }
+    }
+
+    #[test]
     fn io_errors_are_described_in_a_few_words() {
         let e = std::io::Error::other(
             "failed to lookup address information: Name or service not known",
@@ -501,40 +880,6 @@ mod tests {
         let s = e.to_string();
         assert!(!s.contains('\x1b') && !s.contains('\n'), "{s}");
         assert!(s.contains("failed internally"), "{s}");
-    }
-
-    /// A relay in a task on the other end of a pipe, answering from a script.
-    async fn fake_relay<F, Fut>(
-        script: F,
-    ) -> RelayConn<
-        tokio::io::ReadHalf<tokio::io::DuplexStream>,
-        tokio::io::WriteHalf<tokio::io::DuplexStream>,
-    >
-    where
-        F: FnOnce(
-                LinkReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
-                LinkWriter<tokio::io::WriteHalf<tokio::io::DuplexStream>>,
-            ) -> Fut
-            + Send
-            + 'static,
-        Fut: std::future::Future<Output = ()> + Send,
-    {
-        let relay = SecretKey::generate();
-        let pinned = RelayKey::from(relay.public());
-        let (c, s) = tokio::io::duplex(1 << 20);
-        tokio::spawn(async move {
-            let (r, w) = tokio::io::split(s);
-            let hello = RelayHello {
-                version: LINK_VERSION,
-                max_envelope_len: 70_000,
-            };
-            let (rr, rw, _peer) = link::accept(r, w, &relay, &hello).await.unwrap();
-            script(rr, rw).await;
-        });
-        let (r, w) = tokio::io::split(c);
-        handshake(r, w, addr(), &pinned, &SecretKey::generate())
-            .await
-            .unwrap()
     }
 
     #[tokio::test]

@@ -6,7 +6,10 @@
 //! 2. each is opened with my key; one that fails is reported and dropped, one
 //!    whose id was already shown is dropped silently (a replay or a
 //!    re-delivery), one dated before the replay window is dropped with a
-//!    warning, the rest are printed as `[time] NAME: TEXT`;
+//!    warning, the rest are printed as `[time] NAME: TEXT`; a file offer is
+//!    announced (``[time] NAME: sent a file: FILE (SIZE bytes) — run `sotto receive-all` ``)
+//!    and left on the relay, neither remembered nor acknowledged, because
+//!    `receive-all` needs its envelope;
 //! 3. the ids of the printed messages are committed to the seen store;
 //! 4. only then are the envelopes acknowledged, so the relay deletes them.
 //!
@@ -20,11 +23,12 @@ use std::collections::{BTreeSet, HashSet};
 
 use anyhow::{Context, Result};
 use sotto_crypto::envelope::{self, Content, MessageId};
+use sotto_crypto::file::FileOffer;
 use sotto_keys::{ContactBook, PublicKey, SecretKey};
 
 use super::{block_on, note, warn, Ctx, Out};
 use crate::config::Config;
-use crate::display::{local_time_ms, message_line};
+use crate::display::{local_time_ms, message_line, sanitize};
 use crate::identity;
 use crate::relay_client::{self, Delivery};
 use crate::seen::{self, SeenStore};
@@ -49,9 +53,15 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         }
         let outcome = tokio::task::spawn_blocking(move || {
             let mut out = Out::new();
-            process(&me, &book, &store, pending, seen::now_secs(), &mut |line| {
-                out.line(line)
-            })
+            process(
+                &me,
+                &book,
+                &store,
+                pending,
+                seen::now_secs(),
+                Files::Announce,
+                &mut |line| out.line(line),
+            )
         })
         .await
         .context("the inbox task failed")??;
@@ -65,35 +75,41 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         note("no new messages");
         return Ok(());
     };
-    // Reported only now that the discarded envelopes are acknowledged: had
-    // the acknowledgement failed, they would come back, and the error alone
-    // would be the one line on stderr.
-    if outcome.failed > 0 {
-        warn(&plural(
-            outcome.failed,
-            "an envelope that failed to decrypt was discarded",
-            "envelopes that failed to decrypt were discarded",
-        ));
-    }
-    if outcome.stale > 0 {
-        warn(&plural(
-            outcome.stale,
-            "a message dated more than 30 days ago was discarded: it cannot be told apart from a replay",
-            "messages dated more than 30 days ago were discarded: they cannot be told apart from replays",
-        ));
-    }
-    for key in &outcome.unknown_senders {
-        note(&format!(
-            "a message came from {key}, who is not in your contacts; if you know who it is: `sotto contact add NAME {key}`"
-        ));
-    }
+    report(&outcome);
     if let Some(e) = outcome.print_error {
         return Err(anyhow::Error::new(e).context("cannot write to stdout"));
     }
-    if outcome.shown == 0 {
+    if outcome.shown == 0 && outcome.announced == 0 {
         note("no new messages");
     }
     Ok(())
+}
+
+/// What to do with a file offer met in the mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Files {
+    /// `sotto inbox`: say a file is waiting; leave it for `receive-all`.
+    Announce,
+    /// `sotto receive-all`: hand it back to be downloaded.
+    Collect,
+}
+
+/// A file offer to download. Neither remembered nor acknowledged yet: that
+/// happens once the file is safely on disk.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingFile {
+    /// The relay's id of the envelope, to acknowledge it.
+    pub delivery: u64,
+    /// The message id, to remember it.
+    pub message: MessageId,
+    /// The message's date (sender's clock), milliseconds.
+    pub sent_at_ms: u64,
+    /// That date as shown.
+    pub time: String,
+    /// Who sent it, safe to print.
+    pub who: String,
+    /// What was offered.
+    pub offer: FileOffer,
 }
 
 /// What processing a batch came to.
@@ -103,6 +119,10 @@ pub(crate) struct Outcome {
     pub ack: Vec<u64>,
     /// How many messages were printed.
     pub shown: usize,
+    /// How many waiting files were announced ([`Files::Announce`]).
+    pub announced: usize,
+    /// File offers to download ([`Files::Collect`]), in mailbox order.
+    pub files: Vec<PendingFile>,
     /// Senders that are not contacts, in key order.
     pub unknown_senders: BTreeSet<PublicKey>,
     /// Envelopes that failed to open, discarded.
@@ -115,12 +135,17 @@ pub(crate) struct Outcome {
 
 /// Opens, filters and prints a batch, records what was printed, and says
 /// which envelopes may be acknowledged. `print` gets one line per message.
+///
+/// A file offer is never remembered nor acknowledged here: its envelope is
+/// what `receive-all` needs to fetch the file, so it stays on the relay until
+/// the file is safely on disk.
 pub(crate) fn process(
     me: &SecretKey,
     book: &ContactBook,
     store: &SeenStore,
     pending: Vec<Delivery>,
     now: u64,
+    files: Files,
     print: &mut dyn FnMut(&str) -> std::io::Result<()>,
 ) -> Result<Outcome> {
     let mut outcome = Outcome::default();
@@ -157,22 +182,79 @@ pub(crate) fn process(
             outcome.unknown_senders.insert(opened.sender);
             format!("unknown {}", opened.sender)
         };
-        let Content::Text(text) = &body.content;
-        if let Err(e) = print(&message_line(&time, &who, text)) {
-            // Not shown: neither remembered nor acknowledged, so it stays on
-            // the relay for the next `sotto inbox`.
-            outcome.print_error = Some(e);
-            break;
+        match body.content {
+            Content::Text(text) => {
+                if let Err(e) = print(&message_line(&time, &who, &text)) {
+                    // Not shown: neither remembered nor acknowledged, so it
+                    // stays on the relay for the next `sotto inbox`.
+                    outcome.print_error = Some(e);
+                    break;
+                }
+                in_batch.insert(body.id);
+                shown.push((body.id, body.sent_at_ms));
+                outcome.ack.push(delivery.id);
+                outcome.shown += 1;
+            }
+            Content::File(offer) => {
+                in_batch.insert(body.id);
+                match files {
+                    Files::Announce => {
+                        if let Err(e) = print(&file_waiting_line(&time, &who, &offer)) {
+                            outcome.print_error = Some(e);
+                            break;
+                        }
+                        outcome.announced += 1;
+                    }
+                    Files::Collect => outcome.files.push(PendingFile {
+                        delivery: delivery.id,
+                        message: body.id,
+                        sent_at_ms: body.sent_at_ms,
+                        time,
+                        who,
+                        offer,
+                    }),
+                }
+            }
         }
-        in_batch.insert(body.id);
-        shown.push((body.id, body.sent_at_ms));
-        outcome.ack.push(delivery.id);
-        outcome.shown += 1;
     }
 
     // Durably remembered before the caller acknowledges anything.
     store.record(&shown, now)?;
     Ok(outcome)
+}
+
+/// The line `sotto inbox` prints for a file waiting on the relay.
+pub(crate) fn file_waiting_line(time: &str, who: &str, offer: &FileOffer) -> String {
+    format!(
+        "[{time}] {who}: sent a file: {} ({} bytes) — run `sotto receive-all`",
+        sanitize(&offer.name),
+        offer.size
+    )
+}
+
+/// Warnings and notes about a processed batch, on stderr. Called once the
+/// discarded envelopes are acknowledged: had the acknowledgement failed, they
+/// would come back, and the error alone would be the one line on stderr.
+pub(crate) fn report(outcome: &Outcome) {
+    if outcome.failed > 0 {
+        warn(&plural(
+            outcome.failed,
+            "an envelope that failed to decrypt was discarded",
+            "envelopes that failed to decrypt were discarded",
+        ));
+    }
+    if outcome.stale > 0 {
+        warn(&plural(
+            outcome.stale,
+            "a message dated more than 30 days ago was discarded: it cannot be told apart from a replay",
+            "messages dated more than 30 days ago were discarded: they cannot be told apart from replays",
+        ));
+    }
+    for key in &outcome.unknown_senders {
+        note(&format!(
+            "a message came from {key}, who is not in your contacts; if you know who it is: `sotto contact add NAME {key}`"
+        ));
+    }
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {
@@ -232,10 +314,18 @@ mod tests {
 
     fn run_batch(w: &World, pending: Vec<Delivery>) -> (Outcome, Vec<String>) {
         let mut lines = Vec::new();
-        let outcome = process(&w.me, &w.book, &w.store, pending, NOW, &mut |l| {
-            lines.push(l.to_owned());
-            Ok(())
-        })
+        let outcome = process(
+            &w.me,
+            &w.book,
+            &w.store,
+            pending,
+            NOW,
+            Files::Announce,
+            &mut |l| {
+                lines.push(l.to_owned());
+                Ok(())
+            },
+        )
         .unwrap();
         (outcome, lines)
     }
@@ -292,19 +382,105 @@ mod tests {
             deliver(2, &w.alice, &w.me, &second),
         ];
         let mut calls = 0;
-        let outcome = process(&w.me, &w.book, &w.store, pending, NOW, &mut |_| {
-            calls += 1;
-            if calls == 2 {
-                Err(std::io::ErrorKind::BrokenPipe.into())
-            } else {
-                Ok(())
-            }
-        })
+        let outcome = process(
+            &w.me,
+            &w.book,
+            &w.store,
+            pending,
+            NOW,
+            Files::Announce,
+            &mut |_| {
+                calls += 1;
+                if calls == 2 {
+                    Err(std::io::ErrorKind::BrokenPipe.into())
+                } else {
+                    Ok(())
+                }
+            },
+        )
         .unwrap();
         assert_eq!(outcome.ack, vec![1]);
         assert!(outcome.print_error.is_some());
         assert!(w.store.contains(&first.id).unwrap());
         assert!(!w.store.contains(&second.id).unwrap());
+    }
+
+    fn file_offer(name: &str) -> Body {
+        let offer = FileOffer {
+            file_id: sotto_crypto::file::FileId::random(),
+            name: name.to_owned(),
+            size: 1234,
+            hash: [0; 32],
+            key: sotto_crypto::file::FileKey::generate(),
+        };
+        let mut b = Body::new(Content::File(offer));
+        b.sent_at_ms = NOW * 1000;
+        b
+    }
+
+    #[test]
+    fn inbox_announces_a_file_but_neither_remembers_nor_acks_it() {
+        let w = world();
+        let offer = file_offer("report\x1b[2J.pdf");
+        let pending = vec![
+            deliver(1, &w.alice, &w.me, &offer),
+            deliver(2, &w.alice, &w.me, &body("see the file", NOW * 1000)),
+        ];
+        let (outcome, lines) = run_batch(&w, pending);
+        assert_eq!(outcome.ack, vec![2]);
+        assert_eq!((outcome.shown, outcome.announced), (1, 1));
+        let time = local_time_ms(NOW * 1000).unwrap();
+        assert_eq!(
+            lines[0],
+            format!("[{time}] alice: sent a file: report\\x1b[2J.pdf (1234 bytes) — run `sotto receive-all`")
+        );
+        assert!(!w.store.contains(&offer.id).unwrap());
+        // Still there for the next inbox, and for receive-all.
+        let (outcome, lines) = run_batch(&w, vec![deliver(1, &w.alice, &w.me, &offer)]);
+        assert!(outcome.ack.is_empty());
+        assert_eq!(lines.len(), 1);
+    }
+
+    #[test]
+    fn receive_all_collects_offers_in_order_and_acks_only_texts() {
+        let w = world();
+        let mallory = SecretKey::generate();
+        let a = file_offer("a.txt");
+        let b = file_offer("b.txt");
+        let pending = vec![
+            deliver(1, &w.alice, &w.me, &a),
+            deliver(2, &w.alice, &w.me, &body("hi", NOW * 1000)),
+            deliver(3, &mallory, &w.me, &b),
+            deliver(4, &w.alice, &w.me, &a), // the same offer delivered twice
+        ];
+        let mut lines = Vec::new();
+        let outcome = process(
+            &w.me,
+            &w.book,
+            &w.store,
+            pending,
+            NOW,
+            Files::Collect,
+            &mut |l| {
+                lines.push(l.to_owned());
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(outcome.ack, vec![2, 4]);
+        let files: Vec<_> = outcome
+            .files
+            .iter()
+            .map(|f| (f.delivery, f.offer.name.as_str(), f.who.as_str()))
+            .collect();
+        let stranger = format!("unknown {}", mallory.public());
+        assert_eq!(
+            files,
+            vec![(1, "a.txt", "alice"), (3, "b.txt", stranger.as_str())]
+        );
+        assert_eq!(outcome.files[0].message, a.id);
+        assert!(!w.store.contains(&a.id).unwrap());
     }
 
     #[test]

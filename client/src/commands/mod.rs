@@ -12,12 +12,15 @@ use anyhow::{Context, Result};
 use crate::cli::{Cli, Command, ContactCommand, RelayCommand};
 use crate::home::Home;
 
+mod bars;
 pub mod contact;
 pub mod id;
 pub mod inbox;
 pub mod init;
+pub mod receive_all;
 pub mod relay;
 pub mod send;
+pub mod send_file;
 
 /// What every command may need from the global flags.
 #[derive(Debug, Clone)]
@@ -46,8 +49,16 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Send(args) => send::run(&ctx, args),
         Command::Inbox => inbox::run(&ctx),
+        Command::SendFile(args) => send_file::run(&ctx, args),
+        Command::ReceiveAll(args) => receive_all::run(&ctx, args),
     }
 }
+
+/// A failure already explained on stderr, line by line: `lib.rs` exits 1
+/// without printing anything more.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AlreadyReported(pub String);
 
 /// Runs the network part of a command on a single-threaded runtime: one
 /// connection, one request at a time, nothing to spread over threads.

@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use sotto_crypto::envelope::{self, Body, Content, MAX_BODY_LEN};
 use sotto_crypto::wire::ErrorCode;
 use sotto_crypto::EnvelopeError;
-use sotto_keys::ContactBook;
+use sotto_keys::{Contact, ContactBook, RelayAddr};
 
 use super::contact::unknown_contact;
 use super::{block_on, note, warn, Ctx};
@@ -32,16 +32,7 @@ pub const MAX_TEXT_LEN: usize = MAX_BODY_LEN - BODY_OVERHEAD_MAX;
 pub fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
     ctx.home.require_identity()?;
     let book = ContactBook::load(&ctx.home.contacts())?;
-    let contact = match book.get(&args.name) {
-        Some(c) => c.clone(),
-        None if book.group(&args.name).is_some() => {
-            bail!(
-                "'{}' is a group; sending to a group is not supported yet, send to each member",
-                args.name
-            )
-        }
-        None => return Err(unknown_contact(&args.name)),
-    };
+    let contact = recipient(&book, &args.name)?;
     let text = if args.text == "-" {
         read_stdin()?
     } else {
@@ -76,14 +67,30 @@ pub fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
         Ok(())
     })??;
     note(&format!("sent to {name}: the relay has stored it"));
-    // After the fact, so a failure stays a single line on stderr.
-    if let Some(theirs) = contact.relay.as_ref().filter(|r| **r != pin.addr) {
+    warn_other_relay(&contact, &pin.addr);
+    Ok(())
+}
+
+/// The contact filed under `name`, or the error saying what to do.
+pub(crate) fn recipient(book: &ContactBook, name: &str) -> Result<Contact> {
+    match book.get(name) {
+        Some(c) => Ok(c.clone()),
+        None if book.group(name).is_some() => bail!(
+            "'{name}' is a group; sending to a group is not supported yet, send to each member"
+        ),
+        None => Err(unknown_contact(name)),
+    }
+}
+
+/// Warns when the contact reads from another relay than the one we send to.
+/// After the fact, so a failure stays a single line on stderr.
+pub(crate) fn warn_other_relay(contact: &Contact, ours: &RelayAddr) {
+    if let Some(theirs) = contact.relay.as_ref().filter(|r| *r != ours) {
         warn(&format!(
-            "{name} reads from the relay at {theirs}, but messages go through yours at {}; they only get it if they read from it too",
-            pin.addr
+            "{} reads from the relay at {theirs}, but messages go through yours at {ours}; they only get it if they read from it too",
+            contact.name
         ));
     }
-    Ok(())
 }
 
 /// Adds the recipient's name to what the relay said.

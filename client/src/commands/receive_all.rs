@@ -1,0 +1,306 @@
+//! `sotto receive-all [--dir DIR]`: empty the mailbox, files included.
+//!
+//! 1. The mailbox is fetched once. Text messages are printed, remembered and
+//!    acknowledged exactly as `sotto inbox` does (the same code); file offers
+//!    are kept aside, neither remembered nor acknowledged yet.
+//! 2. The files are downloaded, up to [`PARALLEL`] at once, each on its own
+//!    connection, into DIR ([`crate::download`]: chunk by chunk into a
+//!    temporary file, verified, published under a sanitised name that never
+//!    replaces an existing file).
+//! 3. For each file safely in place: its blob is deleted from the relay, its
+//!    message id remembered, its envelope acknowledged, and one line printed:
+//!    `[time] NAME: received FILE (SIZE bytes) -> PATH`.
+//!
+//! A file that fails (verification, connection, disk) is reported on its own
+//! line, `sotto: error: FILE: ...`, and left on the relay: nothing is deleted
+//! or acknowledged for it, so the next `receive-all` tries again (resuming a
+//! download that was cut). The other files carry on; the exit status is 1 if
+//! any failed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use sotto_keys::{ContactBook, SecretKey};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::bars::Bars;
+use super::inbox::{process, report, Files, PendingFile};
+use super::{block_on, note, warn, AlreadyReported, Ctx, Out};
+use crate::cli::ReceiveAllArgs;
+use crate::config::{Config, RelayPin};
+use crate::display::sanitize;
+use crate::download::{self, DownloadError};
+use crate::identity;
+use crate::relay_client::{self, RelayError};
+use crate::seen::{self, SeenStore};
+
+/// Files downloaded at once.
+pub const PARALLEL: usize = 4;
+
+/// Runs `sotto receive-all`.
+pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
+    ctx.home.require_identity()?;
+    check_dir(&args.dir)?;
+    let pin = Config::load(&ctx.home.config())?.relay()?;
+    let book = ContactBook::load(&ctx.home.contacts())?;
+    let me = Arc::new(identity::load(&ctx.home, ctx.passphrase_file.as_deref())?);
+    // Opened before the network: if another command holds it, say so before
+    // fetching anything.
+    let store = Arc::new(SeenStore::open(&ctx.home.seen(), seen::now_secs())?);
+    let bars = Bars::new(args.quiet);
+    let dir = args.dir;
+
+    block_on(async move {
+        let mut conn = relay_client::connect(&pin, &me).await?;
+        let pending = conn.fetch_pending().await?;
+        tracing::info!(count = pending.len(), "fetched");
+        if pending.is_empty() {
+            conn.close().await;
+            note("no new messages or files");
+            return Ok(());
+        }
+        let outcome = {
+            let (me, store) = (me.clone(), store.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut out = Out::new();
+                process(
+                    &me,
+                    &book,
+                    &store,
+                    pending,
+                    seen::now_secs(),
+                    Files::Collect,
+                    &mut |line| out.line(line),
+                )
+            })
+            .await
+            .context("the inbox task failed")??
+        };
+        let deleted = conn.ack(&outcome.ack).await?;
+        tracing::info!(acked = outcome.ack.len(), deleted, "acknowledged");
+        conn.close().await;
+        report(&outcome);
+        if let Some(e) = outcome.print_error {
+            return Err(anyhow::Error::new(e).context("cannot write to stdout"));
+        }
+        if outcome.files.is_empty() {
+            if outcome.shown == 0 {
+                note("no new messages or files");
+            }
+            return Ok(());
+        }
+        receive_files(&pin, &me, &store, &dir, outcome.files, &bars).await
+    })?
+}
+
+/// DIR must be an existing directory.
+fn check_dir(dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => bail!(
+            "{} is not a directory; name the directory for received files with --dir DIR",
+            dir.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "{} does not exist; create it first, or name another directory with --dir DIR",
+            dir.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot use {}", dir.display())),
+    }
+}
+
+/// A file received and in place.
+struct Received {
+    path: PathBuf,
+    /// What went wrong after the file was in place (it stays received).
+    late: Vec<String>,
+}
+
+async fn receive_files(
+    pin: &RelayPin,
+    me: &Arc<SecretKey>,
+    store: &Arc<SeenStore>,
+    dir: &Path,
+    files: Vec<PendingFile>,
+    bars: &Bars,
+) -> Result<()> {
+    let count = files.len();
+    let total = (count > 1).then(|| {
+        let size = files
+            .iter()
+            .fold(0u64, |sum, f| sum.saturating_add(f.offer.size));
+        bars.total(size, 0)
+    });
+    let permits = Arc::new(Semaphore::new(PARALLEL));
+    let mut tasks = JoinSet::new();
+    for file in files {
+        let (pin, me, store, dir) = (pin.clone(), me.clone(), store.clone(), dir.to_path_buf());
+        let (bars, total, permits) = (bars.clone(), total.clone(), permits.clone());
+        tasks.spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return (file, Err(DownloadError::Cancelled));
+            };
+            let bar = bars.file(&file.offer.name, file.offer.size, 0);
+            let mut last = 0u64;
+            let mut started = false;
+            let mut progress = |done: u64, _: u64| {
+                bar.set_position(done);
+                if !started {
+                    // The first call is what an earlier attempt left: the
+                    // bar starts there, and the rate counts only what moves.
+                    started = true;
+                    bar.reset_eta();
+                }
+                if let Some(total) = &total {
+                    total.inc(done.saturating_sub(last));
+                }
+                last = done;
+            };
+            let result = receive_one(&pin, &me, &store, &dir, &file, &mut progress).await;
+            bar.finish_and_clear();
+            (file, result)
+        });
+    }
+
+    let mut out = Out::new();
+    let mut print_error = None;
+    let mut failed = 0usize;
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((file, result)) = joined else {
+            failed += 1;
+            continue;
+        };
+        let shown = sanitize(&file.offer.name);
+        match result {
+            Ok(received) => {
+                let line = format!(
+                    "[{}] {}: received {shown} ({} bytes) -> {}",
+                    file.time,
+                    file.who,
+                    file.offer.size,
+                    sanitize(&received.path.display().to_string())
+                );
+                if print_error.is_none() {
+                    if let Err(e) = bars.suspend(|| out.line(&line).and_then(|()| out.flush())) {
+                        print_error = Some(e);
+                    }
+                }
+                for problem in received.late {
+                    bars.suspend(|| warn(&problem));
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                bars.suspend(|| error_line(&shown, &e));
+            }
+        }
+    }
+    if let Some(total) = total {
+        total.finish_and_clear();
+    }
+    if let Some(e) = print_error {
+        return Err(anyhow::Error::new(e).context("cannot write to stdout"));
+    }
+    if failed > 0 {
+        return Err(AlreadyReported(format!("{failed} of {count} files were not received")).into());
+    }
+    Ok(())
+}
+
+/// One failed file, on stderr: what went wrong and what happens next.
+fn error_line(file: &str, e: &DownloadError) {
+    let text = match e {
+        DownloadError::Verification(_)
+        | DownloadError::Relay(
+            RelayError::Refused { .. }
+            | RelayError::KeyMismatch { .. }
+            | RelayError::Version { .. },
+        ) => e.to_string(),
+        DownloadError::Relay(_) => {
+            let why = e.to_string();
+            let why = why.strip_suffix("; try again").unwrap_or(&why).to_owned();
+            format!("{why}; run `sotto receive-all` again to resume")
+        }
+        DownloadError::Disk { .. } | DownloadError::Cancelled => {
+            format!("{e}; it stays on the relay for a retry")
+        }
+    };
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "sotto: error: {file}: {}",
+        sanitize(&text)
+    );
+}
+
+/// Downloads one file and, once it is in place, deletes it from the relay,
+/// remembers its message and acknowledges its envelope.
+async fn receive_one(
+    pin: &RelayPin,
+    me: &SecretKey,
+    store: &Arc<SeenStore>,
+    dir: &Path,
+    file: &PendingFile,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<Received, DownloadError> {
+    let mut conn = relay_client::connect(pin, me).await?;
+    let path = download::download(&mut conn, dir, &file.offer, progress).await?;
+
+    // The file is safely in place: from here on a failure only means the
+    // relay keeps (for a while) what it could have dropped.
+    let shown = sanitize(&file.offer.name);
+    let mut late = Vec::new();
+    if let Err(e) = conn.delete_blob(file.offer.file_id).await {
+        late.push(format!(
+            "{shown}: the relay's copy could not be deleted ({e}); it expires on its own"
+        ));
+    }
+    let remembered = {
+        let store = store.clone();
+        let entry = [(file.message, file.sent_at_ms)];
+        tokio::task::spawn_blocking(move || store.record(&entry, seen::now_secs()))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r)
+    };
+    match remembered {
+        Err(e) => late.push(format!(
+            "{shown}: received, but could not be recorded as such ({}); the next `sotto receive-all` may fetch it again",
+            crate::error_line(&e)
+        )),
+        Ok(()) => {
+            if let Err(e) = conn.ack(&[file.delivery]).await {
+                late.push(format!(
+                    "{shown}: received, but its message could not be acknowledged ({e}); that is done next time"
+                ));
+            }
+        }
+    }
+    conn.close().await;
+    Ok(Received { path, late })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_directory_must_exist_and_be_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(check_dir(tmp.path()).is_ok());
+        let missing = tmp.path().join("nope");
+        let err = check_dir(&missing).unwrap_err().to_string();
+        assert!(
+            err.ends_with(
+                "nope does not exist; create it first, or name another directory with --dir DIR"
+            ),
+            "{err}"
+        );
+        let file = tmp.path().join("f");
+        std::fs::write(&file, b"").unwrap();
+        let err = check_dir(&file).unwrap_err().to_string();
+        assert!(err.contains("is not a directory"), "{err}");
+    }
+}

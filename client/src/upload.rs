@@ -1,0 +1,567 @@
+//! Sending a file: streamed from disk, sealed chunk by chunk, uploaded
+//! pipelined, resumable.
+//!
+//! A blocking thread reads the file in [`CHUNK_LEN`] pieces, hashes the
+//! plaintext (BLAKE3, for the offer), seals each chunk and hands it over a
+//! bounded channel to the connection, which sends chunks as they come without
+//! waiting for the relay between them. The channel's bound ([`IN_FLIGHT`]) and
+//! the link's own buffer are all the memory an upload takes, whatever the
+//! file's size; a full socket stalls the reader, not the other way round.
+//!
+//! Resuming: the relay answers `UploadBegin` with the number of chunks it
+//! already holds durably. Those chunks are read and hashed again (the offer's
+//! hash covers the whole file) but not sent; sending starts at the first one
+//! the relay lacks. That needs the same id and key as the first attempt, which
+//! [`crate::upload_state`] keeps.
+//!
+//! The file must not change while it is sent: it is checked against its
+//! fingerprint when opened, its end is checked to be where its size says, and
+//! its metadata is checked again before the last chunk leaves, so a relay never
+//! completes a blob whose content no longer matches the file.
+//!
+//! Progress is reported through a callback, `(bytes done, bytes total)`:
+//! whatever shows it is the caller's business.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use sotto_crypto::file::{
+    chunk_count, chunk_len, ChunkCipher, ContentHash, FileError, CHUNK_LEN, MAX_FILE_SIZE, TAG_LEN,
+};
+use sotto_keys::PublicKey;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use crate::relay_client::{describe_io, RelayConn, RelayError, SealedChunk, UploadEnd};
+use crate::upload_state::{Fingerprint, UploadState};
+
+/// Sealed chunks queued between the reading thread and the connection.
+pub const IN_FLIGHT: usize = 32;
+
+/// Why sending a file failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UploadError {
+    /// A directory was named.
+    #[error("{} is a directory: sotto sends files; archive it first (tar) or name the files", .0.display())]
+    IsDirectory(PathBuf),
+    /// Something that is neither a file nor a directory was named.
+    #[error("{} is not a regular file: sotto sends files", .0.display())]
+    NotAFile(PathBuf),
+    /// The file is larger than the chunk format allows.
+    #[error("{} is too large: {size} bytes, sotto sends at most {MAX_FILE_SIZE} bytes per file", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// The file could not be read.
+    #[error("cannot read {}: {}", path.display(), describe_io(source))]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The file changed while it was being sent.
+    #[error("{} changed while it was being sent; run the command again to send it as it is now", .0.display())]
+    Changed(PathBuf),
+    /// Talking to the relay failed.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+    /// The reading thread stopped because the upload had already failed.
+    #[error("the upload was cancelled")]
+    Cancelled,
+    /// A bug: a chunk that cannot be sealed.
+    #[error("cannot seal chunk of {}: {source}", path.display())]
+    Seal {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: FileError,
+    },
+}
+
+/// A file about to be sent, as it was when it was looked at.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The path as given.
+    pub path: PathBuf,
+    /// The canonical path (what resume state is keyed by).
+    pub canonical: PathBuf,
+    /// The name offered to the recipient: the path's last component.
+    pub name: String,
+    /// Its fingerprint, size included.
+    pub fingerprint: Fingerprint,
+}
+
+impl Source {
+    /// Looks at `path`: it must be a regular file (directories are refused
+    /// with a hint) no larger than the format allows.
+    pub fn inspect(path: &Path) -> Result<Self, UploadError> {
+        let read_error = |source| UploadError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(read_error)?;
+        if meta.is_dir() {
+            return Err(UploadError::IsDirectory(path.to_path_buf()));
+        }
+        if !meta.is_file() {
+            return Err(UploadError::NotAFile(path.to_path_buf()));
+        }
+        if meta.len() > MAX_FILE_SIZE {
+            return Err(UploadError::TooLarge {
+                path: path.to_path_buf(),
+                size: meta.len(),
+            });
+        }
+        let canonical = std::fs::canonicalize(path).map_err(read_error)?;
+        let name = canonical
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| crate::safe_name::FALLBACK_NAME.to_owned());
+        Ok(Self {
+            path: path.to_path_buf(),
+            canonical,
+            name,
+            fingerprint: Fingerprint::of(&meta),
+        })
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.fingerprint.size
+    }
+}
+
+/// Plaintext bytes in chunks `0..n` of a file of `size` bytes.
+pub fn bytes_in_chunks(size: u64, n: u64) -> u64 {
+    n.saturating_mul(CHUNK_LEN as u64).min(size)
+}
+
+/// Begins (or resumes) the upload of `source` to `to` under `state`; returns
+/// how many chunks the relay already holds.
+pub async fn begin<R, W>(
+    conn: &mut RelayConn<R, W>,
+    to: &PublicKey,
+    source: &Source,
+    state: &UploadState,
+) -> Result<u64, UploadError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    Ok(conn.upload_begin(state.file_id, to, source.size()).await?)
+}
+
+/// Sends the chunks the relay lacks (from `have`, as [`begin`] answered) and
+/// returns the BLAKE3 hash of the whole file once the relay holds all of it
+/// durably. `progress(done, total)` is called with bytes, first with what the
+/// relay already had.
+pub async fn send<R, W>(
+    conn: &mut RelayConn<R, W>,
+    source: &Source,
+    state: &UploadState,
+    have: u64,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<[u8; 32], UploadError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let size = source.size();
+    let chunks = chunk_count(size);
+    progress(bytes_in_chunks(size, have), size);
+    let cipher =
+        ChunkCipher::new(&state.key, state.file_id, size).map_err(|_| UploadError::TooLarge {
+            path: source.path.clone(),
+            size,
+        })?;
+    let (tx, mut rx) = mpsc::channel(IN_FLIGHT);
+    let path = source.path.clone();
+    let expected = state.fingerprint;
+    let reader = tokio::task::spawn_blocking(move || {
+        let file = File::open(&path).map_err(|source| UploadError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        read_and_seal(file, &path, &expected, &cipher, have, &tx)
+    });
+    if have == chunks {
+        // Everything is on the relay already: the hash must still be
+        // computed (and the file checked) before the upload is closed.
+        let hash = joined(reader.await)?;
+        match conn
+            .upload_chunks(state.file_id, size, have, &mut rx, &mut |_| {})
+            .await?
+        {
+            UploadEnd::Done => return Ok(hash),
+            UploadEnd::SourceEnded => return Err(UploadError::Cancelled),
+        }
+    }
+    let sent = conn
+        .upload_chunks(state.file_id, size, have, &mut rx, &mut |n| {
+            progress(bytes_in_chunks(size, n), size)
+        })
+        .await;
+    // Unblocks the reader if the upload stopped before the file's end.
+    drop(rx);
+    let read = joined(reader.await);
+    match (sent, read) {
+        // What went wrong locally explains why the chunks stopped coming.
+        (_, Err(e)) if !matches!(e, UploadError::Cancelled) => Err(e),
+        (Err(e), _) => Err(e.into()),
+        (Ok(UploadEnd::Done), Ok(hash)) => Ok(hash),
+        (Ok(_), _) => Err(UploadError::Cancelled),
+    }
+}
+
+fn joined<T>(r: Result<Result<T, UploadError>, tokio::task::JoinError>) -> Result<T, UploadError> {
+    r.unwrap_or(Err(UploadError::Cancelled))
+}
+
+/// Reads the whole file, hashing it; seals chunks `from..` and sends them to
+/// `tx` in order. Returns the hash. Runs on a blocking thread.
+fn read_and_seal(
+    mut file: File,
+    path: &Path,
+    expected: &Fingerprint,
+    cipher: &ChunkCipher,
+    from: u64,
+    tx: &mpsc::Sender<SealedChunk>,
+) -> Result<[u8; 32], UploadError> {
+    let changed = || UploadError::Changed(path.to_path_buf());
+    let read_error = |source| UploadError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    // The file opened must be the file inspected (not a replacement).
+    let meta = file.metadata().map_err(read_error)?;
+    if Fingerprint::of(&meta) != *expected {
+        return Err(changed());
+    }
+    let size = expected.size;
+    let chunks = chunk_count(size);
+    let mut hash = ContentHash::new();
+    let mut rehash = vec![0u8; CHUNK_LEN];
+    for index in 0..chunks {
+        let len = chunk_len(size, index).unwrap_or(0);
+        if index < from {
+            // Already on the relay: only the hash needs it.
+            read_exact(&mut file, &mut rehash[..len], path)?;
+            hash.update(&rehash[..len]);
+            if index + 1 == chunks {
+                check_end(&mut file, path, expected)?;
+            }
+            continue;
+        }
+        let mut buf = Vec::with_capacity(len + TAG_LEN);
+        buf.resize(len, 0);
+        read_exact(&mut file, &mut buf, path)?;
+        hash.update(&buf);
+        if index + 1 == chunks {
+            // Before the last chunk leaves: once the relay has it, the
+            // upload can complete.
+            check_end(&mut file, path, expected)?;
+        }
+        cipher
+            .seal(index, &mut buf)
+            .map_err(|source| UploadError::Seal {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if tx.blocking_send(SealedChunk { index, data: buf }).is_err() {
+            return Err(UploadError::Cancelled);
+        }
+    }
+    Ok(hash.finish())
+}
+
+fn read_exact(file: &mut File, buf: &mut [u8], path: &Path) -> Result<(), UploadError> {
+    file.read_exact(buf).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            UploadError::Changed(path.to_path_buf())
+        } else {
+            UploadError::Read {
+                path: path.to_path_buf(),
+                source: e,
+            }
+        }
+    })
+}
+
+/// The file ends where its size says, and its metadata is as it was.
+fn check_end(file: &mut File, path: &Path, expected: &Fingerprint) -> Result<(), UploadError> {
+    let mut one = [0u8; 1];
+    let more = file.read(&mut one).map_err(|source| UploadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let meta = file.metadata().map_err(|source| UploadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if more != 0 || Fingerprint::of(&meta) != *expected {
+        return Err(UploadError::Changed(path.to_path_buf()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay_client::test_relay::fake_relay;
+    use sotto_crypto::file::sealed_chunk_len;
+    use sotto_crypto::wire::{ClientMsg, ErrorCode, RelayMsg};
+    use std::sync::{Arc, Mutex};
+
+    fn data(size: usize) -> Vec<u8> {
+        (0..size).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    fn source_for(dir: &Path, content: &[u8]) -> Source {
+        let path = dir.join("payload.bin");
+        std::fs::write(&path, content).unwrap();
+        Source::inspect(&path).unwrap()
+    }
+
+    /// A relay that answers `UploadBegin` with `have`, checks that the chunks
+    /// come in order with their sealed lengths, opens them with the key, and
+    /// answers `UploadDone`. Returns the plaintext it received.
+    async fn run_upload(
+        content: &[u8],
+        have: u64,
+    ) -> (Result<[u8; 32], UploadError>, Vec<(u64, u64)>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let source = source_for(dir.path(), content);
+        let state = UploadState::new(source.fingerprint);
+        let size = source.size();
+        let key = state.key.clone();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let got2 = got.clone();
+        let mut conn = fake_relay(move |mut r, mut w| async move {
+            let Some(ClientMsg::UploadBegin {
+                req,
+                file_id,
+                size: s,
+                ..
+            }) = r.recv().await.unwrap()
+            else {
+                panic!("expected UploadBegin")
+            };
+            assert_eq!(s, size);
+            w.send(&RelayMsg::UploadState { req, file_id, have })
+                .await
+                .unwrap();
+            w.flush().await.unwrap();
+            let cipher = ChunkCipher::new(&key, file_id, size).unwrap();
+            let mut next = have;
+            loop {
+                match r.recv().await.unwrap().unwrap() {
+                    ClientMsg::UploadChunk {
+                        file_id: f,
+                        index,
+                        data,
+                    } => {
+                        assert_eq!(f, file_id);
+                        assert_eq!(index, next, "chunks in order from `have`");
+                        assert_eq!(data.len(), sealed_chunk_len(size, index).unwrap());
+                        let mut buf = data.into_vec();
+                        cipher.open(index, &mut buf).unwrap();
+                        got2.lock().unwrap().extend_from_slice(&buf);
+                        next += 1;
+                        if next % 2 == 0 {
+                            w.send(&RelayMsg::UploadProgress {
+                                file_id,
+                                have: next,
+                            })
+                            .await
+                            .unwrap();
+                            w.flush().await.unwrap();
+                        }
+                    }
+                    ClientMsg::UploadEnd { req, file_id: f } => {
+                        assert_eq!(next, chunk_count(size));
+                        w.send(&RelayMsg::UploadDone { req, file_id: f })
+                            .await
+                            .unwrap();
+                        w.flush().await.unwrap();
+                        break;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        })
+        .await;
+        let to = PublicKey::from_bytes([3; 32]);
+        let mut calls = Vec::new();
+        let result = async {
+            let have = begin(&mut conn, &to, &source, &state).await?;
+            send(&mut conn, &source, &state, have, &mut |d, t| {
+                calls.push((d, t))
+            })
+            .await
+        }
+        .await;
+        let got = got.lock().unwrap().clone();
+        (result, calls, got)
+    }
+
+    fn blake3(data: &[u8]) -> [u8; 32] {
+        let mut h = ContentHash::new();
+        h.update(data);
+        h.finish()
+    }
+
+    #[tokio::test]
+    async fn whole_uploads_of_boundary_sizes_arrive_intact() {
+        for size in [0, 1, CHUNK_LEN, 3 * CHUNK_LEN, 3 * CHUNK_LEN + 17] {
+            let content = data(size);
+            let (hash, calls, got) = run_upload(&content, 0).await;
+            assert_eq!(hash.unwrap(), blake3(&content), "size {size}");
+            assert_eq!(got, content, "size {size}");
+            let size = size as u64;
+            assert_eq!(calls.first(), Some(&(0, size)));
+            assert_eq!(calls.last(), Some(&(size, size)));
+            assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0));
+            assert!(calls.iter().all(|&(_, t)| t == size));
+            assert_eq!(calls.len() as u64, 1 + chunk_count(size));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resumed_upload_sends_only_what_is_missing_and_hashes_everything() {
+        let content = data(5 * CHUNK_LEN + 3);
+        let (hash, calls, got) = run_upload(&content, 2).await;
+        assert_eq!(hash.unwrap(), blake3(&content));
+        assert_eq!(got, content[2 * CHUNK_LEN..]);
+        // The bar starts at what the relay had.
+        assert_eq!(calls[0], (2 * CHUNK_LEN as u64, content.len() as u64));
+        assert_eq!(
+            calls.last(),
+            Some(&(content.len() as u64, content.len() as u64))
+        );
+        assert_eq!(calls.len(), 1 + 4);
+
+        // Everything there already: nothing sent, still hashed and ended.
+        let (hash, calls, got) = run_upload(&content, 6).await;
+        assert_eq!(hash.unwrap(), blake3(&content));
+        assert!(got.is_empty());
+        assert_eq!(calls, vec![(content.len() as u64, content.len() as u64)]);
+    }
+
+    #[tokio::test]
+    async fn a_quota_refusal_at_begin_is_the_relays_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = source_for(dir.path(), &data(10));
+        let state = UploadState::new(source.fingerprint);
+        let mut conn = fake_relay(|mut r, mut w| async move {
+            let Some(ClientMsg::UploadBegin { req, .. }) = r.recv().await.unwrap() else {
+                panic!()
+            };
+            w.send(&RelayMsg::Error {
+                req,
+                code: ErrorCode::QuotaExceeded,
+                detail: "full".into(),
+            })
+            .await
+            .unwrap();
+            w.flush().await.unwrap();
+        })
+        .await;
+        let err = begin(&mut conn, &PublicKey::from_bytes([3; 32]), &source, &state)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                UploadError::Relay(RelayError::Refused {
+                    code: ErrorCode::QuotaExceeded,
+                    ..
+                })
+            ),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_drops_mid_upload_fails_it_without_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = data(40 * CHUNK_LEN);
+        let source = source_for(dir.path(), &content);
+        let state = UploadState::new(source.fingerprint);
+        let mut conn = fake_relay(|mut r, mut w| async move {
+            let Some(ClientMsg::UploadBegin { req, file_id, .. }) = r.recv().await.unwrap() else {
+                panic!()
+            };
+            w.send(&RelayMsg::UploadState {
+                req,
+                file_id,
+                have: 0,
+            })
+            .await
+            .unwrap();
+            w.flush().await.unwrap();
+            for _ in 0..3 {
+                let _ = r.recv::<ClientMsg>().await;
+            }
+            // Hang up.
+        })
+        .await;
+        let have = begin(&mut conn, &PublicKey::from_bytes([3; 32]), &source, &state)
+            .await
+            .unwrap();
+        let err = send(&mut conn, &source, &state, have, &mut |_, _| {})
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                UploadError::Relay(RelayError::Closed { .. } | RelayError::Link { .. })
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_changed_since_it_was_looked_at_is_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = data(2 * CHUNK_LEN + 1);
+        let source = source_for(dir.path(), &content);
+        let state = UploadState::new(source.fingerprint);
+        let cipher = ChunkCipher::new(&state.key, state.file_id, source.size()).unwrap();
+        // Grown after it was looked at.
+        std::fs::write(&source.path, data(2 * CHUNK_LEN + 2)).unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        let file = File::open(&source.path).unwrap();
+        let err =
+            read_and_seal(file, &source.path, &source.fingerprint, &cipher, 0, &tx).unwrap_err();
+        assert!(matches!(err, UploadError::Changed(_)), "{err}");
+        drop(tx);
+        let mut sent = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            sent.push(c.index);
+        }
+        assert!(sent.is_empty(), "nothing left: {sent:?}");
+    }
+
+    #[test]
+    fn directories_are_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Source::inspect(dir.path()).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{} is a directory: sotto sends files; archive it first (tar) or name the files",
+                dir.path().display()
+            )
+        );
+        let err = Source::inspect(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.ends_with("missing: no such file or directory"), "{err}");
+    }
+}
