@@ -269,7 +269,8 @@ impl Client {
         if let Some(mut i) = child.stdin.take() {
             let _ = i.write_all(stdin.as_bytes());
         }
-        let out = wait_with_timeout(child, Duration::from_secs(60));
+        // A guard against a hung command, not a timing assertion.
+        let out = wait_with_timeout(child, Duration::from_secs(300));
         Run {
             args: args.iter().map(|s| s.to_string()).collect(),
             out,
@@ -429,5 +430,140 @@ pub mod raw {
                 }
             }
         }
+    }
+}
+
+/// A TCP proxy in front of the relay that can cut or stall the client's
+/// stream after a number of bytes: a dropped connection at an exact point,
+/// with no timing involved.
+pub mod proxy {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// What happens once a connection has sent `limit` bytes upstream.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    pub enum OnLimit {
+        /// Close both sides at once.
+        Cut,
+        /// Stop forwarding and keep both sides open until the relay goes away.
+        Stall,
+    }
+
+    /// A running proxy.
+    pub struct Proxy {
+        /// Address clients connect to.
+        pub addr: String,
+        limit: Arc<AtomicU64>,
+        reached: Arc<AtomicBool>,
+        mode: Arc<std::sync::Mutex<OnLimit>>,
+    }
+
+    impl Proxy {
+        /// Starts a proxy to `upstream`, forwarding everything.
+        pub fn start(upstream: &str) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+            let addr = listener.local_addr().expect("proxy addr").to_string();
+            let limit = Arc::new(AtomicU64::new(u64::MAX));
+            let reached = Arc::new(AtomicBool::new(false));
+            let mode = Arc::new(std::sync::Mutex::new(OnLimit::Cut));
+            let upstream = upstream.to_owned();
+            let (l, r, m) = (limit.clone(), reached.clone(), mode.clone());
+            std::thread::spawn(move || {
+                for client in listener.incoming().flatten() {
+                    let Ok(server) = TcpStream::connect(&upstream) else {
+                        continue;
+                    };
+                    let mode = *m.lock().unwrap_or_else(|p| p.into_inner());
+                    pipe(client, server, l.load(Ordering::SeqCst), mode, r.clone());
+                }
+            });
+            Self {
+                addr,
+                limit,
+                reached,
+                mode,
+            }
+        }
+
+        /// New connections forward at most `bytes` upstream, then `mode`.
+        pub fn limit(&self, bytes: u64, mode: OnLimit) {
+            *self.mode.lock().unwrap_or_else(|p| p.into_inner()) = mode;
+            self.reached.store(false, Ordering::SeqCst);
+            self.limit.store(bytes, Ordering::SeqCst);
+        }
+
+        /// New connections forward everything.
+        pub fn unlimited(&self) {
+            self.limit.store(u64::MAX, Ordering::SeqCst);
+        }
+
+        /// Whether a connection has hit the limit.
+        pub fn reached(&self) -> bool {
+            self.reached.load(Ordering::SeqCst)
+        }
+    }
+
+    fn pipe(
+        client: TcpStream,
+        server: TcpStream,
+        limit: u64,
+        mode: OnLimit,
+        reached: Arc<AtomicBool>,
+    ) {
+        let dead = Arc::new(AtomicBool::new(false));
+        let (mut c_in, mut s_out) = (
+            client.try_clone().expect("clone"),
+            server.try_clone().expect("clone"),
+        );
+        let (mut s_in, mut c_out) = (server, client);
+        let d = dead.clone();
+        // relay -> client: plain forwarding; when the relay goes, so does the client.
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            loop {
+                match s_in.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            d.store(true, Ordering::SeqCst);
+            let _ = c_out.shutdown(Shutdown::Both);
+            let _ = s_in.shutdown(Shutdown::Both);
+        });
+        // client -> relay: counted, cut or stalled at the limit.
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            let mut buf = [0u8; 65536];
+            loop {
+                let room = limit.saturating_sub(sent).min(buf.len() as u64) as usize;
+                if room == 0 {
+                    reached.store(true, Ordering::SeqCst);
+                    if mode == OnLimit::Stall {
+                        while !dead.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                    break;
+                }
+                match c_in.read(&mut buf[..room]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        sent += n as u64;
+                        if s_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = c_in.shutdown(Shutdown::Both);
+            let _ = s_out.shutdown(Shutdown::Both);
+        });
     }
 }

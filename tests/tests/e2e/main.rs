@@ -3,4 +3,5 @@
 
 mod abuse;
 mod cli;
+mod files;
 mod messaging;
