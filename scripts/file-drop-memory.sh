@@ -13,7 +13,7 @@ command -v /usr/bin/time >/dev/null || { echo "needs /usr/bin/time (apt-get inst
 cargo build --release --quiet --bins
 bin=$PWD/target/release
 work=$(mktemp -d)
-trap 'kill "$relay_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'pkill -P "$relay_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 /usr/bin/time -v -o "$work/relay.time" "$bin/sotto-relay" --listen 127.0.0.1:0 --data "$work/relay" \
     >"$work/relay.out" 2>"$work/relay.log" &
@@ -35,7 +35,9 @@ mkdir "$work/out"
 SOTTO_HOME=$work/alice /usr/bin/time -v -o "$work/send.time" "$bin/sotto" send-file --quiet bob "$work/big.bin"
 SOTTO_HOME=$work/bob /usr/bin/time -v -o "$work/recv.time" "$bin/sotto" receive-all --quiet --dir "$work/out" >/dev/null
 cmp "$work/big.bin" "$work/out/big.bin"
-kill -TERM "$relay_pid"; wait "$relay_pid" || true
+# Stop the relay itself (the child of /usr/bin/time), so time can report.
+pkill -TERM -P "$relay_pid" || true
+wait "$relay_pid" || true
 
 peak() { sed -n 's/.*Maximum resident set size (kbytes): //p' "$1"; }
 wall() { sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$1"; }
