@@ -459,6 +459,8 @@ pub mod proxy {
         limit: Arc<AtomicU64>,
         reached: Arc<AtomicBool>,
         mode: Arc<std::sync::Mutex<OnLimit>>,
+        down_limit: Arc<AtomicU64>,
+        down_bytes: Arc<AtomicU64>,
     }
 
     impl Proxy {
@@ -469,15 +471,22 @@ pub mod proxy {
             let limit = Arc::new(AtomicU64::new(u64::MAX));
             let reached = Arc::new(AtomicBool::new(false));
             let mode = Arc::new(std::sync::Mutex::new(OnLimit::Cut));
+            let down_limit = Arc::new(AtomicU64::new(u64::MAX));
+            let down_bytes = Arc::new(AtomicU64::new(0));
             let upstream = upstream.to_owned();
             let (l, r, m) = (limit.clone(), reached.clone(), mode.clone());
+            let (dl, db) = (down_limit.clone(), down_bytes.clone());
             std::thread::spawn(move || {
                 for client in listener.incoming().flatten() {
                     let Ok(server) = TcpStream::connect(&upstream) else {
                         continue;
                     };
                     let mode = *m.lock().unwrap_or_else(|p| p.into_inner());
-                    pipe(client, server, l.load(Ordering::SeqCst), mode, r.clone());
+                    let limits = Limits {
+                        up: l.load(Ordering::SeqCst),
+                        down: dl.load(Ordering::SeqCst),
+                    };
+                    pipe(client, server, limits, mode, r.clone(), db.clone());
                 }
             });
             Self {
@@ -485,7 +494,24 @@ pub mod proxy {
                 limit,
                 reached,
                 mode,
+                down_limit,
+                down_bytes,
             }
+        }
+
+        /// New connections receive at most `bytes` from the relay, then are cut.
+        pub fn limit_down(&self, bytes: u64) {
+            self.down_limit.store(bytes, Ordering::SeqCst);
+        }
+
+        /// Bytes forwarded relay -> client so far, over all connections.
+        pub fn down_bytes(&self) -> u64 {
+            self.down_bytes.load(Ordering::SeqCst)
+        }
+
+        /// Forgets the bytes counted so far.
+        pub fn reset_down_bytes(&self) {
+            self.down_bytes.store(0, Ordering::SeqCst);
         }
 
         /// New connections forward at most `bytes` upstream, then `mode`.
@@ -495,9 +521,10 @@ pub mod proxy {
             self.limit.store(bytes, Ordering::SeqCst);
         }
 
-        /// New connections forward everything.
+        /// New connections forward everything, both ways.
         pub fn unlimited(&self) {
             self.limit.store(u64::MAX, Ordering::SeqCst);
+            self.down_limit.store(u64::MAX, Ordering::SeqCst);
         }
 
         /// Whether a connection has hit the limit.
@@ -506,13 +533,21 @@ pub mod proxy {
         }
     }
 
+    struct Limits {
+        up: u64,
+        down: u64,
+    }
+
     fn pipe(
         client: TcpStream,
         server: TcpStream,
-        limit: u64,
+        limits: Limits,
         mode: OnLimit,
         reached: Arc<AtomicBool>,
+        down_bytes: Arc<AtomicU64>,
     ) {
+        let limit = limits.up;
+        let down_limit = limits.down;
         let dead = Arc::new(AtomicBool::new(false));
         let (mut c_in, mut s_out) = (
             client.try_clone().expect("clone"),
@@ -520,13 +555,21 @@ pub mod proxy {
         );
         let (mut s_in, mut c_out) = (server, client);
         let d = dead.clone();
-        // relay -> client: plain forwarding; when the relay goes, so does the client.
+        // relay -> client: counted, cut at its limit; when the relay goes, so
+        // does the client.
         std::thread::spawn(move || {
             let mut buf = [0u8; 65536];
+            let mut sent = 0u64;
             loop {
-                match s_in.read(&mut buf) {
+                let room = down_limit.saturating_sub(sent).min(buf.len() as u64) as usize;
+                if room == 0 {
+                    break;
+                }
+                match s_in.read(&mut buf[..room]) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
+                        sent += n as u64;
+                        down_bytes.fetch_add(n as u64, Ordering::SeqCst);
                         if c_out.write_all(&buf[..n]).is_err() {
                             break;
                         }

@@ -493,3 +493,53 @@ fn a_directory_is_refused_with_a_clear_message() {
         .fails();
     assert!(err.contains("directory"), "{err}");
 }
+
+#[test]
+fn a_download_cut_mid_way_resumes_and_fetches_only_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), None);
+    let (alice, bob) = pair(&relay);
+    let size = 24 * 1024 * 1024 + 999;
+    let src = tempfile::tempdir().unwrap();
+    let path = write(src.path(), "movie.bin", &content(size, 21));
+    alice
+        .run(&["send-file", "bob", path.to_str().unwrap()])
+        .ok();
+
+    let proxy = Proxy::start(&relay.addr);
+    let proxy_port = proxy.addr.rsplit(':').next().unwrap().to_owned();
+    bob.run(&[
+        "relay",
+        "set",
+        &format!("127.0.0.1:{proxy_port}"),
+        &relay.key,
+    ])
+    .ok();
+    let out_dir = tempfile::tempdir().unwrap();
+    let dir_arg = out_dir.path().to_str().unwrap();
+
+    proxy.limit_down(12 << 20);
+    let cut = bob.run(&["receive-all", "--dir", dir_arg]);
+    assert!(!cut.out.status.success(), "the cut download must fail");
+    assert!(
+        !out_dir.path().join("movie.bin").exists(),
+        "nothing published early"
+    );
+    let parts: Vec<String> = names_in(out_dir.path());
+    assert_eq!(
+        parts.len(),
+        1,
+        "the partial download is kept for a resume: {parts:?}"
+    );
+
+    proxy.unlimited();
+    proxy.reset_down_bytes();
+    bob.run(&["receive-all", "--dir", dir_arg]).ok();
+    assert!(std::fs::read(out_dir.path().join("movie.bin")).unwrap() == content(size, 21));
+    assert_eq!(names_in(out_dir.path()), ["movie.bin"]);
+    let fetched = proxy.down_bytes();
+    assert!(
+        fetched < (size as u64) * 3 / 4,
+        "the second run fetched {fetched} bytes of a {size}-byte file: it started over"
+    );
+}
