@@ -117,3 +117,29 @@ fn garbage_half_handshakes_and_oversized_frames_close_only_their_connection() {
         assert!(log.contains(reason), "relay log lacks {reason:?}:\n{log}");
     }
 }
+
+#[test]
+fn an_authenticated_client_that_goes_silent_is_closed_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(&dir.path().join("relay"), Some("idle_timeout = \"1s\"\n"));
+    let quiet = Client::new(&relay);
+    let chatty = Client::new(&relay);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut silent = Raw::connect(&relay.addr, &quiet.secret(), &relay.key).await;
+        let mut pinging = Raw::connect(&relay.addr, &chatty.secret(), &relay.key).await;
+        // The pinging client outlives several idle periods.
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            pinging.send(&sotto_crypto::wire::ClientMsg::Ping).await;
+            assert_eq!(pinging.recv().await, sotto_crypto::wire::RelayMsg::Pong);
+        }
+        let end = tokio::time::timeout(Duration::from_secs(5), silent.reader.recv_bytes()).await;
+        assert!(
+            matches!(end, Ok(Ok(None)) | Ok(Err(_))),
+            "a silent connection is closed by the relay"
+        );
+    });
+    let (_, log) = relay.terminate();
+    assert!(log.contains("idle for"), "{log}");
+}
