@@ -10,8 +10,10 @@
 //! unverified; a mismatch names the block, the field and what the code computes.
 //!
 //! Ephemeral keys are fixed through snow's testing hook (the
-//! `*_with_ephemeral` seams of `envelope` and `link`), which makes the envelope
-//! and the link transcript deterministic.
+//! `*_with_ephemeral` seams of `envelope` and `link`, and the queue of
+//! `session::fixed` for session ids and ephemerals), which makes the envelope,
+//! the link transcript and the session envelopes deterministic. File chunks
+//! need no seam: their key and nonce prefix are inputs.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,25 +23,33 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::ChaCha20Poly1305;
 use serde_bytes::ByteBuf;
 use sotto_keys::{keyfile, safety_number, Invite, Passphrase, PublicKey, RelayKey, SecretKey};
 use tokio::io::AsyncWrite;
 use zeroize::Zeroizing;
 
 use crate::envelope::{self, Body, Content, MessageId};
+use crate::file::{self, ChunkCipher, ContentHash, FileId, FileKey, FileOffer};
 use crate::link::{self, LINK_VERSION};
+use crate::session::{self, SessionConfig, SessionId, SessionStore};
 use crate::wire::{self, ClientHello, ClientMsg, ErrorCode, RelayHello, RelayMsg};
 
 const PROTOCOL_MD: &str = include_str!("../../docs/PROTOCOL.md");
 
 /// Every vector block the document must contain, and nothing else.
-const VECTORS: [&str; 7] = [
+const VECTORS: [&str; 11] = [
     "envelope",
+    "file-chunks",
+    "file-layout",
+    "file-offer",
     "invite",
     "key-file",
     "key-strings",
     "link-handshake",
     "safety-number",
+    "session",
     "wire",
 ];
 
@@ -365,6 +375,7 @@ fn safety_number_vector() {
 fn wire_messages() {
     let v = Vector::load("wire");
     let to = PublicKey::from_bytes([0xAB; 32]);
+    let file_id = FileId(v.array("file_id"));
     let client = [
         (
             "client.send",
@@ -383,6 +394,39 @@ fn wire_messages() {
             },
         ),
         ("client.ping", ClientMsg::Ping),
+        (
+            "client.upload_begin",
+            ClientMsg::UploadBegin {
+                req: 2,
+                file_id,
+                to,
+                size: 70,
+            },
+        ),
+        (
+            "client.upload_chunk",
+            ClientMsg::UploadChunk {
+                file_id,
+                index: 1,
+                data: ByteBuf::from(vec![1, 2, 3]),
+            },
+        ),
+        (
+            "client.upload_end",
+            ClientMsg::UploadEnd { req: 3, file_id },
+        ),
+        (
+            "client.download",
+            ClientMsg::Download {
+                req: 4,
+                file_id,
+                from: 0,
+            },
+        ),
+        (
+            "client.delete_blob",
+            ClientMsg::DeleteBlob { req: 5, file_id },
+        ),
     ];
     let relay = [
         ("relay.stored", RelayMsg::Stored { req: 1 }),
@@ -409,6 +453,41 @@ fn wire_messages() {
                 req: 0,
                 code: ErrorCode::ShuttingDown,
                 detail: "bye".into(),
+            },
+        ),
+        (
+            "relay.upload_state",
+            RelayMsg::UploadState {
+                req: 2,
+                file_id,
+                have: 0,
+            },
+        ),
+        (
+            "relay.upload_progress",
+            RelayMsg::UploadProgress { file_id, have: 256 },
+        ),
+        (
+            "relay.upload_done",
+            RelayMsg::UploadDone { req: 3, file_id },
+        ),
+        (
+            "relay.download_chunk",
+            RelayMsg::DownloadChunk {
+                file_id,
+                index: 1,
+                data: ByteBuf::from(vec![1, 2, 3]),
+            },
+        ),
+        (
+            "relay.download_end",
+            RelayMsg::DownloadEnd { req: 4, file_id },
+        ),
+        (
+            "relay.blob_deleted",
+            RelayMsg::BlobDeleted {
+                req: 5,
+                deleted: true,
             },
         ),
     ];
@@ -491,6 +570,332 @@ fn envelope_vector() {
             v.check(opened.body == body, "`envelope` opens to another body");
         }
         Err(e) => v.fail(format!("`envelope` does not open: {e}")),
+    }
+    v.finish();
+}
+
+/// ChaCha20-Poly1305 (RFC 8439) with an explicit nonce and associated data:
+/// what the documented nonce and AAD layouts claim the real code computes.
+fn raw_seal(key: &[u8; 32], nonce: &[u8; 12], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    ChaCha20Poly1305::new(key.into())
+        .encrypt(
+            nonce.into(),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .expect("seal")
+}
+
+/// The STREAM nonce of a chunk, as PROTOCOL.md describes it:
+/// `prefix (7) | index (u32 BE) | last flag (1 byte)`.
+fn stream_nonce(prefix: &[u8; 7], index: u32, last: bool) -> [u8; 12] {
+    let mut nonce = [0u8; 12];
+    nonce[..7].copy_from_slice(prefix);
+    nonce[7..11].copy_from_slice(&index.to_be_bytes());
+    nonce[11] = u8::from(last);
+    nonce
+}
+
+fn blake3(bytes: &[u8]) -> [u8; 32] {
+    let mut hash = ContentHash::new();
+    hash.update(bytes);
+    hash.finish()
+}
+
+#[test]
+fn file_layout() {
+    let v = Vector::load("file-layout");
+    v.expect("chunk_len", file::CHUNK_LEN.to_string());
+    v.expect("tag_len", file::TAG_LEN.to_string());
+    v.expect("max_file_size", file::MAX_FILE_SIZE.to_string());
+    for size in [0u64, 1, 65_536, 65_537] {
+        let chunks = file::chunk_count(size);
+        v.expect(&format!("size_{size}.chunks"), chunks.to_string());
+        let lens: Vec<String> = (0..chunks)
+            .map(|i| file::chunk_len(size, i).expect("a chunk").to_string())
+            .collect();
+        v.expect(&format!("size_{size}.chunk_lens"), lens.join(" "));
+        let sealed: Vec<String> = (0..chunks)
+            .map(|i| {
+                file::sealed_chunk_len(size, i)
+                    .expect("a chunk")
+                    .to_string()
+            })
+            .collect();
+        v.expect(&format!("size_{size}.sealed_chunk_lens"), sealed.join(" "));
+        let offsets: Vec<String> = (0..chunks)
+            .map(|i| file::sealed_offset(i).to_string())
+            .collect();
+        v.expect(&format!("size_{size}.sealed_offsets"), offsets.join(" "));
+        v.expect(
+            &format!("size_{size}.sealed_len"),
+            file::sealed_len(size).to_string(),
+        );
+        v.check(
+            file::chunk_len(size, chunks).is_none(),
+            "a chunk past the last one exists",
+        );
+    }
+    v.finish();
+}
+
+#[test]
+fn file_chunks() {
+    let v = Vector::load("file-chunks");
+    let key_bytes: [u8; 32] = v.array("key");
+    let prefix: [u8; 7] = v.array("nonce_prefix");
+    let file_id = FileId(v.array("file_id"));
+    let plaintext = v.hex("plaintext");
+    let size = plaintext.len() as u64;
+    v.expect("size", size.to_string());
+    let key = FileKey::from_parts(Zeroizing::new(key_bytes), prefix);
+    let cipher = ChunkCipher::new(&key, file_id, size).expect("a cipher");
+    v.expect("chunks", cipher.chunks().to_string());
+
+    let mut sealed = plaintext.clone();
+    cipher.seal(0, &mut sealed).expect("seal");
+    v.expect_hex("sealed", &sealed);
+    v.expect_hex("hash", &blake3(&plaintext));
+
+    // The documented nonce and associated data are what the STREAM cipher
+    // uses: plain ChaCha20-Poly1305 with them gives the same sealed chunk.
+    let mut aad = b"sotto file v1".to_vec();
+    aad.extend_from_slice(&file_id.0);
+    aad.extend_from_slice(&size.to_be_bytes());
+    v.expect_hex("aad", &aad);
+    let nonce = stream_nonce(&prefix, 0, true);
+    v.expect_hex("nonce", &nonce);
+    v.check(
+        raw_seal(&key_bytes, &nonce, &aad, &plaintext) == sealed,
+        "`sealed` is not ChaCha20-Poly1305 under `key`, `nonce` and `aad`",
+    );
+
+    // The documented chunk opens to the plaintext, and only at its place.
+    let documented = v.hex("sealed");
+    let mut opened = documented.clone();
+    v.check(
+        cipher.open(0, &mut opened).is_ok() && opened == plaintext,
+        "`sealed` does not open to `plaintext`",
+    );
+    let other = ChunkCipher::new(&key, FileId([0; 16]), size).expect("a cipher");
+    v.check(
+        other.open(0, &mut documented.clone()).is_err(),
+        "`sealed` opens under another file id",
+    );
+
+    // A file of two chunks: the first is sealed with the last flag 00, the
+    // second, at index 1, with 01; the size in the AAD is the whole file's.
+    let size = file::CHUNK_LEN as u64 + 1;
+    let two = ChunkCipher::new(&key, file_id, size).expect("a cipher");
+    let mut aad = b"sotto file v1".to_vec();
+    aad.extend_from_slice(&file_id.0);
+    aad.extend_from_slice(&size.to_be_bytes());
+    let first = vec![0x5a; file::CHUNK_LEN];
+    let mut buf = first.clone();
+    two.seal(0, &mut buf).expect("seal");
+    v.check(
+        raw_seal(&key_bytes, &stream_nonce(&prefix, 0, false), &aad, &first) == buf,
+        "a first chunk is not sealed with index 0 and the last flag 00",
+    );
+    let mut buf = vec![0x5a];
+    two.seal(1, &mut buf).expect("seal");
+    v.check(
+        raw_seal(&key_bytes, &stream_nonce(&prefix, 1, true), &aad, &[0x5a]) == buf,
+        "a last chunk is not sealed with its index and the last flag 01",
+    );
+    v.finish();
+}
+
+#[test]
+fn file_offer() {
+    let v = Vector::load("file-offer");
+    let offer = FileOffer {
+        file_id: FileId(v.array("file_id")),
+        name: v.get("name").to_owned(),
+        size: v.number("size"),
+        hash: v.array("hash"),
+        key: FileKey::from_parts(Zeroizing::new(v.array("key")), v.array("nonce_prefix")),
+    };
+    let body = Body {
+        id: MessageId(v.array("id")),
+        sent_at_ms: v.number("sent_at_ms"),
+        content: Content::File(offer),
+    };
+    let encoded = postcard::to_stdvec(&body).expect("encode a body");
+    v.expect_hex("body", &encoded);
+    v.check(
+        from_hex(v.get("body")).and_then(|b| envelope::decode_body(&b).ok()) == Some(body),
+        "`body` does not decode to the offer",
+    );
+    v.expect(
+        "bucket",
+        envelope::padded_len(encoded.len())
+            .expect("a bucket")
+            .to_string(),
+    );
+    v.finish();
+}
+
+/// One body of the session vector: `PREFIX.id`, `PREFIX.sent_at_ms`, `PREFIX.text`.
+fn session_body(v: &Vector, prefix: &str) -> Body {
+    Body {
+        id: MessageId(v.array(&format!("{prefix}.id"))),
+        sent_at_ms: v.number(&format!("{prefix}.sent_at_ms")),
+        content: Content::Text(v.get(&format!("{prefix}.text")).to_owned()),
+    }
+}
+
+/// The padded plaintext of `body`, or of no body at all.
+fn padded(body: Option<&Body>) -> Vec<u8> {
+    let encoded = body.map_or_else(Vec::new, |b| postcard::to_stdvec(b).expect("encode"));
+    envelope::pad_encoded(&encoded).expect("pad")
+}
+
+/// A Noise transport nonce (Noise §12.3): 4 zero bytes, the counter u64 LE.
+fn noise_nonce(n: u64) -> [u8; 12] {
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&n.to_le_bytes());
+    nonce
+}
+
+#[test]
+fn session_envelopes() {
+    let v = Vector::load("session");
+    let alice = v.secret("initiator_secret");
+    let bob = v.secret("responder_secret");
+    let id: [u8; 16] = v.array("session_id");
+    let created_at_ms: u64 = v.number("created_at_ms");
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(created_at_ms);
+    let mut a = SessionStore::new(alice.public(), SessionConfig::default());
+    let mut b = SessionStore::new(bob.public(), SessionConfig::default());
+    let prologue = session::vector_prologue(&SessionId(id), created_at_ms);
+    v.expect_hex("prologue", &prologue);
+
+    // Alice's first message to Bob starts a session: a kind 2 with the body.
+    let first = session_body(&v, "init");
+    session::fixed::push_id(id);
+    session::fixed::push_ephemeral(v.array("initiator_ephemeral_secret"));
+    let init = a
+        .seal_to(&alice, &bob.public(), &first, now)
+        .expect("seal the init");
+    v.expect_hex("init", &init.envelope);
+
+    // Bob reads it and writes the bare accept: a kind 3 at nonce 0.
+    session::fixed::push_ephemeral(v.array("responder_ephemeral_secret"));
+    let got = b
+        .open(&bob, &init.envelope, now, |_| true)
+        .expect("open the init");
+    v.check(
+        got.sender == alice.public() && got.body.as_ref() == Some(&first),
+        "the init does not open to the initiator and `init.*`",
+    );
+    let accept = got.reply.expect("a bare accept");
+    v.expect_hex("accept", &accept);
+
+    // Bob writes before Alice has answered: still a kind 3, at nonce 1.
+    let second = session_body(&v, "reply");
+    let reply = b
+        .seal_to(&bob, &alice.public(), &second, now)
+        .expect("seal the reply");
+    v.expect_hex("reply", &reply.envelope);
+
+    // Alice completes the handshake with the accept, reads the reply, and
+    // then writes a kind 4 at nonce 0.
+    let got = a
+        .open(&alice, &accept, now, |_| true)
+        .expect("open the accept");
+    v.check(
+        got.sender == bob.public() && got.body.is_none(),
+        "the accept is not bare",
+    );
+    let got = a
+        .open(&alice, &reply.envelope, now, |_| true)
+        .expect("open the reply");
+    v.check(
+        got.body.as_ref() == Some(&second),
+        "the reply does not open to `reply.*`",
+    );
+    let third = session_body(&v, "message");
+    let message = a
+        .seal_to(&alice, &bob.public(), &third, now)
+        .expect("seal the message");
+    v.expect_hex("message", &message.envelope);
+    let got = b
+        .open(&bob, &message.envelope, now, |_| true)
+        .expect("open the message");
+    v.check(
+        got.body.as_ref() == Some(&third),
+        "the message does not open to `message.*`",
+    );
+
+    let (i2r, r2i) = a.vector_split_keys(&bob.public()).expect("a session");
+    v.check(
+        b.vector_split_keys(&alice.public()) == Some((i2r, r2i)),
+        "the two sides hold different keys",
+    );
+    v.expect_hex("initiator_key", &i2r);
+    v.expect_hex("responder_key", &r2i);
+
+    // The documented envelopes, read as PROTOCOL.md lays them out. Kind 2:
+    // message 1 opens with Noise IK, the documented prologue and Bob's key.
+    let doc_init = v.hex("init");
+    let doc_prologue = v.hex("prologue");
+    let header_ok = doc_init.len() > 26
+        && doc_init[..2] == [1, 2]
+        && doc_init[2..18] == id
+        && doc_init[18..26] == created_at_ms.to_le_bytes();
+    v.check(
+        header_ok,
+        "`init` does not start with 01 02 | id | created_at_ms",
+    );
+    let bob_secret = bob.to_bytes();
+    let mut responder = snow::Builder::new(
+        session::SESSION_NOISE_PARAMS
+            .parse()
+            .expect("Noise parameters"),
+    )
+    .prologue(&doc_prologue)
+    .and_then(|b| b.local_private_key(bob_secret.as_ref()))
+    .and_then(|b| b.build_responder())
+    .expect("a responder");
+    let mut payload = vec![0u8; doc_init.len()];
+    let read = doc_init
+        .get(26..)
+        .and_then(|msg1| responder.read_message(msg1, &mut payload).ok());
+    v.check(
+        read.is_some_and(|n| payload[..n] == padded(Some(&first))),
+        "`init` message 1 does not open to the padded `init.*` body",
+    );
+    v.check(
+        responder.get_remote_static() == Some(alice.public().as_bytes().as_slice()),
+        "`init` does not carry the initiator's key",
+    );
+
+    // Kinds 3 and 4: the transport ciphertext is ChaCha20-Poly1305 under the
+    // sender's split key, nonce 00000000 | n (u64 LE), empty associated data.
+    let doc_accept = v.hex("accept");
+    let doc_reply = v.hex("reply");
+    let doc_message = v.hex("message");
+    let msg2_ok =
+        doc_accept.len() > 66 && doc_reply.len() > 66 && doc_accept[18..66] == doc_reply[18..66];
+    v.check(msg2_ok, "`accept` and `reply` carry different IK message 2");
+    let cases = [
+        (&doc_accept, 3u8, 66usize, 0u64, r2i, None),
+        (&doc_reply, 3, 66, 1, r2i, Some(&second)),
+        (&doc_message, 4, 18, 0, i2r, Some(&third)),
+    ];
+    for (doc, kind, nonce_at, n, key, body) in cases {
+        let ok = doc.len() > nonce_at + 8
+            && doc[..2] == [1, kind]
+            && doc[2..18] == id
+            && doc[nonce_at..nonce_at + 8] == n.to_le_bytes()
+            && doc[nonce_at + 8..] == raw_seal(&key, &noise_nonce(n), &[], &padded(body));
+        v.check(
+            ok,
+            &format!("a kind {kind} envelope at nonce {n} is not laid out as documented"),
+        );
     }
     v.finish();
 }

@@ -238,8 +238,45 @@ use crate::error::EnvelopeError;
 use noise::{CipherKey, SplitKeys, MSG2_LEN, TAG_LEN};
 use window::ReplayWindow;
 
+#[cfg(test)]
+pub(crate) use noise::prologue as vector_prologue;
 pub use noise::{SESSION_NOISE_PARAMS, SESSION_PROLOGUE_LABEL};
 pub use state::{MAX_STATE_LEN, RESTART_NONCE_SKIP, STATE_VERSION};
+
+/// A test seam for the known-answer vectors of docs/PROTOCOL.md
+/// (`crate::vectors`): values queued here replace, first in first out, the
+/// random session ids and ephemeral private keys this thread would otherwise
+/// draw (an initiator's in a new init, a responder's when it reads an init).
+/// Test builds only; with nothing queued nothing changes. A chosen ephemeral
+/// key must never be used outside a test.
+#[cfg(test)]
+pub(crate) mod fixed {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    thread_local! {
+        static IDS: RefCell<VecDeque<[u8; 16]>> = RefCell::default();
+        static EPHEMERALS: RefCell<VecDeque<[u8; 32]>> = RefCell::default();
+    }
+
+    /// Queues the id of the next session this thread starts.
+    pub(crate) fn push_id(id: [u8; 16]) {
+        IDS.with(|q| q.borrow_mut().push_back(id));
+    }
+
+    /// Queues the next ephemeral private key this thread's handshakes use.
+    pub(crate) fn push_ephemeral(e: [u8; 32]) {
+        EPHEMERALS.with(|q| q.borrow_mut().push_back(e));
+    }
+
+    pub(super) fn id() -> Option<[u8; 16]> {
+        IDS.with(|q| q.borrow_mut().pop_front())
+    }
+
+    pub(super) fn ephemeral() -> Option<[u8; 32]> {
+        EPHEMERALS.with(|q| q.borrow_mut().pop_front())
+    }
+}
 
 /// At most this many sessions are kept per peer; a newer one pushes out the oldest.
 pub const MAX_SESSIONS_PER_PEER: usize = 8;
@@ -616,6 +653,10 @@ impl SessionStore {
     }
 
     fn fresh_id(&self) -> SessionId {
+        #[cfg(test)]
+        if let Some(id) = fixed::id() {
+            return SessionId(id);
+        }
         loop {
             let mut id = SessionId([0; 16]);
             OsRng.fill_bytes(&mut id.0);
@@ -833,6 +874,14 @@ impl SessionStore {
             });
         }
         Err(EnvelopeError::UnknownSession)
+    }
+
+    /// The split keys of the current session with `peer`, for the
+    /// known-answer vectors: `(initiator's sending key, responder's)`.
+    #[cfg(test)]
+    pub(crate) fn vector_split_keys(&self, peer: &PublicKey) -> Option<([u8; 32], [u8; 32])> {
+        let session = self.peers.get(peer)?.sessions.last()?;
+        Some((**session.keys.initiator, **session.keys.responder))
     }
 
     /// Erases everything expired at `now` (module documentation, §5). Also

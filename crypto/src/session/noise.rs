@@ -90,6 +90,11 @@ fn builder<'a>(params: &str, prologue: &'a [u8]) -> Result<snow::Builder<'a>, En
 /// A fresh ephemeral private key for a session init.
 pub(crate) fn new_ephemeral() -> CipherKey {
     let mut e = zeroed_key();
+    #[cfg(test)]
+    if let Some(fixed) = super::fixed::ephemeral() {
+        e.copy_from_slice(&fixed);
+        return e;
+    }
     OsRng.fill_bytes(&mut e[..]);
     e
 }
@@ -172,9 +177,18 @@ pub(crate) fn read_init(
 ) -> Result<ReadInit, EnvelopeError> {
     let prologue = prologue(id, created_at_ms);
     let secret = me.to_bytes();
-    let mut hs = builder(SESSION_NOISE_PARAMS, &prologue)?
+    let builder = builder(SESSION_NOISE_PARAMS, &prologue)?
         .local_private_key(secret.as_ref())
-        .map_err(|_| EnvelopeError::Internal)?
+        .map_err(|_| EnvelopeError::Internal)?;
+    // The known-answer vectors fix the responder's ephemeral key (test builds only).
+    #[cfg(test)]
+    let fixed = super::fixed::ephemeral().map(Zeroizing::new);
+    #[cfg(test)]
+    let builder = match &fixed {
+        Some(e) => builder.fixed_ephemeral_key_for_testing_only(&e[..]),
+        None => builder,
+    };
+    let mut hs = builder
         .build_responder()
         .map_err(|_| EnvelopeError::Internal)?;
     let mut payload = Zeroizing::new(vec![0u8; msg1.len()]);
