@@ -52,6 +52,10 @@ pub enum Command {
     Send(SendArgs),
     /// Fetch, print and acknowledge pending messages.
     Inbox,
+    /// Live chat: lines on stdin are sent, messages arrive on stdout.
+    Chat(ChatArgs),
+    /// Print the messages exchanged with a contact or in a group, oldest first.
+    History(HistoryArgs),
     /// Encrypt files and drop them on the relay for a contact (resumable).
     SendFile(SendFileArgs),
     /// Print pending messages and download every pending file into a directory.
@@ -135,12 +139,34 @@ pub enum ContactCommand {
 /// `sotto send`.
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// The contact's name.
+    /// The contact's name (a group's with --group).
     #[arg(value_name = "NAME")]
     pub name: String,
     /// The message; `-` reads it from stdin.
     #[arg(value_name = "TEXT", allow_hyphen_values = true)]
     pub text: String,
+    /// NAME is a group of contacts.toml: one envelope goes to each member.
+    #[arg(long)]
+    pub group: bool,
+}
+
+/// `sotto chat`.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// Whom lines go to: a contact or a group (switch with `/to NAME`).
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    /// NAME is a group.
+    #[arg(long, requires = "name")]
+    pub group: bool,
+}
+
+/// `sotto history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The contact or group.
+    #[arg(value_name = "NAME")]
+    pub name: String,
 }
 
 /// `sotto send-file`.
@@ -269,6 +295,34 @@ mod tests {
                 assert_eq!(a.dir, PathBuf::from("/tmp/in"));
                 assert!(a.quiet);
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn chat_history_and_group_send_parse() {
+        match parse(&["send", "--group", "team", "hi all"])
+            .unwrap()
+            .command
+        {
+            Command::Send(a) => {
+                assert!(a.group);
+                assert_eq!((a.name.as_str(), a.text.as_str()), ("team", "hi all"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["chat"]).unwrap().command {
+            Command::Chat(a) => assert!(a.name.is_none() && !a.group),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["chat", "--group", "team"]).unwrap().command {
+            Command::Chat(a) => assert!(a.group && a.name.as_deref() == Some("team")),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["chat", "--group"]).is_err());
+        assert!(parse(&["history"]).is_err());
+        match parse(&["history", "bob"]).unwrap().command {
+            Command::History(a) => assert_eq!(a.name, "bob"),
             other => panic!("{other:?}"),
         }
     }

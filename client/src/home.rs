@@ -65,6 +65,11 @@ impl Home {
         self.dir.join("seen.redb")
     }
 
+    /// Messages sent and received, for `sotto history` (see [`crate::history`]).
+    pub fn history(&self) -> PathBuf {
+        self.dir.join("history.log")
+    }
+
     /// Resume states of interrupted uploads (see [`crate::upload_state`]).
     pub fn uploads(&self) -> PathBuf {
         self.dir.join("uploads")

@@ -5,6 +5,8 @@
 //!
 //! - [`cli`]: the command line as typed (clap derive), no interpretation;
 //! - [`commands`]: one module per subcommand, the only place that prints;
+//!   `commands::chat` is the live chat (one long-lived connection,
+//!   reconnecting, an outbox resent until stored);
 //! - [`home`]: where the files live (`$SOTTO_HOME`, else the config dir);
 //! - [`config`]: `config.toml`: name, relay address, pinned relay key;
 //! - [`identity`]: loading the secret key and getting its passphrase;
@@ -12,6 +14,7 @@
 //!   errors that say what to do;
 //! - [`seen`]: message ids already shown, so a replay is shown once;
 //! - [`display`]: neutralising control characters from the network, times;
+//! - [`history`]: the local record of messages sent and shown (`history.log`);
 //! - [`upload`]: sending a file: streamed from disk, sealed, pipelined,
 //!   resumable, with progress through a callback;
 //! - [`upload_state`]: what resuming an interrupted upload needs (0600 files
@@ -36,6 +39,7 @@ pub mod commands;
 pub mod config;
 pub mod display;
 pub mod download;
+pub mod history;
 pub mod home;
 pub mod identity;
 pub mod publish;

@@ -341,7 +341,7 @@ fn link_error(addr: &RelayAddr, source: LinkError) -> RelayError {
     }
 }
 
-fn refused(addr: &RelayAddr, code: ErrorCode, detail: &str) -> RelayError {
+pub(crate) fn refused(addr: &RelayAddr, code: ErrorCode, detail: &str) -> RelayError {
     RelayError::Refused {
         addr: addr.clone(),
         code,
@@ -353,7 +353,7 @@ fn refused(addr: &RelayAddr, code: ErrorCode, detail: &str) -> RelayError {
 ///
 /// Not cancel-safe (a message may be half read): callers that race it
 /// against something else keep the future alive across the race.
-async fn recv_from<R: AsyncRead + Unpin>(
+pub(crate) async fn recv_from<R: AsyncRead + Unpin>(
     reader: &mut LinkReader<R>,
     addr: &RelayAddr,
     limit: Option<Duration>,
@@ -374,7 +374,7 @@ async fn recv_from<R: AsyncRead + Unpin>(
 
 /// Queues one message on the link without flushing, within [`ANSWER_TIMEOUT`]:
 /// a relay that stops reading must not hang the client forever.
-async fn write_to<W: AsyncWrite + Unpin>(
+pub(crate) async fn write_to<W: AsyncWrite + Unpin>(
     writer: &mut LinkWriter<W>,
     addr: &RelayAddr,
     msg: &ClientMsg,
@@ -401,6 +401,12 @@ where
     /// The relay's address.
     pub fn addr(&self) -> &RelayAddr {
         &self.addr
+    }
+
+    /// The two halves of the link and the relay's address, for a long-lived
+    /// session (`sotto chat`) that reads and writes at the same time.
+    pub fn into_parts(self) -> (LinkReader<R>, LinkWriter<W>, RelayAddr) {
+        (self.reader, self.writer, self.addr)
     }
 
     /// The largest envelope the relay accepts, in bytes.

@@ -2,9 +2,12 @@
 //!
 //! One-shot envelopes (Noise `X`) can be replayed, and a relay re-delivers
 //! whatever was not acknowledged (a crash between printing and `Ack`, a lost
-//! `Acked`), so each message's random [`MessageId`] is recorded, durably, before
-//! its envelope is acknowledged, and a message whose id is known is not shown
-//! again.
+//! `Acked`), so each message's random [`MessageId`] is recorded with its
+//! authenticated sender ([`SeenId`]), durably, before its envelope is
+//! acknowledged, and a message already recorded is not shown again. The sender
+//! is part of the key: otherwise anyone who learned an id (every member of a
+//! group sees the same one) could send a message under it first and so
+//! suppress the real one.
 //!
 //! The store must not grow forever, so an entry is kept for [`RETENTION`] after
 //! the later of "first seen" and the message's own date. A message dated
@@ -23,12 +26,34 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 use sotto_crypto::envelope::MessageId;
+use sotto_keys::PublicKey;
 
 /// How long a message id is remembered, and the oldest message date accepted.
 pub const RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
-/// Message id -> unix seconds from which its retention runs.
-const SEEN: TableDefinition<[u8; 16], u64> = TableDefinition::new("seen");
+/// Sender key | message id -> unix seconds from which its retention runs.
+const SEEN: TableDefinition<[u8; 48], u64> = TableDefinition::new("seen_by_sender");
+
+/// A message as duplicate suppression knows it: who sent it, and its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SeenId {
+    sender: PublicKey,
+    id: MessageId,
+}
+
+impl SeenId {
+    /// The message `id` from the authenticated `sender`.
+    pub fn new(sender: PublicKey, id: MessageId) -> Self {
+        Self { sender, id }
+    }
+
+    fn key(&self) -> [u8; 48] {
+        let mut key = [0u8; 48];
+        key[..32].copy_from_slice(self.sender.as_bytes());
+        key[32..].copy_from_slice(&self.id.0);
+        key
+    }
+}
 
 /// The seen-message store.
 pub struct SeenStore {
@@ -75,21 +100,21 @@ impl SeenStore {
         Ok(store)
     }
 
-    /// Whether a message with this id has been shown.
-    pub fn contains(&self, id: &MessageId) -> Result<bool> {
+    /// Whether this message has been shown.
+    pub fn contains(&self, id: &SeenId) -> Result<bool> {
         let txn = self.db.begin_read().context("seen store")?;
         let table = match txn.open_table(SEEN) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
             Err(e) => return Err(anyhow::Error::new(e).context("seen store")),
         };
-        Ok(table.get(id.0).context("seen store")?.is_some())
+        Ok(table.get(id.key()).context("seen store")?.is_some())
     }
 
     /// Records ids as shown, in one durable commit. Each entry is an id and
     /// the message's date in milliseconds; its retention runs from the later of
     /// `now` and that date.
-    pub fn record(&self, entries: &[(MessageId, u64)], now: u64) -> Result<()> {
+    pub fn record(&self, entries: &[(SeenId, u64)], now: u64) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -98,11 +123,12 @@ impl SeenStore {
             let mut table = txn.open_table(SEEN).context("seen store")?;
             for (id, sent_at_ms) in entries {
                 let from = now.max(sent_at_ms / 1000);
-                let keep = match table.get(id.0).context("seen store")? {
+                let key = id.key();
+                let keep = match table.get(key).context("seen store")? {
                     Some(old) => old.value().max(from),
                     None => from,
                 };
-                table.insert(id.0, keep).context("seen store")?;
+                table.insert(key, keep).context("seen store")?;
             }
         }
         // redb's default durability commits with fsync: the ids are on disk
@@ -139,14 +165,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("seen.redb");
         let now = 1_800_000_000;
-        let a = MessageId([1; 16]);
-        let b = MessageId([2; 16]);
+        let alice = PublicKey::from_bytes([7; 32]);
+        let a = SeenId::new(alice, MessageId([1; 16]));
+        let b = SeenId::new(alice, MessageId([2; 16]));
+        // The same id from someone else is another message.
+        let forged = SeenId::new(PublicKey::from_bytes([8; 32]), MessageId([1; 16]));
         {
             let store = SeenStore::open(&path, now).unwrap();
             assert!(!store.contains(&a).unwrap());
             store.record(&[(a, now * 1000)], now).unwrap();
             assert!(store.contains(&a).unwrap());
             assert!(!store.contains(&b).unwrap());
+            assert!(!store.contains(&forged).unwrap());
         }
         let store = SeenStore::open(&path, now + DAY).unwrap();
         assert!(store.contains(&a).unwrap());
@@ -170,8 +200,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("seen.redb");
         let now = 1_800_000_000;
-        let old = MessageId([1; 16]);
-        let future = MessageId([3; 16]);
+        let sender = PublicKey::from_bytes([7; 32]);
+        let old = SeenId::new(sender, MessageId([1; 16]));
+        let future = SeenId::new(sender, MessageId([3; 16]));
         let store = SeenStore::open(&path, now).unwrap();
         store.record(&[(old, (now - DAY) * 1000)], now).unwrap();
         // A sender whose clock runs 40 days ahead: kept from that date on.

@@ -75,6 +75,16 @@ pub enum Content {
     Text(String),
     /// A file uploaded to the relay, sealed under the key in the offer.
     File(crate::file::FileOffer),
+    /// A text message to a group: the sender fans one envelope out to each
+    /// member, every one carrying the group's name as the sender calls it.
+    /// Appended last so the encodings of the variants above do not change.
+    GroupText {
+        /// The group's name in the sender's contacts (chosen by the sender:
+        /// shown neutralised, next to the real sender).
+        group: String,
+        /// The message.
+        text: String,
+    },
 }
 
 /// The plaintext of an envelope.

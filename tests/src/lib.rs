@@ -281,6 +281,144 @@ impl Client {
     pub fn add_contact(&self, name: &str, other: &Client) {
         self.run(&["contact", "add", name, &other.key]).ok();
     }
+
+    /// Starts `sotto ARGS` with this home and leaves it running, stdin and
+    /// stdout piped (e.g. `sotto chat bob`).
+    pub fn spawn(&self, args: &[&str]) -> Live {
+        let mut cmd = Command::new(bin("sotto"));
+        cmd.args(args)
+            .env("SOTTO_HOME", self.home.path())
+            .env_remove("SOTTO_PASSPHRASE")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start sotto");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = err.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stderr.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => sink
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+            }
+        });
+        Live {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child,
+            stdin,
+            lines,
+            stderr: err,
+        }
+    }
+}
+
+/// A `sotto` process left running, driven line by line.
+pub struct Live {
+    args: Vec<String>,
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Live {
+    /// Writes one line to its stdin.
+    pub fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").expect("write to sotto's stdin");
+        stdin.flush().expect("flush sotto's stdin");
+    }
+
+    /// Closes its stdin (end of input).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// The next line on its stdout, if one comes within `limit`.
+    pub fn next_line(&self, limit: Duration) -> Option<String> {
+        self.lines.recv_timeout(limit).ok()
+    }
+
+    /// The next `n` stdout lines; panics (with its stderr) if they do not
+    /// come within a generous limit: a guard against a hang, not a timing
+    /// assertion.
+    #[track_caller]
+    pub fn expect_lines(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => out.push(line),
+                Err(_) => panic!(
+                    "sotto {:?}: expected {n} lines, got {out:?}\nstderr: {}",
+                    self.args,
+                    self.stderr()
+                ),
+            }
+        }
+        out
+    }
+
+    /// What it wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Closes stdin and waits for the exit (killing it after a generous
+    /// limit); returns whether it succeeded and the stdout lines not yet read.
+    pub fn finish(mut self) -> (bool, Vec<String>) {
+        self.close_stdin();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut rest = Vec::new();
+        // The reader thread ends at EOF once the process is gone.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            rest.push(line);
+        }
+        (status.is_some_and(|s| s.success()), rest)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {

@@ -22,16 +22,17 @@
 use std::collections::{BTreeSet, HashSet};
 
 use anyhow::{Context, Result};
-use sotto_crypto::envelope::{self, Content, MessageId};
+use sotto_crypto::envelope::{self, Content};
 use sotto_crypto::file::FileOffer;
 use sotto_keys::{ContactBook, PublicKey, SecretKey};
 
 use super::{block_on, note, warn, Ctx, Out};
 use crate::config::Config;
 use crate::display::{local_time_ms, message_line, sanitize};
+use crate::history::{self, History};
 use crate::identity;
 use crate::relay_client::{self, Delivery};
-use crate::seen::{self, SeenStore};
+use crate::seen::{self, SeenId, SeenStore};
 
 /// Runs `sotto inbox`.
 pub fn run(ctx: &Ctx) -> Result<()> {
@@ -42,6 +43,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     // Opened before the network: if another `sotto inbox` holds it, say so
     // before fetching anything.
     let store = SeenStore::open(&ctx.home.seen(), seen::now_secs())?;
+    let history = History::at(ctx.home.history());
 
     let outcome = block_on(async move {
         let mut conn = relay_client::connect(&pin, &me).await?;
@@ -53,7 +55,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         }
         let outcome = tokio::task::spawn_blocking(move || {
             let mut out = Out::new();
-            process(
+            let outcome = process(
                 &me,
                 &book,
                 &store,
@@ -61,7 +63,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
                 seen::now_secs(),
                 Files::Announce,
                 &mut |line| out.line(line),
-            )
+            )?;
+            record_history(&history, &outcome.messages);
+            Ok::<_, anyhow::Error>(outcome)
         })
         .await
         .context("the inbox task failed")??;
@@ -100,8 +104,8 @@ pub(crate) enum Files {
 pub(crate) struct PendingFile {
     /// The relay's id of the envelope, to acknowledge it.
     pub delivery: u64,
-    /// The message id, to remember it.
-    pub message: MessageId,
+    /// The message, to remember it.
+    pub message: SeenId,
     /// The message's date (sender's clock), milliseconds.
     pub sent_at_ms: u64,
     /// That date as shown.
@@ -131,6 +135,8 @@ pub(crate) struct Outcome {
     pub stale: usize,
     /// The error that stopped printing, if any.
     pub print_error: Option<std::io::Error>,
+    /// The messages printed, in order, for the local history.
+    pub messages: Vec<history::Entry>,
 }
 
 /// Opens, filters and prints a batch, records what was printed, and says
@@ -149,8 +155,8 @@ pub(crate) fn process(
     print: &mut dyn FnMut(&str) -> std::io::Result<()>,
 ) -> Result<Outcome> {
     let mut outcome = Outcome::default();
-    let mut shown: Vec<(MessageId, u64)> = Vec::new();
-    let mut in_batch: HashSet<MessageId> = HashSet::new();
+    let mut shown: Vec<(SeenId, u64)> = Vec::new();
+    let mut in_batch: HashSet<SeenId> = HashSet::new();
 
     for delivery in pending {
         let opened = match envelope::open(me, &delivery.envelope) {
@@ -163,7 +169,8 @@ pub(crate) fn process(
             }
         };
         let body = opened.body;
-        if in_batch.contains(&body.id) || store.contains(&body.id)? {
+        let seen_id = SeenId::new(opened.sender, body.id);
+        if in_batch.contains(&seen_id) || store.contains(&seen_id)? {
             tracing::debug!(id = delivery.id, "duplicate message dropped");
             outcome.ack.push(delivery.id);
             continue;
@@ -190,13 +197,30 @@ pub(crate) fn process(
                     outcome.print_error = Some(e);
                     break;
                 }
-                in_batch.insert(body.id);
-                shown.push((body.id, body.sent_at_ms));
+                in_batch.insert(seen_id);
+                shown.push((seen_id, body.sent_at_ms));
                 outcome.ack.push(delivery.id);
                 outcome.shown += 1;
+                outcome
+                    .messages
+                    .push(received(&opened.sender, None, body.sent_at_ms, text));
+            }
+            Content::GroupText { group, text } => {
+                let who = format!("{}/{who}", group_label(&group));
+                if let Err(e) = print(&message_line(&time, &who, &text)) {
+                    outcome.print_error = Some(e);
+                    break;
+                }
+                in_batch.insert(seen_id);
+                shown.push((seen_id, body.sent_at_ms));
+                outcome.ack.push(delivery.id);
+                outcome.shown += 1;
+                outcome
+                    .messages
+                    .push(received(&opened.sender, Some(group), body.sent_at_ms, text));
             }
             Content::File(offer) => {
-                in_batch.insert(body.id);
+                in_batch.insert(seen_id);
                 match files {
                     Files::Announce => {
                         if let Err(e) = print(&file_waiting_line(&time, &who, &offer)) {
@@ -207,7 +231,7 @@ pub(crate) fn process(
                     }
                     Files::Collect => outcome.files.push(PendingFile {
                         delivery: delivery.id,
-                        message: body.id,
+                        message: seen_id,
                         sent_at_ms: body.sent_at_ms,
                         time,
                         who,
@@ -221,6 +245,51 @@ pub(crate) fn process(
     // Durably remembered before the caller acknowledges anything.
     store.record(&shown, now)?;
     Ok(outcome)
+}
+
+/// Appends shown messages to the local history. A failure is a warning:
+/// the messages were shown and must still be acknowledged.
+pub(crate) fn record_history(history: &History, entries: &[history::Entry]) {
+    if let Err(e) = history.append(entries) {
+        warn(&format!(
+            "the local history was not updated: {}",
+            crate::error_line(&e)
+        ));
+    }
+}
+
+/// Longest group name shown, in characters: it is chosen by the sender.
+const MAX_GROUP_LABEL: usize = 64;
+
+/// A group name from the network, safe to print: neutralised, without `/`
+/// or spaces (which would blur where the sender's name starts), bounded.
+pub(crate) fn group_label(group: &str) -> String {
+    let short: String = group
+        .chars()
+        .take(MAX_GROUP_LABEL)
+        .map(|c| {
+            if c == '/' || c.is_whitespace() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if short.is_empty() {
+        "?".to_owned()
+    } else {
+        sanitize(&short)
+    }
+}
+
+fn received(sender: &PublicKey, group: Option<String>, at_ms: u64, text: String) -> history::Entry {
+    history::Entry {
+        at_ms,
+        direction: history::Direction::Received,
+        peer: Some(*sender),
+        group,
+        text,
+    }
 }
 
 /// The line `sotto inbox` prints for a file waiting on the relay.
@@ -373,6 +442,23 @@ mod tests {
     }
 
     #[test]
+    fn a_message_under_someone_elses_id_does_not_hide_the_real_one() {
+        // Mallory learned the id of Alice's group message and sent first.
+        let w = world();
+        let mallory = SecretKey::generate();
+        let real = body("the real one", NOW * 1000);
+        let mut forged = body("the forgery", NOW * 1000);
+        forged.id = real.id;
+        let pending = vec![
+            deliver(1, &mallory, &w.me, &forged),
+            deliver(2, &w.alice, &w.me, &real),
+        ];
+        let (outcome, lines) = run_batch(&w, pending);
+        assert_eq!(outcome.shown, 2, "{lines:?}");
+        assert!(lines[1].ends_with("] alice: the real one"), "{lines:?}");
+    }
+
+    #[test]
     fn a_message_that_could_not_be_printed_is_neither_remembered_nor_acked() {
         let w = world();
         let first = body("one", NOW * 1000);
@@ -401,8 +487,14 @@ mod tests {
         .unwrap();
         assert_eq!(outcome.ack, vec![1]);
         assert!(outcome.print_error.is_some());
-        assert!(w.store.contains(&first.id).unwrap());
-        assert!(!w.store.contains(&second.id).unwrap());
+        assert!(w
+            .store
+            .contains(&SeenId::new(w.alice.public(), first.id))
+            .unwrap());
+        assert!(!w
+            .store
+            .contains(&SeenId::new(w.alice.public(), second.id))
+            .unwrap());
     }
 
     fn file_offer(name: &str) -> Body {
@@ -416,6 +508,41 @@ mod tests {
         let mut b = Body::new(Content::File(offer));
         b.sent_at_ms = NOW * 1000;
         b
+    }
+
+    #[test]
+    fn a_group_message_names_the_group_and_the_real_sender() {
+        let w = world();
+        let mallory = SecretKey::generate();
+        let group = |group: &str, text: &str| {
+            let mut b = Body::new(Content::GroupText {
+                group: group.to_owned(),
+                text: text.to_owned(),
+            });
+            b.sent_at_ms = NOW * 1000;
+            b
+        };
+        let pending = vec![
+            deliver(1, &w.alice, &w.me, &group("team", "hi all")),
+            // A group name cannot pose as another sender or break the line.
+            deliver(2, &mallory, &w.me, &group("team/alice\n\x1b", "x")),
+            deliver(3, &mallory, &w.me, &group("", "y")),
+        ];
+        let (outcome, lines) = run_batch(&w, pending);
+        assert_eq!(outcome.ack, vec![1, 2, 3]);
+        assert!(lines[0].ends_with("] team/alice: hi all"), "{}", lines[0]);
+        assert!(
+            lines[1].ends_with(&format!(
+                "] team_alice_\\x1b/unknown {}: x",
+                mallory.public()
+            )),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[2].ends_with(&format!("] ?/unknown {}: y", mallory.public())));
+        assert_eq!(outcome.messages.len(), 3);
+        assert_eq!(outcome.messages[0].group.as_deref(), Some("team"));
+        assert_eq!(outcome.messages[0].peer, Some(w.alice.public()));
     }
 
     #[test]
@@ -434,7 +561,10 @@ mod tests {
             lines[0],
             format!("[{time}] alice: sent a file: report\\x1b[2J.pdf (1234 bytes) — run `sotto receive-all`")
         );
-        assert!(!w.store.contains(&offer.id).unwrap());
+        assert!(!w
+            .store
+            .contains(&SeenId::new(w.alice.public(), offer.id))
+            .unwrap());
         // Still there for the next inbox, and for receive-all.
         let (outcome, lines) = run_batch(&w, vec![deliver(1, &w.alice, &w.me, &offer)]);
         assert!(outcome.ack.is_empty());
@@ -479,8 +609,14 @@ mod tests {
             files,
             vec![(1, "a.txt", "alice"), (3, "b.txt", stranger.as_str())]
         );
-        assert_eq!(outcome.files[0].message, a.id);
-        assert!(!w.store.contains(&a.id).unwrap());
+        assert_eq!(
+            outcome.files[0].message,
+            SeenId::new(w.alice.public(), a.id)
+        );
+        assert!(!w
+            .store
+            .contains(&SeenId::new(w.alice.public(), a.id))
+            .unwrap());
     }
 
     #[test]

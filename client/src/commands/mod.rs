@@ -13,7 +13,9 @@ use crate::cli::{Cli, Command, ContactCommand, RelayCommand};
 use crate::home::Home;
 
 mod bars;
+pub mod chat;
 pub mod contact;
+pub mod history;
 pub mod id;
 pub mod inbox;
 pub mod init;
@@ -49,6 +51,8 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Send(args) => send::run(&ctx, args),
         Command::Inbox => inbox::run(&ctx),
+        Command::Chat(args) => chat::run(&ctx, args),
+        Command::History(args) => history::run(&ctx, args),
         Command::SendFile(args) => send_file::run(&ctx, args),
         Command::ReceiveAll(args) => receive_all::run(&ctx, args),
     }

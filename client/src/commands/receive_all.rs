@@ -235,8 +235,8 @@ fn error_line(file: &str, e: &DownloadError) {
     );
 }
 
-/// Downloads one file and, once it is in place, deletes it from the relay,
-/// remembers its message and acknowledges its envelope.
+/// Downloads one file and, once it is in place, remembers its message,
+/// deletes it from the relay and acknowledges its envelope.
 async fn receive_one(
     pin: &RelayPin,
     me: &SecretKey,
@@ -248,15 +248,12 @@ async fn receive_one(
     let mut conn = relay_client::connect(pin, me).await?;
     let path = download::download(&mut conn, dir, &file.offer, progress).await?;
 
-    // The file is safely in place: from here on a failure only means the
-    // relay keeps (for a while) what it could have dropped.
+    // The file is safely in place. It is remembered first: were the blob
+    // deleted before that and the run cut short, every later run would find
+    // the offer unread and its file gone from the relay. This way a cut run
+    // leaves at worst a relay copy that expires on its own.
     let shown = sanitize(&file.offer.name);
     let mut late = Vec::new();
-    if let Err(e) = conn.delete_blob(file.offer.file_id).await {
-        late.push(format!(
-            "{shown}: the relay's copy could not be deleted ({e}); it expires on its own"
-        ));
-    }
     let remembered = {
         let store = store.clone();
         let entry = [(file.message, file.sent_at_ms)];
@@ -271,6 +268,11 @@ async fn receive_one(
             crate::error_line(&e)
         )),
         Ok(()) => {
+            if let Err(e) = conn.delete_blob(file.offer.file_id).await {
+                late.push(format!(
+                    "{shown}: the relay's copy could not be deleted ({e}); it expires on its own"
+                ));
+            }
             if let Err(e) = conn.ack(&[file.delivery]).await {
                 late.push(format!(
                     "{shown}: received, but its message could not be acknowledged ({e}); that is done next time"

@@ -8,15 +8,17 @@
 use std::io::Read;
 
 use anyhow::{anyhow, bail, Context, Result};
-use sotto_crypto::envelope::{self, Body, Content, MAX_BODY_LEN};
+use sotto_crypto::envelope::MAX_BODY_LEN;
 use sotto_crypto::wire::ErrorCode;
-use sotto_crypto::EnvelopeError;
 use sotto_keys::{Contact, ContactBook, RelayAddr};
 
+use super::chat::{resolve, seal_to, Target};
 use super::contact::unknown_contact;
+use super::inbox::record_history;
 use super::{block_on, note, warn, Ctx};
 use crate::cli::SendArgs;
 use crate::config::Config;
+use crate::history::History;
 use crate::identity;
 use crate::relay_client::{self, RelayError};
 
@@ -32,7 +34,11 @@ pub const MAX_TEXT_LEN: usize = MAX_BODY_LEN - BODY_OVERHEAD_MAX;
 pub fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
     ctx.home.require_identity()?;
     let book = ContactBook::load(&ctx.home.contacts())?;
-    let contact = recipient(&book, &args.name)?;
+    let target = if args.group {
+        resolve(&book, &args.name, true)?
+    } else {
+        Target::Contact(recipient(&book, &args.name)?)
+    };
     let text = if args.text == "-" {
         read_stdin()?
     } else {
@@ -42,32 +48,49 @@ pub fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
     let pin = Config::load(&ctx.home.config())?.relay()?;
 
     let me = identity::load(&ctx.home, ctx.passphrase_file.as_deref())?;
-    let body = Body::new(Content::Text(text));
-    let sealed = envelope::seal(&me, &contact.key, &body).map_err(|e| match e {
-        EnvelopeError::TooLarge { .. } => too_long(MAX_TEXT_LEN + 1),
-        other => anyhow!("cannot seal the message: {other}"),
-    })?;
-    let name = contact.name.to_string();
+    // A group message is one body sealed once per member.
+    let (sealed, entry) = seal_to(&me, &target, text)?;
 
     block_on(async {
         let mut conn = relay_client::connect(&pin, &me).await?;
-        if sealed.len() > conn.max_envelope_len() {
+        if let Some(big) = sealed
+            .iter()
+            .find(|s| s.envelope.len() > conn.max_envelope_len())
+        {
             bail!(
                 "the message is too long for the relay at {}: sealed it is {} bytes, the relay accepts at most {}; send a shorter message",
                 pin.addr,
-                sealed.len(),
+                big.envelope.len(),
                 conn.max_envelope_len()
             );
         }
-        tracing::info!(envelope_len = sealed.len(), "sending");
-        conn.send_envelope(&contact.key, sealed)
-            .await
-            .map_err(|e| explain(e, &name))?;
+        for s in sealed {
+            tracing::info!(envelope_len = s.envelope.len(), "sending");
+            conn.send_envelope(&s.to, s.envelope)
+                .await
+                .map_err(|e| explain(e, &s.name))?;
+        }
         conn.close().await;
         Ok(())
     })??;
-    note(&format!("sent to {name}: the relay has stored it"));
-    warn_other_relay(&contact, &pin.addr);
+    record_history(&History::at(ctx.home.history()), &[entry]);
+    match &target {
+        Target::Contact(contact) => {
+            note(&format!(
+                "sent to {}: the relay has stored it",
+                contact.name
+            ));
+            warn_other_relay(contact, &pin.addr);
+        }
+        Target::Group { name, members } => {
+            note(&format!(
+                "sent to the group {name}: the relay has stored it for each member"
+            ));
+            for m in members.iter().filter(|m| m.key != me.public()) {
+                warn_other_relay(m, &pin.addr);
+            }
+        }
+    }
     Ok(())
 }
 
@@ -75,9 +98,9 @@ pub fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
 pub(crate) fn recipient(book: &ContactBook, name: &str) -> Result<Contact> {
     match book.get(name) {
         Some(c) => Ok(c.clone()),
-        None if book.group(name).is_some() => bail!(
-            "'{name}' is a group; sending to a group is not supported yet, send to each member"
-        ),
+        None if book.group(name).is_some() => {
+            bail!("'{name}' is a group; send to it with `sotto send --group {name} TEXT`")
+        }
         None => Err(unknown_contact(name)),
     }
 }
@@ -113,7 +136,7 @@ fn too_long(len: usize) -> anyhow::Error {
     anyhow!("message too long: {len} bytes, at most {MAX_TEXT_LEN} bytes fit in one message")
 }
 
-fn check_text(text: &str) -> Result<()> {
+pub(crate) fn check_text(text: &str) -> Result<()> {
     if text.is_empty() {
         bail!("the message is empty; nothing was sent");
     }
@@ -156,6 +179,7 @@ fn read_message(input: impl Read) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sotto_crypto::envelope::{self, Body, Content};
     use sotto_keys::{PublicKey, SecretKey};
 
     #[test]

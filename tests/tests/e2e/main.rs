@@ -2,6 +2,7 @@
 //! One test binary, a module per area.
 
 mod abuse;
+mod chat;
 mod cli;
 mod files;
 mod messaging;

@@ -1,0 +1,512 @@
+//! Chat through the relay: send-to-delivery latency, and durable envelopes
+//! per second among many clients.
+//!
+//! Every client is a bare link client ([`crate::link_client`]). A receiver
+//! asks for its mailbox with `Fetch { live: true }` and acknowledges what it
+//! gets, in batches of whatever has arrived, as a client would; a sender's
+//! `Send` is answered by `Stored` once the envelope is durable, and the relay
+//! pushes `Deliver` to the recipient after that commit, so the latency
+//! measured includes the durable store.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_bytes::ByteBuf;
+use sotto_crypto::link::{LinkReader, LinkWriter};
+use sotto_crypto::wire::{ClientMsg, RelayMsg};
+use sotto_keys::PublicKey;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::baseline::{fsync_probe, Baselines};
+use crate::link_client::{self, age, stamped_envelope, Client, ENVELOPE_LEN};
+use crate::relay_proc::RelayChild;
+use crate::report::{cpu_secs, Samples, Table, Verdict};
+use crate::Scale;
+
+/// `Send`s a throughput client keeps outstanding.
+const WINDOW: usize = 8;
+/// How long stragglers may take once sending stops.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Counters shared by every client of a run.
+#[derive(Default)]
+struct Stats {
+    sent: AtomicU64,
+    stored: AtomicU64,
+    delivered: AtomicU64,
+    errors: AtomicU64,
+    drained: AtomicU64,
+    stop: AtomicBool,
+    samples: Mutex<Samples>,
+}
+
+impl Stats {
+    fn error(&self, msg: &RelayMsg) {
+        if self.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+            eprintln!("sotto-bench: the relay refused a request: {msg:?}");
+        }
+    }
+}
+
+/// What a client's writer is asked to do.
+enum Cmd {
+    /// Send one envelope now.
+    Send,
+    /// A `Send` was stored: send another unless stopping (windowed senders).
+    Credit,
+    /// Acknowledge this delivered envelope.
+    Ack(u64),
+}
+
+/// A running client: its reader and writer tasks, and the writer's queue.
+struct Running {
+    tx: mpsc::UnboundedSender<Cmd>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl Running {
+    fn abort(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts a client's tasks. It sends to `to` when told (or on credit when
+/// `windowed`), fetches live if `fetch`, and records latencies if `record`.
+async fn start(
+    client: Client,
+    to: Option<PublicKey>,
+    fetch: bool,
+    windowed: bool,
+    record: bool,
+    stats: Arc<Stats>,
+) -> anyhow::Result<Running> {
+    let Client {
+        reader, mut writer, ..
+    } = client;
+    if fetch {
+        writer.send(&ClientMsg::Fetch { live: true }).await?;
+        writer.flush().await?;
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let w = tokio::spawn(write_loop(writer, rx, to, stats.clone()));
+    let r = tokio::spawn(read_loop(reader, tx.clone(), windowed, record, stats));
+    Ok(Running { tx, tasks: [r, w] })
+}
+
+async fn write_loop(
+    mut w: LinkWriter<OwnedWriteHalf>,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    to: Option<PublicKey>,
+    stats: Arc<Stats>,
+) {
+    let mut req: u32 = 0;
+    let mut acks = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut sends = 0usize;
+        let mut take = |cmd: Cmd| match cmd {
+            Cmd::Send => sends += 1,
+            Cmd::Credit if !stats.stop.load(Ordering::Relaxed) => sends += 1,
+            Cmd::Credit => {}
+            Cmd::Ack(id) => acks.push(id),
+        };
+        take(first);
+        // Everything already queued goes out with one flush.
+        while let Ok(cmd) = rx.try_recv() {
+            take(cmd);
+        }
+        if !acks.is_empty() {
+            req = req.wrapping_add(1);
+            let ack = ClientMsg::Ack {
+                req,
+                ids: std::mem::take(&mut acks),
+            };
+            if w.send(&ack).await.is_err() {
+                return;
+            }
+        }
+        if let Some(to) = to {
+            for _ in 0..sends {
+                req = req.wrapping_add(1);
+                let send = ClientMsg::Send {
+                    req,
+                    to,
+                    envelope: ByteBuf::from(stamped_envelope()),
+                };
+                if w.send(&send).await.is_err() {
+                    return;
+                }
+                stats.sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn read_loop(
+    mut r: LinkReader<OwnedReadHalf>,
+    tx: mpsc::UnboundedSender<Cmd>,
+    windowed: bool,
+    record: bool,
+    stats: Arc<Stats>,
+) {
+    while let Ok(Some(msg)) = r.recv::<RelayMsg>().await {
+        match msg {
+            RelayMsg::Deliver { id, envelope, .. } => {
+                if record {
+                    if let (Some(d), Ok(mut s)) = (age(&envelope), stats.samples.lock()) {
+                        s.push(d);
+                    }
+                }
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
+                let _ = tx.send(Cmd::Ack(id));
+            }
+            RelayMsg::Stored { .. } => {
+                stats.stored.fetch_add(1, Ordering::Relaxed);
+                if windowed {
+                    let _ = tx.send(Cmd::Credit);
+                }
+            }
+            RelayMsg::Drained => {
+                stats.drained.fetch_add(1, Ordering::Relaxed);
+            }
+            msg @ RelayMsg::Error { .. } => stats.error(&msg),
+            _ => {}
+        }
+    }
+}
+
+/// Waits until `done()` or `limit` passes.
+async fn wait_for(limit: Duration, done: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+/// Latency for one idle pair and for many pairs under load; adds the rows.
+pub async fn latency(
+    scale: &Scale,
+    tmp: &Path,
+    base: &Baselines,
+    t: &mut Table,
+) -> anyhow::Result<()> {
+    let relay = RelayChild::start(tmp, "relay-chat").await?;
+    let fsync_before = fsync_probe(tmp).await?;
+    let mut idle = idle_pair(&relay, scale.idle_messages).await?;
+    let Loaded {
+        samples: mut loaded,
+        sent,
+        delivered,
+        errors,
+        relay_cpu,
+        bench_cpu,
+    } = loaded_pairs(&relay, scale).await?;
+    let fsync_after = fsync_probe(tmp).await?;
+    relay.stop().await;
+    std::fs::remove_dir_all(tmp.join("relay-chat"))?;
+
+    t.section(&format!(
+        "chat, send -> durable store -> Deliver, {ENVELOPE_LEN} B envelopes"
+    ));
+    let (p50, p99) = (idle.percentile_us(50.0), idle.percentile_us(99.0));
+    t.row(
+        &format!("1 idle pair p50 ({} msgs)", idle.len()),
+        format!("{p50:.0} µs"),
+        format!("echo p50 {:.0} µs", base.echo_p50_us),
+        Some(p50 / base.echo_p50_us),
+        "< 4x echo",
+        Verdict::of(p50 < 4.0 * base.echo_p50_us),
+    );
+    t.row(
+        "1 idle pair p99",
+        format!("{p99:.0} µs"),
+        format!("echo p99 {:.0} µs", base.echo_p99_us),
+        Some(p99 / base.echo_p99_us),
+        "",
+        Verdict::None,
+    );
+    let (p50, p99) = (loaded.percentile_us(50.0), loaded.percentile_us(99.0));
+    let label = format!("{} pairs, {} msgs/s total", scale.pairs, scale.pairs_rate);
+    t.row(
+        &format!("{label}, p50"),
+        format!("{p50:.0} µs"),
+        format!("echo p50 {:.0} µs", base.echo_p50_us),
+        Some(p50 / base.echo_p50_us),
+        "",
+        Verdict::None,
+    );
+    t.row(
+        &format!("{label}, p99"),
+        format!("{p99:.0} µs"),
+        format!("echo p99 {:.0} µs", base.echo_p99_us),
+        Some(p99 / base.echo_p99_us),
+        "< 2000 µs",
+        Verdict::of(p99 < 2000.0),
+    );
+    t.note(format!(
+        "chat: every delivery waits for a durable commit; 4 KiB overwrite + fdatasync ran at \
+         {fsync_before:.0}/s just before this section and {fsync_after:.0}/s just after"
+    ));
+    t.note(format!(
+        "chat under load: {sent} sent in {:.0} s, {delivered} delivered, {errors} refused; \
+         latencies from every delivered envelope; the relay used {:.0}% of a core, the bench's \
+         clients {:.0}%",
+        scale.pairs_secs,
+        relay_cpu * 100.0,
+        bench_cpu * 100.0
+    ));
+    Ok(())
+}
+
+/// One message at a time, each sent after the previous was delivered and a
+/// pause; the receiver acknowledges each.
+async fn idle_pair(relay: &RelayChild, messages: usize) -> anyhow::Result<Samples> {
+    let sender = link_client::connect(relay.addr, relay.key).await?;
+    let mut receiver = link_client::connect(relay.addr, relay.key).await?;
+    let Client {
+        reader: mut s_reader,
+        writer: mut s_writer,
+        ..
+    } = sender;
+    // The sender's `Stored` answers are read and dropped.
+    let drain =
+        tokio::spawn(async move { while let Ok(Some(_)) = s_reader.recv::<RelayMsg>().await {} });
+    receiver
+        .writer
+        .send(&ClientMsg::Fetch { live: true })
+        .await?;
+    receiver.writer.flush().await?;
+    loop {
+        match receiver.reader.recv::<RelayMsg>().await? {
+            Some(RelayMsg::Drained) => break,
+            Some(_) => {}
+            None => anyhow::bail!("the relay closed the connection"),
+        }
+    }
+    let mut samples = Samples::default();
+    let warmup = messages / 10;
+    for i in 0..messages + warmup {
+        let req = u32::try_from(i).unwrap_or(u32::MAX);
+        s_writer
+            .send(&ClientMsg::Send {
+                req,
+                to: receiver.key,
+                envelope: ByteBuf::from(stamped_envelope()),
+            })
+            .await?;
+        s_writer.flush().await?;
+        let id = loop {
+            match receiver.reader.recv::<RelayMsg>().await? {
+                Some(RelayMsg::Deliver { id, envelope, .. }) => {
+                    if let (Some(d), true) = (age(&envelope), i >= warmup) {
+                        samples.push(d);
+                    }
+                    break id;
+                }
+                Some(RelayMsg::Error { detail, .. }) => anyhow::bail!("relay refused: {detail}"),
+                Some(_) => {}
+                None => anyhow::bail!("the relay closed the connection"),
+            }
+        };
+        receiver
+            .writer
+            .send(&ClientMsg::Ack { req, ids: vec![id] })
+            .await?;
+        receiver.writer.flush().await?;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    drain.abort();
+    Ok(samples)
+}
+
+/// What the loaded run saw.
+struct Loaded {
+    samples: Samples,
+    sent: u64,
+    delivered: u64,
+    errors: u64,
+    /// Cores' worth of CPU the relay used while sending.
+    relay_cpu: f64,
+    /// Cores' worth of CPU the bench's clients used while sending.
+    bench_cpu: f64,
+}
+
+/// `pairs` senders, each paced at its share of the total rate, staggered;
+/// every delivery's latency is recorded.
+async fn loaded_pairs(relay: &RelayChild, scale: &Scale) -> anyhow::Result<Loaded> {
+    let pairs = scale.pairs;
+    let clients = link_client::connect_many(relay.addr, relay.key, 2 * pairs).await?;
+    let stats = Arc::new(Stats::default());
+    let mut clients = clients.into_iter();
+    let mut running = Vec::new();
+    let mut senders = Vec::new();
+    for _ in 0..pairs {
+        let (Some(s), Some(r)) = (clients.next(), clients.next()) else {
+            anyhow::bail!("too few clients connected");
+        };
+        let to = r.key;
+        running.push(start(r, None, true, false, true, stats.clone()).await?);
+        let s = start(s, Some(to), false, false, false, stats.clone()).await?;
+        senders.push(s.tx.clone());
+        running.push(s);
+    }
+    let pairs_u64 = pairs as u64;
+    wait_for(Duration::from_secs(10), || {
+        stats.drained.load(Ordering::Relaxed) >= pairs_u64
+    })
+    .await;
+
+    let (relay_cpu0, bench_cpu0, cpu_t0) = (relay.cpu_secs(), cpu_secs("self"), Instant::now());
+    let period = Duration::from_secs_f64(pairs as f64 / scale.pairs_rate as f64);
+    let duration = Duration::from_secs_f64(scale.pairs_secs);
+    let begin = tokio::time::Instant::now();
+    let mut pacers = Vec::new();
+    for (i, tx) in senders.into_iter().enumerate() {
+        let offset = period.mul_f64(i as f64 / pairs as f64);
+        pacers.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(begin + offset, period);
+            while begin.elapsed() < duration {
+                tick.tick().await;
+                if tx.send(Cmd::Send).is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    for p in pacers {
+        let _ = p.await;
+    }
+    let took = cpu_t0.elapsed().as_secs_f64();
+    let cpu = (
+        (relay.cpu_secs() - relay_cpu0) / took,
+        (cpu_secs("self") - bench_cpu0) / took,
+    );
+    stats.stop.store(true, Ordering::Relaxed);
+    wait_for(DRAIN, || {
+        let sent = stats.sent.load(Ordering::Relaxed);
+        stats.delivered.load(Ordering::Relaxed) >= sent
+    })
+    .await;
+    for r in &running {
+        r.abort();
+    }
+    let samples = stats
+        .samples
+        .lock()
+        .map(|mut s| std::mem::take(&mut *s))
+        .unwrap_or_default();
+    Ok(Loaded {
+        samples,
+        sent: stats.sent.load(Ordering::Relaxed),
+        delivered: stats.delivered.load(Ordering::Relaxed),
+        errors: stats.errors.load(Ordering::Relaxed),
+        relay_cpu: cpu.0,
+        bench_cpu: cpu.1,
+    })
+}
+
+/// Durable envelopes per second among `scale.clients` connected clients, each
+/// sending to the next with a window of outstanding `Send`s; adds the rows.
+pub async fn throughput(scale: &Scale, tmp: &Path, t: &mut Table) -> anyhow::Result<()> {
+    let relay = RelayChild::start(tmp, "relay-throughput").await?;
+    let fsync_before = fsync_probe(tmp).await?;
+    let n = scale.clients;
+    let clients = link_client::connect_many(relay.addr, relay.key, n).await?;
+    let keys: Vec<PublicKey> = clients.iter().map(|c| c.key).collect();
+    let stats = Arc::new(Stats::default());
+    let mut running = Vec::new();
+    for (i, c) in clients.into_iter().enumerate() {
+        let to = keys[(i + 1) % keys.len()];
+        running.push(start(c, Some(to), true, true, false, stats.clone()).await?);
+    }
+    let n_u64 = n as u64;
+    wait_for(Duration::from_secs(30), || {
+        stats.drained.load(Ordering::Relaxed) >= n_u64
+    })
+    .await;
+    for r in &running {
+        for _ in 0..WINDOW {
+            let _ = r.tx.send(Cmd::Send);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs_f64(scale.throughput_warmup_secs)).await;
+    let (d0, s0, t0) = (
+        stats.delivered.load(Ordering::Relaxed),
+        stats.stored.load(Ordering::Relaxed),
+        Instant::now(),
+    );
+    let (relay_cpu0, bench_cpu0) = (relay.cpu_secs(), cpu_secs("self"));
+    tokio::time::sleep(Duration::from_secs_f64(scale.throughput_secs)).await;
+    let (d1, s1, took) = (
+        stats.delivered.load(Ordering::Relaxed),
+        stats.stored.load(Ordering::Relaxed),
+        t0.elapsed().as_secs_f64(),
+    );
+    let relay_cpu = (relay.cpu_secs() - relay_cpu0) / took;
+    let bench_cpu = (cpu_secs("self") - bench_cpu0) / took;
+    stats.stop.store(true, Ordering::Relaxed);
+    wait_for(DRAIN, || {
+        stats.delivered.load(Ordering::Relaxed) >= stats.stored.load(Ordering::Relaxed)
+    })
+    .await;
+    for r in &running {
+        r.abort();
+    }
+    let fsync_after = fsync_probe(tmp).await?;
+    // The disk as it was during this section, not at the start of the run.
+    let fsyncs = (fsync_before + fsync_after) / 2.0;
+    relay.stop().await;
+    std::fs::remove_dir_all(tmp.join("relay-throughput"))?;
+
+    let delivered = (d1 - d0) as f64 / took;
+    let stored = (s1 - s0) as f64 / took;
+    t.section(&format!(
+        "relay throughput, {n} clients, {ENVELOPE_LEN} B envelopes, {WINDOW} Sends outstanding each"
+    ));
+    t.row(
+        "envelopes stored durably and delivered",
+        format!("{delivered:.0} /s"),
+        format!("fdatasync {fsyncs:.0} /s"),
+        Some(delivered / fsyncs),
+        ">= 50000 /s",
+        Verdict::of(delivered >= 50_000.0),
+    );
+    t.row(
+        "envelopes stored (Stored answers)",
+        format!("{stored:.0} /s"),
+        format!("fdatasync {fsyncs:.0} /s"),
+        Some(stored / fsyncs),
+        "",
+        Verdict::None,
+    );
+    let errors = stats.errors.load(Ordering::Relaxed);
+    if errors > 0 {
+        t.note(format!("relay throughput: {errors} requests refused"));
+    }
+    t.note(format!(
+        "relay throughput: the relay used {:.0}% of a core and the bench's {n} clients {:.0}% \
+         (this machine has {} cores, shared by both)",
+        relay_cpu * 100.0,
+        bench_cpu * 100.0,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    ));
+    t.note(format!(
+        "relay throughput: measured over {:.0} s after {:.1} s of warm-up; receivers acknowledge \
+         what they get in batches; the ratio to fdatasync/s (mean of {fsync_before:.0} just before \
+         and {fsync_after:.0} just after) is the batching group commit buys",
+        scale.throughput_secs, scale.throughput_warmup_secs
+    ));
+    Ok(())
+}

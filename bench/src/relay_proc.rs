@@ -1,0 +1,126 @@
+//! A relay in a child process: this binary run with `--relay-child DIR`.
+//!
+//! The child runs `sotto_relay::Relay` (the library the `sotto-relay` binary
+//! runs) with its defaults, on 127.0.0.1 with a free port. Apart from the
+//! bench's clients, it has its own RSS to read and its own file descriptors.
+//! It prints `ADDR KEYHEX` on one line and stops gracefully when its stdin
+//! closes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use sotto_keys::RelayKey;
+use sotto_relay::{Relay, RelayConfig};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::report::{cpu_secs, reset_peak, status_kib};
+
+/// The child's side.
+pub async fn child_main(dir: PathBuf) -> anyhow::Result<()> {
+    let mut config = RelayConfig::defaults();
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.data_dir = dir;
+    let relay = Relay::bind(config).await?;
+    let key: String = relay
+        .public_key()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    println!("{} {key}", relay.local_addr()?);
+    let stdin_closed = async {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 64];
+        while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+    };
+    relay.run(stdin_closed).await?;
+    Ok(())
+}
+
+/// A running relay child.
+pub struct RelayChild {
+    child: Child,
+    pid: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its key.
+    pub key: RelayKey,
+}
+
+impl RelayChild {
+    /// Starts a relay with a fresh data directory under `tmp`.
+    pub async fn start(tmp: &Path, name: &str) -> anyhow::Result<Self> {
+        let dir = tmp.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .arg("--relay-child")
+            .arg(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start the relay child")?;
+        let pid = child.id().context("relay child has no pid")?.to_string();
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            BufReader::new(stdout).read_line(&mut line),
+        )
+        .await
+        .context("relay child did not start within 30 s")??;
+        let (addr, key) = line
+            .trim()
+            .split_once(' ')
+            .context("relay child printed no address")?;
+        let addr: SocketAddr = addr.parse()?;
+        let mut bytes = [0u8; 32];
+        anyhow::ensure!(key.len() == 64, "relay child printed a bad key");
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&key[2 * i..2 * i + 2], 16)?;
+        }
+        Ok(Self {
+            child,
+            pid,
+            addr,
+            key: RelayKey::from_bytes(bytes),
+        })
+    }
+
+    /// Its current RSS, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        status_kib(&self.pid, "VmRSS").unwrap_or(0)
+    }
+
+    /// Its peak RSS since start or the last [`RelayChild::reset_peak`], KiB.
+    pub fn peak_kib(&self) -> u64 {
+        status_kib(&self.pid, "VmHWM").unwrap_or(0)
+    }
+
+    /// CPU time it has used, seconds.
+    pub fn cpu_secs(&self) -> f64 {
+        cpu_secs(&self.pid)
+    }
+
+    /// Resets its peak RSS to its current RSS.
+    pub fn reset_peak(&self) {
+        reset_peak(&self.pid);
+    }
+
+    /// Closes its stdin and waits for a graceful stop (killed after 20 s).
+    pub async fn stop(mut self) {
+        drop(self.child.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!("sotto-bench: the relay child did not stop in 20 s; killing it");
+            let _ = self.child.kill().await;
+        }
+    }
+}
