@@ -442,6 +442,38 @@ where
         refused(&self.addr, code, detail)
     }
 
+    /// Sends request `req` and waits for its answer, which `answer`
+    /// recognises. The relay's error for that request, or for the whole
+    /// connection (`req` 0), ends the wait; anything else is skipped.
+    async fn request<T>(
+        &mut self,
+        req: u32,
+        msg: &ClientMsg,
+        waiting_for: &'static str,
+        mut answer: impl FnMut(&RelayMsg) -> Option<T>,
+    ) -> Result<T, RelayError> {
+        self.send(msg).await?;
+        loop {
+            let msg = self.recv().await?;
+            if let RelayMsg::Error {
+                req: r,
+                code,
+                detail,
+            } = &msg
+            {
+                if *r == req || *r == 0 {
+                    return Err(self.refused(*code, detail));
+                }
+            }
+            if let Some(found) = answer(&msg) {
+                return Ok(found);
+            }
+            if msg != RelayMsg::Pong {
+                tracing::debug!(?msg, "ignoring a message while waiting for {waiting_for}");
+            }
+        }
+    }
+
     /// Hands an envelope to the relay for `to`; returns once the relay has
     /// stored it durably (`Stored`).
     pub async fn send_envelope(
@@ -450,24 +482,15 @@ where
         envelope: Vec<u8>,
     ) -> Result<(), RelayError> {
         let req = self.req();
-        self.send(&ClientMsg::Send {
+        let msg = ClientMsg::Send {
             req,
             to: *to,
             envelope: ByteBuf::from(envelope),
+        };
+        self.request(req, &msg, "Stored", |m| {
+            matches!(m, RelayMsg::Stored { req: r } if *r == req).then_some(())
         })
-        .await?;
-        loop {
-            match self.recv().await? {
-                RelayMsg::Stored { req: r } if r == req => return Ok(()),
-                RelayMsg::Error {
-                    req: r,
-                    code,
-                    detail,
-                } if r == req || r == 0 => return Err(self.refused(code, &detail)),
-                RelayMsg::Pong => {}
-                other => tracing::debug!(?other, "ignoring a message while waiting for Stored"),
-            }
-        }
+        .await
     }
 
     /// Fetches every pending envelope, in the relay's order, up to `Drained`.
@@ -511,26 +534,16 @@ where
         let mut deleted = 0u64;
         for batch in ids.chunks(ACK_BATCH) {
             let req = self.req();
-            self.send(&ClientMsg::Ack {
+            let msg = ClientMsg::Ack {
                 req,
                 ids: batch.to_vec(),
-            })
-            .await?;
-            loop {
-                match self.recv().await? {
-                    RelayMsg::Acked { req: r, deleted: n } if r == req => {
-                        deleted += u64::from(n);
-                        break;
-                    }
-                    RelayMsg::Error {
-                        req: r,
-                        code,
-                        detail,
-                    } if r == req || r == 0 => return Err(self.refused(code, &detail)),
-                    RelayMsg::Pong => {}
-                    other => tracing::debug!(?other, "ignoring a message while waiting for Acked"),
-                }
-            }
+            };
+            deleted += self
+                .request(req, &msg, "Acked", |m| match m {
+                    RelayMsg::Acked { req: r, deleted } if *r == req => Some(u64::from(*deleted)),
+                    _ => None,
+                })
+                .await?;
         }
         Ok(deleted)
     }
@@ -545,39 +558,29 @@ where
         size: u64,
     ) -> Result<u64, RelayError> {
         let req = self.req();
-        self.send(&ClientMsg::UploadBegin {
+        let msg = ClientMsg::UploadBegin {
             req,
             file_id,
             to: *to,
             size,
-        })
-        .await?;
-        loop {
-            match self.recv().await? {
+        };
+        let have = self
+            .request(req, &msg, "UploadState", |m| match m {
                 RelayMsg::UploadState {
                     req: r,
                     file_id: f,
                     have,
-                } if r == req && f == file_id => {
-                    if have > file::chunk_count(size) {
-                        return Err(RelayError::Protocol {
-                            addr: self.addr.clone(),
-                            what: "more chunks stored than the file has",
-                        });
-                    }
-                    return Ok(have);
-                }
-                RelayMsg::Error {
-                    req: r,
-                    code,
-                    detail,
-                } if r == req || r == 0 => return Err(self.refused(code, &detail)),
-                RelayMsg::Pong => {}
-                other => {
-                    tracing::debug!(?other, "ignoring a message while waiting for UploadState")
-                }
-            }
+                } if *r == req && *f == file_id => Some(*have),
+                _ => None,
+            })
+            .await?;
+        if have > file::chunk_count(size) {
+            return Err(RelayError::Protocol {
+                addr: self.addr.clone(),
+                what: "more chunks stored than the file has",
+            });
         }
+        Ok(have)
     }
 
     /// Sends the sealed chunks `from..` of an upload begun with
@@ -745,21 +748,12 @@ where
     /// whether there was one to delete.
     pub async fn delete_blob(&mut self, file_id: FileId) -> Result<bool, RelayError> {
         let req = self.req();
-        self.send(&ClientMsg::DeleteBlob { req, file_id }).await?;
-        loop {
-            match self.recv().await? {
-                RelayMsg::BlobDeleted { req: r, deleted } if r == req => return Ok(deleted),
-                RelayMsg::Error {
-                    req: r,
-                    code,
-                    detail,
-                } if r == req || r == 0 => return Err(self.refused(code, &detail)),
-                RelayMsg::Pong => {}
-                other => {
-                    tracing::debug!(?other, "ignoring a message while waiting for BlobDeleted")
-                }
-            }
-        }
+        let msg = ClientMsg::DeleteBlob { req, file_id };
+        self.request(req, &msg, "BlobDeleted", |m| match m {
+            RelayMsg::BlobDeleted { req: r, deleted } if *r == req => Some(*deleted),
+            _ => None,
+        })
+        .await
     }
 
     /// Says goodbye: flushes and closes our direction. Failures are ignored,

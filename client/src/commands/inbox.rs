@@ -189,36 +189,9 @@ pub(crate) fn process(
             outcome.unknown_senders.insert(opened.sender);
             format!("unknown {}", opened.sender)
         };
-        match body.content {
-            Content::Text(text) => {
-                if let Err(e) = print(&message_line(&time, &who, &text)) {
-                    // Not shown: neither remembered nor acknowledged, so it
-                    // stays on the relay for the next `sotto inbox`.
-                    outcome.print_error = Some(e);
-                    break;
-                }
-                in_batch.insert(seen_id);
-                shown.push((seen_id, body.sent_at_ms));
-                outcome.ack.push(delivery.id);
-                outcome.shown += 1;
-                outcome
-                    .messages
-                    .push(received(&opened.sender, None, body.sent_at_ms, text));
-            }
-            Content::GroupText { group, text } => {
-                let who = format!("{}/{who}", group_label(&group));
-                if let Err(e) = print(&message_line(&time, &who, &text)) {
-                    outcome.print_error = Some(e);
-                    break;
-                }
-                in_batch.insert(seen_id);
-                shown.push((seen_id, body.sent_at_ms));
-                outcome.ack.push(delivery.id);
-                outcome.shown += 1;
-                outcome
-                    .messages
-                    .push(received(&opened.sender, Some(group), body.sent_at_ms, text));
-            }
+        let (group, text) = match body.content {
+            Content::Text(text) => (None, text),
+            Content::GroupText { group, text } => (Some(group), text),
             Content::File(offer) => {
                 in_batch.insert(seen_id);
                 match files {
@@ -238,8 +211,26 @@ pub(crate) fn process(
                         offer,
                     }),
                 }
+                continue;
             }
+        };
+        let shown_as = match &group {
+            Some(group) => format!("{}/{who}", group_label(group)),
+            None => who,
+        };
+        if let Err(e) = print(&message_line(&time, &shown_as, &text)) {
+            // Not shown: neither remembered nor acknowledged, so it stays on
+            // the relay for the next `sotto inbox`.
+            outcome.print_error = Some(e);
+            break;
         }
+        in_batch.insert(seen_id);
+        shown.push((seen_id, body.sent_at_ms));
+        outcome.ack.push(delivery.id);
+        outcome.shown += 1;
+        outcome
+            .messages
+            .push(received(&opened.sender, group, body.sent_at_ms, text));
     }
 
     // Durably remembered before the caller acknowledges anything.
