@@ -194,6 +194,21 @@ pub struct Delivery {
     pub envelope: Vec<u8>,
 }
 
+/// What one fetch collected.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    /// The envelopes, in the relay's order.
+    pub deliveries: Vec<Delivery>,
+    /// The relay had more than one fetch collects: run again for the rest.
+    pub more: bool,
+}
+
+/// Most envelopes one fetch keeps in memory: a relay's default mailbox quota.
+/// A relay cannot make a client hold more, however much it sends.
+pub const FETCH_MAX_ENVELOPES: usize = 10_000;
+/// Most envelope bytes one fetch keeps in memory (the default mailbox quota).
+pub const FETCH_MAX_BYTES: usize = 64 * 1024 * 1024;
+
 /// One sealed chunk of a file, on its way to or from the relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedChunk {
@@ -493,21 +508,43 @@ where
         .await
     }
 
-    /// Fetches every pending envelope, in the relay's order, up to `Drained`.
-    pub async fn fetch_pending(&mut self) -> Result<Vec<Delivery>, RelayError> {
+    /// Fetches the pending envelopes, in the relay's order, up to `Drained`
+    /// or to [`FETCH_MAX_ENVELOPES`] / [`FETCH_MAX_BYTES`], whichever comes
+    /// first. Envelopes past the limit stay on the relay (the caller
+    /// acknowledges only what it got) and the next fetch brings them.
+    pub async fn fetch_pending(&mut self) -> Result<Fetched, RelayError> {
+        self.fetch_pending_limited(FETCH_MAX_ENVELOPES, FETCH_MAX_BYTES)
+            .await
+    }
+
+    async fn fetch_pending_limited(
+        &mut self,
+        max_envelopes: usize,
+        max_bytes: usize,
+    ) -> Result<Fetched, RelayError> {
         self.send(&ClientMsg::Fetch { live: false }).await?;
-        let mut out = Vec::new();
+        let mut out = Fetched::default();
+        let mut bytes = 0usize;
         loop {
             match self.recv().await? {
                 RelayMsg::Deliver {
                     id,
                     received_at,
                     envelope,
-                } => out.push(Delivery {
-                    id,
-                    received_at,
-                    envelope: envelope.into_vec(),
-                }),
+                } => {
+                    bytes = bytes.saturating_add(envelope.len());
+                    if out.deliveries.len() >= max_envelopes || bytes > max_bytes {
+                        // Later Delivers are skipped by whatever waits for
+                        // the next answer on this connection.
+                        out.more = true;
+                        return Ok(out);
+                    }
+                    out.deliveries.push(Delivery {
+                        id,
+                        received_at,
+                        envelope: envelope.into_vec(),
+                    });
+                }
                 RelayMsg::Drained => return Ok(out),
                 RelayMsg::Error { code, detail, .. } => return Err(self.refused(code, &detail)),
                 RelayMsg::Pong => {}
@@ -948,6 +985,8 @@ mod tests {
         })
         .await;
         let got = conn.fetch_pending().await.unwrap();
+        assert!(!got.more);
+        let got = got.deliveries;
         assert_eq!(got.iter().map(|d| d.id).collect::<Vec<_>>(), vec![7, 9]);
         assert_eq!(got[1].envelope, vec![9]);
         assert_eq!(conn.ack(&[7, 9]).await.unwrap(), 2);
@@ -955,6 +994,41 @@ mod tests {
             conn.fetch_pending().await,
             Err(RelayError::Closed { .. }) | Err(RelayError::Link { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_floods_a_fetch_cannot_make_the_client_hold_more_than_its_limit() {
+        let mut conn = fake_relay(|mut r, mut w| async move {
+            let Some(ClientMsg::Fetch { live: false }) = r.recv().await.unwrap() else {
+                panic!()
+            };
+            for id in 1..=5u64 {
+                w.send(&RelayMsg::Deliver {
+                    id,
+                    received_at: 0,
+                    envelope: ByteBuf::from(vec![0u8; 10]),
+                })
+                .await
+                .unwrap();
+            }
+            w.flush().await.unwrap();
+            // Only what was kept is acknowledged; the rest waits for later.
+            let Some(ClientMsg::Ack { req, ids }) = r.recv().await.unwrap() else {
+                panic!()
+            };
+            assert_eq!(ids, vec![1, 2]);
+            w.send(&RelayMsg::Acked { req, deleted: 2 }).await.unwrap();
+            w.flush().await.unwrap();
+        })
+        .await;
+        let got = conn.fetch_pending_limited(2, 1 << 20).await.unwrap();
+        assert!(got.more);
+        assert_eq!(
+            got.deliveries.iter().map(|d| d.id).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        // The Delivers that followed are skipped while waiting for Acked.
+        assert_eq!(conn.ack(&[1, 2]).await.unwrap(), 2);
     }
 
     #[tokio::test]

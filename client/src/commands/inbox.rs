@@ -47,8 +47,12 @@ pub fn run(ctx: &Ctx) -> Result<()> {
 
     let outcome = block_on(async move {
         let mut conn = relay_client::connect(&pin, &me).await?;
-        let pending = conn.fetch_pending().await?;
+        let fetched = conn.fetch_pending().await?;
+        let pending = fetched.deliveries;
         tracing::info!(count = pending.len(), "fetched");
+        if fetched.more {
+            more_waiting("sotto inbox");
+        }
         if pending.is_empty() {
             conn.close().await;
             return Ok::<_, anyhow::Error>(None);
@@ -236,6 +240,13 @@ pub(crate) fn process(
     // Durably remembered before the caller acknowledges anything.
     store.record(&shown, now)?;
     Ok(outcome)
+}
+
+/// Says that one fetch could not hold the whole mailbox.
+pub(crate) fn more_waiting(command: &str) {
+    super::note(&format!(
+        "more is waiting on the relay than one run takes; run `{command}` again for the rest"
+    ));
 }
 
 /// Appends shown messages to the local history. A failure is a warning:

@@ -54,8 +54,12 @@ pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
 
     block_on(async move {
         let mut conn = relay_client::connect(&pin, &me).await?;
-        let pending = conn.fetch_pending().await?;
+        let fetched = conn.fetch_pending().await?;
+        let pending = fetched.deliveries;
         tracing::info!(count = pending.len(), "fetched");
+        if fetched.more {
+            super::inbox::more_waiting("sotto receive-all");
+        }
         if pending.is_empty() {
             conn.close().await;
             note("no new messages or files");
