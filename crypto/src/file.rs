@@ -238,18 +238,30 @@ impl ChunkCipher {
         Ok((position, index + 1 == self.chunks))
     }
 
-    /// Seals chunk `index` in place: `buf` holds its plaintext and receives
-    /// the sealed chunk.
-    pub fn seal(&self, index: u64, buf: &mut Vec<u8>) -> Result<(), FileError> {
-        let (position, last) = self.position(index)?;
-        let expected = chunk_len(self.size, index).unwrap_or(0);
-        if buf.len() != expected {
+    /// The STREAM position and last-chunk flag of chunk `index`, once `got`
+    /// bytes are checked to be exactly `expected` for that position.
+    fn checked(
+        &self,
+        index: u64,
+        got: usize,
+        expected: Option<usize>,
+    ) -> Result<(u32, bool), FileError> {
+        let position = self.position(index)?;
+        let expected = expected.unwrap_or(0);
+        if got != expected {
             return Err(FileError::ChunkLength {
                 index,
-                got: buf.len(),
+                got,
                 expected,
             });
         }
+        Ok(position)
+    }
+
+    /// Seals chunk `index` in place: `buf` holds its plaintext and receives
+    /// the sealed chunk.
+    pub fn seal(&self, index: u64, buf: &mut Vec<u8>) -> Result<(), FileError> {
+        let (position, last) = self.checked(index, buf.len(), chunk_len(self.size, index))?;
         self.stream
             .encrypt_in_place(position, last, &self.aad, buf)
             .map_err(|_| FileError::Decrypt)
@@ -258,15 +270,8 @@ impl ChunkCipher {
     /// Opens sealed chunk `index` in place: `buf` holds the sealed chunk and
     /// receives its plaintext.
     pub fn open(&self, index: u64, buf: &mut Vec<u8>) -> Result<(), FileError> {
-        let (position, last) = self.position(index)?;
-        let expected = sealed_chunk_len(self.size, index).unwrap_or(0);
-        if buf.len() != expected {
-            return Err(FileError::ChunkLength {
-                index,
-                got: buf.len(),
-                expected,
-            });
-        }
+        let (position, last) =
+            self.checked(index, buf.len(), sealed_chunk_len(self.size, index))?;
         self.stream
             .decrypt_in_place(position, last, &self.aad, buf)
             .map_err(|_| FileError::Decrypt)

@@ -251,9 +251,9 @@ impl Client {
         self.run_with_stdin(args, "")
     }
 
-    /// Runs `sotto ARGS` feeding `stdin`.
-    pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Run {
-        use std::io::Write;
+    /// `sotto ARGS` with this home, this client's environment and nothing
+    /// inherited that could change its behaviour; all three streams piped.
+    fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin("sotto"));
         cmd.args(args)
             .env("SOTTO_HOME", self.home.path())
@@ -265,7 +265,13 @@ impl Client {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("run sotto");
+        cmd
+    }
+
+    /// Runs `sotto ARGS` feeding `stdin`.
+    pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        use std::io::Write;
+        let mut child = self.command(args).spawn().expect("run sotto");
         if let Some(mut i) = child.stdin.take() {
             let _ = i.write_all(stdin.as_bytes());
         }
@@ -285,18 +291,7 @@ impl Client {
     /// Starts `sotto ARGS` with this home and leaves it running, stdin and
     /// stdout piped (e.g. `sotto chat bob`).
     pub fn spawn(&self, args: &[&str]) -> Live {
-        let mut cmd = Command::new(bin("sotto"));
-        cmd.args(args)
-            .env("SOTTO_HOME", self.home.path())
-            .env_remove("SOTTO_PASSPHRASE")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start sotto");
+        let mut child = self.command(args).spawn().expect("start sotto");
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("piped stdout");
         let mut stderr = child.stderr.take().expect("piped stderr");
