@@ -958,7 +958,7 @@ mod session_tests {
                 &book,
                 &seen,
                 &mut at_bob,
-                &[file.envelope.clone()],
+                std::slice::from_ref(&file.envelope),
                 Files::Collect,
             );
             assert_eq!(out.files.len(), 1);
