@@ -21,6 +21,15 @@
 //! A keepalive `Ping` goes out every [`PING_EVERY`]; a relay not heard from for
 //! [`DEAD_AFTER`] counts as gone.
 //!
+//! Sessions and receipts: typed lines are sealed through the session state
+//! ([`crate::sessions`], one short locked batch per line, saved before it is
+//! sent), so once both sides have spoken they are forward-secret; renewals,
+//! session accepts and receipts go out through the same outbox. Each of my
+//! messages is followed per recipient and its states are said once each on
+//! stderr (`sotto: bob: stored "..."`, `delivered`, `read`). A message shown
+//! while its sender (or its group) is the partner is answered as read, any
+//! other as delivered, and `/to` that sender sends read for those.
+//!
 //! End: EOF on stdin or `/quit`, once the waiting mailbox has been shown,
 //! every send has been stored and every acknowledgement answered.
 

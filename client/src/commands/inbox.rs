@@ -11,7 +11,14 @@
 //!    and left on the relay, neither remembered nor acknowledged, because
 //!    `receive-all` needs its envelope;
 //! 3. the ids of the printed messages are committed to the seen store;
-//! 4. only then are the envelopes acknowledged, so the relay deletes them.
+//! 4. only then are the envelopes acknowledged, so the relay deletes them;
+//! 5. session accepts and read receipts for what was printed are sent to the
+//!    senders (best effort) before the connection closes.
+//!
+//! Opening goes through the forward-secret session state, loaded, changed and
+//! saved in one locked batch together with the seen store
+//! ([`crate::sessions`]); a receipt that arrives is not a message and is
+//! ignored here.
 //!
 //! A crash before 4 means the relay delivers again and the seen store hides
 //! what was already shown; a failure to print (a closed pipe) stops before the
