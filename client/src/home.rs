@@ -65,6 +65,17 @@ impl Home {
         self.dir.join("seen.redb")
     }
 
+    /// Forward-secret session state, sealed with the identity (see
+    /// [`crate::sessions`]).
+    pub fn sessions(&self) -> PathBuf {
+        self.dir.join("sessions.sealed")
+    }
+
+    /// The lock every load-modify-save of the session state holds.
+    pub fn sessions_lock(&self) -> PathBuf {
+        self.dir.join("sessions.lock")
+    }
+
     /// Messages sent and received, for `sotto history` (see [`crate::history`]).
     pub fn history(&self) -> PathBuf {
         self.dir.join("history.log")

@@ -46,6 +46,7 @@ pub mod publish;
 pub mod relay_client;
 pub mod safe_name;
 pub mod seen;
+pub mod sessions;
 pub mod upload;
 pub mod upload_state;
 

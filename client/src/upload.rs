@@ -373,7 +373,7 @@ mod tests {
                         cipher.open(index, &mut buf).unwrap();
                         got2.lock().unwrap().extend_from_slice(&buf);
                         next += 1;
-                        if next % 2 == 0 {
+                        if next.is_multiple_of(2) {
                             w.send(&RelayMsg::UploadProgress {
                                 file_id,
                                 have: next,

@@ -85,7 +85,30 @@ pub enum Content {
         /// The message.
         text: String,
     },
+    /// An end-to-end receipt: the recipient of the messages `ids` says how
+    /// far they got. Sent only to contacts, never for a receipt, one per
+    /// sender per batch. Appended last, like `GroupText`.
+    Receipt {
+        /// How far they got.
+        state: ReceiptState,
+        /// The ids of the message bodies it is about.
+        ids: Vec<MessageId>,
+    },
 }
+
+/// How far a message got at its recipient (the third state, "stored on
+/// the relay", is the relay's own `Stored` answer to the sender).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ReceiptState {
+    /// Opened and recorded by the recipient's client.
+    Delivered,
+    /// Shown to the recipient.
+    Read,
+}
+
+/// Most ids in one receipt: 16 bytes each, so a receipt stays in a 16 KiB
+/// bucket; a longer batch is acknowledged in several receipts.
+pub const MAX_RECEIPT_IDS: usize = 900;
 
 /// The plaintext of an envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,18 +21,28 @@
 //! A keepalive `Ping` goes out every [`PING_EVERY`]; a relay not heard from for
 //! [`DEAD_AFTER`] counts as gone.
 //!
+//! Sessions and receipts: typed lines are sealed through the session state
+//! ([`crate::sessions`], one short locked batch per line, saved before it is
+//! sent), so once both sides have spoken they are forward-secret; renewals,
+//! session accepts and receipts go out through the same outbox. Each of my
+//! messages is followed per recipient and its states are said once each on
+//! stderr (`sotto: bob: stored "..."`, `delivered`, `read`). A message shown
+//! while its sender (or its group) is the partner is answered as read, any
+//! other as delivered, and `/to` that sender sends read for those.
+//!
 //! End: EOF on stdin or `/quit`, once the waiting mailbox has been shown,
 //! every send has been stored and every acknowledgement answered.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Result};
 use serde_bytes::ByteBuf;
-use sotto_crypto::envelope::{self, Body, Content};
+use sotto_crypto::envelope::{Body, Content, MessageId, ReceiptState};
 use sotto_crypto::link::{LinkReader, LinkWriter};
+use sotto_crypto::session::SessionStore;
 use sotto_crypto::wire::{ClientMsg, ErrorCode, RelayMsg};
 use sotto_crypto::EnvelopeError;
 use sotto_keys::{Contact, ContactBook, PublicKey, RelayAddr, SecretKey};
@@ -41,7 +51,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::contact::{list_lines, unknown_contact};
-use super::inbox::{self, Files};
+use super::inbox::{self, Files, ShownMessage};
 use super::send::{check_text, explain, MAX_TEXT_LEN};
 use super::{block_on, note, warn, Ctx};
 use crate::cli::ChatArgs;
@@ -49,7 +59,7 @@ use crate::config::{Config, RelayPin};
 use crate::history::{self, History};
 use crate::identity;
 use crate::relay_client::{self, recv_from, refused, write_to, Delivery, RelayConn, RelayError};
-use crate::seen::{self, SeenStore};
+use crate::sessions::SessionFiles;
 
 /// How often a keepalive goes to the relay.
 pub const PING_EVERY: Duration = Duration::from_secs(30);
@@ -136,13 +146,19 @@ pub(crate) struct Sealed {
     pub name: String,
     /// The sealed envelope.
     pub envelope: Vec<u8>,
+    /// The message it carries, if it carries one the sender follows (not
+    /// a session renewal, an accept or a receipt).
+    pub message: Option<MessageId>,
 }
 
 /// Seals `text` for `target`: one envelope per recipient (never to myself),
-/// all carrying the same body, so a group message has one id. Returns the
-/// envelopes and the history entry for the message.
+/// all carrying the same body, so a group message has one id, each sealed
+/// through `sessions` (forward-secret once both sides have spoken), followed
+/// by a session renewal where one is due. Returns the envelopes and the
+/// history entry for the message. The caller saves `sessions` before sending.
 pub(crate) fn seal_to(
     me: &SecretKey,
+    sessions: &mut SessionStore,
     target: &Target,
     text: String,
 ) -> Result<(Vec<Sealed>, history::Entry)> {
@@ -174,19 +190,30 @@ pub(crate) fn seal_to(
     let body = Body::new(content);
     let mut sealed = Vec::with_capacity(recipients.len());
     for c in recipients {
-        let envelope = envelope::seal(me, &c.key, &body).map_err(|e| match e {
-            // Only a group message can get here: its group name takes room.
-            EnvelopeError::TooLarge { .. } => anyhow!(
-                "message too long: with the group name, at most about {} bytes of text fit in one message",
-                MAX_TEXT_LEN.saturating_sub(target.name().len() + 3)
-            ),
-            other => anyhow!("cannot seal the message: {other}"),
-        })?;
+        let out = sessions
+            .seal_to(me, &c.key, &body, SystemTime::now())
+            .map_err(|e| match e {
+                // Only a group message can get here: its group name takes room.
+                EnvelopeError::TooLarge { .. } => anyhow!(
+                    "message too long: with the group name, at most about {} bytes of text fit in one message",
+                    MAX_TEXT_LEN.saturating_sub(target.name().len() + 3)
+                ),
+                other => anyhow!("cannot seal the message: {other}"),
+            })?;
         sealed.push(Sealed {
             to: c.key,
             name: c.name.to_string(),
-            envelope,
+            envelope: out.envelope,
+            message: Some(body.id),
         });
+        if let Some(renewal) = out.renewal {
+            sealed.push(Sealed {
+                to: c.key,
+                name: c.name.to_string(),
+                envelope: renewal,
+                message: None,
+            });
+        }
     }
     let entry = history::Entry {
         at_ms: body.sent_at_ms,
@@ -196,6 +223,102 @@ pub(crate) fn seal_to(
         text,
     };
     Ok((sealed, entry))
+}
+
+/// How far one of my messages got at one recipient, as the chat shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Progress {
+    /// Handed to the relay.
+    Sent,
+    /// The relay answered `Stored`.
+    Stored,
+    /// The recipient's client opened and recorded it.
+    Delivered,
+    /// It was shown to the recipient.
+    Read,
+}
+
+impl Progress {
+    fn word(self) -> &'static str {
+        match self {
+            Progress::Sent => "sent",
+            Progress::Stored => "stored",
+            Progress::Delivered => "delivered",
+            Progress::Read => "read",
+        }
+    }
+}
+
+impl From<ReceiptState> for Progress {
+    fn from(s: ReceiptState) -> Self {
+        match s {
+            ReceiptState::Delivered => Progress::Delivered,
+            ReceiptState::Read => Progress::Read,
+        }
+    }
+}
+
+/// Characters of a message shown next to its state.
+const SNIPPET_CHARS: usize = 24;
+
+/// The start of `text`, safe to print, with `…` when cut.
+fn snippet(text: &str) -> String {
+    let mut short: String = text.chars().take(SNIPPET_CHARS).collect();
+    if short.len() < text.len() {
+        short.push('…');
+    }
+    crate::display::sanitize(&short)
+}
+
+/// One of my messages whose receipts the chat follows.
+#[derive(Debug)]
+struct Tracked {
+    snippet: String,
+    /// Recipient -> (name, how far it got).
+    recipients: HashMap<PublicKey, (String, Progress)>,
+}
+
+/// My messages of this chat and how far each got, per recipient. Each state
+/// is said once, on stderr; a later state implies the earlier ones.
+#[derive(Debug, Default)]
+pub(crate) struct Receipts {
+    tracked: HashMap<MessageId, Tracked>,
+}
+
+impl Receipts {
+    /// Follows a message just sealed for `recipients`.
+    fn track(&mut self, id: MessageId, text: &str, recipients: &[(PublicKey, String)]) {
+        self.tracked.insert(
+            id,
+            Tracked {
+                snippet: snippet(text),
+                recipients: recipients
+                    .iter()
+                    .map(|(k, n)| (*k, (n.clone(), Progress::Sent)))
+                    .collect(),
+            },
+        );
+    }
+
+    /// Moves message `id` at `from` on to `state`; returns the line to say,
+    /// if it is news. A message everyone has read is forgotten.
+    fn advance(&mut self, id: &MessageId, from: &PublicKey, state: Progress) -> Option<String> {
+        let tracked = self.tracked.get_mut(id)?;
+        let (name, progress) = tracked.recipients.get_mut(from)?;
+        if state <= *progress {
+            return None;
+        }
+        *progress = state;
+        let line = format!("{name}: {} \"{}\"", state.word(), tracked.snippet);
+        if tracked
+            .recipients
+            .values()
+            .all(|(_, p)| *p == Progress::Read)
+        {
+            self.tracked.remove(id);
+        }
+        Some(line)
+    }
 }
 
 /// Runs `sotto chat`.
@@ -209,7 +332,7 @@ pub fn run(ctx: &Ctx, args: ChatArgs) -> Result<()> {
     };
     let pin = Config::load(&ctx.home.config())?.relay()?;
     let me = identity::load(&ctx.home, ctx.passphrase_file.as_deref())?;
-    let store = SeenStore::open(&ctx.home.seen(), seen::now_secs())?;
+    let sessions = SessionFiles::of(&ctx.home);
 
     if std::io::stdin().is_terminal() {
         note("line mode: type a message and press Enter to send it; /help lists the commands");
@@ -220,9 +343,11 @@ pub fn run(ctx: &Ctx, args: ChatArgs) -> Result<()> {
         me: Arc::new(me),
         pin,
         book,
-        store,
+        sessions,
         history: History::at(ctx.home.history()),
         target,
+        receipts: Receipts::default(),
+        unread: Vec::new(),
         outbox: Vec::new(),
         acks_pending: HashSet::new(),
         next_req: 1,
@@ -329,9 +454,14 @@ struct Chat {
     me: Arc<SecretKey>,
     pin: RelayPin,
     book: ContactBook,
-    store: SeenStore,
+    sessions: SessionFiles,
     history: History,
     target: Option<Target>,
+    /// My messages and how far they got.
+    receipts: Receipts,
+    /// Messages shown while their sender was not the partner: delivered, not
+    /// yet read (`/to` them makes them read).
+    unread: Vec<ShownMessage>,
     /// Envelopes not yet stored, in the order they were typed.
     outbox: Vec<Outgoing>,
     /// `Ack` requests on the current connection not yet answered.
@@ -529,7 +659,14 @@ impl Chat {
                 self.on_delivery(delivery, writer, addr).await?;
             }
             RelayMsg::Drained => self.drained = true,
-            RelayMsg::Stored { req } => self.outbox.retain(|o| o.req != Some(req)),
+            RelayMsg::Stored { req } => {
+                if let Some(pos) = self.outbox.iter().position(|o| o.req == Some(req)) {
+                    let o = self.outbox.remove(pos);
+                    if let Some(id) = o.sealed.message {
+                        self.say(&id, &o.sealed.to, Progress::Stored);
+                    }
+                }
+            }
             RelayMsg::Acked { req, .. } => {
                 self.acks_pending.remove(&req);
             }
@@ -570,22 +707,41 @@ impl Chat {
             return Ok(());
         }
         let mut stdout = std::io::stdout().lock();
-        let mut outcome = inbox::process(
+        let partner = self.target.clone();
+        let (mut outcome, to_send) = inbox::process_batch(
             &self.me,
             &self.book,
-            &self.store,
+            &self.sessions,
             vec![delivery],
-            seen::now_secs(),
             Files::Announce,
             &mut |line| {
                 writeln!(stdout, "{line}")?;
                 stdout.flush()
+            },
+            &|m| {
+                if is_partner(partner.as_ref(), m) {
+                    ReceiptState::Read
+                } else {
+                    ReceiptState::Delivered
+                }
             },
         )?;
         drop(stdout);
         if outcome.announced > 0 && !outcome.ack.contains(&id) {
             self.announced.insert(id);
         }
+        for m in std::mem::take(&mut outcome.shown_ids) {
+            if !is_partner(self.target.as_ref(), &m) {
+                self.unread.push(m);
+            }
+        }
+        for r in std::mem::take(&mut outcome.receipts) {
+            for id in &r.ids {
+                self.say(id, &r.from, r.state.into());
+            }
+        }
+        self.queue(to_send);
+        self.send_pending(writer, addr).await?;
         inbox::record_history(&self.history, &outcome.messages);
         let noted = &mut self.noted_unknown;
         outcome.unknown_senders.retain(|k| noted.insert(*k));
@@ -638,6 +794,7 @@ impl Chat {
                 Ok(target) => {
                     note(&format!("talking to {}", target.name()));
                     self.target = Some(target);
+                    self.mark_read();
                 }
                 Err(e) => warn(&crate::error_line(&e)),
             },
@@ -689,15 +846,78 @@ impl Chat {
         }
     }
 
+    /// Says a new state of one of my messages, once.
+    fn say(&mut self, id: &MessageId, from: &PublicKey, state: Progress) {
+        if let Some(line) = self.receipts.advance(id, from, state) {
+            note(&line);
+        }
+    }
+
+    /// Queues accepts and receipts, after the messages already waiting.
+    fn queue(&mut self, to_send: Vec<inbox::ToSend>) {
+        for t in to_send {
+            let name = match self.book.by_key(&t.to) {
+                Some(c) => c.name.to_string(),
+                None => t.to.to_string(),
+            };
+            self.outbox.push(Outgoing {
+                sealed: Sealed {
+                    to: t.to,
+                    name,
+                    envelope: t.envelope,
+                    message: None,
+                },
+                req: None,
+            });
+        }
+    }
+
+    /// The new partner's messages that were only delivered are now read.
+    fn mark_read(&mut self) {
+        let target = self.target.as_ref();
+        let (now_read, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unread)
+            .into_iter()
+            .partition(|m| is_partner(target, m));
+        self.unread = still;
+        if now_read.is_empty() {
+            return;
+        }
+        let sealed = self.sessions.lock(&self.me).and_then(|mut batch| {
+            let out = inbox::seal_receipts(&self.me, &mut batch.store, &now_read, &|_| {
+                ReceiptState::Read
+            })?;
+            batch.save(&self.me)?;
+            Ok(out)
+        });
+        match sealed {
+            Ok(to_send) => self.queue(to_send),
+            Err(e) => tracing::debug!(error = %e, "read receipts not sent"),
+        }
+    }
+
     /// Seals a typed message and queues it; sent at once when connected.
     fn send_text(&mut self, text: String) {
         let Some(target) = &self.target else {
             warn("nobody to send to yet: type `/to NAME` first; the message was not sent");
             return;
         };
-        match seal_to(&self.me, target, text) {
+        let sealed = self.sessions.lock(&self.me).and_then(|mut batch| {
+            let out = seal_to(&self.me, &mut batch.store, target, text.clone())?;
+            // Saved before anything sealed on it goes out.
+            batch.save(&self.me)?;
+            Ok(out)
+        });
+        match sealed {
             Ok((sealed, entry)) => {
                 inbox::record_history(&self.history, std::slice::from_ref(&entry));
+                if let Some(id) = sealed.iter().find_map(|s| s.message) {
+                    let recipients: Vec<(PublicKey, String)> = sealed
+                        .iter()
+                        .filter(|s| s.message.is_some())
+                        .map(|s| (s.to, s.name.clone()))
+                        .collect();
+                    self.receipts.track(id, &text, &recipients);
+                }
                 self.outbox.extend(
                     sealed
                         .into_iter()
@@ -706,6 +926,18 @@ impl Chat {
             }
             Err(e) => warn(&format!("not sent: {}", crate::error_line(&e))),
         }
+    }
+}
+
+/// Whether `m` belongs to the conversation with `partner`: the contact's own
+/// messages, or the group's.
+fn is_partner(partner: Option<&Target>, m: &ShownMessage) -> bool {
+    match (partner, &m.group) {
+        (Some(Target::Contact(c)), None) => c.key == m.sender,
+        (Some(Target::Group { name, members }), Some(group)) => {
+            group == name && members.iter().any(|c| c.key == m.sender)
+        }
+        _ => false,
     }
 }
 
@@ -738,6 +970,17 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sotto_crypto::envelope::Body;
+    use sotto_crypto::session::SessionConfig;
+
+    /// Opens what `seal_to` sealed, as the recipient's client would.
+    fn open_at(to: &SecretKey, envelope: &[u8]) -> (PublicKey, Body) {
+        let mut store = SessionStore::new(to.public(), SessionConfig::default());
+        let r = store
+            .open(to, envelope, SystemTime::now(), |_| true)
+            .unwrap();
+        (r.sender, r.body.unwrap())
+    }
 
     fn book_with(dir: &std::path::Path, text: &str) -> ContactBook {
         let path = dir.join("contacts.toml");
@@ -762,25 +1005,27 @@ mod tests {
         );
         let target = resolve(&book, "team", false).unwrap();
         assert_eq!(target.name(), "team");
-        let (sealed, entry) = seal_to(&me, &target, "hi all".into()).unwrap();
+        let mut sessions = SessionStore::new(me.public(), SessionConfig::default());
+        let (sealed, entry) = seal_to(&me, &mut sessions, &target, "hi all".into()).unwrap();
         assert_eq!(
             sealed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
             ["bob", "carol"]
         );
         assert_eq!(entry.group.as_deref(), Some("team"));
         assert_eq!(entry.peer, None);
-        let opened = envelope::open(&carol, &sealed[1].envelope).unwrap();
-        assert_eq!(opened.sender, me.public());
+        let (sender, opened) = open_at(&carol, &sealed[1].envelope);
+        assert_eq!(sender, me.public());
         assert_eq!(
-            opened.body.content,
+            opened.content,
             Content::GroupText {
                 group: "team".into(),
                 text: "hi all".into()
             }
         );
         // One body for all: one id.
-        let at_bob = envelope::open(&bob, &sealed[0].envelope).unwrap();
-        assert_eq!(at_bob.body.id, opened.body.id);
+        let (_, at_bob) = open_at(&bob, &sealed[0].envelope);
+        assert_eq!(at_bob.id, opened.id);
+        assert!(sealed.iter().all(|s| s.message == Some(opened.id)));
 
         assert!(resolve(&book, "bob", true).is_err());
         assert!(matches!(
@@ -791,8 +1036,8 @@ mod tests {
         assert!(err.starts_with("unknown contact 'nobody'"), "{err}");
         let err = resolve(&book, "nobody", true).unwrap_err().to_string();
         assert!(err.starts_with("unknown group 'nobody'"), "{err}");
-        assert!(seal_to(&me, &target, String::new()).is_err());
-        let err = seal_to(&me, &target, "a".repeat(MAX_TEXT_LEN))
+        assert!(seal_to(&me, &mut sessions, &target, String::new()).is_err());
+        let err = seal_to(&me, &mut sessions, &target, "a".repeat(MAX_TEXT_LEN))
             .unwrap_err()
             .to_string();
         assert!(err.contains("with the group name"), "{err}");
@@ -811,9 +1056,11 @@ mod tests {
                 key: sotto_keys::RelayKey::from_bytes([1; 32]),
             },
             book,
-            store: SeenStore::open(&dir.join("seen.redb"), seen::now_secs()).unwrap(),
+            sessions: SessionFiles::of(&crate::home::Home::at(dir)),
             history: History::at(dir.join("history.log")),
             target,
+            receipts: Receipts::default(),
+            unread: Vec::new(),
             outbox: Vec::new(),
             acks_pending: HashSet::new(),
             next_req: 1,
@@ -876,8 +1123,8 @@ mod tests {
         assert!(chat.session(conn, &mut inputs).await.is_ok());
         assert!(chat.outbox.is_empty());
         assert_eq!(second.await.unwrap(), first);
-        let opened = envelope::open(&bob, &first).unwrap();
-        assert_eq!(opened.body.content, Content::Text("hello bob".into()));
+        let (_, opened) = open_at(&bob, &first);
+        assert_eq!(opened.content, Content::Text("hello bob".into()));
     }
 
     #[tokio::test(start_paused = true)]
@@ -950,8 +1197,8 @@ mod tests {
         }
         assert!(chat.outbox.is_empty());
         chat.on_input(Some(Input::Line("//not a command".into())));
-        let opened = envelope::open(&bob, &chat.outbox[0].sealed.envelope).unwrap();
-        assert_eq!(opened.body.content, Content::Text("/not a command".into()));
+        let (_, opened) = open_at(&bob, &chat.outbox[0].sealed.envelope);
+        assert_eq!(opened.content, Content::Text("/not a command".into()));
         assert!(!chat.input_done);
         chat.on_input(Some(Input::Line("/quit".into())));
         assert!(chat.input_done);

@@ -131,6 +131,13 @@ pub fn remove(ctx: &Ctx, name: &str) -> Result<()> {
     let removed = book.remove(name)?;
     book.save()?;
     note(&format!("removed {} ({})", removed.name, removed.key));
+    // Their sessions go too: nothing they send on them opens any more.
+    if ctx.home.sessions().exists() {
+        let me = identity::load(&ctx.home, ctx.passphrase_file.as_deref())?;
+        let mut batch = crate::sessions::SessionFiles::of(&ctx.home).lock(&me)?;
+        batch.store.erase_peer(&removed.key);
+        batch.save(&me)?;
+    }
     Ok(())
 }
 

@@ -11,7 +11,14 @@
 //!    and left on the relay, neither remembered nor acknowledged, because
 //!    `receive-all` needs its envelope;
 //! 3. the ids of the printed messages are committed to the seen store;
-//! 4. only then are the envelopes acknowledged, so the relay deletes them.
+//! 4. only then are the envelopes acknowledged, so the relay deletes them;
+//! 5. session accepts and read receipts for what was printed are sent to the
+//!    senders (best effort) before the connection closes.
+//!
+//! Opening goes through the forward-secret session state, loaded, changed and
+//! saved in one locked batch together with the seen store
+//! ([`crate::sessions`]); a receipt that arrives is not a message and is
+//! ignored here.
 //!
 //! A crash before 4 means the relay delivers again and the seen store hides
 //! what was already shown; a failure to print (a closed pipe) stops before the
@@ -19,11 +26,16 @@
 //! named only by the contact book: a key that is not a contact is shown as
 //! `unknown sotto1...`, never under a name it chose.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::SystemTime;
 
 use anyhow::{Context, Result};
-use sotto_crypto::envelope::{self, Content};
+use sotto_crypto::envelope::{
+    Body, Content, MessageId, ReceiptState, KIND_ONE_SHOT, MAX_RECEIPT_IDS,
+};
 use sotto_crypto::file::FileOffer;
+use sotto_crypto::session::SessionStore;
+use sotto_crypto::EnvelopeError;
 use sotto_keys::{ContactBook, PublicKey, SecretKey};
 
 use super::{block_on, note, warn, Ctx, Out};
@@ -31,8 +43,9 @@ use crate::config::Config;
 use crate::display::{local_time_ms, message_line, sanitize};
 use crate::history::{self, History};
 use crate::identity;
-use crate::relay_client::{self, Delivery};
+use crate::relay_client::{self, Delivery, RelayConn};
 use crate::seen::{self, SeenId, SeenStore};
+use crate::sessions::SessionFiles;
 
 /// Runs `sotto inbox`.
 pub fn run(ctx: &Ctx) -> Result<()> {
@@ -40,9 +53,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let pin = Config::load(&ctx.home.config())?.relay()?;
     let book = ContactBook::load(&ctx.home.contacts())?;
     let me = identity::load(&ctx.home, ctx.passphrase_file.as_deref())?;
-    // Opened before the network: if another `sotto inbox` holds it, say so
-    // before fetching anything.
-    let store = SeenStore::open(&ctx.home.seen(), seen::now_secs())?;
+    let sessions = SessionFiles::of(&ctx.home);
     let history = History::at(ctx.home.history());
 
     let outcome = block_on(async move {
@@ -57,24 +68,30 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             conn.close().await;
             return Ok::<_, anyhow::Error>(None);
         }
-        let outcome = tokio::task::spawn_blocking(move || {
-            let mut out = Out::new();
-            let outcome = process(
-                &me,
-                &book,
-                &store,
-                pending,
-                seen::now_secs(),
-                Files::Announce,
-                &mut |line| out.line(line),
-            )?;
-            record_history(&history, &outcome.messages);
-            Ok::<_, anyhow::Error>(outcome)
-        })
-        .await
-        .context("the inbox task failed")??;
+        let me = std::sync::Arc::new(me);
+        let (outcome, to_send) = {
+            let me = me.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut out = Out::new();
+                // What `sotto inbox` prints has been read.
+                let result = process_batch(
+                    &me,
+                    &book,
+                    &sessions,
+                    pending,
+                    Files::Announce,
+                    &mut |line| out.line(line),
+                    &|_| ReceiptState::Read,
+                )?;
+                record_history(&history, &result.0.messages);
+                Ok::<_, anyhow::Error>(result)
+            })
+            .await
+            .context("the inbox task failed")??
+        };
         let deleted = conn.ack(&outcome.ack).await?;
         tracing::info!(acked = outcome.ack.len(), deleted, "acknowledged");
+        send_all(&mut conn, to_send).await;
         conn.close().await;
         Ok(Some(outcome))
     })??;
@@ -141,18 +158,64 @@ pub(crate) struct Outcome {
     pub print_error: Option<std::io::Error>,
     /// The messages printed, in order, for the local history.
     pub messages: Vec<history::Entry>,
+    /// The contacts' messages printed, for receipts.
+    pub shown_ids: Vec<ShownMessage>,
+    /// Receipts from contacts.
+    pub receipts: Vec<ReceiptIn>,
+    /// Bare session accepts to send back.
+    pub replies: Vec<ToSend>,
+}
+
+/// A message from a contact that was shown, for receipts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ShownMessage {
+    /// Its authenticated sender (a contact).
+    pub sender: PublicKey,
+    /// The group it was sent to, as the sender names it.
+    pub group: Option<String>,
+    /// Its id.
+    pub id: MessageId,
+}
+
+/// A receipt from a contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReceiptIn {
+    /// The contact who sent it.
+    pub from: PublicKey,
+    /// How far the messages got.
+    pub state: ReceiptState,
+    /// The messages.
+    pub ids: Vec<MessageId>,
+}
+
+/// An envelope to send once the session state that sealed it is saved.
+#[derive(Debug, Clone)]
+pub(crate) struct ToSend {
+    /// The recipient.
+    pub to: PublicKey,
+    /// The envelope.
+    pub envelope: Vec<u8>,
 }
 
 /// Opens, filters and prints a batch, records what was printed, and says
 /// which envelopes may be acknowledged. `print` gets one line per message.
 ///
+/// Envelopes of every kind are opened through the session store: a bare
+/// session accept to send back comes out in [`Outcome::replies`], a replayed
+/// session envelope is dropped silently and acknowledged, a receipt from a
+/// contact comes out in [`Outcome::receipts`] (never shown, never remembered).
+///
 /// A file offer is never remembered nor acknowledged here: its envelope is
 /// what `receive-all` needs to fetch the file, so it stays on the relay until
-/// the file is safely on disk.
+/// the file is safely on disk. Whatever stays on the relay also leaves the
+/// session store as it was (its replay window unmoved), so it opens again next
+/// time; the seen store keeps it from being shown twice.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn process(
     me: &SecretKey,
     book: &ContactBook,
     store: &SeenStore,
+    sessions: &mut SessionStore,
     pending: Vec<Delivery>,
     now: u64,
     files: Files,
@@ -161,10 +224,29 @@ pub(crate) fn process(
     let mut outcome = Outcome::default();
     let mut shown: Vec<(SeenId, u64)> = Vec::new();
     let mut in_batch: HashSet<SeenId> = HashSet::new();
+    let is_contact = |k: &PublicKey| book.by_key(k).is_some();
 
     for delivery in pending {
-        let opened = match envelope::open(me, &delivery.envelope) {
+        // Only session envelopes change the store; one that ends up left on
+        // the relay puts it back as it was.
+        let snapshot = match delivery.envelope.get(1) {
+            Some(&KIND_ONE_SHOT) | None => None,
+            Some(_) => Some(sessions.encode().context("session state")?),
+        };
+        let rollback = |sessions: &mut SessionStore| -> Result<()> {
+            if let Some(snapshot) = &snapshot {
+                *sessions = SessionStore::decode(snapshot, sessions.config().clone())
+                    .context("session state")?;
+            }
+            Ok(())
+        };
+        let opened = match sessions.open(me, &delivery.envelope, SystemTime::now(), is_contact) {
             Ok(opened) => opened,
+            Err(EnvelopeError::Replayed) => {
+                tracing::debug!(id = delivery.id, "replayed envelope dropped");
+                outcome.ack.push(delivery.id);
+                continue;
+            }
             Err(e) => {
                 tracing::debug!(id = delivery.id, error = %e, "envelope failed to open");
                 outcome.failed += 1;
@@ -172,31 +254,59 @@ pub(crate) fn process(
                 continue;
             }
         };
-        let body = opened.body;
-        let seen_id = SeenId::new(opened.sender, body.id);
+        let sender = opened.sender;
+        let reply = opened.reply.map(|envelope| ToSend {
+            to: sender,
+            envelope,
+        });
+        let Some(body) = opened.body else {
+            // A bare init or accept: it only moved a handshake on.
+            outcome.replies.extend(reply);
+            outcome.ack.push(delivery.id);
+            continue;
+        };
+        if let Content::Receipt { state, ids } = body.content {
+            if is_contact(&sender) {
+                outcome.receipts.push(ReceiptIn {
+                    from: sender,
+                    state,
+                    ids,
+                });
+            } else {
+                tracing::debug!(id = delivery.id, "a receipt from a stranger ignored");
+            }
+            outcome.replies.extend(reply);
+            outcome.ack.push(delivery.id);
+            continue;
+        }
+        let seen_id = SeenId::new(sender, body.id);
         if in_batch.contains(&seen_id) || store.contains(&seen_id)? {
             tracing::debug!(id = delivery.id, "duplicate message dropped");
+            outcome.replies.extend(reply);
             outcome.ack.push(delivery.id);
             continue;
         }
         if seen::is_stale(body.sent_at_ms, now) {
             outcome.stale += 1;
+            outcome.replies.extend(reply);
             outcome.ack.push(delivery.id);
             continue;
         }
         let time = local_time_ms(body.sent_at_ms)
             .or_else(|| local_time_ms(delivery.received_at.saturating_mul(1000)))
             .unwrap_or_else(|| "????-??-?? ??:??:??".to_owned());
-        let who = if let Some(contact) = book.by_key(&opened.sender) {
+        let who = if let Some(contact) = book.by_key(&sender) {
             contact.name.to_string()
         } else {
-            outcome.unknown_senders.insert(opened.sender);
-            format!("unknown {}", opened.sender)
+            outcome.unknown_senders.insert(sender);
+            format!("unknown {sender}")
         };
         let (group, text) = match body.content {
             Content::Text(text) => (None, text),
             Content::GroupText { group, text } => (Some(group), text),
+            Content::Receipt { .. } => continue,
             Content::File(offer) => {
+                rollback(sessions)?;
                 in_batch.insert(seen_id);
                 match files {
                     Files::Announce => {
@@ -225,21 +335,119 @@ pub(crate) fn process(
         if let Err(e) = print(&message_line(&time, &shown_as, &text)) {
             // Not shown: neither remembered nor acknowledged, so it stays on
             // the relay for the next `sotto inbox`.
+            rollback(sessions)?;
             outcome.print_error = Some(e);
             break;
         }
         in_batch.insert(seen_id);
         shown.push((seen_id, body.sent_at_ms));
+        outcome.replies.extend(reply);
         outcome.ack.push(delivery.id);
         outcome.shown += 1;
+        if is_contact(&sender) {
+            outcome.shown_ids.push(ShownMessage {
+                sender,
+                group: group.clone(),
+                id: body.id,
+            });
+        }
         outcome
             .messages
-            .push(received(&opened.sender, group, body.sent_at_ms, text));
+            .push(received(&sender, group, body.sent_at_ms, text));
     }
 
     // Durably remembered before the caller acknowledges anything.
     store.record(&shown, now)?;
     Ok(outcome)
+}
+
+/// Seals one receipt per sender (in chunks of [`MAX_RECEIPT_IDS`]) for the
+/// messages in `shown`, each in the state `state_of` gives it.
+pub(crate) fn seal_receipts(
+    me: &SecretKey,
+    sessions: &mut SessionStore,
+    shown: &[ShownMessage],
+    state_of: &dyn Fn(&ShownMessage) -> ReceiptState,
+) -> Result<Vec<ToSend>> {
+    let mut by_sender: BTreeMap<(PublicKey, ReceiptState), Vec<MessageId>> = BTreeMap::new();
+    for m in shown {
+        by_sender
+            .entry((m.sender, state_of(m)))
+            .or_default()
+            .push(m.id);
+    }
+    let mut out = Vec::new();
+    for ((to, state), ids) in by_sender {
+        for chunk in ids.chunks(MAX_RECEIPT_IDS) {
+            let body = Body::new(Content::Receipt {
+                state,
+                ids: chunk.to_vec(),
+            });
+            let sealed = sessions
+                .seal_to(me, &to, &body, SystemTime::now())
+                .map_err(|e| anyhow::anyhow!("cannot seal a receipt: {e}"))?;
+            out.push(ToSend {
+                to,
+                envelope: sealed.envelope,
+            });
+            out.extend(sealed.renewal.map(|envelope| ToSend { to, envelope }));
+        }
+    }
+    Ok(out)
+}
+
+/// One batch of deliveries, start to end under the session lock: the
+/// session state and the seen store are loaded, the batch processed, the
+/// accepts and receipts it calls for sealed, and the state saved. Returns
+/// the outcome and the envelopes to send (after this returns: the state is
+/// saved by then). `state_of` decides each receipt.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn process_batch(
+    me: &SecretKey,
+    book: &ContactBook,
+    sessions: &SessionFiles,
+    pending: Vec<Delivery>,
+    files: Files,
+    print: &mut dyn FnMut(&str) -> std::io::Result<()>,
+    state_of: &dyn Fn(&ShownMessage) -> ReceiptState,
+) -> Result<(Outcome, Vec<ToSend>)> {
+    let mut batch = sessions.lock(me)?;
+    let seen = batch.seen()?;
+    let mut outcome = process(
+        me,
+        book,
+        &seen,
+        &mut batch.store,
+        pending,
+        seen::now_secs(),
+        files,
+        print,
+    )?;
+    drop(seen);
+    let mut to_send = std::mem::take(&mut outcome.replies);
+    to_send.extend(seal_receipts(
+        me,
+        &mut batch.store,
+        &outcome.shown_ids,
+        state_of,
+    )?);
+    batch.save(me)?;
+    Ok((outcome, to_send))
+}
+
+/// Sends session accepts and receipts. Best effort: a lost accept only
+/// delays the session (the next message completes it), a lost receipt only
+/// leaves the sender unsure.
+pub(crate) async fn send_all<R, W>(conn: &mut RelayConn<R, W>, to_send: Vec<ToSend>)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    for s in to_send {
+        if let Err(e) = conn.send_envelope(&s.to, s.envelope).await {
+            tracing::debug!(error = %e, "an accept or receipt was not stored");
+        }
+    }
 }
 
 /// Says that one fetch could not hold the whole mailbox.
@@ -339,8 +547,10 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sotto_crypto::envelope::Body;
+    use sotto_crypto::envelope;
+    use sotto_crypto::session::SessionConfig;
     use sotto_keys::Contact;
+    use std::cell::RefCell;
 
     const NOW: u64 = 1_800_000_000;
 
@@ -350,6 +560,7 @@ mod tests {
         alice: SecretKey,
         book: ContactBook,
         store: SeenStore,
+        sessions: RefCell<SessionStore>,
     }
 
     fn world() -> World {
@@ -362,6 +573,7 @@ mod tests {
         let store = SeenStore::open(&dir.path().join("seen.redb"), NOW).unwrap();
         World {
             _dir: dir,
+            sessions: RefCell::new(SessionStore::new(me.public(), SessionConfig::default())),
             me,
             alice,
             book,
@@ -389,6 +601,7 @@ mod tests {
             &w.me,
             &w.book,
             &w.store,
+            &mut w.sessions.borrow_mut(),
             pending,
             NOW,
             Files::Announce,
@@ -474,6 +687,7 @@ mod tests {
             &w.me,
             &w.book,
             &w.store,
+            &mut w.sessions.borrow_mut(),
             pending,
             NOW,
             Files::Announce,
@@ -590,6 +804,7 @@ mod tests {
             &w.me,
             &w.book,
             &w.store,
+            &mut w.sessions.borrow_mut(),
             pending,
             NOW,
             Files::Collect,
@@ -637,5 +852,168 @@ mod tests {
         assert_eq!(lines.len(), 1);
         let expected = local_time_ms(NOW * 1000).unwrap();
         assert_eq!(lines[0], format!("[{expected}] alice: now"));
+    }
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+    use sotto_crypto::session::SessionConfig;
+    use sotto_keys::Contact;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn store_of(k: &SecretKey) -> SessionStore {
+        SessionStore::new(k.public(), SessionConfig::default())
+    }
+
+    fn text(t: &str) -> Body {
+        Body::new(Content::Text(t.to_owned()))
+    }
+
+    fn batch(
+        me: &SecretKey,
+        book: &ContactBook,
+        seen: &SeenStore,
+        sessions: &mut SessionStore,
+        envelopes: &[Vec<u8>],
+        files: Files,
+    ) -> (Outcome, Vec<String>) {
+        let pending = envelopes
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Delivery {
+                id: i as u64 + 1,
+                received_at: NOW,
+                envelope: e.clone(),
+            })
+            .collect();
+        let mut lines = Vec::new();
+        let outcome = process(
+            me,
+            book,
+            seen,
+            sessions,
+            pending,
+            seen::now_secs(),
+            files,
+            &mut |l| {
+                lines.push(l.to_owned());
+                Ok(())
+            },
+        )
+        .unwrap();
+        (outcome, lines)
+    }
+
+    #[test]
+    fn sessions_replies_replays_receipts_and_files_left_on_the_relay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (alice, bob) = (SecretKey::generate(), SecretKey::generate());
+        let mut book = ContactBook::load(&dir.path().join("contacts.toml")).unwrap();
+        book.add(Contact::new("alice".parse().unwrap(), alice.public(), None))
+            .unwrap();
+        let seen = SeenStore::open(&dir.path().join("seen.redb"), seen::now_secs()).unwrap();
+        let (mut at_alice, mut at_bob) = (store_of(&alice), store_of(&bob));
+        let now = SystemTime::now();
+
+        // An init from a contact: shown, and answered with a bare accept.
+        let first = at_alice
+            .seal_to(&alice, &bob.public(), &text("one"), now)
+            .unwrap();
+        assert_eq!(first.envelope[1], 2);
+        let (out, lines) = batch(
+            &bob,
+            &book,
+            &seen,
+            &mut at_bob,
+            &[first.envelope],
+            Files::Announce,
+        );
+        assert_eq!(lines.len(), 1);
+        assert_eq!(out.replies.len(), 1);
+        assert_eq!(out.shown_ids.len(), 1);
+        at_alice
+            .open(&alice, &out.replies[0].envelope, now, |_| true)
+            .unwrap();
+
+        // Now forward-secret; the same bytes again are dropped, yet acked.
+        let second = at_alice
+            .seal_to(&alice, &bob.public(), &text("two"), now)
+            .unwrap();
+        assert_eq!(second.envelope[1], 4);
+        let twice = [second.envelope.clone(), second.envelope];
+        let (out, lines) = batch(&bob, &book, &seen, &mut at_bob, &twice, Files::Announce);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(out.ack, vec![1, 2]);
+        assert_eq!(out.failed, 0);
+
+        // A file offer stays on the relay and still opens the next time.
+        let offer = sotto_crypto::file::FileOffer {
+            file_id: sotto_crypto::file::FileId::random(),
+            name: "f.txt".into(),
+            size: 1,
+            hash: [0; 32],
+            key: sotto_crypto::file::FileKey::generate(),
+        };
+        let file = at_alice
+            .seal_to(&alice, &bob.public(), &Body::new(Content::File(offer)), now)
+            .unwrap();
+        for _ in 0..2 {
+            let (out, _) = batch(
+                &bob,
+                &book,
+                &seen,
+                &mut at_bob,
+                std::slice::from_ref(&file.envelope),
+                Files::Collect,
+            );
+            assert_eq!(out.files.len(), 1);
+            assert!(out.ack.is_empty());
+        }
+
+        // Bob's receipt for what he read reaches Alice as a receipt, not a message.
+        let receipts =
+            seal_receipts(&bob, &mut at_bob, &out_ids(&alice), &|_| ReceiptState::Read).unwrap();
+        assert_eq!(receipts.len(), 1);
+        let mut alice_book = ContactBook::load(&dir.path().join("alice.toml")).unwrap();
+        let alice_seen = SeenStore::open(&dir.path().join("alice.redb"), seen::now_secs()).unwrap();
+        let envs = [receipts[0].envelope.clone()];
+        // From a stranger: ignored.
+        let (out, lines) = batch(
+            &alice,
+            &alice_book,
+            &alice_seen,
+            &mut at_alice,
+            &envs,
+            Files::Announce,
+        );
+        assert!(lines.is_empty() && out.receipts.is_empty());
+        assert_eq!(out.ack, vec![1]);
+        alice_book
+            .add(Contact::new("bob".parse().unwrap(), bob.public(), None))
+            .unwrap();
+        let again =
+            seal_receipts(&bob, &mut at_bob, &out_ids(&alice), &|_| ReceiptState::Read).unwrap();
+        let (out, lines) = batch(
+            &alice,
+            &alice_book,
+            &alice_seen,
+            &mut at_alice,
+            &[again[0].envelope.clone()],
+            Files::Announce,
+        );
+        assert!(lines.is_empty());
+        assert_eq!(out.receipts.len(), 1);
+        assert_eq!(out.receipts[0].state, ReceiptState::Read);
+        assert_eq!(out.receipts[0].ids, vec![MessageId([7; 16])]);
+    }
+
+    fn out_ids(sender: &SecretKey) -> Vec<ShownMessage> {
+        vec![ShownMessage {
+            sender: sender.public(),
+            group: None,
+            id: MessageId([7; 16]),
+        }]
     }
 }

@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::bars::Bars;
-use super::inbox::{process, report, Files, PendingFile};
+use super::inbox::{process_batch, report, send_all, Files, PendingFile};
 use super::{block_on, note, warn, AlreadyReported, Ctx, Out};
 use crate::cli::ReceiveAllArgs;
 use crate::config::{Config, RelayPin};
@@ -34,7 +34,9 @@ use crate::display::sanitize;
 use crate::download::{self, DownloadError};
 use crate::identity;
 use crate::relay_client::{self, RelayError};
-use crate::seen::{self, SeenStore};
+use crate::seen;
+use crate::sessions::SessionFiles;
+use sotto_crypto::envelope::ReceiptState;
 
 /// Files downloaded at once.
 pub const PARALLEL: usize = 4;
@@ -46,9 +48,7 @@ pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
     let pin = Config::load(&ctx.home.config())?.relay()?;
     let book = ContactBook::load(&ctx.home.contacts())?;
     let me = Arc::new(identity::load(&ctx.home, ctx.passphrase_file.as_deref())?);
-    // Opened before the network: if another command holds it, say so before
-    // fetching anything.
-    let store = Arc::new(SeenStore::open(&ctx.home.seen(), seen::now_secs())?);
+    let store = Arc::new(SessionFiles::of(&ctx.home));
     let bars = Bars::new(args.quiet);
     let dir = args.dir;
 
@@ -65,18 +65,19 @@ pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
             note("no new messages or files");
             return Ok(());
         }
-        let outcome = {
+        let (outcome, to_send) = {
             let (me, store) = (me.clone(), store.clone());
             tokio::task::spawn_blocking(move || {
                 let mut out = Out::new();
-                process(
+                process_batch(
                     &me,
                     &book,
                     &store,
                     pending,
-                    seen::now_secs(),
                     Files::Collect,
                     &mut |line| out.line(line),
+                    // Printed: read.
+                    &|_| ReceiptState::Read,
                 )
             })
             .await
@@ -84,6 +85,7 @@ pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
         };
         let deleted = conn.ack(&outcome.ack).await?;
         tracing::info!(acked = outcome.ack.len(), deleted, "acknowledged");
+        send_all(&mut conn, to_send).await;
         conn.close().await;
         report(&outcome);
         if let Some(e) = outcome.print_error {
@@ -125,7 +127,7 @@ struct Received {
 async fn receive_files(
     pin: &RelayPin,
     me: &Arc<SecretKey>,
-    store: &Arc<SeenStore>,
+    store: &Arc<SessionFiles>,
     dir: &Path,
     files: Vec<PendingFile>,
     bars: &Bars,
@@ -244,7 +246,7 @@ fn error_line(file: &str, e: &DownloadError) {
 async fn receive_one(
     pin: &RelayPin,
     me: &SecretKey,
-    store: &Arc<SeenStore>,
+    store: &Arc<SessionFiles>,
     dir: &Path,
     file: &PendingFile,
     progress: &mut (dyn FnMut(u64, u64) + Send),
@@ -261,7 +263,7 @@ async fn receive_one(
     let remembered = {
         let store = store.clone();
         let entry = [(file.message, file.sent_at_ms)];
-        tokio::task::spawn_blocking(move || store.record(&entry, seen::now_secs()))
+        tokio::task::spawn_blocking(move || store.with_seen(|s| s.record(&entry, seen::now_secs())))
             .await
             .map_err(anyhow::Error::from)
             .and_then(|r| r)

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::history::History;
 use crate::identity;
 use crate::relay_client::{self, RelayError};
+use crate::sessions::SessionFiles;
 
 /// Most bytes a body adds around the text: a 16-byte id, a varint timestamp
 /// (at most 10 bytes), the content tag (1) and the text's varint length (at
@@ -48,8 +49,14 @@ pub fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
     let pin = Config::load(&ctx.home.config())?.relay()?;
 
     let me = identity::load(&ctx.home, ctx.passphrase_file.as_deref())?;
-    // A group message is one body sealed once per member.
-    let (sealed, entry) = seal_to(&me, &target, text)?;
+    // A group message is one body sealed once per member, all in one batch
+    // of the session state, saved before anything goes out.
+    let (sealed, entry) = {
+        let mut batch = SessionFiles::of(&ctx.home).lock(&me)?;
+        let out = seal_to(&me, &mut batch.store, &target, text)?;
+        batch.save(&me)?;
+        out
+    };
 
     block_on(async {
         let mut conn = relay_client::connect(&pin, &me).await?;

@@ -13,7 +13,10 @@
 //! again resumes the one that failed.
 
 use anyhow::{anyhow, Context, Result};
-use sotto_crypto::envelope::{self, Body, Content};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use sotto_crypto::envelope::{Body, Content};
 use sotto_crypto::file::FileOffer;
 use sotto_crypto::wire::ErrorCode;
 use sotto_keys::{Contact, ContactBook, SecretKey};
@@ -27,6 +30,7 @@ use crate::config::Config;
 use crate::display::sanitize;
 use crate::identity;
 use crate::relay_client::{self, RelayConn, RelayError};
+use crate::sessions::SessionFiles;
 use crate::upload::{self, bytes_in_chunks, Source, UploadError};
 use crate::upload_state::{UploadStates, STATE_RETENTION};
 
@@ -41,7 +45,8 @@ pub fn run(ctx: &Ctx, args: SendFileArgs) -> Result<()> {
         .map(|p| Source::inspect(p))
         .collect::<Result<Vec<_>, _>>()?;
     let pin = Config::load(&ctx.home.config())?.relay()?;
-    let me = identity::load(&ctx.home, ctx.passphrase_file.as_deref())?;
+    let me = Arc::new(identity::load(&ctx.home, ctx.passphrase_file.as_deref())?);
+    let sessions = SessionFiles::of(&ctx.home);
     let states = UploadStates::new(ctx.home.uploads());
     states.prune(STATE_RETENTION);
     let bars = Bars::new(args.quiet);
@@ -49,7 +54,7 @@ pub fn run(ctx: &Ctx, args: SendFileArgs) -> Result<()> {
     block_on(async {
         let mut conn = relay_client::connect(&pin, &me).await?;
         for source in &sources {
-            send_one(&mut conn, &me, &contact, source, &states, &bars).await?;
+            send_one(&mut conn, &me, &sessions, &contact, source, &states, &bars).await?;
         }
         conn.close().await;
         Ok::<_, anyhow::Error>(())
@@ -60,7 +65,8 @@ pub fn run(ctx: &Ctx, args: SendFileArgs) -> Result<()> {
 
 async fn send_one<R, W>(
     conn: &mut RelayConn<R, W>,
-    me: &SecretKey,
+    me: &Arc<SecretKey>,
+    sessions: &SessionFiles,
     contact: &Contact,
     source: &Source,
     states: &UploadStates,
@@ -106,9 +112,28 @@ where
         hash,
         key: state.key.clone(),
     };
-    let sealed = envelope::seal(me, &contact.key, &Body::new(Content::File(offer)))
-        .map_err(|e| anyhow!("cannot seal the offer of {file}: {e}"))?;
-    conn.send_envelope(&contact.key, sealed)
+    // Sealed through the sessions, saved before it goes out.
+    let sealed = {
+        let (sessions, me, to) = (sessions.clone(), me.clone(), contact.key);
+        tokio::task::spawn_blocking(move || {
+            let mut batch = sessions.lock(&me)?;
+            let sealed = batch
+                .store
+                .seal_to(
+                    &me,
+                    &to,
+                    &Body::new(Content::File(offer)),
+                    SystemTime::now(),
+                )
+                .map_err(|e| anyhow!("cannot seal the offer: {e}"))?;
+            batch.save(&me)?;
+            Ok::<_, anyhow::Error>(sealed)
+        })
+        .await
+        .context("the session task failed")?
+        .map_err(|e| anyhow!("{file}: {}", crate::error_line(&e)))?
+    };
+    conn.send_envelope(&contact.key, sealed.envelope)
         .await
         .map_err(|e| {
             anyhow!(
@@ -121,6 +146,11 @@ where
     tokio::task::spawn_blocking(move || states.remove(&to, &canonical))
         .await
         .context("the upload state task failed")??;
+    if let Some(renewal) = sealed.renewal {
+        if let Err(e) = conn.send_envelope(&contact.key, renewal).await {
+            tracing::debug!(error = %e, "a session renewal was not stored");
+        }
+    }
     bars.suspend(|| note(&format!("sent {file} to {name}: the relay has stored it")));
     Ok(())
 }
