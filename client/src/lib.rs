@@ -12,6 +12,8 @@
 //! - [`identity`]: loading the secret key and getting its passphrase;
 //! - [`relay_client`]: the connection to the relay, with time limits and
 //!   errors that say what to do;
+//! - [`screen`]: the interactive screen of `sotto chat` on a terminal
+//!   (ratatui), and the terminal always given back;
 //! - [`seen`]: message ids already shown, so a replay is shown once;
 //! - [`display`]: neutralising control characters from the network, times;
 //! - [`history`]: the local record of messages sent and shown (`history.log`);
@@ -45,6 +47,7 @@ pub mod identity;
 pub mod publish;
 pub mod relay_client;
 pub mod safe_name;
+pub mod screen;
 pub mod seen;
 pub mod upload;
 pub mod upload_state;

@@ -1,10 +1,14 @@
 //! `sotto chat [NAME]`: live chat over one long-lived connection.
 //!
-//! Line mode (the one mode so far, also used on a terminal): each line of
-//! stdin is sealed and sent to the current partner, a contact or a group;
-//! every incoming message is printed on stdout as one line, `[time] NAME: TEXT`
-//! (`[time] GROUP/NAME: TEXT` in a group), flushed at once. Notices (reconnecting,
-//! command answers, warnings) go to stderr, so stdout carries messages only.
+//! Line mode (when stdin or stdout is not a terminal, or with `--plain`): each
+//! line of stdin is sealed and sent to the current partner, a contact or a
+//! group; every incoming message is printed on stdout as one line,
+//! `[time] NAME: TEXT` (`[time] GROUP/NAME: TEXT` in a group), flushed at once.
+//! Notices (reconnecting, command answers, warnings) go to stderr, so stdout
+//! carries messages only. On a terminal the same chat runs behind the
+//! interactive screen ([`crate::screen`]): typed lines come through the same
+//! channel, and what line mode prints goes to the screen instead
+//! ([`super::chat_view`]).
 //!
 //! The connection asks for the mailbox with `Fetch { live: true }`: what waited
 //! comes first, in order, then the relay pushes new envelopes as they arrive.
@@ -25,7 +29,7 @@
 //! every send has been stored and every acknowledgement answered.
 
 use std::collections::HashSet;
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{BufRead, IsTerminal, Read};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,15 +44,17 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::chat_view::View;
 use super::contact::{list_lines, unknown_contact};
 use super::inbox::{self, Files};
 use super::send::{check_text, explain, MAX_TEXT_LEN};
-use super::{block_on, note, warn, Ctx};
+use super::{block_on, note, say, warn, Ctx};
 use crate::cli::ChatArgs;
 use crate::config::{Config, RelayPin};
 use crate::history::{self, History};
 use crate::identity;
 use crate::relay_client::{self, recv_from, refused, write_to, Delivery, RelayConn, RelayError};
+use crate::screen::{self, Link, Screen};
 use crate::seen::{self, SeenStore};
 
 /// How often a keepalive goes to the relay.
@@ -211,12 +217,28 @@ pub fn run(ctx: &Ctx, args: ChatArgs) -> Result<()> {
     let me = identity::load(&ctx.home, ctx.passphrase_file.as_deref())?;
     let store = SeenStore::open(&ctx.home.seen(), seen::now_secs())?;
 
-    if std::io::stdin().is_terminal() {
-        note("line mode: type a message and press Enter to send it; /help lists the commands");
-    }
     let (tx, rx) = mpsc::channel(64);
-    spawn_stdin_reader(tx);
+    // Dropped last, after the chat: the terminal comes back before an error
+    // is printed.
+    let (view, _screen) = if !args.plain
+        && std::io::stdin().is_terminal()
+        && std::io::stdout().is_terminal()
+    {
+        let partner = target.as_ref().map(Target::name);
+        let screen = Screen::start(partner, move |line| {
+            tx.blocking_send(Input::Line(line)).is_ok()
+        })?;
+        note("type a message and press Enter to send it; /help lists the commands and keys");
+        (View::Screen(screen.handle()), Some(screen))
+    } else {
+        if std::io::stdin().is_terminal() {
+            note("line mode: type a message and press Enter to send it; /help lists the commands");
+        }
+        spawn_stdin_reader(tx);
+        (View::Lines, None)
+    };
     let mut chat = Chat {
+        view,
         me: Arc::new(me),
         pin,
         book,
@@ -326,6 +348,8 @@ fn is_retryable(code: ErrorCode) -> bool {
 }
 
 struct Chat {
+    /// Where messages and the chat's state are shown.
+    view: View,
     me: Arc<SecretKey>,
     pin: RelayPin,
     book: ContactBook,
@@ -380,6 +404,7 @@ impl Chat {
                 Err(e) if !connected_once || is_fatal(&e) => return Err(e.into()),
                 Err(e) => {
                     tracing::debug!(error = %e, "reconnecting failed");
+                    self.view.link(Link::Reconnecting);
                     if self.input_done && !self.outbox.is_empty() && !said_waiting {
                         said_waiting = true;
                         note(&format!(
@@ -403,12 +428,14 @@ impl Chat {
                 }
             }
             connected_once = true;
+            self.view.link(Link::Connected);
             delay = BACKOFF_START;
             match self.session(conn, &mut inputs).await {
                 Ok(()) => return Ok(()),
                 Err(Stop::Fatal(e)) => return Err(e),
                 Err(Stop::Link(e)) if is_fatal(&e) => return Err(e.into()),
                 Err(Stop::Link(e)) => {
+                    self.view.link(Link::Reconnecting);
                     note(&format!(
                         "{}; reconnecting",
                         crate::error_line(&anyhow::Error::new(e))
@@ -569,7 +596,7 @@ impl Chat {
         if self.announced.contains(&id) {
             return Ok(());
         }
-        let mut stdout = std::io::stdout().lock();
+        let mut printer = self.view.printer();
         let mut outcome = inbox::process(
             &self.me,
             &self.book,
@@ -577,12 +604,9 @@ impl Chat {
             vec![delivery],
             seen::now_secs(),
             Files::Announce,
-            &mut |line| {
-                writeln!(stdout, "{line}")?;
-                stdout.flush()
-            },
+            &mut |line| printer.line(line),
         )?;
-        drop(stdout);
+        self.view.received(&self.book, &outcome.messages, printer);
         if outcome.announced > 0 && !outcome.ack.contains(&id) {
             self.announced.insert(id);
         }
@@ -637,6 +661,7 @@ impl Chat {
             ("/to", Some(name)) => match resolve(&self.book, name, false) {
                 Ok(target) => {
                     note(&format!("talking to {}", target.name()));
+                    self.view.partner(target.name());
                     self.target = Some(target);
                 }
                 Err(e) => warn(&crate::error_line(&e)),
@@ -655,6 +680,11 @@ impl Chat {
             ("/help", _) => {
                 for l in HELP {
                     note(l);
+                }
+                if screen::is_active() {
+                    for l in screen::KEYS {
+                        note(l);
+                    }
                 }
             }
             ("/quit", _) => self.input_done = true,
@@ -680,9 +710,8 @@ impl Chat {
                 note(&format!("no messages with {} yet", target.name()))
             }
             Ok(lines) => {
-                let mut err = std::io::stderr().lock();
                 for l in lines {
-                    let _ = writeln!(err, "{l}");
+                    say(&l);
                 }
             }
             Err(e) => warn(&crate::error_line(&e)),
@@ -698,6 +727,7 @@ impl Chat {
         match seal_to(&self.me, target, text) {
             Ok((sealed, entry)) => {
                 inbox::record_history(&self.history, std::slice::from_ref(&entry));
+                self.view.sent(&entry);
                 self.outbox.extend(
                     sealed
                         .into_iter()
@@ -805,6 +835,7 @@ mod tests {
         );
         let target = resolve(&book, "bob", false).ok();
         Chat {
+            view: View::Lines,
             me: Arc::new(SecretKey::generate()),
             pin: RelayPin {
                 addr: "127.0.0.1:1".parse().unwrap(),
