@@ -71,7 +71,7 @@ const HELP: &[&str] = &[
     "type a line and press Enter to send it to the current partner",
     "/to NAME     talk to the contact or group NAME from now on",
     "/contacts    list contacts and groups",
-    "/history     the messages exchanged with the current partner (on stderr)",
+    "/history     the messages exchanged with the current partner (on stderr in line mode)",
     "/help        this help",
     "/quit        leave once every message sent is stored (as end of input does)",
     "//text       send a line that starts with /",

@@ -348,7 +348,8 @@ fn watch_signals() {
         let spawned = std::thread::Builder::new()
             .name("sotto-signals".into())
             .spawn(move || {
-                for sig in signals.forever() {
+                // The first signal ends the process.
+                if let Some(sig) = signals.forever().next() {
                     if send_to_sink(Update::Signal(sig)) {
                         // The screen thread restores and exits; should it be
                         // stuck, this thread does.

@@ -251,3 +251,21 @@ fn notices_go_to_the_screen_only_while_one_is_up() {
     assert!(!notice("hello"));
     assert!(!warning("hello"));
 }
+
+#[test]
+fn lines_break_between_words_and_cut_only_words_longer_than_a_row() {
+    let mut m = Model::new(None, 40, 10);
+    let text = "the quick brown fox jumps over the lazy dog, again and again and again";
+    m.push("10:00:00".into(), Kind::Notice, text);
+    let long = "x".repeat(70);
+    m.push("10:00:01".into(), Kind::Notice, &long);
+    let r = rows(&draw(&m));
+    let first: Vec<&str> = r[..3].iter().map(|l| l.trim()).collect();
+    assert_eq!(first.join(" "), format!("10:00:00 · {text}"), "{r:#?}");
+    assert!(r[3].starts_with("10:00:01 · xxx"), "{r:#?}");
+    let xs: usize = r[3..6].iter().map(|l| l.matches('x').count()).sum();
+    assert_eq!(xs, 70);
+    for l in &r {
+        assert!(editor::columns(l) <= 40, "{l:?}");
+    }
+}

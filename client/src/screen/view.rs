@@ -70,36 +70,79 @@ fn pieces(e: &Entry) -> Vec<(String, Style)> {
     out
 }
 
-/// The rows `e` takes at `width` columns. Continuation rows are indented
-/// past the time when the screen is wide enough, so each message's start
-/// stands out.
+/// The rows `e` takes at `width` columns: broken between words where it
+/// can, inside a word longer than a row. Continuation rows are indented past
+/// the time when the screen is wide enough, so each message's start stands
+/// out.
 pub fn rows_of(e: &Entry, width: u16) -> Vec<Line<'static>> {
-    let width = usize::from(width.max(1));
-    let indent = if width >= 40 { e.time.width() + 1 } else { 0 };
-    let mut rows: Vec<Line<'static>> = Vec::new();
-    let mut row: Vec<Span<'static>> = Vec::new();
-    let mut used = 0;
+    let mut rows = Rows {
+        width: usize::from(width.max(1)),
+        indent: if width >= 40 { e.time.width() + 1 } else { 0 },
+        done: Vec::new(),
+        row: Vec::new(),
+        used: 0,
+    };
     for (text, style) in pieces(e) {
-        let mut run = String::new();
-        for g in text.graphemes(true) {
-            let w = g.width();
-            if used + w > width && used > indent {
-                if !run.is_empty() {
-                    row.push(Span::styled(std::mem::take(&mut run), style));
-                }
-                rows.push(Line::from(std::mem::take(&mut row)));
-                row.push(Span::raw(" ".repeat(indent)));
-                used = indent;
-            }
-            run.push_str(g);
-            used += w;
-        }
-        if !run.is_empty() {
-            row.push(Span::styled(run, style));
+        for word in text.split_word_bounds() {
+            rows.word(word, style);
         }
     }
-    rows.push(Line::from(row));
-    rows
+    rows.finish()
+}
+
+/// Rows being filled.
+struct Rows {
+    width: usize,
+    indent: usize,
+    done: Vec<Line<'static>>,
+    row: Vec<Span<'static>>,
+    used: usize,
+}
+
+impl Rows {
+    fn new_row(&mut self) {
+        self.done.push(Line::from(std::mem::take(&mut self.row)));
+        self.row.push(Span::raw(" ".repeat(self.indent)));
+        self.used = self.indent;
+    }
+
+    fn push(&mut self, text: &str, style: Style, w: usize) {
+        match self.row.last_mut() {
+            Some(last) if last.style == style && self.used > self.indent => {
+                last.content.to_mut().push_str(text)
+            }
+            _ => self.row.push(Span::styled(text.to_owned(), style)),
+        }
+        self.used += w;
+    }
+
+    fn word(&mut self, word: &str, style: Style) {
+        let w = word.width();
+        if self.used + w <= self.width {
+            return self.push(word, style, w);
+        }
+        if word.trim().is_empty() {
+            // A space where a row breaks is not drawn.
+            return self.new_row();
+        }
+        if self.used > self.indent && w <= self.width.saturating_sub(self.indent) {
+            self.new_row();
+            return self.push(word, style, w);
+        }
+        // Longer than a row: cut where it reaches the edge.
+        for g in word.graphemes(true) {
+            let gw = g.width();
+            if self.used + gw > self.width && self.used > self.indent {
+                self.new_row();
+            }
+            self.push(g, style, gw);
+        }
+    }
+
+    fn finish(mut self) -> Vec<Line<'static>> {
+        self.done.push(Line::from(self.row));
+        self.done
+    }
 }
 
 /// Draws the whole screen.
