@@ -995,6 +995,30 @@ mod tests {
     }
 
     #[test]
+    fn on_the_screen_typed_messages_show_as_mine() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut chat = test_chat(dir.path(), &SecretKey::generate());
+        let (handle, mut screen) = crate::screen::Detached::new();
+        chat.view = View::Screen(handle);
+        chat.on_input(Some(Input::Line("hello bob".into())));
+        chat.on_input(Some(Input::Line("//slash".into())));
+        let shown: Vec<_> = screen
+            .model()
+            .entries
+            .iter()
+            .map(|e| (e.kind.clone(), e.text.clone()))
+            .collect();
+        assert!(
+            matches!(&shown[..], [
+                (crate::screen::model::Kind::Message { who: crate::screen::Who::Me { group: None }, .. }, a),
+                (crate::screen::model::Kind::Message { .. }, b),
+            ] if a == "hello bob" && b == "/slash"),
+            "{shown:?}"
+        );
+        assert_eq!(chat.outbox.len(), 2);
+    }
+
+    #[test]
     fn only_link_failures_are_retried() {
         let addr: RelayAddr = "127.0.0.1:1".parse().unwrap();
         assert!(!is_fatal(&RelayError::Closed { addr: addr.clone() }));

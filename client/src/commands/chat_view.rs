@@ -111,3 +111,111 @@ impl View {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::screen::model::{Kind, Link};
+    use crate::screen::Detached;
+    use sotto_keys::SecretKey;
+
+    fn entry(
+        direction: Direction,
+        peer: Option<sotto_keys::PublicKey>,
+        group: Option<&str>,
+    ) -> Entry {
+        Entry {
+            at_ms: 1_700_000_000_000,
+            direction,
+            peer,
+            group: group.map(str::to_owned),
+            text: "hi".into(),
+        }
+    }
+
+    #[test]
+    fn received_messages_show_their_author_by_contact_name_and_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let bob = SecretKey::generate().public();
+        let stranger = SecretKey::generate().public();
+        let path = dir.path().join("contacts.toml");
+        std::fs::write(&path, format!("[contacts.bob]\nkey = \"{bob}\"\n")).unwrap();
+        let book = ContactBook::load(&path).unwrap();
+        let (handle, mut screen) = Detached::new();
+        let view = View::Screen(handle);
+
+        let messages = [
+            entry(Direction::Received, Some(bob), None),
+            entry(Direction::Received, Some(bob), Some("te/am")),
+            entry(Direction::Received, Some(stranger), None),
+        ];
+        let mut printer = view.printer();
+        for _ in &messages {
+            printer.line("[time] line as printed").unwrap();
+        }
+        view.received(&book, &messages, printer);
+        let whos: Vec<Who> = screen
+            .model()
+            .entries
+            .iter()
+            .map(|e| match &e.kind {
+                Kind::Message { who, .. } => who.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            whos,
+            [
+                Who::Them {
+                    name: "bob".into(),
+                    group: None
+                },
+                Who::Them {
+                    name: "bob".into(),
+                    group: Some("te_am".into())
+                },
+                Who::Them {
+                    name: format!("unknown {stranger}"),
+                    group: None
+                },
+            ]
+        );
+
+        // A line that is not a message (a file waiting) is shown as printed.
+        let mut printer = view.printer();
+        printer
+            .line("[time] bob: sent a file: x (1 bytes)")
+            .unwrap();
+        view.received(&book, &[], printer);
+        let last = screen.model().entries.back().unwrap().clone();
+        assert_eq!(last.kind, Kind::Notice);
+        assert_eq!(last.text, "[time] bob: sent a file: x (1 bytes)");
+
+        view.partner("carol");
+        view.link(Link::Reconnecting);
+        let model = screen.model();
+        assert_eq!(model.partner.as_deref(), Some("carol"));
+        assert_eq!(model.link, Link::Reconnecting);
+    }
+
+    #[test]
+    fn what_i_send_is_shown_as_mine_on_the_screen_only() {
+        let sent = entry(Direction::Sent, None, Some("team"));
+        assert_eq!(View::Lines.sent(&sent), None);
+        let (handle, mut screen) = Detached::new();
+        let view = View::Screen(handle);
+        let id = view.sent(&sent).unwrap();
+        let e = screen.model().entries[0].clone();
+        assert_eq!(
+            e.kind,
+            Kind::Message {
+                id,
+                who: Who::Me {
+                    group: Some("team".into())
+                },
+                mark: None
+            }
+        );
+        assert_eq!(e.text, "hi");
+    }
+}

@@ -366,5 +366,40 @@ fn watch_signals() {
     });
 }
 
+/// A screen without a terminal, for tests of what the chat shows: the
+/// updates its handle sends are applied to a model that tests read.
+#[cfg(test)]
+pub(crate) struct Detached {
+    rx: Receiver<Update>,
+    model: Model,
+}
+
+#[cfg(test)]
+impl Detached {
+    /// A handle, and the screen it draws on.
+    pub(crate) fn new() -> (ScreenHandle, Detached) {
+        let (tx, rx) = mpsc::channel();
+        let handle = ScreenHandle {
+            tx,
+            next_id: Arc::new(AtomicU64::new(1)),
+        };
+        (
+            handle,
+            Detached {
+                rx,
+                model: Model::new(None, 80, 24),
+            },
+        )
+    }
+
+    /// The model with every update sent so far applied.
+    pub(crate) fn model(&mut self) -> &Model {
+        while let Ok(update) = self.rx.try_recv() {
+            apply(&mut self.model, update);
+        }
+        &self.model
+    }
+}
+
 #[cfg(test)]
 mod tests;
