@@ -85,6 +85,37 @@ pub fn warning(text: &str) -> bool {
     send_to_sink(Update::Warning(text.to_owned()))
 }
 
+/// Shows a log line on the screen, if one is up, without its colour codes;
+/// false otherwise.
+pub fn log(text: &str) -> bool {
+    if !is_active() {
+        return false;
+    }
+    let text = strip_colours(text);
+    let text = text.trim_end();
+    text.is_empty() || notice(text)
+}
+
+/// `text` without SGR sequences (`ESC [ ... m`), the only ones the logger
+/// writes; anything else left is made visible by the model.
+fn strip_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("\x1b[") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        match after.find(|c: char| !(c.is_ascii_digit() || c == ';')) {
+            Some(end) if after[end..].starts_with('m') => rest = &after[end + 1..],
+            _ => {
+                out.push('\x1b');
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Whether a screen is up.
 pub fn is_active() -> bool {
     sink().is_some()

@@ -269,3 +269,14 @@ fn lines_break_between_words_and_cut_only_words_longer_than_a_row() {
         assert!(editor::columns(l) <= 40, "{l:?}");
     }
 }
+
+#[test]
+fn log_lines_lose_their_colour_codes_only() {
+    assert_eq!(
+        strip_colours("\x1b[2m2026\x1b[0m \x1b[32m INFO\x1b[0m fetched"),
+        "2026  INFO fetched"
+    );
+    assert_eq!(strip_colours("a\x1b[2Jb\x1b"), "a\x1b[2Jb\x1b");
+    // With no screen up, the logger writes to stderr.
+    assert!(!log("x"));
+}
