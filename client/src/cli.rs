@@ -159,6 +159,9 @@ pub struct ChatArgs {
     /// NAME is a group.
     #[arg(long, requires = "name")]
     pub group: bool,
+    /// Line mode even on a terminal: no interactive screen.
+    #[arg(long)]
+    pub plain: bool,
 }
 
 /// `sotto history`.
@@ -317,6 +320,10 @@ mod tests {
         }
         match parse(&["chat", "--group", "team"]).unwrap().command {
             Command::Chat(a) => assert!(a.group && a.name.as_deref() == Some("team")),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["chat", "--plain", "bob"]).unwrap().command {
+            Command::Chat(a) => assert!(a.plain && a.name.as_deref() == Some("bob")),
             other => panic!("{other:?}"),
         }
         assert!(parse(&["chat", "--group"]).is_err());

@@ -12,6 +12,8 @@
 //! - [`identity`]: loading the secret key and getting its passphrase;
 //! - [`relay_client`]: the connection to the relay, with time limits and
 //!   errors that say what to do;
+//! - [`screen`]: the interactive screen of `sotto chat` on a terminal
+//!   (ratatui), and the terminal always given back;
 //! - [`seen`]: message ids already shown, so a replay is shown once;
 //! - [`display`]: neutralising control characters from the network, times;
 //! - [`history`]: the local record of messages sent and shown (`history.log`);
@@ -45,6 +47,7 @@ pub mod identity;
 pub mod publish;
 pub mod relay_client;
 pub mod safe_name;
+pub mod screen;
 pub mod seen;
 pub mod sessions;
 pub mod upload;
@@ -147,9 +150,26 @@ fn init_logging(verbose: u8) {
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
         .with_target(verbose > 1)
         .try_init();
+}
+
+/// Log lines go to stderr, or to the chat's screen while it is up (a raw-mode
+/// screen must get no stray writes).
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if screen::log(&String::from_utf8_lossy(buf)) {
+            return Ok(buf.len());
+        }
+        std::io::stderr().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 #[cfg(test)]

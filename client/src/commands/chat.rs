@@ -1,10 +1,14 @@
 //! `sotto chat [NAME]`: live chat over one long-lived connection.
 //!
-//! Line mode (the one mode so far, also used on a terminal): each line of
-//! stdin is sealed and sent to the current partner, a contact or a group;
-//! every incoming message is printed on stdout as one line, `[time] NAME: TEXT`
-//! (`[time] GROUP/NAME: TEXT` in a group), flushed at once. Notices (reconnecting,
-//! command answers, warnings) go to stderr, so stdout carries messages only.
+//! Line mode (when stdin or stdout is not a terminal, or with `--plain`): each
+//! line of stdin is sealed and sent to the current partner, a contact or a
+//! group; every incoming message is printed on stdout as one line,
+//! `[time] NAME: TEXT` (`[time] GROUP/NAME: TEXT` in a group), flushed at once.
+//! Notices (reconnecting, command answers, warnings) go to stderr, so stdout
+//! carries messages only. On a terminal the same chat runs behind the
+//! interactive screen ([`crate::screen`]): typed lines come through the same
+//! channel, and what line mode prints goes to the screen instead
+//! ([`super::chat_view`]).
 //!
 //! The connection asks for the mailbox with `Fetch { live: true }`: what waited
 //! comes first, in order, then the relay pushes new envelopes as they arrive.
@@ -34,7 +38,7 @@
 //! every send has been stored and every acknowledgement answered.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{BufRead, IsTerminal, Read};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -50,15 +54,17 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::chat_view::View;
 use super::contact::{list_lines, unknown_contact};
 use super::inbox::{self, Files, ShownMessage};
 use super::send::{check_text, explain, MAX_TEXT_LEN};
-use super::{block_on, note, warn, Ctx};
+use super::{block_on, note, say, warn, Ctx};
 use crate::cli::ChatArgs;
 use crate::config::{Config, RelayPin};
 use crate::history::{self, History};
 use crate::identity;
 use crate::relay_client::{self, recv_from, refused, write_to, Delivery, RelayConn, RelayError};
+use crate::screen::{self, Link, Mark, MsgId, Screen};
 use crate::sessions::SessionFiles;
 
 /// How often a keepalive goes to the relay.
@@ -75,7 +81,7 @@ const HELP: &[&str] = &[
     "type a line and press Enter to send it to the current partner",
     "/to NAME     talk to the contact or group NAME from now on",
     "/contacts    list contacts and groups",
-    "/history     the messages exchanged with the current partner (on stderr)",
+    "/history     the messages exchanged with the current partner (on stderr in line mode)",
     "/help        this help",
     "/quit        leave once every message sent is stored (as end of input does)",
     "//text       send a line that starts with /",
@@ -238,7 +244,25 @@ pub(crate) enum Progress {
     Read,
 }
 
+/// A new state of one of my messages, as the view shows it.
+#[derive(Debug, PartialEq, Eq)]
+enum News {
+    /// A line on stderr (line mode).
+    Say(String),
+    /// A mark on the message on the screen.
+    Mark(MsgId, Mark),
+}
+
 impl Progress {
+    fn mark(self) -> Option<Mark> {
+        match self {
+            Progress::Sent => None,
+            Progress::Stored => Some(Mark::Stored),
+            Progress::Delivered => Some(Mark::Delivered),
+            Progress::Read => Some(Mark::Read),
+        }
+    }
+
     fn word(self) -> &'static str {
         match self {
             Progress::Sent => "sent",
@@ -274,6 +298,8 @@ fn snippet(text: &str) -> String {
 #[derive(Debug)]
 struct Tracked {
     snippet: String,
+    /// Where the message is on the screen, which marks it instead of saying.
+    on_screen: Option<MsgId>,
     /// Recipient -> (name, how far it got).
     recipients: HashMap<PublicKey, (String, Progress)>,
 }
@@ -287,11 +313,18 @@ pub(crate) struct Receipts {
 
 impl Receipts {
     /// Follows a message just sealed for `recipients`.
-    fn track(&mut self, id: MessageId, text: &str, recipients: &[(PublicKey, String)]) {
+    fn track(
+        &mut self,
+        id: MessageId,
+        text: &str,
+        recipients: &[(PublicKey, String)],
+        on_screen: Option<MsgId>,
+    ) {
         self.tracked.insert(
             id,
             Tracked {
                 snippet: snippet(text),
+                on_screen,
                 recipients: recipients
                     .iter()
                     .map(|(k, n)| (*k, (n.clone(), Progress::Sent)))
@@ -300,9 +333,9 @@ impl Receipts {
         );
     }
 
-    /// Moves message `id` at `from` on to `state`; returns the line to say,
-    /// if it is news. A message everyone has read is forgotten.
-    fn advance(&mut self, id: &MessageId, from: &PublicKey, state: Progress) -> Option<String> {
+    /// Moves message `id` at `from` on to `state`; returns what to show, if
+    /// it is news. A message everyone has read is forgotten.
+    fn advance(&mut self, id: &MessageId, from: &PublicKey, state: Progress) -> Option<News> {
         let tracked = self.tracked.get_mut(id)?;
         let (name, progress) = tracked.recipients.get_mut(from)?;
         if state <= *progress {
@@ -310,14 +343,18 @@ impl Receipts {
         }
         *progress = state;
         let line = format!("{name}: {} \"{}\"", state.word(), tracked.snippet);
-        if tracked
-            .recipients
-            .values()
-            .all(|(_, p)| *p == Progress::Read)
-        {
+        // On the screen a message carries one mark: how far it got with
+        // every recipient (a group message is read once all have read it).
+        let least = tracked.recipients.values().map(|(_, p)| *p).min();
+        let news = match (tracked.on_screen, least.and_then(Progress::mark)) {
+            (Some(at), Some(mark)) => News::Mark(at, mark),
+            (Some(_), None) => return None,
+            (None, _) => News::Say(line),
+        };
+        if least == Some(Progress::Read) {
             self.tracked.remove(id);
         }
-        Some(line)
+        Some(news)
     }
 }
 
@@ -334,12 +371,28 @@ pub fn run(ctx: &Ctx, args: ChatArgs) -> Result<()> {
     let me = identity::load(&ctx.home, ctx.passphrase_file.as_deref())?;
     let sessions = SessionFiles::of(&ctx.home);
 
-    if std::io::stdin().is_terminal() {
-        note("line mode: type a message and press Enter to send it; /help lists the commands");
-    }
     let (tx, rx) = mpsc::channel(64);
-    spawn_stdin_reader(tx);
+    // Dropped last, after the chat: the terminal comes back before an error
+    // is printed.
+    let (view, _screen) = if !args.plain
+        && std::io::stdin().is_terminal()
+        && std::io::stdout().is_terminal()
+    {
+        let partner = target.as_ref().map(Target::name);
+        let screen = Screen::start(partner, move |line| {
+            tx.blocking_send(Input::Line(line)).is_ok()
+        })?;
+        note("type a message and press Enter to send it; /help lists the commands and keys");
+        (View::Screen(screen.handle()), Some(screen))
+    } else {
+        if std::io::stdin().is_terminal() {
+            note("line mode: type a message and press Enter to send it; /help lists the commands");
+        }
+        spawn_stdin_reader(tx);
+        (View::Lines, None)
+    };
     let mut chat = Chat {
+        view,
         me: Arc::new(me),
         pin,
         book,
@@ -451,6 +504,8 @@ fn is_retryable(code: ErrorCode) -> bool {
 }
 
 struct Chat {
+    /// Where messages and the chat's state are shown.
+    view: View,
     me: Arc<SecretKey>,
     pin: RelayPin,
     book: ContactBook,
@@ -510,6 +565,7 @@ impl Chat {
                 Err(e) if !connected_once || is_fatal(&e) => return Err(e.into()),
                 Err(e) => {
                     tracing::debug!(error = %e, "reconnecting failed");
+                    self.view.link(Link::Reconnecting);
                     if self.input_done && !self.outbox.is_empty() && !said_waiting {
                         said_waiting = true;
                         note(&format!(
@@ -533,12 +589,14 @@ impl Chat {
                 }
             }
             connected_once = true;
+            self.view.link(Link::Connected);
             delay = BACKOFF_START;
             match self.session(conn, &mut inputs).await {
                 Ok(()) => return Ok(()),
                 Err(Stop::Fatal(e)) => return Err(e),
                 Err(Stop::Link(e)) if is_fatal(&e) => return Err(e.into()),
                 Err(Stop::Link(e)) => {
+                    self.view.link(Link::Reconnecting);
                     note(&format!(
                         "{}; reconnecting",
                         crate::error_line(&anyhow::Error::new(e))
@@ -706,7 +764,7 @@ impl Chat {
         if self.announced.contains(&id) {
             return Ok(());
         }
-        let mut stdout = std::io::stdout().lock();
+        let mut printer = self.view.printer();
         let partner = self.target.clone();
         let (mut outcome, to_send) = inbox::process_batch(
             &self.me,
@@ -714,10 +772,7 @@ impl Chat {
             &self.sessions,
             vec![delivery],
             Files::Announce,
-            &mut |line| {
-                writeln!(stdout, "{line}")?;
-                stdout.flush()
-            },
+            &mut |line| printer.line(line),
             &|m| {
                 if is_partner(partner.as_ref(), m) {
                     ReceiptState::Read
@@ -726,7 +781,7 @@ impl Chat {
                 }
             },
         )?;
-        drop(stdout);
+        self.view.received(&self.book, &outcome.messages, printer);
         if outcome.announced > 0 && !outcome.ack.contains(&id) {
             self.announced.insert(id);
         }
@@ -793,6 +848,7 @@ impl Chat {
             ("/to", Some(name)) => match resolve(&self.book, name, false) {
                 Ok(target) => {
                     note(&format!("talking to {}", target.name()));
+                    self.view.partner(target.name());
                     self.target = Some(target);
                     self.mark_read();
                 }
@@ -812,6 +868,11 @@ impl Chat {
             ("/help", _) => {
                 for l in HELP {
                     note(l);
+                }
+                if screen::is_active() {
+                    for l in screen::KEYS {
+                        note(l);
+                    }
                 }
             }
             ("/quit", _) => self.input_done = true,
@@ -837,9 +898,8 @@ impl Chat {
                 note(&format!("no messages with {} yet", target.name()))
             }
             Ok(lines) => {
-                let mut err = std::io::stderr().lock();
                 for l in lines {
-                    let _ = writeln!(err, "{l}");
+                    say(&l);
                 }
             }
             Err(e) => warn(&crate::error_line(&e)),
@@ -848,8 +908,10 @@ impl Chat {
 
     /// Says a new state of one of my messages, once.
     fn say(&mut self, id: &MessageId, from: &PublicKey, state: Progress) {
-        if let Some(line) = self.receipts.advance(id, from, state) {
-            note(&line);
+        match self.receipts.advance(id, from, state) {
+            Some(News::Say(line)) => note(&line),
+            Some(News::Mark(at, mark)) => self.view.mark(at, mark),
+            None => {}
         }
     }
 
@@ -910,13 +972,14 @@ impl Chat {
         match sealed {
             Ok((sealed, entry)) => {
                 inbox::record_history(&self.history, std::slice::from_ref(&entry));
+                let on_screen = self.view.sent(&entry);
                 if let Some(id) = sealed.iter().find_map(|s| s.message) {
                     let recipients: Vec<(PublicKey, String)> = sealed
                         .iter()
                         .filter(|s| s.message.is_some())
                         .map(|s| (s.to, s.name.clone()))
                         .collect();
-                    self.receipts.track(id, &text, &recipients);
+                    self.receipts.track(id, &text, &recipients, on_screen);
                 }
                 self.outbox.extend(
                     sealed
@@ -1050,6 +1113,7 @@ mod tests {
         );
         let target = resolve(&book, "bob", false).ok();
         Chat {
+            view: View::Lines,
             me: Arc::new(SecretKey::generate()),
             pin: RelayPin {
                 addr: "127.0.0.1:1".parse().unwrap(),
@@ -1211,11 +1275,78 @@ mod tests {
     }
 
     #[test]
+    fn on_the_screen_typed_messages_show_as_mine() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut chat = test_chat(dir.path(), &SecretKey::generate());
+        let (handle, mut screen) = crate::screen::Detached::new();
+        chat.view = View::Screen(handle);
+        chat.on_input(Some(Input::Line("hello bob".into())));
+        chat.on_input(Some(Input::Line("//slash".into())));
+        let shown: Vec<_> = screen
+            .model()
+            .entries
+            .iter()
+            .map(|e| (e.kind.clone(), e.text.clone()))
+            .collect();
+        assert!(
+            matches!(&shown[..], [
+                (crate::screen::model::Kind::Message { who: crate::screen::Who::Me { group: None }, .. }, a),
+                (crate::screen::model::Kind::Message { .. }, b),
+            ] if a == "hello bob" && b == "/slash"),
+            "{shown:?}"
+        );
+        assert_eq!(chat.outbox.len(), 2);
+    }
+
+    #[test]
     fn only_link_failures_are_retried() {
         let addr: RelayAddr = "127.0.0.1:1".parse().unwrap();
         assert!(!is_fatal(&RelayError::Closed { addr: addr.clone() }));
         assert!(is_fatal(&refused(&addr, ErrorCode::NotAllowed, "")));
         assert!(is_retryable(ErrorCode::ShuttingDown));
         assert!(!is_retryable(ErrorCode::QuotaExceeded));
+    }
+
+    #[test]
+    fn receipts_are_said_in_line_mode_and_marked_on_the_screen() {
+        let (bob, carol) = (
+            SecretKey::generate().public(),
+            SecretKey::generate().public(),
+        );
+        let both = [(bob, "bob".to_owned()), (carol, "carol".to_owned())];
+        let id = MessageId::random();
+
+        // Line mode: each recipient's news once, never backwards.
+        let mut r = Receipts::default();
+        r.track(id, "hello both", &both, None);
+        assert_eq!(
+            r.advance(&id, &bob, Progress::Delivered),
+            Some(News::Say("bob: delivered \"hello both\"".into()))
+        );
+        assert_eq!(r.advance(&id, &bob, Progress::Stored), None);
+        assert_eq!(r.advance(&id, &bob, Progress::Delivered), None);
+        let stranger = SecretKey::generate().public();
+        assert_eq!(r.advance(&id, &stranger, Progress::Read), None);
+
+        // On the screen: one mark, as far as every recipient got.
+        let (screen, _detached) = screen::Detached::new();
+        let at = screen.message(0, screen::Who::Me { group: None }, "hello both");
+        let mut r = Receipts::default();
+        r.track(id, "hello both", &both, Some(at));
+        assert_eq!(r.advance(&id, &bob, Progress::Stored), None, "carol: sent");
+        assert_eq!(
+            r.advance(&id, &carol, Progress::Stored),
+            Some(News::Mark(at, Mark::Stored))
+        );
+        assert_eq!(
+            r.advance(&id, &bob, Progress::Read),
+            Some(News::Mark(at, Mark::Stored))
+        );
+        assert_eq!(
+            r.advance(&id, &carol, Progress::Read),
+            Some(News::Mark(at, Mark::Read))
+        );
+        // Everyone read it: forgotten.
+        assert!(r.tracked.is_empty());
     }
 }

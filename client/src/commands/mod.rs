@@ -14,6 +14,7 @@ use crate::home::Home;
 
 mod bars;
 pub mod chat;
+mod chat_view;
 pub mod contact;
 pub mod history;
 pub mod id;
@@ -98,12 +99,28 @@ impl Out {
     }
 }
 
-/// A message for the person at the terminal, on stderr.
+/// A message for the person at the terminal, on stderr (on the chat's
+/// screen while it is up).
 pub(crate) fn note(msg: &str) {
+    if crate::screen::notice(msg) {
+        return;
+    }
     let _ = writeln!(std::io::stderr(), "sotto: {msg}");
 }
 
-/// A warning, on stderr.
+/// A warning, on stderr (on the chat's screen while it is up).
 pub(crate) fn warn(msg: &str) {
+    if crate::screen::warning(msg) {
+        return;
+    }
     let _ = writeln!(std::io::stderr(), "sotto: warning: {msg}");
+}
+
+/// A line of output for the person at the terminal, without the `sotto:`
+/// prefix, on stderr (on the chat's screen while it is up).
+pub(crate) fn say(line: &str) {
+    if crate::screen::notice(line) {
+        return;
+    }
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
