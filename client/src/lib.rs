@@ -13,6 +13,7 @@
 //! - [`relay_client`]: the connection to the relay, with time limits and
 //!   errors that say what to do;
 //! - [`seen`]: message ids already shown, so a replay is shown once;
+//! - [`presence`]: which contacts are online, from their live-only notices;
 //! - [`display`]: neutralising control characters from the network, times;
 //! - [`history`]: the local record of messages sent and shown (`history.log`);
 //! - [`upload`]: sending a file: streamed from disk, sealed, pipelined,
@@ -42,6 +43,7 @@ pub mod download;
 pub mod history;
 pub mod home;
 pub mod identity;
+pub mod presence;
 pub mod publish;
 pub mod relay_client;
 pub mod safe_name;

@@ -196,6 +196,13 @@ pub(crate) fn process(
         let (group, text) = match body.content {
             Content::Text(text) => (None, text),
             Content::GroupText { group, text } => (Some(group), text),
+            // Presence travels live-only (`Notify`); one stored in a mailbox
+            // is not a message: dropped unseen.
+            Content::Presence(_) => {
+                tracing::debug!(id = delivery.id, "a stored presence notice dropped");
+                outcome.ack.push(delivery.id);
+                continue;
+            }
             Content::File(offer) => {
                 in_batch.insert(seen_id);
                 match files {
