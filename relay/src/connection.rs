@@ -424,16 +424,32 @@ async fn deliver(
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = &mut woken => break,
+                _ = &mut woken => {
+                    // Notices queued before this wake-up were sent before
+                    // the envelope that caused it: they go first.
+                    while let Some(envelope) = notices.try_next() {
+                        if !forward_notice(&tx, envelope).await {
+                            return Ok(());
+                        }
+                    }
+                    break;
+                }
                 envelope = notices.next() => {
-                    let msg = RelayMsg::Notice { envelope: ByteBuf::from(envelope) };
-                    if tx.send(msg.into()).await.is_err() {
+                    if !forward_notice(&tx, envelope).await {
                         return Ok(());
                     }
                 }
             }
         }
     }
+}
+
+/// Queues a notice for the client; false once the connection is gone.
+async fn forward_notice(tx: &Outbox, envelope: Vec<u8>) -> bool {
+    let msg = RelayMsg::Notice {
+        envelope: ByteBuf::from(envelope),
+    };
+    tx.send(msg.into()).await.is_ok()
 }
 
 async fn write_loop(

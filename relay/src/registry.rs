@@ -124,6 +124,13 @@ impl Notices {
     }
 }
 
+impl Notices {
+    /// A notice already queued, if any.
+    pub fn try_next(&mut self) -> Option<Vec<u8>> {
+        self.0.as_mut().and_then(|rx| rx.try_recv().ok())
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut subs = self.registry.lock();
@@ -176,6 +183,7 @@ mod tests {
             assert_eq!(live_notices.next().await, [i as u8]);
         }
         assert_eq!(reg.notice(&a, b"room again"), 1);
-        assert_eq!(live_notices.next().await, b"room again");
+        assert_eq!(live_notices.try_next().as_deref(), Some(&b"room again"[..]));
+        assert_eq!(live_notices.try_next(), None);
     }
 }

@@ -6,3 +6,4 @@ mod chat;
 mod cli;
 mod files;
 mod messaging;
+mod presence;
