@@ -145,7 +145,7 @@ fn contacts_see_each_other_come_and_go_and_strangers_stay_invisible() {
     // Alice first; bob arrives later: each hears of the other.
     let mut a = alice.spawn(&["chat", "bob"]);
     wait_stderr(&a, "connected", 1);
-    let mut b = bob.spawn(&["chat", "alice"]);
+    let b = bob.spawn(&["chat", "alice"]);
     wait_stderr(&b, "sotto: alice is online", 1);
     wait_stderr(&a, "sotto: bob is online", 1);
     a.type_line("/online");
@@ -223,7 +223,7 @@ fn a_file_sent_from_chat_arrives_byte_exact_while_chatting_goes_on() {
     let path = dir.path().join("report final.bin");
     std::fs::write(&path, &data).unwrap();
 
-    let mut b = bob.spawn(&["chat", "alice"]);
+    let b = bob.spawn(&["chat", "alice"]);
     let mut a = alice.spawn(&["chat", "bob"]);
     a.type_line("/file");
     a.type_line(&format!(
