@@ -15,6 +15,7 @@
 //! - [`screen`]: the interactive screen of `sotto chat` on a terminal
 //!   (ratatui), and the terminal always given back;
 //! - [`seen`]: message ids already shown, so a replay is shown once;
+//! - [`presence`]: which contacts are online, from their live-only notices;
 //! - [`display`]: neutralising control characters from the network, times;
 //! - [`history`]: the local record of messages sent and shown (`history.log`);
 //! - [`upload`]: sending a file: streamed from disk, sealed, pipelined,
@@ -44,6 +45,7 @@ pub mod download;
 pub mod history;
 pub mod home;
 pub mod identity;
+pub mod presence;
 pub mod publish;
 pub mod relay_client;
 pub mod safe_name;

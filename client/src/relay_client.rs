@@ -547,7 +547,8 @@ where
                 }
                 RelayMsg::Drained => return Ok(out),
                 RelayMsg::Error { code, detail, .. } => return Err(self.refused(code, &detail)),
-                RelayMsg::Pong => {}
+                // A notice is live-only and this fetch is not live: harmless.
+                RelayMsg::Pong | RelayMsg::Notice { .. } => {}
                 RelayMsg::Stored { .. }
                 | RelayMsg::Acked { .. }
                 | RelayMsg::UploadState { .. }

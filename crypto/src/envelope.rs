@@ -94,6 +94,24 @@ pub enum Content {
         /// The ids of the message bodies it is about.
         ids: Vec<MessageId>,
     },
+    /// A presence notice, sent live-only (`Notify`) to each contact; never
+    /// a message: not shown as one, not kept. Appended last, after `Receipt`.
+    Presence(Presence),
+}
+
+/// What a presence notice says. Only contacts are told, end to end; the
+/// receiver refuses a notice dated outside a short freshness window, so a
+/// replayed one is worthless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Presence {
+    /// I am online. With `reply`, I just arrived and ask contacts who are
+    /// online to say so (with `reply: false`, which is never answered).
+    Online {
+        /// Answer me with your own `Online { reply: false }`.
+        reply: bool,
+    },
+    /// I am leaving.
+    Offline,
 }
 
 /// How far a message got at its recipient (the third state, "stored on
@@ -367,6 +385,23 @@ mod tests {
             seal(&alice, &bob.public(), &too_big),
             Err(EnvelopeError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn presence_is_appended_and_fits_the_smallest_bucket() {
+        // Variant 4 of `Content`: the encodings before it are unchanged.
+        let online = Content::Presence(Presence::Online { reply: true });
+        assert_eq!(postcard::to_stdvec(&online).unwrap(), [4, 0, 1]);
+        assert_eq!(
+            postcard::to_stdvec(&Content::Presence(Presence::Offline)).unwrap(),
+            [4, 1]
+        );
+        let alice = SecretKey::generate();
+        let bob = SecretKey::generate();
+        let body = Body::new(online);
+        let env = seal(&alice, &bob.public(), &body).unwrap();
+        assert_eq!(env.len(), HEADER_LEN + NOISE_OVERHEAD + 256);
+        assert_eq!(open(&bob, &env).unwrap().body, body);
     }
 
     #[test]

@@ -427,6 +427,13 @@ fn wire_messages() {
             "client.delete_blob",
             ClientMsg::DeleteBlob { req: 5, file_id },
         ),
+        (
+            "client.notify",
+            ClientMsg::Notify {
+                to,
+                envelope: ByteBuf::from(vec![1, 2, 3]),
+            },
+        ),
     ];
     let relay = [
         ("relay.stored", RelayMsg::Stored { req: 1 }),
@@ -488,6 +495,12 @@ fn wire_messages() {
             RelayMsg::BlobDeleted {
                 req: 5,
                 deleted: true,
+            },
+        ),
+        (
+            "relay.notice",
+            RelayMsg::Notice {
+                envelope: ByteBuf::from(vec![1, 2, 3]),
             },
         ),
     ];

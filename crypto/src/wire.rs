@@ -107,6 +107,17 @@ pub enum ClientMsg {
         /// The file.
         file_id: FileId,
     },
+    /// A live-only notice for `to` (a presence notice, sealed end to end):
+    /// pushed as `Notice` to every connection of `to` that asked for live
+    /// delivery (`Fetch { live: true }`), dropped otherwise. Never stored and
+    /// never answered, so the sender cannot learn from the relay whether `to`
+    /// is connected. Limited to the relay's `max_envelope_len`.
+    Notify {
+        /// Recipient.
+        to: PublicKey,
+        /// Sealed end-to-end envelope, opaque to the relay.
+        envelope: ByteBuf,
+    },
 }
 
 /// Why the relay refused a request.
@@ -211,6 +222,12 @@ pub enum RelayMsg {
         /// Whether a blob was deleted (false: unknown, or not mine).
         deleted: bool,
     },
+    /// A live-only notice someone sent me with `Notify`, pushed while I am
+    /// subscribed live; it was never stored and is not acknowledged.
+    Notice {
+        /// The sealed envelope.
+        envelope: ByteBuf,
+    },
 }
 
 /// Encodes a message.
@@ -255,6 +272,20 @@ mod tests {
             [0x02, 0xAC, 0x02, 0x01, 0x05]
         );
         assert_eq!(encode(&RelayMsg::Stored { req: 1 }), [0x00, 0x01]);
+        let notify = ClientMsg::Notify {
+            to: PublicKey::from_bytes([0xAB; 32]),
+            envelope: ByteBuf::from(vec![9]),
+        };
+        let mut want = vec![0x09];
+        want.extend([0xAB; 32]);
+        want.extend([0x01, 9]);
+        assert_eq!(encode(&notify), want);
+        assert_eq!(
+            encode(&RelayMsg::Notice {
+                envelope: ByteBuf::from(vec![7, 8])
+            }),
+            [0x0C, 0x02, 7, 8]
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! A connection is cooperating parts: this task reads requests; a writer task
 //! owns the sending half and flushes once per burst; a delivery task, started
-//! by `Fetch`, streams the mailbox and then waits for wake-ups; each upload
+//! by `Fetch`, streams the mailbox and then waits for wake-ups and live-only
+//! notices (`Notify`, which is never stored: see `crate::registry`); each upload
 //! has a disk task and each download a streaming task (see `files`). Every
 //! way a connection can end (clean close, idle, bad input, shutdown) ends here
 //! with one logged reason, and never affects another connection or the store.
@@ -316,7 +317,33 @@ impl Session {
                 return Ok(self.download(req, file_id, from).await);
             }
             ClientMsg::DeleteBlob { req, file_id } => self.delete_blob(req, file_id).await,
+            ClientMsg::Notify { to, envelope } => {
+                self.notice(to, &envelope)?;
+                return Ok(None);
+            }
         }))
+    }
+}
+
+impl Session {
+    /// `Notify`: hands the notice to `to`'s live connections, if any. Never
+    /// answered and never logged with whom it was for, so neither the sender
+    /// nor the log learns whether `to` is connected. A notice larger than an
+    /// envelope may be is a protocol violation: the client knows the limit
+    /// from the handshake.
+    fn notice(&self, to: PublicKey, envelope: &[u8]) -> Result<(), Closed> {
+        let max = self.shared.config.mailbox.max_envelope_len;
+        if envelope.len() > max {
+            return Err(Closed::Protocol(
+                format!(
+                    "a notice of {} bytes exceeds the relay's limit of {max}",
+                    envelope.len()
+                )
+                .into(),
+            ));
+        }
+        self.shared.registry.notice(&to, envelope);
+        Ok(())
     }
 }
 
@@ -356,7 +383,7 @@ async fn deliver(
     live: bool,
     shutdown: CancellationToken,
 ) -> Result<(), Closed> {
-    let sub = shared.registry.subscribe(client);
+    let (sub, mut notices) = shared.registry.subscribe(client, live);
     let mut after = None;
     let mut drained = false;
     loop {
@@ -392,11 +419,37 @@ async fn deliver(
                 return Ok(());
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = &mut woken => {}
+        // Notices queued meanwhile go out now, after `Drained`; then each
+        // as it comes, until the store has something new.
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = &mut woken => {
+                    // Notices queued before this wake-up were sent before
+                    // the envelope that caused it: they go first.
+                    while let Some(envelope) = notices.try_next() {
+                        if !forward_notice(&tx, envelope).await {
+                            return Ok(());
+                        }
+                    }
+                    break;
+                }
+                envelope = notices.next() => {
+                    if !forward_notice(&tx, envelope).await {
+                        return Ok(());
+                    }
+                }
+            }
         }
     }
+}
+
+/// Queues a notice for the client; false once the connection is gone.
+async fn forward_notice(tx: &Outbox, envelope: Vec<u8>) -> bool {
+    let msg = RelayMsg::Notice {
+        envelope: ByteBuf::from(envelope),
+    };
+    tx.send(msg.into()).await.is_ok()
 }
 
 async fn write_loop(

@@ -34,8 +34,18 @@
 //! while its sender (or its group) is the partner is answered as read, any
 //! other as delivered, and `/to` that sender sends read for those.
 //!
+//! Presence ([`presence`]): once the mailbox is shown, the chat tells every
+//! contact it is online with a live-only notice, repeats it as a heartbeat
+//! and says `Offline` at a clean end; contacts' notices become `sotto: bob is
+//! online` / `went offline` on stderr, and `/online` lists who is. `/file
+//! PATH` sends a file in the background ([`file`]).
+//!
 //! End: EOF on stdin or `/quit`, once the waiting mailbox has been shown,
-//! every send has been stored and every acknowledgement answered.
+//! every send has been stored, every acknowledgement answered and every file
+//! sent with `/file` has ended.
+
+mod file;
+mod presence;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, IsTerminal, Read};
@@ -44,7 +54,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Result};
 use serde_bytes::ByteBuf;
-use sotto_crypto::envelope::{Body, Content, MessageId, ReceiptState};
+use sotto_crypto::envelope::{Body, Content, MessageId, Presence, ReceiptState};
 use sotto_crypto::link::{LinkReader, LinkWriter};
 use sotto_crypto::session::SessionStore;
 use sotto_crypto::wire::{ClientMsg, ErrorCode, RelayMsg};
@@ -52,6 +62,7 @@ use sotto_crypto::EnvelopeError;
 use sotto_keys::{Contact, ContactBook, PublicKey, RelayAddr, SecretKey};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::chat_view::View;
@@ -63,9 +74,11 @@ use crate::cli::ChatArgs;
 use crate::config::{Config, RelayPin};
 use crate::history::{self, History};
 use crate::identity;
+use crate::presence::Roster;
 use crate::relay_client::{self, recv_from, refused, write_to, Delivery, RelayConn, RelayError};
 use crate::screen::{self, Link, Mark, MsgId, Screen};
 use crate::sessions::SessionFiles;
+use crate::upload_state::UploadStates;
 
 /// How often a keepalive goes to the relay.
 pub const PING_EVERY: Duration = Duration::from_secs(30);
@@ -81,6 +94,8 @@ const HELP: &[&str] = &[
     "type a line and press Enter to send it to the current partner",
     "/to NAME     talk to the contact or group NAME from now on",
     "/contacts    list contacts and groups",
+    "/online      the contacts online now (they tell their contacts, end to end)",
+    "/file PATH   send a file to the current partner, in the background",
     "/history     the messages exchanged with the current partner (on stderr in line mode)",
     "/help        this help",
     "/quit        leave once every message sent is stored (as end of input does)",
@@ -408,6 +423,9 @@ pub fn run(ctx: &Ctx, args: ChatArgs) -> Result<()> {
         drained: false,
         noted_unknown: HashSet::new(),
         announced: HashSet::new(),
+        roster: Roster::default(),
+        uploads: JoinSet::new(),
+        upload_states: UploadStates::new(ctx.home.uploads()),
     };
     block_on(chat.run(rx))?
 }
@@ -531,11 +549,21 @@ struct Chat {
     /// Relay ids of file offers announced: they stay on the relay for
     /// `receive-all`, so they come again on every connection.
     announced: HashSet<u64>,
+    /// Which contacts are online.
+    roster: Roster,
+    /// Files being sent with `/file`.
+    uploads: JoinSet<()>,
+    /// Where interrupted uploads are remembered.
+    upload_states: UploadStates,
 }
 
 impl Chat {
     fn finished(&self) -> bool {
-        self.input_done && self.drained && self.outbox.is_empty() && self.acks_pending.is_empty()
+        self.input_done
+            && self.drained
+            && self.outbox.is_empty()
+            && self.acks_pending.is_empty()
+            && self.uploads.is_empty()
     }
 
     fn req(&mut self) -> u32 {
@@ -645,9 +673,16 @@ impl Chat {
         let mut ping = tokio::time::interval_at(start, PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
+        let start = Instant::now() + presence::PRESENCE_EVERY;
+        let mut heartbeat = tokio::time::interval_at(start, presence::PRESENCE_EVERY);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.finished() {
-                let _ = tokio::time::timeout(Duration::from_secs(2), writer.shutdown()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    let _ = self.announce(Presence::Offline, &mut writer, &addr).await;
+                    writer.shutdown().await
+                })
+                .await;
                 return Ok(());
             }
             tokio::select! {
@@ -669,7 +704,12 @@ impl Chat {
                         return Err(Stop::Link(RelayError::NoAnswer { addr }));
                     }
                     write_to(&mut writer, &addr, &ClientMsg::Ping, true).await?;
+                    self.expire_presence();
                 }
+                _ = heartbeat.tick(), if self.drained => {
+                    self.announce(Presence::Online { reply: false }, &mut writer, &addr).await?;
+                }
+                Some(_) = self.uploads.join_next(), if !self.uploads.is_empty() => {}
             }
         }
     }
@@ -716,7 +756,14 @@ impl Chat {
                 };
                 self.on_delivery(delivery, writer, addr).await?;
             }
-            RelayMsg::Drained => self.drained = true,
+            RelayMsg::Drained => {
+                if !self.drained {
+                    self.drained = true;
+                    self.announce(Presence::Online { reply: true }, writer, addr)
+                        .await?;
+                }
+            }
+            RelayMsg::Notice { envelope } => self.on_notice(&envelope, writer, addr).await?,
             RelayMsg::Stored { req } => {
                 if let Some(pos) = self.outbox.iter().position(|o| o.req == Some(req)) {
                     let o = self.outbox.remove(pos);
@@ -841,6 +888,16 @@ impl Chat {
             self.send_text(line);
             return;
         }
+        if let Some(path) = line
+            .strip_prefix("/file")
+            .filter(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
+        {
+            match path.trim() {
+                "" => warn("/file needs a PATH: `/file photo.jpg`"),
+                path => self.send_file(path),
+            }
+            return;
+        }
         let mut words = line.split_whitespace();
         let command = words.next().unwrap_or_default();
         let arg = words.next();
@@ -865,6 +922,7 @@ impl Chat {
                 }
             }
             ("/history", _) => self.show_history(),
+            ("/online", _) => self.show_online(),
             ("/help", _) => {
                 for l in HELP {
                     note(l);
@@ -1132,6 +1190,9 @@ mod tests {
             drained: false,
             noted_unknown: HashSet::new(),
             announced: HashSet::new(),
+            roster: Roster::default(),
+            uploads: JoinSet::new(),
+            upload_states: UploadStates::new(dir.join("uploads")),
         }
     }
 

@@ -305,6 +305,13 @@ pub(crate) fn process(
             Content::Text(text) => (None, text),
             Content::GroupText { group, text } => (Some(group), text),
             Content::Receipt { .. } => continue,
+            // Presence travels live-only (`Notify`); one stored in a mailbox
+            // is not a message: dropped unseen.
+            Content::Presence(_) => {
+                tracing::debug!(id = delivery.id, "a stored presence notice dropped");
+                outcome.ack.push(delivery.id);
+                continue;
+            }
             Content::File(offer) => {
                 rollback(sessions)?;
                 in_batch.insert(seen_id);

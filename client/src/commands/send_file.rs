@@ -49,12 +49,18 @@ pub fn run(ctx: &Ctx, args: SendFileArgs) -> Result<()> {
     let sessions = SessionFiles::of(&ctx.home);
     let states = UploadStates::new(ctx.home.uploads());
     states.prune(STATE_RETENTION);
-    let bars = Bars::new(args.quiet);
+    let mut bars = BarProgress {
+        bars: Bars::new(args.quiet),
+        bar: None,
+    };
 
     block_on(async {
         let mut conn = relay_client::connect(&pin, &me).await?;
         for source in &sources {
-            send_one(&mut conn, &me, &sessions, &contact, source, &states, &bars).await?;
+            send_one(
+                &mut conn, &me, &sessions, &contact, source, &states, &mut bars,
+            )
+            .await?;
         }
         conn.close().await;
         Ok::<_, anyhow::Error>(())
@@ -63,14 +69,57 @@ pub fn run(ctx: &Ctx, args: SendFileArgs) -> Result<()> {
     Ok(())
 }
 
-async fn send_one<R, W>(
+/// How one upload shows what it does: bars for `send-file`, notices in
+/// `sotto chat` (where the upload runs beside the conversation).
+pub(crate) trait Progress: Send {
+    /// A line for the person at the terminal.
+    fn note(&mut self, msg: &str);
+    /// Sending `name` (`size` bytes) begins, `done` bytes already on the relay.
+    fn start(&mut self, name: &str, size: u64, done: u64);
+    /// `done` bytes are on the relay.
+    fn advance(&mut self, done: u64);
+    /// Sending ended, whichever way.
+    fn finish(&mut self);
+}
+
+/// Progress bars on stderr (drawn only on a terminal).
+struct BarProgress {
+    bars: Bars,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress for BarProgress {
+    fn note(&mut self, msg: &str) {
+        self.bars.suspend(|| note(msg));
+    }
+
+    fn start(&mut self, name: &str, size: u64, done: u64) {
+        self.bar = Some(self.bars.file(name, size, done));
+    }
+
+    fn advance(&mut self, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Uploads `source` for `contact` (resuming an interrupted upload), then
+/// seals its offer to them and has the relay store it.
+pub(crate) async fn send_one<R, W>(
     conn: &mut RelayConn<R, W>,
     me: &Arc<SecretKey>,
     sessions: &SessionFiles,
     contact: &Contact,
     source: &Source,
     states: &UploadStates,
-    bars: &Bars,
+    progress: &mut dyn Progress,
 ) -> Result<()>
 where
     R: AsyncRead + Unpin,
@@ -96,13 +145,13 @@ where
         .map_err(|e| explain_upload(e, &file, &name))?;
     let done = bytes_in_chunks(size, have);
     if resumed && have > 0 {
-        bars.suspend(|| note(&format!("resuming {file} at {}%", percent(done, size))));
+        progress.note(&format!("resuming {file} at {}%", percent(done, size)));
     }
     tracing::info!(size, have, "uploading");
 
-    let bar = bars.file(&source.name, size, done);
-    let sent = upload::send(conn, source, &state, have, &mut |d, _| bar.set_position(d)).await;
-    bar.finish_and_clear();
+    progress.start(&source.name, size, done);
+    let sent = upload::send(conn, source, &state, have, &mut |d, _| progress.advance(d)).await;
+    progress.finish();
     let hash = sent.map_err(|e| explain_upload(e, &file, &name))?;
 
     let offer = FileOffer {
@@ -151,12 +200,12 @@ where
             tracing::debug!(error = %e, "a session renewal was not stored");
         }
     }
-    bars.suspend(|| note(&format!("sent {file} to {name}: the relay has stored it")));
+    progress.note(&format!("sent {file} to {name}: the relay has stored it"));
     Ok(())
 }
 
 /// `done` as a whole percentage of `total` (rounded down).
-fn percent(done: u64, total: u64) -> u64 {
+pub(crate) fn percent(done: u64, total: u64) -> u64 {
     if total == 0 {
         return 100;
     }

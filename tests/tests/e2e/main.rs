@@ -6,4 +6,5 @@ mod chat;
 mod cli;
 mod files;
 mod messaging;
+mod presence;
 mod sessions;

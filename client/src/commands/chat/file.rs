@@ -1,0 +1,149 @@
+//! `/file PATH` in `sotto chat`: the file drop, beside the conversation.
+//!
+//! The file goes to the current partner (to each member of a group, one
+//! upload each, as a group message is one envelope each) exactly as
+//! `sotto send-file` sends it ([`send_one`]: resumable upload, then the offer
+//! sealed end to end and stored in their mailbox), over a connection of its
+//! own in a task of its own, so typing and receiving go on meanwhile.
+//! Progress comes as notices on stderr: the start, every quarter on a
+//! terminal, then done or failed with the reason. The chat does not end
+//! before its uploads have ended.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use sotto_keys::{Contact, SecretKey};
+
+use super::{Chat, Target};
+use crate::commands::send_file::{percent, send_one, Progress};
+use crate::commands::{note, warn};
+use crate::config::RelayPin;
+use crate::display::sanitize;
+use crate::relay_client;
+use crate::sessions::SessionFiles;
+use crate::upload::Source;
+use crate::upload_state::UploadStates;
+
+impl Chat {
+    /// Starts sending the file at `path` to the current partner.
+    pub(super) fn send_file(&mut self, path: &str) {
+        let Some(target) = &self.target else {
+            warn("nobody to send to yet: type `/to NAME` first; the file was not sent");
+            return;
+        };
+        let mine = self.me.public();
+        let recipients: Vec<Contact> = match target {
+            Target::Contact(c) => vec![c.clone()],
+            Target::Group { members, .. } => {
+                members.iter().filter(|c| c.key != mine).cloned().collect()
+            }
+        };
+        if recipients.is_empty() {
+            warn(&format!(
+                "nobody to send to: you are the only member of '{}'",
+                target.name()
+            ));
+            return;
+        }
+        self.uploads.spawn(send_in_background(
+            self.me.clone(),
+            self.pin.clone(),
+            self.upload_states.clone(),
+            self.sessions.clone(),
+            recipients,
+            PathBuf::from(path),
+        ));
+    }
+}
+
+/// Sends `path` to each of `recipients`, one after the other, and says how
+/// it went on stderr.
+async fn send_in_background(
+    me: Arc<SecretKey>,
+    pin: RelayPin,
+    states: UploadStates,
+    sessions: SessionFiles,
+    recipients: Vec<Contact>,
+    path: PathBuf,
+) {
+    let shown = sanitize(&path.display().to_string());
+    let sent = async {
+        let source = tokio::task::spawn_blocking(move || Source::inspect(&path))
+            .await
+            .context("the file task failed")??;
+        let mut conn = relay_client::connect(&pin, &me).await?;
+        for contact in &recipients {
+            let mut progress = Notices::new(contact.name.to_string());
+            send_one(
+                &mut conn,
+                &me,
+                &sessions,
+                contact,
+                &source,
+                &states,
+                &mut progress,
+            )
+            .await?;
+        }
+        conn.close().await;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if let Err(e) = sent {
+        warn(&format!("{shown} was not sent: {}", crate::error_line(&e)));
+    }
+}
+
+/// Progress as notices on stderr; percentages only on a terminal.
+struct Notices {
+    to: String,
+    file: String,
+    size: u64,
+    /// The next percentage worth a notice.
+    next: u64,
+    tty: bool,
+}
+
+/// Percentages said on a terminal.
+const STEP: u64 = 25;
+
+impl Notices {
+    fn new(to: String) -> Self {
+        Self {
+            to,
+            file: String::new(),
+            size: 0,
+            next: STEP,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+impl Progress for Notices {
+    fn note(&mut self, msg: &str) {
+        note(msg);
+    }
+
+    fn start(&mut self, name: &str, size: u64, done: u64) {
+        self.file = sanitize(name);
+        self.size = size;
+        note(&format!(
+            "sending {} ({size} bytes) to {} in the background",
+            self.file, self.to
+        ));
+        let at = percent(done, size);
+        self.next = (at / STEP + 1) * STEP;
+    }
+
+    fn advance(&mut self, done: u64) {
+        let at = percent(done, self.size);
+        if self.tty && at >= self.next && at < 100 {
+            note(&format!("{} to {}: {at}%", self.file, self.to));
+            self.next = (at / STEP + 1) * STEP;
+        }
+    }
+
+    fn finish(&mut self) {}
+}
