@@ -25,7 +25,6 @@ use tracing::{debug, info, warn};
 use crate::blobs::{BlobError, Blobs};
 use crate::config::RelayConfig;
 use crate::connection;
-use crate::registry::Registry;
 use crate::relay_key::{self, RelayKeyError};
 use crate::store::{Store, StoreError};
 
@@ -35,7 +34,6 @@ pub(crate) struct Shared {
     pub key: SecretKey,
     pub store: Store,
     pub blobs: Blobs,
-    pub registry: Arc<Registry>,
     pub handshakes: Arc<Semaphore>,
     pub hello: RelayHello,
 }
@@ -113,7 +111,6 @@ impl Relay {
         };
         let shared = Arc::new(Shared {
             handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
-            registry: Arc::new(Registry::default()),
             config,
             key,
             store,
