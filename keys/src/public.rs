@@ -20,6 +20,40 @@ pub const PUBLIC_KEY_LEN: usize = 32;
 const USER_HRP: &str = "sotto";
 const RELAY_HRP: &str = "sottorelay";
 
+/// The encodings (top bit clear) of the points of small order on Curve25519
+/// and its twist, canonical and not: 0, 1, the two points of order 8, and
+/// p - 1, p, p + 1. Every X25519 with one of them (whatever the top bit) gives
+/// the all-zero output, and no other input does (the same list as libsodium's).
+const LOW_ORDER: [[u8; PUBLIC_KEY_LEN]; 7] = [
+    [0; 32],
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
+    ],
+    [
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
+        0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
+        0xb8, 0x00,
+    ],
+    [
+        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef,
+        0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f,
+        0x11, 0x57,
+    ],
+    field_element_tail(0xec),
+    field_element_tail(0xed),
+    field_element_tail(0xee),
+];
+
+/// `first` followed by 0xff bytes and a last byte of 0x7f: p - 1, p and p + 1
+/// for a first byte of 0xec, 0xed and 0xee (p = 2^255 - 19).
+const fn field_element_tail(first: u8) -> [u8; PUBLIC_KEY_LEN] {
+    let mut out = [0xff; PUBLIC_KEY_LEN];
+    out[0] = first;
+    out[PUBLIC_KEY_LEN - 1] = 0x7f;
+    out
+}
+
 /// The X25519 public key of a client identity: its address on a relay.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PublicKey([u8; PUBLIC_KEY_LEN]);
@@ -54,12 +88,13 @@ impl PublicKey {
     /// (snow does not), so sotto refuses them wherever a key enters: key
     /// strings, envelope senders, link clients.
     pub fn is_weak(&self) -> bool {
-        // X25519 clamps scalars to multiples of the cofactor, so any secret
-        // maps a low-order point to zero: one probe decides.
-        let probe = x25519_dalek::StaticSecret::random_from_rng(rand_core::OsRng);
-        !probe
-            .diffie_hellman(&x25519_dalek::PublicKey::from(self.0))
-            .was_contributory()
+        // A comparison rather than a Diffie-Hellman probe: this runs for every
+        // opened envelope and every link handshake. X25519 ignores the top bit,
+        // so each encoding is compared with it masked off.
+        let (head, last) = self.0.split_at(PUBLIC_KEY_LEN - 1);
+        LOW_ORDER.iter().any(|weak| {
+            weak[..PUBLIC_KEY_LEN - 1] == *head && weak[PUBLIC_KEY_LEN - 1] == last[0] & 0x7f
+        })
     }
 
     /// A short form for logs and compact displays (prefix of the string form).
@@ -291,6 +326,34 @@ mod tests {
             );
         }
         assert!(!crate::SecretKey::generate().public().is_weak());
+    }
+
+    #[test]
+    fn the_low_order_list_agrees_with_an_x25519_probe() {
+        // What the list replaces: a DH with a random secret that comes out all zero.
+        let probe = |key: [u8; 32]| {
+            let secret = x25519_dalek::StaticSecret::random_from_rng(rand_core::OsRng);
+            !secret
+                .diffie_hellman(&x25519_dalek::PublicKey::from(key))
+                .was_contributory()
+        };
+        for weak in LOW_ORDER {
+            let mut high = weak;
+            high[31] |= 0x80;
+            for key in [weak, high] {
+                assert!(probe(key), "{key:02x?} is not of small order");
+                assert!(PublicKey::from_bytes(key).is_weak(), "{key:02x?} passed");
+            }
+        }
+        for _ in 0..200 {
+            let key = crate::SecretKey::generate().public();
+            assert!(!probe(*key.as_bytes()));
+            assert!(!key.is_weak());
+            // One bit away from a weak key is an ordinary key.
+            let mut near = LOW_ORDER[2];
+            near[(key.as_bytes()[0] % 31) as usize] ^= 1 << (key.as_bytes()[1] % 8);
+            assert_eq!(PublicKey::from_bytes(near).is_weak(), probe(near));
+        }
     }
 
     #[test]

@@ -15,6 +15,8 @@
 mod files;
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -30,13 +32,17 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::registry::Notices;
 use crate::server::Shared;
-use crate::store::StoreError;
+use crate::store::{Committing, StoreError};
 
 /// How many envelopes one store read hands to the delivery loop.
 const DELIVERY_BATCH: usize = 256;
 /// Messages queued for the writer before readers wait (backpressure).
 const OUTBOX: usize = 256;
+/// `Send`s of one connection waiting for their commit before the connection
+/// reads on (see [`Session::send`]).
+const SENDS_IN_FLIGHT: usize = 64;
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -164,8 +170,11 @@ async fn run(
         delivery: None,
         shutdown: shutdown.child_token(),
         files: files::Files::new(),
+        storing: VecDeque::new(),
     };
     let result = session.read_loop(&mut reader, shutdown).await;
+    // Sends already handed to the store are answered, whatever ended the loop.
+    session.answer_stored().await;
     session.shutdown.cancel();
     if let Some(d) = session.delivery.take() {
         let _ = d.await;
@@ -206,6 +215,8 @@ struct Session {
     /// Cancelled when the connection ends: stops delivery and downloads.
     shutdown: CancellationToken,
     files: files::Files,
+    /// Sends handed to the store, oldest first, waiting for their commit.
+    storing: VecDeque<(u32, Committing<u64>)>,
 }
 
 impl Session {
@@ -225,6 +236,11 @@ impl Session {
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
                         r = &mut recv => break r,
+                        (req, r) = next_stored(&mut self.storing), if !self.storing.is_empty() => {
+                            if self.tx.send(stored_reply(req, r)?.into()).await.is_err() {
+                                return Ok(()); // the writer failed; it reports why
+                            }
+                        }
                         _ = tokio::time::sleep(idle) => {
                             // Streaming a download is not idleness, though
                             // the client may send nothing while it receives.
@@ -260,13 +276,7 @@ impl Session {
     async fn handle(&mut self, msg: ClientMsg) -> Result<Option<RelayMsg>, Closed> {
         Ok(Some(match msg {
             ClientMsg::Send { req, to, envelope } => {
-                match self.shared.store.enqueue(to, envelope.into_vec()).await {
-                    Ok(_) => {
-                        self.shared.registry.notify(&to);
-                        RelayMsg::Stored { req }
-                    }
-                    Err(e) => refusal(req, e)?,
-                }
+                return self.send(req, to, envelope.into_vec()).await;
             }
             ClientMsg::Fetch { live } => {
                 if let Some(previous) = self.delivery.take() {
@@ -345,6 +355,67 @@ impl Session {
         self.shared.registry.notice(&to, envelope);
         Ok(())
     }
+
+    /// Hands an envelope to the store without waiting for its commit, so a
+    /// client's Sends share commits instead of queueing behind one another;
+    /// `Stored` follows from the read loop as each commit lands (clients
+    /// match answers by `req`). At most [`SENDS_IN_FLIGHT`] wait at once.
+    async fn send(
+        &mut self,
+        req: u32,
+        to: PublicKey,
+        envelope: Vec<u8>,
+    ) -> Result<Option<RelayMsg>, Closed> {
+        if self.storing.len() >= SENDS_IN_FLIGHT {
+            let (oldest, r) = next_stored(&mut self.storing).await;
+            if self.tx.send(stored_reply(oldest, r)?.into()).await.is_err() {
+                return Ok(None);
+            }
+        }
+        match self.shared.store.enqueue_begin(to, envelope).await {
+            Ok(committing) => {
+                self.storing.push_back((req, committing));
+                Ok(None)
+            }
+            Err(e) => refusal(req, e).map(Some),
+        }
+    }
+
+    /// Waits for every Send in flight and answers it.
+    async fn answer_stored(&mut self) {
+        while !self.storing.is_empty() {
+            let (req, r) = next_stored(&mut self.storing).await;
+            let Ok(reply) = stored_reply(req, r) else {
+                return;
+            };
+            if self.tx.send(reply.into()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The oldest Send's outcome, once committed. The store's writer commits in
+/// the order it was handed work, so the oldest is always the next to land.
+/// Pending while there is none.
+async fn next_stored(
+    storing: &mut VecDeque<(u32, Committing<u64>)>,
+) -> (u32, Result<u64, StoreError>) {
+    let (req, result) = std::future::poll_fn(|cx| match storing.front_mut() {
+        Some((req, committing)) => std::pin::Pin::new(committing).poll(cx).map(|r| (*req, r)),
+        None => std::task::Poll::Pending,
+    })
+    .await;
+    storing.pop_front();
+    (req, result)
+}
+
+/// The answer to a Send whose write has landed.
+fn stored_reply(req: u32, result: Result<u64, StoreError>) -> Result<RelayMsg, Closed> {
+    match result {
+        Ok(_) => Ok(RelayMsg::Stored { req }),
+        Err(e) => refusal(req, e),
+    }
 }
 
 /// Turns a store error into an answer for the client. A failing store (a full
@@ -375,7 +446,10 @@ fn refusal(req: u32, e: StoreError) -> Result<RelayMsg, Closed> {
     Ok(RelayMsg::Error { req, code, detail })
 }
 
-/// Streams the mailbox in order, then (if `live`) waits for new envelopes.
+/// Streams the mailbox in order, then (if `live`) forwards new envelopes as
+/// the store's writer hands them over (see `store::live`): from the feed while
+/// it keeps up, from the store after it lagged. `after` (the last id sent)
+/// drops anything seen twice, so ids reach the client strictly increasing.
 async fn deliver(
     shared: Arc<Shared>,
     client: PublicKey,
@@ -383,41 +457,54 @@ async fn deliver(
     live: bool,
     shutdown: CancellationToken,
 ) -> Result<(), Closed> {
-    let (sub, mut notices) = shared.registry.subscribe(client, live);
+    let mut feed = shared.store.subscribe(client);
+    let wake = feed.waker();
+    // Notices only, and only for live delivery: envelopes come through the
+    // store's feed.
+    let mut notices = live.then(|| shared.registry.subscribe(client));
     let mut after = None;
     let mut drained = false;
     loop {
-        // Armed before reading the store, so an envelope stored between the
-        // read and the wait still wakes us.
-        let woken = sub.notify().notified();
+        // Armed before taking from the feed, so a push between the take and
+        // the wait still wakes us.
+        let woken = wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
 
-        let batch = shared
-            .store
-            .pending(client, after, DELIVERY_BATCH)
-            .await
-            .map_err(Closed::Store)?;
-        let full = batch.len() == DELIVERY_BATCH;
-        for m in batch {
-            after = Some(m.id);
-            let msg = RelayMsg::Deliver {
-                id: m.id,
-                received_at: m.received_at,
-                envelope: ByteBuf::from(m.envelope),
-            };
-            if tx.send(msg.into()).await.is_err() {
+        let taken = feed.take();
+        for m in taken.pushed {
+            if !forward(&tx, &mut after, m).await {
                 return Ok(());
             }
         }
-        if full {
-            continue;
-        }
-        if !drained {
-            drained = true;
-            if tx.send(RelayMsg::Drained.into()).await.is_err() || !live {
-                return Ok(());
+        let mut lagged = taken.lagged;
+        if lagged {
+            // Read before the store, so that whatever is settled by then is
+            // in the snapshot the read sees.
+            let settled = feed.settled();
+            loop {
+                let batch = shared
+                    .store
+                    .pending(client, after, DELIVERY_BATCH)
+                    .await
+                    .map_err(Closed::Store)?;
+                let full = batch.len() == DELIVERY_BATCH;
+                for m in batch {
+                    if !forward(&tx, &mut after, m).await {
+                        return Ok(());
+                    }
+                }
+                if !full {
+                    break;
+                }
             }
+            if !drained {
+                drained = true;
+                if tx.send(RelayMsg::Drained.into()).await.is_err() || !live {
+                    return Ok(());
+                }
+            }
+            lagged = !feed.caught_up(settled);
         }
         // Notices queued meanwhile go out now, after `Drained`; then each
         // as it comes, until the store has something new.
@@ -427,14 +514,15 @@ async fn deliver(
                 _ = &mut woken => {
                     // Notices queued before this wake-up were sent before
                     // the envelope that caused it: they go first.
-                    while let Some(envelope) = notices.try_next() {
+                    while let Some(envelope) = notices.as_mut().and_then(Notices::try_next) {
                         if !forward_notice(&tx, envelope).await {
                             return Ok(());
                         }
                     }
                     break;
                 }
-                envelope = notices.next() => {
+                _ = feed.settled_changed(), if lagged => break,
+                Some(envelope) = next_notice(&mut notices), if drained => {
                     if !forward_notice(&tx, envelope).await {
                         return Ok(());
                     }
@@ -444,10 +532,33 @@ async fn deliver(
     }
 }
 
+/// The next notice for a live connection; `None` at once for another.
+async fn next_notice(notices: &mut Option<Notices>) -> Option<Vec<u8>> {
+    match notices {
+        Some(n) => Some(n.next().await),
+        None => None,
+    }
+}
+
 /// Queues a notice for the client; false once the connection is gone.
 async fn forward_notice(tx: &Outbox, envelope: Vec<u8>) -> bool {
     let msg = RelayMsg::Notice {
         envelope: ByteBuf::from(envelope),
+    };
+    tx.send(msg.into()).await.is_ok()
+}
+
+/// Sends one envelope unless the client has had it already; `false` once the
+/// writer is gone.
+async fn forward(tx: &Outbox, after: &mut Option<u64>, m: crate::store::Stored) -> bool {
+    if after.is_some_and(|a| m.id <= a) {
+        return true;
+    }
+    *after = Some(m.id);
+    let msg = RelayMsg::Deliver {
+        id: m.id,
+        received_at: m.received_at,
+        envelope: ByteBuf::from(m.envelope),
     };
     tx.send(msg.into()).await.is_ok()
 }

@@ -6,7 +6,8 @@
 //! - [`server`]: the accept loop, connection and handshake bounds, graceful shutdown;
 //! - `connection`: one client: handshake, requests, live delivery, file
 //!   uploads and downloads with bounded memory;
-//! - [`registry`]: which keys are waiting for live delivery;
+//! - [`registry`]: which keys are waiting for live notices (envelopes reach
+//!   live recipients through the store's feeds, `store::live`);
 //! - [`store`]: durable mailboxes and blob metadata (redb) with group commit,
 //!   quotas and expiry;
 //! - [`blobs`]: the blind file cache: sealed chunks streamed to files, resumable

@@ -35,6 +35,7 @@ pub(crate) struct Shared {
     pub key: SecretKey,
     pub store: Store,
     pub blobs: Blobs,
+    /// Live connections' queues of notices.
     pub registry: Arc<Registry>,
     pub handshakes: Arc<Semaphore>,
     pub hello: RelayHello,

@@ -26,6 +26,7 @@
 
 mod blob;
 mod codec;
+mod live;
 mod writer;
 
 #[cfg(test)]
@@ -46,7 +47,10 @@ use codec::{
     decode_message, decode_u64, Usage, BLOBS, BLOB_USAGE, EXPIRY, FORMAT_VERSION, MESSAGES, META,
     META_FORMAT, META_NEXT_ID, USAGE,
 };
-use writer::{Clock, Request, Writer, QUEUE_DEPTH};
+use live::Feeds;
+use writer::{Change, Clock, Request, Writer, MAX_BATCH, QUEUE_DEPTH};
+
+pub use live::{Feed, Taken};
 
 /// Default for [`StoreLimits::max_messages_per_recipient`].
 pub const DEFAULT_MAX_MESSAGES_PER_RECIPIENT: u64 = 10_000;
@@ -266,6 +270,7 @@ struct Inner {
     open: Mutex<Option<Open>>,
     limits: StoreLimits,
     commits: Arc<AtomicU64>,
+    feeds: Arc<Feeds>,
 }
 
 struct Open {
@@ -287,7 +292,12 @@ impl Store {
         clock: Clock,
     ) -> Result<Store, StoreError> {
         let db = Database::create(path)?;
-        let next_id = prepare(&db)?;
+        // Envelopes are pushed to live recipients before their batch commits,
+        // so a crash may leave ids that a client saw but the file never
+        // recorded: at most two batches' worth (see `writer`). Skipping past them keeps an id
+        // from ever naming two envelopes.
+        let next_id = prepare(&db)?.saturating_add(2 * MAX_BATCH as u64);
+        let feeds = Feeds::new(next_id);
         let db = Arc::new(db);
         let commits = Arc::new(AtomicU64::new(0));
         let (requests, rx) = mpsc::channel(QUEUE_DEPTH);
@@ -297,6 +307,9 @@ impl Store {
             next_id,
             clock,
             commits: Arc::clone(&commits),
+            feeds: Arc::clone(&feeds),
+            usage: std::collections::HashMap::new(),
+            written_next_id: 0,
         };
         let writer = std::thread::Builder::new()
             .name("sotto-store-writer".into())
@@ -312,6 +325,7 @@ impl Store {
                 })),
                 limits,
                 commits,
+                feeds,
             }),
         })
     }
@@ -333,6 +347,21 @@ impl Store {
     /// If this future is dropped after the request reached the writer, the
     /// envelope may still be stored.
     pub async fn enqueue(&self, to: PublicKey, envelope: Vec<u8>) -> Result<u64, StoreError> {
+        self.enqueue_begin(to, envelope).await?.await
+    }
+
+    /// Hands `envelope` for `to` to the writer and returns once it is queued
+    /// (waiting only while the writer's queue is full); the returned future
+    /// gives its id once the write is durably committed. A connection keeps
+    /// several of these in flight, so its sends share commits.
+    ///
+    /// Live feeds of `to` get the envelope when the writer assigns its id,
+    /// before the commit (see [`Store::subscribe`]).
+    pub async fn enqueue_begin(
+        &self,
+        to: PublicKey,
+        envelope: Vec<u8>,
+    ) -> Result<Committing<u64>, StoreError> {
         let max = self.inner.limits.max_envelope_len;
         if envelope.len() > max {
             return Err(StoreError::TooLarge {
@@ -347,7 +376,14 @@ impl Store {
             reply,
         })
         .await?;
-        answer.await.map_err(|_| StoreError::Crashed)?
+        Ok(Committing(answer))
+    }
+
+    /// Opens a live feed of the envelopes enqueued for `to` from now on,
+    /// handed over as soon as they have an id (before they are durable).
+    /// See the `live` module for how a reader stays in order and gap-free.
+    pub fn subscribe(&self, to: PublicKey) -> Feed {
+        self.inner.feeds.subscribe(*to.as_bytes())
     }
 
     /// `owner`'s envelopes with an id above `after` (all if `None`), oldest
@@ -410,11 +446,11 @@ impl Store {
             return Ok(0);
         }
         let (reply, answer) = oneshot::channel();
-        self.submit(Request::Ack {
+        self.submit(Request::Change(Change::Ack {
             owner: *owner.as_bytes(),
             ids,
             reply,
-        })
+        }))
         .await?;
         answer.await.map_err(|_| StoreError::Crashed)?
     }
@@ -423,10 +459,10 @@ impl Store {
     /// `now_unix` and returns how many were deleted.
     pub async fn expire(&self, now_unix: u64) -> Result<usize, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Request::Expire {
+        self.submit(Request::Change(Change::Expire {
             now: now_unix,
             reply,
-        })
+        }))
         .await?;
         answer.await.map_err(|_| StoreError::Crashed)?
     }
@@ -503,6 +539,23 @@ impl Store {
             .send(request)
             .await
             .map_err(|_| StoreError::Crashed)
+    }
+}
+
+/// A write handed to the writer; resolves once it is committed (or failed).
+#[must_use = "the write may still be committed; await this to learn whether it was"]
+pub struct Committing<T>(oneshot::Receiver<Result<T, StoreError>>);
+
+impl<T> std::future::Future for Committing<T> {
+    type Output = Result<T, StoreError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|answer| answer.map_err(|_| StoreError::Crashed)?)
     }
 }
 

@@ -12,7 +12,7 @@ use sotto_keys::PublicKey;
 use tokio::sync::oneshot;
 
 use super::codec::{decode_blob, BlobUsage, BLOBS, BLOB_USAGE};
-use super::writer::{self, Request};
+use super::writer::{self, Change, Request};
 use super::{blocking, BlobBegun, BlobMeta, BlobQuota, Store, StoreError};
 
 impl Store {
@@ -34,13 +34,15 @@ impl Store {
         if size > MAX_FILE_SIZE {
             return Err(StoreError::BlobTooLarge { size });
         }
-        self.ask(|reply| Request::BlobBegin {
-            id: id.0,
-            uploader: *uploader.as_bytes(),
-            to: *to.as_bytes(),
-            size,
-            quota,
-            reply,
+        self.ask(|reply| {
+            Request::Change(Change::BlobBegin {
+                id: id.0,
+                uploader: *uploader.as_bytes(),
+                to: *to.as_bytes(),
+                size,
+                quota,
+                reply,
+            })
         })
         .await
     }
@@ -54,11 +56,13 @@ impl Store {
         have: u64,
         complete: bool,
     ) -> Result<(), StoreError> {
-        self.ask(|reply| Request::BlobUpdate {
-            id: id.0,
-            have,
-            complete,
-            reply,
+        self.ask(|reply| {
+            Request::Change(Change::BlobUpdate {
+                id: id.0,
+                have,
+                complete,
+                reply,
+            })
         })
         .await
     }
@@ -78,11 +82,13 @@ impl Store {
             return Ok(Vec::new());
         }
         let deleted = self
-            .ask(|reply| Request::BlobDelete {
-                ids: ids.iter().map(|id| id.0).collect(),
-                owner: owner.map(|key| *key.as_bytes()),
-                updated_at_or_before,
-                reply,
+            .ask(|reply| {
+                Request::Change(Change::BlobDelete {
+                    ids: ids.iter().map(|id| id.0).collect(),
+                    owner: owner.map(|key| *key.as_bytes()),
+                    updated_at_or_before,
+                    reply,
+                })
             })
             .await?;
         Ok(deleted.into_iter().map(FileId).collect())

@@ -860,3 +860,53 @@ async fn damaged_blob_rows_are_not_anyones_and_expire() {
         }
     );
 }
+
+#[tokio::test]
+async fn a_live_feed_that_overflows_catches_up_from_the_store_in_order() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, StoreLimits::default());
+    let bob = key(2);
+    let mut feed = store.subscribe(bob);
+    // A new feed starts lagged: the first read comes from the store.
+    let first = feed.take();
+    assert!(first.lagged && first.pushed.is_empty());
+    let settled = feed.settled();
+    assert!(store.pending(bob, None, 10).await.unwrap().is_empty());
+    assert!(feed.caught_up(settled), "nothing was in flight");
+
+    let total = super::live::FEED_DEPTH + 10;
+    let mut sent = Vec::new();
+    for i in 0..total {
+        let n = u32::try_from(i).unwrap();
+        sent.push(store.enqueue(bob, n.to_le_bytes().to_vec()).await.unwrap());
+    }
+    let taken = feed.take();
+    assert!(taken.lagged, "more than the feed holds was pushed");
+    let pushed: Vec<u64> = taken.pushed.iter().map(|s| s.id).collect();
+    assert_eq!(pushed, sent[..super::live::FEED_DEPTH]);
+    assert_eq!(taken.pushed[3].envelope, 3u32.to_le_bytes());
+
+    // Every write above is committed, so the store has the rest.
+    let settled = feed.settled();
+    let last = *pushed.last().unwrap();
+    let rest = store.pending(bob, Some(last), 100).await.unwrap();
+    assert_eq!(ids(&rest), sent[super::live::FEED_DEPTH..]);
+    assert!(feed.caught_up(settled));
+
+    // Live again: the next envelope is pushed, and an ack deletes it even if
+    // it is applied before anything else is committed.
+    let committing = store.enqueue_begin(bob, b"next".to_vec()).await.unwrap();
+    let next = loop {
+        let taken = feed.take();
+        assert!(!taken.lagged);
+        if let Some(s) = taken.pushed.front() {
+            break s.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    assert_eq!(next.envelope, b"next");
+    assert_eq!(store.ack(bob, vec![next.id]).await.unwrap(), 1);
+    assert_eq!(committing.await.unwrap(), next.id);
+    let left = store.pending(bob, Some(last), 1000).await.unwrap();
+    assert_eq!(ids(&left), sent[super::live::FEED_DEPTH..]);
+}

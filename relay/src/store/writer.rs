@@ -3,14 +3,24 @@
 //! A durable commit costs an fsync, and an fsync costs the same whether it
 //! carries one envelope or thousands. So one thread owns all write transactions
 //! (redb allows one at a time anyway, and blocks while waiting for it): it takes
-//! every request already queued, applies them all in one transaction, commits
-//! once with [`Durability::Immediate`], and only then answers each caller. Many
-//! senders thus share one fsync, and no caller hears "stored" before it is.
+//! every request already queued, applies them all in one transaction, and hands
+//! the transaction to a second thread that commits it with
+//! [`Durability::Immediate`] and only then answers each caller. Many senders
+//! thus share one fsync, and no caller hears "stored" before it is.
+//!
+//! While a commit is in progress the writer does not sit idle: it *admits*
+//! the envelopes that arrive, checking their mailbox's quota against usage it
+//! keeps in memory (exact: it alone changes usage), giving them their id and
+//! handing them to live recipients (`live`) at once, so chat delivery never
+//! waits for an fsync. They are written by the next transaction, which begins
+//! as soon as the commit ends. Other requests wait for that transaction, in
+//! arrival order, so an `Ack` of an admitted envelope comes after its insert.
 //!
 //! A request that fails on its own (a full mailbox) is answered with its error
 //! and changes nothing, so it cannot spoil the batch. A database error fails
 //! the whole batch: the transaction is dropped (rolled back) and every request
-//! in it is told, since none of them was stored.
+//! in it is told, since none of them was stored; so are envelopes admitted
+//! meanwhile, whose usage was counted on top of the failed batch.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,25 +36,39 @@ use super::codec::{
     decode_blob, decode_message, encode_blob, encode_message, BlobId, BlobUsage, ExpiryEntry,
     Recipient, Usage, BLOBS, BLOB_USAGE, EXPIRY, MESSAGES, META, META_NEXT_ID, USAGE,
 };
-use super::{BlobBegun, BlobMeta, BlobQuota, StoreError, StoreLimits};
+use super::live::Feeds;
+use super::{BlobBegun, BlobMeta, BlobQuota, StoreError, StoreLimits, Stored};
 
 /// Most requests applied in one transaction, so a flood of writers still gets
 /// answers in bounded time and a batch's bookkeeping stays bounded in memory.
+/// Envelopes admitted during a commit count too, so at most two batches of
+/// ids are ever handed out without being committed.
 pub(super) const MAX_BATCH: usize = 4096;
 
 /// Requests that may wait for the writer before senders are made to wait too.
 pub(super) const QUEUE_DEPTH: usize = 2 * MAX_BATCH;
+
+/// Mailboxes whose usage is kept in memory between batches; beyond this,
+/// those not waiting to be written are forgotten (and read again if needed).
+const USAGE_CACHE: usize = 1 << 16;
 
 /// Source of `received_at` (unix seconds); replaceable so tests can age messages.
 pub(super) type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// A change asked of the writer, with where to send its answer.
 pub(super) enum Request {
+    /// An envelope to store; admitted as soon as the writer sees it.
     Enqueue {
         to: Recipient,
         envelope: Vec<u8>,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
+    /// Anything else, applied in the next transaction.
+    Change(Change),
+}
+
+/// The requests applied inside a transaction.
+pub(super) enum Change {
     Ack {
         owner: Recipient,
         ids: Vec<u64>,
@@ -76,7 +100,24 @@ pub(super) enum Request {
     },
 }
 
-impl Request {
+/// An envelope with its id, counted in its mailbox's usage and already
+/// handed to live recipients, waiting for the next transaction to write it.
+struct Admitted {
+    to: Recipient,
+    id: u64,
+    received_at: u64,
+    /// The stored value (`codec::encode_message`).
+    value: Vec<u8>,
+    reply: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+/// What the next transaction will apply, in arrival order.
+enum Next {
+    Admitted(Admitted),
+    Change(Change),
+}
+
+impl Next {
     /// Answers a request that was never applied because its batch failed.
     fn fail(self, err: &StoreError) {
         // A caller that stopped waiting has nobody to tell; ignore send errors.
@@ -84,11 +125,13 @@ impl Request {
             drop(reply.send(Err(err.clone())));
         }
         match self {
-            Request::Enqueue { reply, .. } => tell(reply, err),
-            Request::Ack { reply, .. } | Request::Expire { reply, .. } => tell(reply, err),
-            Request::BlobBegin { reply, .. } => tell(reply, err),
-            Request::BlobUpdate { reply, .. } => tell(reply, err),
-            Request::BlobDelete { reply, .. } => tell(reply, err),
+            Next::Admitted(a) => tell(a.reply, err),
+            Next::Change(Change::Ack { reply, .. } | Change::Expire { reply, .. }) => {
+                tell(reply, err)
+            }
+            Next::Change(Change::BlobBegin { reply, .. }) => tell(reply, err),
+            Next::Change(Change::BlobUpdate { reply, .. }) => tell(reply, err),
+            Next::Change(Change::BlobDelete { reply, .. }) => tell(reply, err),
         }
     }
 }
@@ -120,6 +163,16 @@ impl Answer {
     }
 }
 
+/// A transaction handed to the committing thread.
+struct Job {
+    /// `None` when the batch changed nothing (it was aborted, not committed).
+    txn: Option<WriteTransaction>,
+    answers: Vec<Answer>,
+    /// The first id not in this batch: everything below is settled after it.
+    next_id: u64,
+    done: oneshot::Sender<bool>,
+}
+
 /// The state owned by the writer thread.
 pub(super) struct Writer {
     pub(super) db: Arc<Database>,
@@ -128,111 +181,349 @@ pub(super) struct Writer {
     pub(super) next_id: u64,
     pub(super) clock: Clock,
     pub(super) commits: Arc<AtomicU64>,
+    /// Live recipients, handed each envelope as it gets its id.
+    pub(super) feeds: Arc<Feeds>,
+    /// Mailbox usage including every applied or admitted change; `dirty`
+    /// entries are still to be written by the next transaction.
+    pub(super) usage: HashMap<Recipient, Cached>,
+    /// The id counter as last written to `meta`.
+    pub(super) written_next_id: u64,
 }
 
 impl Writer {
     /// Serves requests until every sender is gone (the store was closed or
     /// dropped), so everything queued before that is committed before it returns.
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
+        let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+            Ok(rt) => rt,
+            Err(err) => {
+                tracing::error!(error = %err, "mailbox store writer cannot wait for commits");
+                return;
+            }
+        };
+        let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
+        let (commits, feeds) = (Arc::clone(&self.commits), Arc::clone(&self.feeds));
+        let committer = std::thread::Builder::new()
+            .name("sotto-store-commit".into())
+            .spawn(move || commit_loop(job_rx, &commits, &feeds));
+        let committer = match committer {
+            Ok(handle) => handle,
+            Err(err) => {
+                tracing::error!(error = %err, "mailbox store cannot start its commit thread");
+                return;
+            }
+        };
+        let mut next: Vec<Next> = Vec::with_capacity(MAX_BATCH);
+        let mut committing: Option<oneshot::Receiver<bool>> = None;
+        let mut open = true;
+        loop {
+            // Gather (admitting envelopes) until no commit is running and
+            // there is something to apply.
+            while open && (committing.is_some() || next.is_empty()) {
+                let room = next.len() < MAX_BATCH;
+                let event = runtime.block_on(async {
+                    tokio::select! {
+                        biased;
+                        ok = async {
+                            match committing.as_mut() {
+                                Some(done) => done.await.unwrap_or(false),
+                                None => std::future::pending().await,
+                            }
+                        }, if committing.is_some() => Event::Committed(ok),
+                        r = rx.recv(), if room => Event::Request(r),
+                    }
+                });
+                match event {
+                    Event::Committed(ok) => {
+                        committing = None;
+                        self.after_commit(ok, &mut next);
+                    }
+                    Event::Request(Some(request)) => self.take(request, &mut next),
+                    Event::Request(None) => open = false,
+                }
+            }
+            if let Some(done) = committing.take() {
+                let ok = runtime.block_on(done).unwrap_or(false);
+                self.after_commit(ok, &mut next);
+            }
+            while next.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(request) => batch.push(request),
+                    Ok(request) => self.take(request, &mut next),
                     Err(_) => break,
                 }
             }
-            self.run_batch(&mut batch);
+            if next.is_empty() {
+                if open {
+                    continue;
+                }
+                break;
+            }
+            committing = self.run_batch(&mut next, &jobs);
+        }
+        drop(jobs);
+        if committer.join().is_err() {
+            tracing::error!("mailbox store commit thread stopped unexpectedly");
         }
         tracing::debug!("mailbox store writer stopped");
     }
 
-    fn run_batch(&mut self, batch: &mut Vec<Request>) {
-        let size = batch.len();
+    /// Takes a request into the next batch, admitting an envelope at once.
+    fn take(&mut self, request: Request, next: &mut Vec<Next>) {
+        match request {
+            Request::Enqueue {
+                to,
+                envelope,
+                reply,
+            } => match self.admit(to, envelope) {
+                Ok((id, received_at, value)) => next.push(Next::Admitted(Admitted {
+                    to,
+                    id,
+                    received_at,
+                    value,
+                    reply,
+                })),
+                Err(err) => drop(reply.send(Err(err))),
+            },
+            Request::Change(change) => next.push(Next::Change(change)),
+        }
+    }
+
+    /// Checks the quota, gives the envelope its id, counts it and hands it
+    /// to live recipients; returns what the transaction will write.
+    fn admit(
+        &mut self,
+        to: Recipient,
+        envelope: Vec<u8>,
+    ) -> Result<(u64, u64, Vec<u8>), StoreError> {
+        let len = u64::try_from(envelope.len()).unwrap_or(u64::MAX);
+        let usage = self.cached_usage(&to)?;
+        if usage.messages.saturating_add(1) > self.limits.max_messages_per_recipient
+            || usage.bytes.saturating_add(len) > self.limits.max_bytes_per_recipient
+        {
+            return Err(StoreError::QuotaExceeded {
+                messages: usage.messages,
+                bytes: usage.bytes,
+            });
+        }
+        let id = self.next_id;
+        // 2^64 ids cannot be used up by arrivals; reaching the end means the
+        // stored counter was damaged.
+        let Some(next_id) = id.checked_add(1) else {
+            tracing::error!("mailbox id counter is at its maximum");
+            return Err(StoreError::Corrupt);
+        };
+        self.next_id = next_id;
+        self.usage.insert(
+            to,
+            Cached {
+                usage: Usage {
+                    messages: usage.messages.saturating_add(1),
+                    bytes: usage.bytes.saturating_add(len),
+                },
+                dirty: true,
+            },
+        );
+        let received_at = (self.clock)();
+        let value = encode_message(received_at, &envelope);
+        self.feeds.push(
+            &to,
+            Stored {
+                id,
+                received_at,
+                envelope,
+            },
+        );
+        Ok((id, received_at, value))
+    }
+
+    /// A mailbox's usage: from memory, or as last committed. (A mailbox
+    /// changed by a batch still committing is always in memory.)
+    fn cached_usage(&mut self, recipient: &Recipient) -> Result<Usage, StoreError> {
+        if let Some(cached) = self.usage.get(recipient) {
+            return Ok(cached.usage);
+        }
+        let txn = self.db.begin_read()?;
+        let stored = txn
+            .open_table(USAGE)?
+            .get(recipient)?
+            .map(|guard| Usage::decode(guard.value()));
+        let (usage, dirty) = match stored {
+            None => (Usage::default(), false),
+            Some(Ok(usage)) => (usage, false),
+            // The row is derived data: rebuild it rather than lock the mailbox.
+            Some(Err(_)) => {
+                tracing::warn!("rebuilding a damaged mailbox usage row");
+                let usage = recount(&txn.open_table(MESSAGES)?, recipient)?;
+                (usage, true)
+            }
+        };
+        self.usage.insert(*recipient, Cached { usage, dirty });
+        Ok(usage)
+    }
+
+    /// After a commit: on failure, forget usage (the batch's changes and
+    /// admissions counted on top of them) and fail what was admitted since.
+    fn after_commit(&mut self, ok: bool, next: &mut Vec<Next>) {
+        if ok {
+            if self.usage.len() > USAGE_CACHE {
+                self.usage.retain(|_, cached| cached.dirty);
+            }
+            return;
+        }
+        self.usage.clear();
+        let err = StoreError::Database(
+            "an earlier write failed; nothing was stored, try again".to_owned(),
+        );
+        let mut kept = Vec::with_capacity(next.len());
+        for item in next.drain(..) {
+            match item {
+                admitted @ Next::Admitted(_) => admitted.fail(&err),
+                change => kept.push(change),
+            }
+        }
+        *next = kept;
+        // Ids are never handed out twice, and the counter must be written.
+        self.written_next_id = 0;
+    }
+
+    /// Applies `next` in one transaction and hands it to the commit thread;
+    /// returns what tells when it is committed.
+    fn run_batch(
+        &mut self,
+        next: &mut Vec<Next>,
+        jobs: &std::sync::mpsc::Sender<Job>,
+    ) -> Option<oneshot::Receiver<bool>> {
+        let size = next.len();
         let mut answers = Vec::with_capacity(size);
-        let mut unapplied = batch.drain(..);
-        match self.apply_and_commit(&mut unapplied, &mut answers) {
-            Ok(committed) => {
-                if committed {
-                    self.commits.fetch_add(1, Ordering::Relaxed);
-                }
-                tracing::trace!(size, committed, "mailbox store batch done");
-                for answer in answers {
-                    answer.send(None);
+        let mut unapplied = next.drain(..);
+        match self.apply(&mut unapplied, &mut answers) {
+            Ok(txn) => {
+                drop(unapplied);
+                let (done, committed) = oneshot::channel();
+                let job = Job {
+                    txn,
+                    answers,
+                    next_id: self.next_id,
+                    done,
+                };
+                match jobs.send(job) {
+                    Ok(()) => Some(committed),
+                    Err(std::sync::mpsc::SendError(job)) => {
+                        let err = StoreError::Crashed;
+                        for answer in job.answers {
+                            answer.send(Some(&err));
+                        }
+                        None
+                    }
                 }
             }
             Err(err) => {
                 tracing::error!(size, error = %err, "mailbox store batch rolled back");
+                for item in unapplied {
+                    item.fail(&err);
+                }
                 for answer in answers {
                     answer.send(Some(&err));
                 }
-                for request in unapplied {
-                    request.fail(&err);
-                }
+                self.usage.clear();
+                self.written_next_id = 0;
+                self.feeds.settle(self.next_id);
+                None
             }
         }
     }
 
-    /// Applies requests from `requests` into one transaction and commits it.
-    /// Returns whether anything was committed (a batch that changed nothing is
-    /// not committed: no fsync for a refused enqueue or an idle expiry sweep).
-    /// On error, the requests not yet taken from `requests` are left there.
-    fn apply_and_commit(
+    /// Applies requests from `requests` into one transaction. Returns it,
+    /// or `None` if it changed nothing (then it is not committed: no fsync
+    /// for a refused request or an idle expiry sweep). On error, the
+    /// requests not yet taken from `requests` are left there.
+    fn apply(
         &mut self,
-        requests: &mut impl Iterator<Item = Request>,
+        requests: &mut impl Iterator<Item = Next>,
         answers: &mut Vec<Answer>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<WriteTransaction>, StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate);
         let now = (self.clock)();
-        let mut batch = Batch::open(&txn, &self.limits, self.next_id, now)?;
-        for request in requests {
-            let (answer, fatal) = match request {
-                Request::Enqueue {
-                    to,
-                    envelope,
-                    reply,
-                } => settle(batch.enqueue(to, &envelope), reply),
-                Request::Ack { owner, ids, reply } => settle(batch.ack(owner, ids), reply),
-                Request::Expire { now, reply } => settle(batch.expire(now), reply),
-                Request::BlobBegin {
-                    id,
-                    uploader,
-                    to,
-                    size,
-                    quota,
-                    reply,
-                } => settle(batch.blob_begin(id, uploader, to, size, quota), reply),
-                Request::BlobUpdate {
-                    id,
-                    have,
-                    complete,
-                    reply,
-                } => settle(batch.blob_update(id, have, complete), reply),
-                Request::BlobDelete {
-                    ids,
-                    owner,
-                    updated_at_or_before,
-                    reply,
-                } => settle(batch.blob_delete(ids, owner, updated_at_or_before), reply),
-            };
-            answers.push(answer);
-            if let Some(err) = fatal {
-                return Err(err);
+        let write_id = (self.next_id != self.written_next_id).then_some(self.next_id);
+        let changed = {
+            let mut batch = Batch::open(&txn, &self.limits, &mut self.usage, now)?;
+            for request in requests {
+                let (answer, fatal) = match request {
+                    Next::Admitted(a) => {
+                        let step = batch.insert(a.to, a.id, a.received_at, &a.value);
+                        settle(step.map(|()| Ok(a.id)), a.reply)
+                    }
+                    Next::Change(Change::Ack { owner, ids, reply }) => {
+                        settle(batch.ack(owner, ids), reply)
+                    }
+                    Next::Change(Change::Expire { now, reply }) => settle(batch.expire(now), reply),
+                    Next::Change(Change::BlobBegin {
+                        id,
+                        uploader,
+                        to,
+                        size,
+                        quota,
+                        reply,
+                    }) => settle(batch.blob_begin(id, uploader, to, size, quota), reply),
+                    Next::Change(Change::BlobUpdate {
+                        id,
+                        have,
+                        complete,
+                        reply,
+                    }) => settle(batch.blob_update(id, have, complete), reply),
+                    Next::Change(Change::BlobDelete {
+                        ids,
+                        owner,
+                        updated_at_or_before,
+                        reply,
+                    }) => settle(batch.blob_delete(ids, owner, updated_at_or_before), reply),
+                };
+                answers.push(answer);
+                if let Some(err) = fatal {
+                    return Err(err);
+                }
             }
+            batch.finish(write_id)?
+        };
+        if let Some(id) = write_id.filter(|_| changed) {
+            self.written_next_id = id;
         }
-        let (changed, next_id) = batch.finish()?;
         if !changed {
             txn.abort()?;
-            return Ok(false);
+            return Ok(None);
         }
-        // Taken before committing: a commit that reports failure may still
-        // have reached the disk, and an id must never be handed out twice.
-        // Skipped ids are harmless; ids only have to increase.
-        self.next_id = next_id;
-        txn.commit()?;
-        Ok(true)
+        Ok(Some(txn))
+    }
+}
+
+/// What the writer waits for.
+enum Event {
+    Committed(bool),
+    Request(Option<Request>),
+}
+
+/// The commit thread: commits each transaction, settles its ids for live
+/// feeds, answers its requests, then tells the writer.
+fn commit_loop(jobs: std::sync::mpsc::Receiver<Job>, commits: &AtomicU64, feeds: &Feeds) {
+    for job in jobs {
+        let outcome = match job.txn {
+            None => Ok(()),
+            Some(txn) => txn.commit().map_err(StoreError::from).map(|()| {
+                commits.fetch_add(1, Ordering::Relaxed);
+            }),
+        };
+        feeds.settle(job.next_id);
+        let failure = outcome.as_ref().err();
+        if let Some(err) = failure {
+            tracing::error!(size = job.answers.len(), error = %err, "mailbox store commit failed");
+        } else {
+            tracing::trace!(size = job.answers.len(), "mailbox store batch committed");
+        }
+        for answer in job.answers {
+            answer.send(failure);
+        }
+        let _ = job.done.send(outcome.is_ok());
     }
 }
 
@@ -278,8 +569,8 @@ fn settle<T: Send + 'static>(
     }
 }
 
-/// A mailbox's usage as the batch sees it; written back once, at the end.
-struct Cached {
+/// A mailbox's usage as the writer sees it; `dirty` until written back.
+pub(super) struct Cached {
     usage: Usage,
     dirty: bool,
 }
@@ -295,12 +586,10 @@ struct Batch<'t> {
     meta: Table<'t, &'static str, &'static [u8]>,
     blobs: Table<'t, BlobId, &'static [u8]>,
     blob_usage_table: Table<'t, Recipient, &'static [u8]>,
-    usage: HashMap<Recipient, Cached>,
+    usage: &'t mut HashMap<Recipient, Cached>,
     /// Blob usage as the batch sees it, and whether it must be written back.
     blob_usage: HashMap<Recipient, (BlobUsage, bool)>,
     limits: &'t StoreLimits,
-    first_id: u64,
-    next_id: u64,
     now: u64,
     changed: bool,
 }
@@ -309,7 +598,7 @@ impl<'t> Batch<'t> {
     fn open(
         txn: &'t WriteTransaction,
         limits: &'t StoreLimits,
-        next_id: u64,
+        usage: &'t mut HashMap<Recipient, Cached>,
         now: u64,
     ) -> Result<Self, Fatal> {
         Ok(Self {
@@ -319,11 +608,9 @@ impl<'t> Batch<'t> {
             meta: txn.open_table(META)?,
             blobs: txn.open_table(BLOBS)?,
             blob_usage_table: txn.open_table(BLOB_USAGE)?,
-            usage: HashMap::new(),
+            usage,
             blob_usage: HashMap::new(),
             limits,
-            first_id: next_id,
-            next_id,
             now,
             changed: false,
         })
@@ -356,44 +643,22 @@ impl<'t> Batch<'t> {
         self.changed = true;
     }
 
-    fn enqueue(
+    /// Writes an admitted envelope (its usage was counted when admitted).
+    fn insert(
         &mut self,
         to: Recipient,
-        envelope: &[u8],
-    ) -> Result<Result<u64, StoreError>, Fatal> {
-        let len = u64::try_from(envelope.len()).unwrap_or(u64::MAX);
-        let usage = self.usage(&to)?;
-        if usage.messages.saturating_add(1) > self.limits.max_messages_per_recipient
-            || usage.bytes.saturating_add(len) > self.limits.max_bytes_per_recipient
-        {
-            return Ok(Err(StoreError::QuotaExceeded {
-                messages: usage.messages,
-                bytes: usage.bytes,
-            }));
-        }
-        let id = self.next_id;
-        // 2^64 ids cannot be used up by arrivals; reaching the end means the
-        // stored counter was damaged.
-        let Some(next_id) = id.checked_add(1) else {
-            tracing::error!("mailbox id counter is at its maximum");
-            return Ok(Err(StoreError::Corrupt));
-        };
-        self.messages
-            .insert((to, id), encode_message(self.now, envelope).as_slice())?;
+        id: u64,
+        received_at: u64,
+        value: &[u8],
+    ) -> Result<(), Fatal> {
+        self.messages.insert((to, id), value)?;
         let entry = ExpiryEntry {
             recipient: to,
-            received_at: self.now,
+            received_at,
         };
         self.expiry.insert(id, entry.encode().as_slice())?;
-        self.next_id = next_id;
-        self.set_usage(
-            to,
-            Usage {
-                messages: usage.messages.saturating_add(1),
-                bytes: usage.bytes.saturating_add(len),
-            },
-        );
-        Ok(Ok(id))
+        self.changed = true;
+        Ok(())
     }
 
     fn ack(
@@ -649,13 +914,15 @@ impl<'t> Batch<'t> {
         Ok(Ok(deleted))
     }
 
-    /// Writes back changed usage rows and the id counter. Returns whether the
-    /// transaction changed anything, and the next id to adopt if it commits.
-    fn finish(mut self) -> Result<(bool, u64), Fatal> {
-        for (recipient, cached) in &self.usage {
+    /// Writes back changed usage rows and, given `write_id`, the id counter.
+    /// Returns whether the transaction changed anything.
+    fn finish(mut self, write_id: Option<u64>) -> Result<bool, Fatal> {
+        for (recipient, cached) in self.usage.iter_mut() {
             if !cached.dirty {
                 continue;
             }
+            cached.dirty = false;
+            self.changed = true;
             if cached.usage.messages == 0 {
                 self.usage_table.remove(recipient)?;
             } else {
@@ -674,11 +941,11 @@ impl<'t> Batch<'t> {
                     .insert(recipient, usage.encode().as_slice())?;
             }
         }
-        if self.next_id != self.first_id {
+        if let Some(next_id) = write_id.filter(|_| self.changed) {
             self.meta
-                .insert(META_NEXT_ID, self.next_id.to_be_bytes().as_slice())?;
+                .insert(META_NEXT_ID, next_id.to_be_bytes().as_slice())?;
         }
-        Ok((self.changed, self.next_id))
+        Ok(self.changed)
     }
 }
 

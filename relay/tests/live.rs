@@ -1,0 +1,125 @@
+//! Live delivery and pipelined sends through a real relay: a client's Sends
+//! are all answered `Stored` while many are in flight, a live recipient gets
+//! every envelope once and in id order without waiting for its commit, and
+//! an Ack sent the moment an envelope arrives (usually before its commit)
+//! still deletes it.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_bytes::ByteBuf;
+use sotto_crypto::link;
+use sotto_crypto::wire::{ClientMsg, RelayMsg};
+use sotto_keys::SecretKey;
+use sotto_relay::{Relay, RelayConfig};
+use tokio::net::TcpStream;
+
+type Reader = link::LinkReader<tokio::net::tcp::OwnedReadHalf>;
+type Writer = link::LinkWriter<tokio::net::tcp::OwnedWriteHalf>;
+
+async fn connect(
+    addr: std::net::SocketAddr,
+    me: &SecretKey,
+    relay: &sotto_keys::RelayKey,
+) -> (Reader, Writer) {
+    let (r, w) = TcpStream::connect(addr).await.unwrap().into_split();
+    let (reader, writer, _) = link::connect(r, w, me, relay).await.unwrap();
+    (reader, writer)
+}
+
+async fn recv(r: &mut Reader) -> RelayMsg {
+    tokio::time::timeout(Duration::from_secs(20), r.recv::<RelayMsg>())
+        .await
+        .expect("the relay answers")
+        .unwrap()
+        .expect("the connection stays open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sends_are_stored_delivered_live_in_order_and_early_acks_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RelayConfig::defaults();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.data_dir = dir.path().to_owned();
+    let relay = Relay::bind(config).await.unwrap();
+    let addr = relay.local_addr().unwrap();
+    let relay_key = relay.public_key();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(relay.run(async {
+        let _ = stopped.await;
+    }));
+    let (alice, bob) = (SecretKey::generate(), SecretKey::generate());
+
+    let (mut bob_r, mut bob_w) = connect(addr, &bob, &relay_key).await;
+    bob_w.send(&ClientMsg::Fetch { live: true }).await.unwrap();
+    bob_w.flush().await.unwrap();
+    assert_eq!(recv(&mut bob_r).await, RelayMsg::Drained);
+
+    // Bob acknowledges every envelope the moment it arrives.
+    const N: u32 = 300;
+    let bob_task = tokio::spawn(async move {
+        let (mut ids, mut bodies, mut deleted, mut acks) = (Vec::new(), Vec::new(), 0u32, 0u32);
+        while ids.len() < N as usize || acks < N {
+            match recv(&mut bob_r).await {
+                RelayMsg::Deliver { id, envelope, .. } => {
+                    ids.push(id);
+                    bodies.push(envelope.into_vec());
+                    bob_w
+                        .send(&ClientMsg::Ack {
+                            req: id as u32,
+                            ids: vec![id],
+                        })
+                        .await
+                        .unwrap();
+                    bob_w.flush().await.unwrap();
+                }
+                RelayMsg::Acked { deleted: d, .. } => {
+                    acks += 1;
+                    deleted += d;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (ids, bodies, deleted, bob_r, bob_w)
+    });
+
+    // Alice sends everything before reading a single answer.
+    let (mut alice_r, mut alice_w) = connect(addr, &alice, &relay_key).await;
+    for req in 0..N {
+        let envelope = format!("envelope {req}").into_bytes();
+        alice_w
+            .send(&ClientMsg::Send {
+                req,
+                to: bob.public(),
+                envelope: ByteBuf::from(envelope),
+            })
+            .await
+            .unwrap();
+    }
+    alice_w.flush().await.unwrap();
+    let mut stored = BTreeSet::new();
+    while stored.len() < N as usize {
+        match recv(&mut alice_r).await {
+            RelayMsg::Stored { req } => assert!(stored.insert(req), "Stored twice for {req}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(stored, (0..N).collect());
+
+    let (ids, bodies, deleted, _bob_r, _bob_w) = bob_task.await.unwrap();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+    let expected: Vec<Vec<u8>> = (0..N)
+        .map(|req| format!("envelope {req}").into_bytes())
+        .collect();
+    assert_eq!(bodies, expected, "one connection's sends arrive in order");
+    assert_eq!(deleted, N, "every early Ack deleted its envelope");
+
+    // Nothing is left: a fresh fetch finds the mailbox empty.
+    let (mut r, mut w) = connect(addr, &bob, &relay_key).await;
+    w.send(&ClientMsg::Fetch { live: false }).await.unwrap();
+    w.flush().await.unwrap();
+    assert_eq!(recv(&mut r).await, RelayMsg::Drained);
+
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+}
