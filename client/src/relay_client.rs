@@ -146,7 +146,10 @@ fn refusal(addr: &RelayAddr, code: ErrorCode, detail: &str) -> String {
             format!("the relay at {addr} is shutting down{why}; try again in a moment")
         }
         ErrorCode::RateLimited => {
-            format!("the relay at {addr} asks to slow down{why}; try again later")
+            format!("the relay at {addr} is rate limiting you{why}; try again in a moment")
+        }
+        ErrorCode::OutOfSpace => {
+            format!("the relay at {addr} is out of disk space{why}; nothing was stored, try again later")
         }
         ErrorCode::NotAllowed => format!(
             "the relay at {addr} is private and does not serve your key{why}; ask its operator to add the key `sotto id` prints"

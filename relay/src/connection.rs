@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::limits::KeyLimit;
 use crate::server::Shared;
 use crate::store::StoreError;
 
@@ -66,6 +67,13 @@ impl Closed {
     fn notice(&self) -> Option<RelayMsg> {
         let (code, detail) = match self {
             Closed::Protocol(detail) => (ErrorCode::BadRequest, detail.to_string()),
+            Closed::Upload(crate::blobs::BlobError::OutOfSpace(_)) => (
+                ErrorCode::OutOfSpace,
+                format!(
+                    "{}; begin the upload again to resume later",
+                    files::out_of_space()
+                ),
+            ),
             Closed::Upload(crate::blobs::BlobError::Superseded) => (
                 ErrorCode::BadRequest,
                 "another request took an upload of this connection over; begin it again to resume"
@@ -158,6 +166,7 @@ async fn run(
     let writer = tokio::spawn(write_loop(writer, rx));
     let mut session = Session {
         shared: shared.clone(),
+        limit: shared.rate.connect(client),
         client,
         tx,
         delivery: None,
@@ -200,6 +209,8 @@ async fn run(
 struct Session {
     shared: Arc<Shared>,
     client: PublicKey,
+    /// The key's rate limits, shared with its other connections.
+    limit: KeyLimit,
     tx: Outbox,
     delivery: Option<JoinHandle<Result<(), Closed>>>,
     /// Cancelled when the connection ends: stops delivery and downloads.
@@ -259,6 +270,17 @@ impl Session {
     async fn handle(&mut self, msg: ClientMsg) -> Result<Option<RelayMsg>, Closed> {
         Ok(Some(match msg {
             ClientMsg::Send { req, to, envelope } => {
+                if let Err(limited) = self.limit.envelope() {
+                    return Ok(Some(RelayMsg::Error {
+                        req,
+                        code: ErrorCode::RateLimited,
+                        detail: limited.to_string(),
+                    }));
+                }
+                // One `Send` at a time per connection reaches the store's
+                // queue (this task waits for its answer), and the queue is
+                // first come, first served: a busy connection cannot crowd
+                // out the others.
                 match self.shared.store.enqueue(to, envelope.into_vec()).await {
                     Ok(_) => {
                         self.shared.registry.notify(&to);
@@ -337,6 +359,10 @@ fn refusal(req: u32, e: StoreError) -> Result<RelayMsg, Closed> {
             ErrorCode::ShuttingDown,
             "the relay is shutting down".to_owned(),
         ),
+        StoreError::OutOfSpace(full) => {
+            tracing::warn!("refused a message: {full}");
+            (ErrorCode::OutOfSpace, files::out_of_space())
+        }
         _ => {
             tracing::warn!("store failure: {e}");
             (

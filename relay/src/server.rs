@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 use crate::blobs::{BlobError, Blobs};
 use crate::config::RelayConfig;
 use crate::connection;
+use crate::limits::RateLimiter;
 use crate::registry::Registry;
 use crate::relay_key::{self, RelayKeyError};
 use crate::store::{Store, StoreError};
@@ -37,6 +38,7 @@ pub(crate) struct Shared {
     pub blobs: Blobs,
     pub registry: Arc<Registry>,
     pub handshakes: Arc<Semaphore>,
+    pub rate: Arc<RateLimiter>,
     pub hello: RelayHello,
 }
 
@@ -113,6 +115,7 @@ impl Relay {
         };
         let shared = Arc::new(Shared {
             handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
+            rate: RateLimiter::new(config.rate),
             registry: Arc::new(Registry::default()),
             config,
             key,

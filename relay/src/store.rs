@@ -70,6 +70,9 @@ pub struct StoreLimits {
     pub expiry: Duration,
     /// Longest envelope accepted.
     pub max_envelope_len: usize,
+    /// Free bytes kept on the store's filesystem: below this, new envelopes
+    /// and uploads are refused with [`StoreError::OutOfSpace`] (0: no check).
+    pub min_free_disk: u64,
 }
 
 impl Default for StoreLimits {
@@ -79,6 +82,7 @@ impl Default for StoreLimits {
             max_bytes_per_recipient: DEFAULT_MAX_BYTES_PER_RECIPIENT,
             expiry: DEFAULT_EXPIRY,
             max_envelope_len: DEFAULT_MAX_ENVELOPE_LEN,
+            min_free_disk: crate::space::DEFAULT_MIN_FREE_DISK,
         }
     }
 }
@@ -199,6 +203,10 @@ pub enum StoreError {
     /// caller. Nothing was changed.
     #[error("refused an impossible update of a stored file")]
     InvalidBlobUpdate,
+    /// The disk is too full for new data (below the reserve, or a write met
+    /// a full disk); nothing was stored. Reads and deletions still work.
+    #[error("{0}")]
+    OutOfSpace(crate::space::OutOfSpace),
     /// The store was closed with [`Store::close`] (through this handle or a clone).
     #[error("the mailbox store is closed")]
     Closed,
@@ -232,7 +240,15 @@ pub enum StoreError {
 
 impl From<redb::Error> for StoreError {
     fn from(err: redb::Error) -> Self {
-        Self::Database(err.to_string())
+        match &err {
+            redb::Error::Io(e) if crate::space::is_out_of_space(e) => {
+                Self::OutOfSpace(crate::space::OutOfSpace {
+                    available: 0,
+                    reserve: 0,
+                })
+            }
+            _ => Self::Database(err.to_string()),
+        }
     }
 }
 
@@ -266,6 +282,7 @@ struct Inner {
     open: Mutex<Option<Open>>,
     limits: StoreLimits,
     commits: Arc<AtomicU64>,
+    space: crate::space::Space,
 }
 
 struct Open {
@@ -291,8 +308,13 @@ impl Store {
         let db = Arc::new(db);
         let commits = Arc::new(AtomicU64::new(0));
         let (requests, rx) = mpsc::channel(QUEUE_DEPTH);
+        let space = crate::space::Space::new(
+            path.parent().unwrap_or(Path::new(".")),
+            limits.min_free_disk,
+        );
         let writer = Writer {
             db: Arc::clone(&db),
+            space: space.clone(),
             limits: limits.clone(),
             next_id,
             clock,
@@ -312,6 +334,7 @@ impl Store {
                 })),
                 limits,
                 commits,
+                space,
             }),
         })
     }
@@ -319,6 +342,11 @@ impl Store {
     /// The limits the store was opened with.
     pub fn limits(&self) -> &StoreLimits {
         &self.inner.limits
+    }
+
+    /// The free-space check of the store's filesystem (the data dir).
+    pub fn space(&self) -> &crate::space::Space {
+        &self.inner.space
     }
 
     /// Write transactions committed since the store was opened. Under load it

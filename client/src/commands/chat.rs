@@ -321,7 +321,10 @@ fn is_fatal(e: &RelayError) -> bool {
 fn is_retryable(code: ErrorCode) -> bool {
     matches!(
         code,
-        ErrorCode::Internal | ErrorCode::ShuttingDown | ErrorCode::RateLimited
+        ErrorCode::Internal
+            | ErrorCode::ShuttingDown
+            | ErrorCode::RateLimited
+            | ErrorCode::OutOfSpace
     )
 }
 

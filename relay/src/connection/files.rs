@@ -200,6 +200,15 @@ impl Session {
             Some(_) => {}
         }
         upload.next += 1;
+        // Over the key's upload rate: stop reading for a while, which slows
+        // the client down through TCP.
+        let pause = self.limit.upload(data.len());
+        if !pause.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.shutdown.cancelled() => {}
+            }
+        }
         if upload.queue.send(ToDisk::Chunk(data)).await.is_ok() {
             return Ok(());
         }
@@ -310,6 +319,7 @@ fn blob_refusal(req: u32, e: &BlobError) -> RelayMsg {
             "another request for this file came first; try again".to_owned(),
         ),
         BlobError::Damaged => (ErrorCode::Internal, "stored file damaged".to_owned()),
+        BlobError::OutOfSpace(_) => (ErrorCode::OutOfSpace, out_of_space()),
         BlobError::Store(crate::store::StoreError::Closed) => (
             ErrorCode::ShuttingDown,
             "the relay is shutting down".to_owned(),
@@ -320,6 +330,11 @@ fn blob_refusal(req: u32, e: &BlobError) -> RelayMsg {
         }
     };
     RelayMsg::Error { req, code, detail }
+}
+
+/// What a client is told when the relay's disk is full.
+pub(super) fn out_of_space() -> String {
+    "the relay is out of disk space".to_owned()
 }
 
 fn internal(req: u32) -> RelayMsg {

@@ -123,6 +123,8 @@ impl Answer {
 /// The state owned by the writer thread.
 pub(super) struct Writer {
     pub(super) db: Arc<Database>,
+    /// The reserve of free disk space that new data must leave.
+    pub(super) space: crate::space::Space,
     pub(super) limits: StoreLimits,
     /// The id the next enqueue gets.
     pub(super) next_id: u64,
@@ -187,13 +189,23 @@ impl Writer {
         txn.set_durability(Durability::Immediate);
         let now = (self.clock)();
         let mut batch = Batch::open(&txn, &self.limits, self.next_id, now)?;
+        // Checked once per batch, and only if it brings new data: a full disk
+        // refuses what would grow the store, never what shrinks it.
+        let mut room: Option<Result<(), StoreError>> = None;
+        let mut has_room = |space: &crate::space::Space| {
+            room.get_or_insert_with(|| space.check(0).map_err(StoreError::OutOfSpace))
+                .clone()
+        };
         for request in requests {
             let (answer, fatal) = match request {
                 Request::Enqueue {
                     to,
                     envelope,
                     reply,
-                } => settle(batch.enqueue(to, &envelope), reply),
+                } => match has_room(&self.space) {
+                    Err(full) => settle(Ok(Err(full)), reply),
+                    Ok(()) => settle(batch.enqueue(to, &envelope), reply),
+                },
                 Request::Ack { owner, ids, reply } => settle(batch.ack(owner, ids), reply),
                 Request::Expire { now, reply } => settle(batch.expire(now), reply),
                 Request::BlobBegin {
@@ -203,7 +215,10 @@ impl Writer {
                     size,
                     quota,
                     reply,
-                } => settle(batch.blob_begin(id, uploader, to, size, quota), reply),
+                } => match has_room(&self.space) {
+                    Err(full) => settle(Ok(Err(full)), reply),
+                    Ok(()) => settle(batch.blob_begin(id, uploader, to, size, quota), reply),
+                },
                 Request::BlobUpdate {
                     id,
                     have,
