@@ -4,5 +4,6 @@
 mod abuse;
 mod chat;
 mod cli;
+mod faults;
 mod files;
 mod messaging;
