@@ -858,6 +858,17 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_and_full_disk_refusals_say_so_in_one_line() {
+        let limited = refused(&addr(), ErrorCode::RateLimited, "retry in 20 ms").to_string();
+        assert!(limited.contains("is rate limiting you"), "{limited}");
+        assert!(limited.contains("try again in a moment"), "{limited}");
+        let full = refused(&addr(), ErrorCode::OutOfSpace, "disk full").to_string();
+        assert!(full.contains("out of disk space"), "{full}");
+        assert!(full.contains("nothing was stored"), "{full}");
+        assert!(!limited.contains('\n') && !full.contains('\n'));
+    }
+
+    #[test]
     fn unreachable_and_mismatch_messages_say_what_to_do() {
         let e = RelayError::Unreachable {
             addr: addr(),
