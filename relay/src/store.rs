@@ -207,6 +207,10 @@ pub enum StoreError {
     /// a full disk); nothing was stored. Reads and deletions still work.
     #[error("{0}")]
     OutOfSpace(crate::space::OutOfSpace),
+    /// The database is being reopened after a write failed (a full disk,
+    /// say); try again in a moment.
+    #[error("the mailbox store is being reopened after a disk error")]
+    Reopening,
     /// The store was closed with [`Store::close`] (through this handle or a clone).
     #[error("the mailbox store is closed")]
     Closed,
@@ -256,7 +260,7 @@ macro_rules! from_redb {
     ($($ty:ty),*) => {$(
         impl From<$ty> for StoreError {
             fn from(err: $ty) -> Self {
-                Self::Database(redb::Error::from(err).to_string())
+                Self::from(redb::Error::from(err))
             }
         }
     )*};
@@ -287,8 +291,20 @@ struct Inner {
 
 struct Open {
     requests: mpsc::Sender<Request>,
-    db: Arc<Database>,
+    db: DbSlot,
     writer: JoinHandle<()>,
+}
+
+/// The open database, shared by the readers and the writer. redb refuses
+/// every operation after an I/O error (a full disk, say) until the database
+/// is reopened, so after a failed batch the writer empties the slot, waits for
+/// the readers to let go, and reopens the file (which repairs it) in its place.
+/// Readers that come in between get [`StoreError::Reopening`].
+pub(super) type DbSlot = Arc<Mutex<Option<Arc<Database>>>>;
+
+fn slot_lock(slot: &DbSlot) -> MutexGuard<'_, Option<Arc<Database>>> {
+    // Only ever a take or a put under this lock: poisoning is moot.
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Store {
@@ -305,7 +321,7 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let db = Database::create(path)?;
         let next_id = prepare(&db)?;
-        let db = Arc::new(db);
+        let db: DbSlot = Arc::new(Mutex::new(Some(Arc::new(db))));
         let commits = Arc::new(AtomicU64::new(0));
         let (requests, rx) = mpsc::channel(QUEUE_DEPTH);
         let space = crate::space::Space::new(
@@ -314,6 +330,7 @@ impl Store {
         );
         let writer = Writer {
             db: Arc::clone(&db),
+            path: path.to_owned(),
             space: space.clone(),
             limits: limits.clone(),
             next_id,
@@ -513,10 +530,13 @@ impl Store {
     }
 
     fn db(&self) -> Result<Arc<Database>, StoreError> {
-        self.lock()
+        let slot = self
+            .lock()
             .as_ref()
             .map(|open| Arc::clone(&open.db))
-            .ok_or(StoreError::Closed)
+            .ok_or(StoreError::Closed)?;
+        let db = slot_lock(&slot).clone();
+        db.ok_or(StoreError::Reopening)
     }
 
     async fn submit(&self, request: Request) -> Result<(), StoreError> {
@@ -544,7 +564,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Creates the tables if missing, checks the format, and returns the next id.
-fn prepare(db: &Database) -> Result<u64, StoreError> {
+pub(super) fn prepare(db: &Database) -> Result<u64, StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate);
     let next_id = {

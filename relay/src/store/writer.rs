@@ -122,7 +122,10 @@ impl Answer {
 
 /// The state owned by the writer thread.
 pub(super) struct Writer {
-    pub(super) db: Arc<Database>,
+    /// The database, which this thread reopens after a failed batch.
+    pub(super) db: super::DbSlot,
+    /// Its file.
+    pub(super) path: std::path::PathBuf,
     /// The reserve of free disk space that new data must leave.
     pub(super) space: crate::space::Space,
     pub(super) limits: StoreLimits,
@@ -172,8 +175,59 @@ impl Writer {
                 for request in unapplied {
                     request.fail(&err);
                 }
+                // After an I/O error redb refuses everything until reopened;
+                // a database that did not fail is reopened as it was.
+                if let Err(e) = self.reopen() {
+                    tracing::error!(error = %e, "mailbox store not reopened yet; retrying at the next write");
+                }
             }
         }
+    }
+
+    /// The open database, reopening it first if a previous reopen failed.
+    fn database(&mut self) -> Result<Arc<Database>, StoreError> {
+        if let Some(db) = super::slot_lock(&self.db).clone() {
+            return Ok(db);
+        }
+        self.reopen()?;
+        super::slot_lock(&self.db)
+            .clone()
+            .ok_or(StoreError::Reopening)
+    }
+
+    /// Closes the database (once the readers still using it are done) and
+    /// opens it again, which repairs it; committed data is untouched.
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        const READERS_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+        let taken = super::slot_lock(&self.db).take();
+        if let Some(mut db) = taken {
+            let deadline = std::time::Instant::now() + READERS_GRACE;
+            loop {
+                match Arc::try_unwrap(db) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(still_shared) if std::time::Instant::now() < deadline => {
+                        db = still_shared;
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    Err(still_shared) => {
+                        *super::slot_lock(&self.db) = Some(still_shared);
+                        return Err(StoreError::Database(
+                            "readers held the database for too long to reopen it".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        let db = Database::create(&self.path)?;
+        let next_id = super::prepare(&db)?;
+        // Ids handed out by a commit that failed are skipped, never reused.
+        self.next_id = self.next_id.max(next_id);
+        *super::slot_lock(&self.db) = Some(Arc::new(db));
+        tracing::info!("mailbox store reopened");
+        Ok(())
     }
 
     /// Applies requests from `requests` into one transaction and commits it.
@@ -185,7 +239,8 @@ impl Writer {
         requests: &mut impl Iterator<Item = Request>,
         answers: &mut Vec<Answer>,
     ) -> Result<bool, StoreError> {
-        let mut txn = self.db.begin_write()?;
+        let db = self.database()?;
+        let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate);
         let now = (self.clock)();
         let mut batch = Batch::open(&txn, &self.limits, self.next_id, now)?;

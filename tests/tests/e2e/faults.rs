@@ -497,8 +497,13 @@ impl SmallDisk {
         let chunk = vec![0u8; 64 * 1024];
         while self.available() > left {
             let n = (self.available() - left).min(chunk.len() as u64) as usize;
-            f.write_all(&chunk[..n]).unwrap();
-            f.sync_all().unwrap();
+            // Filling to the last byte may end in ENOSPC: then it is full.
+            if f.write_all(&chunk[..n])
+                .and_then(|()| f.sync_all())
+                .is_err()
+            {
+                break;
+            }
         }
         path
     }
@@ -572,4 +577,52 @@ fn a_full_disk_refuses_new_data_clearly_keeps_old_data_and_recovers() {
     assert!(log.contains("disk is full"), "{}", tail(&log));
     drop(relay);
     drop(disk);
+}
+
+#[test]
+fn a_write_that_meets_a_full_disk_is_refused_and_the_store_reopens_once_space_is_freed() {
+    let Some(disk) = SmallDisk::mount(16 << 20) else {
+        eprintln!("skipped: cannot mount a tmpfs here (the test needs root)");
+        return;
+    };
+    // No reserve: writes run into the full disk itself.
+    let mut relay = Relay::start(
+        &disk.path().join("relay"),
+        Some("[limits]\nmin_free_disk = 0\n"),
+    );
+    let [alice, bob, _] = trio(&relay);
+    let text = "x".repeat(60_000);
+    alice.run(&["send", "bob", "first"]).ok();
+    let filler = disk.fill_leaving("filler", 0);
+    // The store has some room of its own left; long messages soon need more.
+    let mut stored = vec!["alice: first".to_owned()];
+    let mut refusal = None;
+    for i in 0..200 {
+        let run = alice.run(&["send", "bob", &format!("{i} {text}")]);
+        if run.out.status.success() {
+            stored.push(format!("alice: {i} {text}"));
+        } else {
+            refusal = Some(run.fails());
+            break;
+        }
+    }
+    let err = refusal.expect("the store never ran out of space");
+    if !err.contains("out of disk space") {
+        let (_, log) = relay.terminate();
+        panic!("{err}\n{}", tail(&log));
+    }
+
+    // Space is freed; the relay reopens its store by itself and takes
+    // messages again; nothing stored before is lost or damaged.
+    std::fs::remove_file(filler).unwrap();
+    until_ok(&alice, &["send", "bob", "after"]);
+    stored.push("alice: after".to_owned());
+    let mut shown = Vec::new();
+    for run in until_ok(&bob, &["inbox"]) {
+        shown.extend(message_texts(&run.stdout()));
+    }
+    assert_eq!(shown, stored);
+    let (ok, log) = relay.terminate();
+    assert!(ok, "{}", tail(&log));
+    assert!(log.contains("mailbox store reopened"), "{}", tail(&log));
 }
