@@ -146,7 +146,10 @@ fn refusal(addr: &RelayAddr, code: ErrorCode, detail: &str) -> String {
             format!("the relay at {addr} is shutting down{why}; try again in a moment")
         }
         ErrorCode::RateLimited => {
-            format!("the relay at {addr} asks to slow down{why}; try again later")
+            format!("the relay at {addr} is rate limiting you{why}; try again in a moment")
+        }
+        ErrorCode::OutOfSpace => {
+            format!("the relay at {addr} is out of disk space{why}; nothing was stored, try again later")
         }
         ErrorCode::NotAllowed => format!(
             "the relay at {addr} is private and does not serve your key{why}; ask its operator to add the key `sotto id` prints"
@@ -853,6 +856,17 @@ mod tests {
 
     fn addr() -> RelayAddr {
         "127.0.0.1:7300".parse().unwrap()
+    }
+
+    #[test]
+    fn rate_limit_and_full_disk_refusals_say_so_in_one_line() {
+        let limited = refused(&addr(), ErrorCode::RateLimited, "retry in 20 ms").to_string();
+        assert!(limited.contains("is rate limiting you"), "{limited}");
+        assert!(limited.contains("try again in a moment"), "{limited}");
+        let full = refused(&addr(), ErrorCode::OutOfSpace, "disk full").to_string();
+        assert!(full.contains("out of disk space"), "{full}");
+        assert!(full.contains("nothing was stored"), "{full}");
+        assert!(!limited.contains('\n') && !full.contains('\n'));
     }
 
     #[test]

@@ -532,6 +532,7 @@ fn wire_messages() {
         ErrorCode::ShuttingDown,
         ErrorCode::RateLimited,
         ErrorCode::NotAllowed,
+        ErrorCode::OutOfSpace,
     ];
     let encoded: Vec<String> = codes.iter().map(|c| to_hex(&wire::encode(c))).collect();
     v.expect("error_codes", encoded.join(" "));

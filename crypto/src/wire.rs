@@ -137,6 +137,9 @@ pub enum ErrorCode {
     RateLimited,
     /// This relay serves an allow-list of keys and the client's is not on it.
     NotAllowed,
+    /// The relay's disk is (nearly) full: nothing was stored. Reads and
+    /// deletions still work; retry once space has been freed.
+    OutOfSpace,
 }
 
 /// Relay -> client.

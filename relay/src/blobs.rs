@@ -146,6 +146,10 @@ pub enum BlobError {
         /// The cause.
         source: Arc<io::Error>,
     },
+    /// The disk is too full for new data; nothing more of the upload was
+    /// stored (what was checkpointed before stays).
+    #[error("{0}")]
+    OutOfSpace(crate::space::OutOfSpace),
     /// The metadata store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -164,15 +168,24 @@ impl From<StoreError> for BlobError {
                 size,
                 max: MAX_FILE_SIZE,
             },
+            StoreError::OutOfSpace(full) => Self::OutOfSpace(full),
             other => Self::Store(other),
         }
     }
 }
 
 fn io_error(action: &'static str) -> impl FnOnce(io::Error) -> BlobError {
-    move |source| BlobError::Io {
-        action,
-        source: Arc::new(source),
+    move |source| {
+        if crate::space::is_out_of_space(&source) {
+            return BlobError::OutOfSpace(crate::space::OutOfSpace {
+                available: 0,
+                reserve: 0,
+            });
+        }
+        BlobError::Io {
+            action,
+            source: Arc::new(source),
+        }
     }
 }
 
@@ -567,7 +580,10 @@ impl BlobWriter {
     /// length. Not durable until a [`BlobWriter::checkpoint`] covers it.
     pub async fn write(&self, index: u64, data: Vec<u8>) -> Result<(), BlobError> {
         let file = Arc::clone(&self.file);
+        let space = self.store.space().clone();
         blocking(move || {
+            let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
+            space.check(len).map_err(BlobError::OutOfSpace)?;
             file.write_all_at(&data, sealed_offset(index))
                 .map_err(io_error("writing a chunk"))
         })

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use sotto_keys::PublicKey;
 
 use crate::blobs::BlobLimits;
+use crate::limits::RateLimits;
 use crate::store::StoreLimits;
 
 /// Default listening address: loopback only, so a first start exposes nothing.
@@ -41,6 +42,8 @@ pub struct RelayConfig {
     pub mailbox: StoreLimits,
     /// File cache limits.
     pub files: BlobLimits,
+    /// Rate limits per client key.
+    pub rate: RateLimits,
     /// If set, only these client keys may connect (a private relay).
     pub allow: Option<Vec<PublicKey>>,
 }
@@ -61,6 +64,7 @@ impl RelayConfig {
             shutdown_grace: Duration::from_secs(10),
             mailbox: StoreLimits::default(),
             files: BlobLimits::default(),
+            rate: RateLimits::default(),
             allow: None,
         }
     }
@@ -134,6 +138,18 @@ struct FileConfig {
     mailbox: MailboxFile,
     #[serde(default)]
     files: FilesFile,
+    #[serde(default)]
+    limits: LimitsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    envelopes_per_second: Option<u32>,
+    envelope_burst: Option<u32>,
+    upload_bytes_per_second: Option<u64>,
+    upload_burst_bytes: Option<u64>,
+    min_free_disk: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,6 +193,11 @@ impl FileConfig {
             self.files.max_files_per_recipient => cfg.files.max_files_per_recipient,
             self.files.expiry => cfg.files.expiry,
             self.files.checkpoint_bytes => cfg.files.checkpoint_bytes,
+            self.limits.envelopes_per_second => cfg.rate.envelopes_per_second,
+            self.limits.envelope_burst => cfg.rate.envelope_burst,
+            self.limits.upload_bytes_per_second => cfg.rate.upload_bytes_per_second,
+            self.limits.upload_burst_bytes => cfg.rate.upload_burst_bytes,
+            self.limits.min_free_disk => cfg.mailbox.min_free_disk,
         }
         if self.allow.is_some() {
             cfg.allow = self.allow;
@@ -222,6 +243,24 @@ mod tests {
             }
         );
         assert_eq!(cfg.mailbox, StoreLimits::default());
+        assert_eq!(cfg.rate, RateLimits::default());
+
+        std::fs::write(
+            &path,
+            "[limits]\nenvelopes_per_second = 5\nenvelope_burst = 7\nupload_bytes_per_second = 1000\nupload_burst_bytes = 2000\nmin_free_disk = 0\n",
+        )
+        .unwrap();
+        let cfg = RelayConfig::from_file(&path).unwrap();
+        assert_eq!(
+            cfg.rate,
+            RateLimits {
+                envelopes_per_second: 5,
+                envelope_burst: 7,
+                upload_bytes_per_second: 1000,
+                upload_burst_bytes: 2000,
+            }
+        );
+        assert_eq!(cfg.mailbox.min_free_disk, 0);
         std::fs::write(&path, "[files]\nmax_size = 1\n").unwrap();
         let err = RelayConfig::from_file(&path).unwrap_err().to_string();
         assert!(err.contains("relay.toml:2:"), "{err}");

@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::limits::KeyLimit;
 use crate::registry::Notices;
 use crate::server::Shared;
 use crate::store::{Committing, StoreError};
@@ -73,6 +74,13 @@ impl Closed {
     fn notice(&self) -> Option<RelayMsg> {
         let (code, detail) = match self {
             Closed::Protocol(detail) => (ErrorCode::BadRequest, detail.to_string()),
+            Closed::Upload(crate::blobs::BlobError::OutOfSpace(_)) => (
+                ErrorCode::OutOfSpace,
+                format!(
+                    "{}; begin the upload again to resume later",
+                    files::out_of_space()
+                ),
+            ),
             Closed::Upload(crate::blobs::BlobError::Superseded) => (
                 ErrorCode::BadRequest,
                 "another request took an upload of this connection over; begin it again to resume"
@@ -165,6 +173,7 @@ async fn run(
     let writer = tokio::spawn(write_loop(writer, rx));
     let mut session = Session {
         shared: shared.clone(),
+        limit: shared.rate.connect(client),
         client,
         tx,
         delivery: None,
@@ -210,6 +219,8 @@ async fn run(
 struct Session {
     shared: Arc<Shared>,
     client: PublicKey,
+    /// The key's rate limits, shared with its other connections.
+    limit: KeyLimit,
     tx: Outbox,
     delivery: Option<JoinHandle<Result<(), Closed>>>,
     /// Cancelled when the connection ends: stops delivery and downloads.
@@ -276,6 +287,13 @@ impl Session {
     async fn handle(&mut self, msg: ClientMsg) -> Result<Option<RelayMsg>, Closed> {
         Ok(Some(match msg {
             ClientMsg::Send { req, to, envelope } => {
+                if let Err(limited) = self.limit.envelope() {
+                    return Ok(Some(RelayMsg::Error {
+                        req,
+                        code: ErrorCode::RateLimited,
+                        detail: limited.to_string(),
+                    }));
+                }
                 return self.send(req, to, envelope.into_vec()).await;
             }
             ClientMsg::Fetch { live } => {
@@ -435,6 +453,10 @@ fn refusal(req: u32, e: StoreError) -> Result<RelayMsg, Closed> {
             ErrorCode::ShuttingDown,
             "the relay is shutting down".to_owned(),
         ),
+        StoreError::OutOfSpace(full) => {
+            tracing::warn!("refused a message: {full}");
+            (ErrorCode::OutOfSpace, files::out_of_space())
+        }
         _ => {
             tracing::warn!("store failure: {e}");
             (

@@ -12,6 +12,9 @@
 //!   quotas and expiry;
 //! - [`blobs`]: the blind file cache: sealed chunks streamed to files, resumable
 //!   uploads, downloads by the recipient only;
+//! - [`limits`]: rate limits per key (envelopes and upload bytes);
+//! - [`space`]: the reserve of free disk space that turns a full disk into
+//!   a clean refusal;
 //! - [`relay_key`]: the relay's keypair, generated on first start.
 //!
 //! The relay holds no key that opens an envelope: it knows recipients' public
@@ -22,9 +25,11 @@
 pub mod blobs;
 pub mod config;
 mod connection;
+pub mod limits;
 pub mod registry;
 pub mod relay_key;
 pub mod server;
+pub mod space;
 pub mod store;
 
 pub use config::RelayConfig;

@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 use crate::blobs::{BlobError, Blobs};
 use crate::config::RelayConfig;
 use crate::connection;
+use crate::limits::RateLimiter;
 use crate::registry::Registry;
 use crate::relay_key::{self, RelayKeyError};
 use crate::store::{Store, StoreError};
@@ -38,6 +39,7 @@ pub(crate) struct Shared {
     /// Live connections' queues of notices.
     pub registry: Arc<Registry>,
     pub handshakes: Arc<Semaphore>,
+    pub rate: Arc<RateLimiter>,
     pub hello: RelayHello,
 }
 
@@ -114,6 +116,7 @@ impl Relay {
         };
         let shared = Arc::new(Shared {
             handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
+            rate: RateLimiter::new(config.rate),
             registry: Arc::new(Registry::default()),
             config,
             key,

@@ -74,6 +74,9 @@ pub struct StoreLimits {
     pub expiry: Duration,
     /// Longest envelope accepted.
     pub max_envelope_len: usize,
+    /// Free bytes kept on the store's filesystem: below this, new envelopes
+    /// and uploads are refused with [`StoreError::OutOfSpace`] (0: no check).
+    pub min_free_disk: u64,
 }
 
 impl Default for StoreLimits {
@@ -83,6 +86,7 @@ impl Default for StoreLimits {
             max_bytes_per_recipient: DEFAULT_MAX_BYTES_PER_RECIPIENT,
             expiry: DEFAULT_EXPIRY,
             max_envelope_len: DEFAULT_MAX_ENVELOPE_LEN,
+            min_free_disk: crate::space::DEFAULT_MIN_FREE_DISK,
         }
     }
 }
@@ -203,6 +207,14 @@ pub enum StoreError {
     /// caller. Nothing was changed.
     #[error("refused an impossible update of a stored file")]
     InvalidBlobUpdate,
+    /// The disk is too full for new data (below the reserve, or a write met
+    /// a full disk); nothing was stored. Reads and deletions still work.
+    #[error("{0}")]
+    OutOfSpace(crate::space::OutOfSpace),
+    /// The database is being reopened after a write failed (a full disk,
+    /// say); try again in a moment.
+    #[error("the mailbox store is being reopened after a disk error")]
+    Reopening,
     /// The store was closed with [`Store::close`] (through this handle or a clone).
     #[error("the mailbox store is closed")]
     Closed,
@@ -236,7 +248,15 @@ pub enum StoreError {
 
 impl From<redb::Error> for StoreError {
     fn from(err: redb::Error) -> Self {
-        Self::Database(err.to_string())
+        match &err {
+            redb::Error::Io(e) if crate::space::is_out_of_space(e) => {
+                Self::OutOfSpace(crate::space::OutOfSpace {
+                    available: 0,
+                    reserve: 0,
+                })
+            }
+            _ => Self::Database(err.to_string()),
+        }
     }
 }
 
@@ -244,7 +264,7 @@ macro_rules! from_redb {
     ($($ty:ty),*) => {$(
         impl From<$ty> for StoreError {
             fn from(err: $ty) -> Self {
-                Self::Database(redb::Error::from(err).to_string())
+                Self::from(redb::Error::from(err))
             }
         }
     )*};
@@ -271,12 +291,25 @@ struct Inner {
     limits: StoreLimits,
     commits: Arc<AtomicU64>,
     feeds: Arc<Feeds>,
+    space: crate::space::Space,
 }
 
 struct Open {
     requests: mpsc::Sender<Request>,
-    db: Arc<Database>,
+    db: DbSlot,
     writer: JoinHandle<()>,
+}
+
+/// The open database, shared by the readers and the writer. redb refuses
+/// every operation after an I/O error (a full disk, say) until the database
+/// is reopened, so after a failed batch the writer empties the slot, waits for
+/// the readers to let go, and reopens the file (which repairs it) in its place.
+/// Readers that come in between get [`StoreError::Reopening`].
+pub(super) type DbSlot = Arc<Mutex<Option<Arc<Database>>>>;
+
+fn slot_lock(slot: &DbSlot) -> MutexGuard<'_, Option<Arc<Database>>> {
+    // Only ever a take or a put under this lock: poisoning is moot.
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Store {
@@ -298,11 +331,17 @@ impl Store {
         // from ever naming two envelopes.
         let next_id = prepare(&db)?.saturating_add(2 * MAX_BATCH as u64);
         let feeds = Feeds::new(next_id);
-        let db = Arc::new(db);
+        let db: DbSlot = Arc::new(Mutex::new(Some(Arc::new(db))));
         let commits = Arc::new(AtomicU64::new(0));
         let (requests, rx) = mpsc::channel(QUEUE_DEPTH);
+        let space = crate::space::Space::new(
+            path.parent().unwrap_or(Path::new(".")),
+            limits.min_free_disk,
+        );
         let writer = Writer {
             db: Arc::clone(&db),
+            path: path.to_owned(),
+            space: space.clone(),
             limits: limits.clone(),
             next_id,
             clock,
@@ -310,6 +349,7 @@ impl Store {
             feeds: Arc::clone(&feeds),
             usage: std::collections::HashMap::new(),
             written_next_id: 0,
+            room: None,
         };
         let writer = std::thread::Builder::new()
             .name("sotto-store-writer".into())
@@ -326,6 +366,7 @@ impl Store {
                 limits,
                 commits,
                 feeds,
+                space,
             }),
         })
     }
@@ -333,6 +374,11 @@ impl Store {
     /// The limits the store was opened with.
     pub fn limits(&self) -> &StoreLimits {
         &self.inner.limits
+    }
+
+    /// The free-space check of the store's filesystem (the data dir).
+    pub fn space(&self) -> &crate::space::Space {
+        &self.inner.space
     }
 
     /// Write transactions committed since the store was opened. Under load it
@@ -521,10 +567,13 @@ impl Store {
     }
 
     fn db(&self) -> Result<Arc<Database>, StoreError> {
-        self.lock()
+        let slot = self
+            .lock()
             .as_ref()
             .map(|open| Arc::clone(&open.db))
-            .ok_or(StoreError::Closed)
+            .ok_or(StoreError::Closed)?;
+        let db = slot_lock(&slot).clone();
+        db.ok_or(StoreError::Reopening)
     }
 
     async fn submit(&self, request: Request) -> Result<(), StoreError> {
@@ -569,7 +618,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Creates the tables if missing, checks the format, and returns the next id.
-fn prepare(db: &Database) -> Result<u64, StoreError> {
+pub(super) fn prepare(db: &Database) -> Result<u64, StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate);
     let next_id = {

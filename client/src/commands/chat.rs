@@ -517,7 +517,10 @@ fn is_fatal(e: &RelayError) -> bool {
 fn is_retryable(code: ErrorCode) -> bool {
     matches!(
         code,
-        ErrorCode::Internal | ErrorCode::ShuttingDown | ErrorCode::RateLimited
+        ErrorCode::Internal
+            | ErrorCode::ShuttingDown
+            | ErrorCode::RateLimited
+            | ErrorCode::OutOfSpace
     )
 }
 

@@ -63,6 +63,10 @@ struct Upload {
     queue: mpsc::Sender<ToDisk>,
     /// Why the disk task stopped, if it failed.
     failure: oneshot::Receiver<BlobError>,
+    /// The disk filled up: the client has been told, and the rest of the
+    /// stream is read and dropped until its `UploadEnd`, which is refused.
+    /// The connection stays, and so does what was checkpointed.
+    out_of_space: bool,
 }
 
 enum ToDisk {
@@ -157,6 +161,7 @@ impl Session {
                 next: have,
                 queue,
                 failure,
+                out_of_space: false,
             },
         );
         RelayMsg::UploadState { req, file_id, have }
@@ -200,14 +205,39 @@ impl Session {
             Some(_) => {}
         }
         upload.next += 1;
+        if upload.out_of_space {
+            return Ok(());
+        }
+        // Over the key's upload rate: stop reading for a while, which slows
+        // the client down through TCP.
+        let pause = self.limit.upload(data.len());
+        if !pause.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.shutdown.cancelled() => {}
+            }
+        }
         if upload.queue.send(ToDisk::Chunk(data)).await.is_ok() {
             return Ok(());
         }
         // The disk task stopped; it said why before letting go of its queue.
-        let reason = match self.files.uploads.remove(&file_id) {
-            Some(upload) => upload.failure.await.unwrap_or(BlobError::Crashed),
-            None => BlobError::Crashed,
-        };
+        let (_, gone) = oneshot::channel();
+        let reason = std::mem::replace(&mut upload.failure, gone)
+            .await
+            .unwrap_or(BlobError::Crashed);
+        if let BlobError::OutOfSpace(_) = reason {
+            // Not the client's fault, and nothing it sent is in doubt: say
+            // so at once and keep the connection for its other requests.
+            upload.out_of_space = true;
+            let notice = RelayMsg::Error {
+                req: 0,
+                code: ErrorCode::OutOfSpace,
+                detail: format!("{}; begin the upload again to resume later", out_of_space()),
+            };
+            let _ = self.tx.send(notice.into()).await;
+            return Ok(());
+        }
+        self.files.uploads.remove(&file_id);
         Err(Closed::Upload(reason))
     }
 
@@ -228,6 +258,13 @@ impl Session {
                 Err(e) => refusal(req, e).unwrap_or_else(|_| internal(req)),
             });
         };
+        if upload.out_of_space {
+            return Some(RelayMsg::Error {
+                req,
+                code: ErrorCode::OutOfSpace,
+                detail: out_of_space(),
+            });
+        }
         let chunks = chunk_count(upload.size);
         if upload.next != chunks {
             let detail = format!("only {} of {chunks} chunks were sent", upload.next);
@@ -310,6 +347,7 @@ fn blob_refusal(req: u32, e: &BlobError) -> RelayMsg {
             "another request for this file came first; try again".to_owned(),
         ),
         BlobError::Damaged => (ErrorCode::Internal, "stored file damaged".to_owned()),
+        BlobError::OutOfSpace(_) => (ErrorCode::OutOfSpace, out_of_space()),
         BlobError::Store(crate::store::StoreError::Closed) => (
             ErrorCode::ShuttingDown,
             "the relay is shutting down".to_owned(),
@@ -320,6 +358,11 @@ fn blob_refusal(req: u32, e: &BlobError) -> RelayMsg {
         }
     };
     RelayMsg::Error { req, code, detail }
+}
+
+/// What a client is told when the relay's disk is full.
+pub(super) fn out_of_space() -> String {
+    "disk full".to_owned()
 }
 
 fn internal(req: u32) -> RelayMsg {

@@ -175,7 +175,15 @@ struct Job {
 
 /// The state owned by the writer thread.
 pub(super) struct Writer {
-    pub(super) db: Arc<Database>,
+    /// The database, which this thread reopens after a failed batch.
+    pub(super) db: super::DbSlot,
+    /// Its file.
+    pub(super) path: std::path::PathBuf,
+    /// The reserve of free disk space that new data must leave.
+    pub(super) space: crate::space::Space,
+    /// Whether the disk had room: checked once per batch and for the
+    /// admissions during its commit (`None`: to be checked).
+    pub(super) room: Option<Result<(), crate::space::OutOfSpace>>,
     pub(super) limits: StoreLimits,
     /// The id the next enqueue gets.
     pub(super) next_id: u64,
@@ -295,6 +303,7 @@ impl Writer {
         to: Recipient,
         envelope: Vec<u8>,
     ) -> Result<(u64, u64, Vec<u8>), StoreError> {
+        self.has_room()?;
         let len = u64::try_from(envelope.len()).unwrap_or(u64::MAX);
         let usage = self.cached_usage(&to)?;
         if usage.messages.saturating_add(1) > self.limits.max_messages_per_recipient
@@ -342,7 +351,7 @@ impl Writer {
         if let Some(cached) = self.usage.get(recipient) {
             return Ok(cached.usage);
         }
-        let txn = self.db.begin_read()?;
+        let txn = self.database()?.begin_read()?;
         let stored = txn
             .open_table(USAGE)?
             .get(recipient)?
@@ -364,6 +373,8 @@ impl Writer {
     /// After a commit: on failure, forget usage (the batch's changes and
     /// admissions counted on top of them) and fail what was admitted since.
     fn after_commit(&mut self, ok: bool, next: &mut Vec<Next>) {
+        // The next admission looks at the disk again.
+        self.room = None;
         if ok {
             if self.usage.len() > USAGE_CACHE {
                 self.usage.retain(|_, cached| cached.dirty);
@@ -384,6 +395,70 @@ impl Writer {
         *next = kept;
         // Ids are never handed out twice, and the counter must be written.
         self.written_next_id = 0;
+        self.reopen_after_failure();
+    }
+
+    /// Whether the disk has room for new data, checked once per batch.
+    fn has_room(&mut self) -> Result<(), StoreError> {
+        let space = &self.space;
+        self.room
+            .get_or_insert_with(|| space.check(0))
+            .map_err(StoreError::OutOfSpace)
+    }
+
+    /// After an I/O error redb refuses everything until reopened; a database
+    /// that did not fail is reopened as it was.
+    fn reopen_after_failure(&mut self) {
+        if let Err(e) = self.reopen() {
+            tracing::error!(error = %e, "mailbox store not reopened yet; retrying at the next write");
+        }
+    }
+
+    /// The open database, reopening it first if a previous reopen failed.
+    fn database(&mut self) -> Result<Arc<Database>, StoreError> {
+        if let Some(db) = super::slot_lock(&self.db).clone() {
+            return Ok(db);
+        }
+        self.reopen()?;
+        super::slot_lock(&self.db)
+            .clone()
+            .ok_or(StoreError::Reopening)
+    }
+
+    /// Closes the database (once the readers still using it are done) and
+    /// opens it again, which repairs it; committed data is untouched.
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        const READERS_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+        let taken = super::slot_lock(&self.db).take();
+        if let Some(mut db) = taken {
+            let deadline = std::time::Instant::now() + READERS_GRACE;
+            loop {
+                match Arc::try_unwrap(db) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(still_shared) if std::time::Instant::now() < deadline => {
+                        db = still_shared;
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    Err(still_shared) => {
+                        *super::slot_lock(&self.db) = Some(still_shared);
+                        return Err(StoreError::Database(
+                            "readers held the database for too long to reopen it".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        let db = Database::create(&self.path)?;
+        let next_id = super::prepare(&db)?;
+        // Ids handed out by a batch that failed are skipped, never reused:
+        // live recipients may have seen them.
+        self.next_id = self.next_id.max(next_id);
+        *super::slot_lock(&self.db) = Some(Arc::new(db));
+        tracing::info!("mailbox store reopened");
+        Ok(())
     }
 
     /// Applies `next` in one transaction and hands it to the commit thread;
@@ -394,6 +469,9 @@ impl Writer {
         jobs: &std::sync::mpsc::Sender<Job>,
     ) -> Option<oneshot::Receiver<bool>> {
         let size = next.len();
+        // The disk is checked afresh for this batch and the admissions
+        // during its commit.
+        self.room = None;
         let mut answers = Vec::with_capacity(size);
         let mut unapplied = next.drain(..);
         match self.apply(&mut unapplied, &mut answers) {
@@ -428,6 +506,7 @@ impl Writer {
                 self.usage.clear();
                 self.written_next_id = 0;
                 self.feeds.settle(self.next_id);
+                self.reopen_after_failure();
                 None
             }
         }
@@ -442,10 +521,13 @@ impl Writer {
         requests: &mut impl Iterator<Item = Next>,
         answers: &mut Vec<Answer>,
     ) -> Result<Option<WriteTransaction>, StoreError> {
-        let mut txn = self.db.begin_write()?;
+        let db = self.database()?;
+        let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate);
         let now = (self.clock)();
         let write_id = (self.next_id != self.written_next_id).then_some(self.next_id);
+        // A full disk refuses what would grow the store, never what shrinks it.
+        let room = self.has_room();
         let changed = {
             let mut batch = Batch::open(&txn, &self.limits, &mut self.usage, now)?;
             for request in requests {
@@ -465,7 +547,10 @@ impl Writer {
                         size,
                         quota,
                         reply,
-                    }) => settle(batch.blob_begin(id, uploader, to, size, quota), reply),
+                    }) => match &room {
+                        Err(full) => settle(Ok(Err(full.clone())), reply),
+                        Ok(()) => settle(batch.blob_begin(id, uploader, to, size, quota), reply),
+                    },
                     Next::Change(Change::BlobUpdate {
                         id,
                         have,
