@@ -69,7 +69,7 @@ use super::chat_view::View;
 use super::contact::{list_lines, unknown_contact};
 use super::inbox::{self, Files, ShownMessage};
 use super::send::{check_text, explain, MAX_TEXT_LEN};
-use super::{block_on, note, say, warn, Ctx};
+use super::{note, say, warn, Ctx};
 use crate::cli::ChatArgs;
 use crate::config::{Config, RelayPin};
 use crate::history::{self, History};
@@ -427,7 +427,7 @@ pub fn run(ctx: &Ctx, args: ChatArgs) -> Result<()> {
         uploads: JoinSet::new(),
         upload_states: UploadStates::new(ctx.home.uploads()),
     };
-    block_on(chat.run(rx))?
+    super::block_on_threaded(chat.run(rx))?
 }
 
 /// A line of stdin, as the reader thread saw it.
@@ -696,7 +696,15 @@ impl Chat {
                         None => return Err(Stop::Link(RelayError::Closed { addr })),
                     };
                     last_heard = Instant::now();
-                    self.on_relay(msg, &mut writer, &addr).await?;
+                    let (deliveries, after) = gather_deliveries(msg, &mut from_relay);
+                    if !deliveries.is_empty() {
+                        self.on_deliveries(deliveries, &mut writer, &addr).await?;
+                    }
+                    match after {
+                        Some(Ok(msg)) => self.on_relay(msg, &mut writer, &addr).await?,
+                        Some(Err(e)) => return Err(Stop::Link(e)),
+                        None => {}
+                    }
                 }
                 input = inputs.recv(), if !self.input_done => {
                     self.on_input(input);
@@ -757,7 +765,7 @@ impl Chat {
                     received_at,
                     envelope: envelope.into_vec(),
                 };
-                self.on_delivery(delivery, writer, addr).await?;
+                self.on_deliveries(vec![delivery], writer, addr).await?;
             }
             RelayMsg::Drained => {
                 if !self.drained {
@@ -804,36 +812,46 @@ impl Chat {
         Ok(())
     }
 
-    async fn on_delivery<W: AsyncWrite + Unpin>(
+    /// Handles deliveries that arrived together as one batch: one locked
+    /// load and save of the session state, one acknowledgement.
+    async fn on_deliveries<W: AsyncWrite + Unpin>(
         &mut self,
-        delivery: Delivery,
+        mut deliveries: Vec<Delivery>,
         writer: &mut LinkWriter<W>,
         addr: &RelayAddr,
     ) -> Result<(), Stop> {
-        let id = delivery.id;
-        if self.announced.contains(&id) {
+        deliveries.retain(|d| !self.announced.contains(&d.id));
+        if deliveries.is_empty() {
             return Ok(());
         }
+        let ids: Vec<u64> = deliveries.iter().map(|d| d.id).collect();
         let mut printer = self.view.printer();
         let partner = self.target.clone();
-        let (mut outcome, to_send) = inbox::process_batch(
-            &self.me,
-            &self.book,
-            &self.sessions,
-            vec![delivery],
-            Files::Announce,
-            &mut |line| printer.line(line),
-            &|m| {
-                if is_partner(partner.as_ref(), m) {
-                    ReceiptState::Read
-                } else {
-                    ReceiptState::Delivered
-                }
-            },
-        )?;
+        let (mut outcome, to_send) = off_runtime(|| {
+            inbox::process_batch(
+                &self.me,
+                &self.book,
+                &self.sessions,
+                deliveries,
+                Files::Announce,
+                &mut |line| printer.line(line),
+                &|m| {
+                    if is_partner(partner.as_ref(), m) {
+                        ReceiptState::Read
+                    } else {
+                        ReceiptState::Delivered
+                    }
+                },
+            )
+        })?;
         self.view.received(&self.book, &outcome.messages, printer);
-        if outcome.announced > 0 && !outcome.ack.contains(&id) {
-            self.announced.insert(id);
+        // What is not acknowledged stays on the relay and comes again on
+        // every connection: a file offer (already announced), or the rest of
+        // a batch that could not be printed (which ends the chat anyway).
+        for id in ids {
+            if !outcome.ack.contains(&id) {
+                self.announced.insert(id);
+            }
         }
         for m in std::mem::take(&mut outcome.shown_ids) {
             if !is_partner(self.target.as_ref(), &m) {
@@ -1005,12 +1023,13 @@ impl Chat {
         if now_read.is_empty() {
             return;
         }
-        let sealed = self.sessions.lock(&self.me).and_then(|mut batch| {
+        let sealed = off_runtime(|| {
+            let mut batch = self.sessions.lock(&self.me)?;
             let out = inbox::seal_receipts(&self.me, &mut batch.store, &now_read, &|_| {
                 ReceiptState::Read
             })?;
             batch.save(&self.me)?;
-            Ok(out)
+            Ok::<_, anyhow::Error>(out)
         });
         match sealed {
             Ok(to_send) => self.queue(to_send),
@@ -1024,11 +1043,12 @@ impl Chat {
             warn("nobody to send to yet: type `/to NAME` first; the message was not sent");
             return;
         };
-        let sealed = self.sessions.lock(&self.me).and_then(|mut batch| {
+        let sealed = off_runtime(|| {
+            let mut batch = self.sessions.lock(&self.me)?;
             let out = seal_to(&self.me, &mut batch.store, target, text.clone())?;
             // Saved before anything sealed on it goes out.
             batch.save(&self.me)?;
-            Ok(out)
+            Ok::<_, anyhow::Error>(out)
         });
         match sealed {
             Ok((sealed, entry)) => {
@@ -1062,6 +1082,48 @@ fn is_partner(partner: Option<&Target>, m: &ShownMessage) -> bool {
             group == name && members.iter().any(|c| c.key == m.sender)
         }
         _ => false,
+    }
+}
+
+/// Most deliveries handled as one batch.
+const DELIVERY_BATCH: usize = 256;
+
+/// `first` and the deliveries already waiting behind it, as one batch; and
+/// the first other message taken from `rx`, to handle after the batch.
+fn gather_deliveries(
+    first: RelayMsg,
+    rx: &mut mpsc::Receiver<Result<RelayMsg, RelayError>>,
+) -> (Vec<Delivery>, Option<Result<RelayMsg, RelayError>>) {
+    let mut batch = Vec::new();
+    let mut next = Some(Ok(first));
+    while let Some(Ok(RelayMsg::Deliver {
+        id,
+        received_at,
+        envelope,
+    })) = next
+    {
+        batch.push(Delivery {
+            id,
+            received_at,
+            envelope: envelope.into_vec(),
+        });
+        next = if batch.len() < DELIVERY_BATCH {
+            rx.try_recv().ok()
+        } else {
+            None
+        };
+    }
+    (batch, next)
+}
+
+/// Runs `f`, which waits on files (the session lock, an fsync), without
+/// holding up the runtime's other tasks: on a multi-threaded runtime they
+/// move to another thread meanwhile (the chat runs on one).
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
@@ -1412,5 +1474,31 @@ mod tests {
         );
         // Everyone read it: forgotten.
         assert!(r.tracked.is_empty());
+    }
+
+    #[tokio::test]
+    async fn deliveries_waiting_together_make_one_batch_and_the_rest_comes_after() {
+        let deliver = |id: u64| RelayMsg::Deliver {
+            id,
+            received_at: 0,
+            envelope: ByteBuf::from(vec![id as u8]),
+        };
+        let (tx, mut rx) = mpsc::channel(8);
+        for msg in [deliver(2), deliver(3), RelayMsg::Pong, deliver(4)] {
+            tx.send(Ok(msg)).await.unwrap();
+        }
+        let (batch, after) = gather_deliveries(deliver(1), &mut rx);
+        assert_eq!(batch.iter().map(|d| d.id).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(batch[2].envelope, [3]);
+        assert!(matches!(after, Some(Ok(RelayMsg::Pong))));
+        // The next batch starts after the other message.
+        let first = rx.recv().await.unwrap().unwrap();
+        let (batch, after) = gather_deliveries(first, &mut rx);
+        assert_eq!(batch.iter().map(|d| d.id).collect::<Vec<_>>(), [4]);
+        assert!(after.is_none());
+        // A non-delivery alone is no batch.
+        let (batch, after) = gather_deliveries(RelayMsg::Drained, &mut rx);
+        assert!(batch.is_empty());
+        assert!(matches!(after, Some(Ok(RelayMsg::Drained))));
     }
 }

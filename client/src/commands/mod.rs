@@ -59,6 +59,17 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Runs a long-lived command (the chat) on a multi-threaded runtime, so
+/// that the reading of its link goes on while it waits on local files.
+pub(crate) fn block_on_threaded<F: std::future::Future>(future: F) -> Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    Ok(runtime.block_on(future))
+}
+
 /// A failure already explained on stderr, line by line: `lib.rs` exits 1
 /// without printing anything more.
 #[derive(Debug, thiserror::Error)]
