@@ -385,6 +385,25 @@ impl Live {
             .clone()
     }
 
+    /// Waits until `needle` has appeared `times` times on stderr; returns
+    /// stderr so far. Panics with it after a generous limit (a guard against a
+    /// hang, not a timing assertion).
+    #[track_caller]
+    pub fn wait_stderr(&self, needle: &str, times: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let err = self.stderr();
+            if err.matches(needle).count() >= times {
+                return err;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {needle:?} {times} time(s) on stderr, got:\n{err}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Closes stdin and waits for the exit (killing it after a generous
     /// limit); returns whether it succeeded and the stdout lines not yet read.
     pub fn finish(mut self) -> (bool, Vec<String>) {

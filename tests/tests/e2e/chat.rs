@@ -258,3 +258,51 @@ fn a_chat_with_no_relay_fails_with_one_line() {
     let err = alice.run(&["chat", "nobody"]).fails();
     assert!(err.contains("unknown contact 'nobody'"), "{err}");
 }
+
+#[test]
+fn three_live_chats_in_a_group_each_see_the_other_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), None);
+    let people = [
+        ("alice", Client::new(&relay)),
+        ("bob", Client::new(&relay)),
+        ("carol", Client::new(&relay)),
+    ];
+    for (me, client) in &people {
+        let others: Vec<&str> = people
+            .iter()
+            .map(|(name, _)| *name)
+            .filter(|name| name != me)
+            .collect();
+        for (name, other) in people.iter().filter(|(name, _)| name != me) {
+            client.add_contact(name, other);
+        }
+        add_group(client, "trio", &others);
+    }
+    let mut live: Vec<_> = people
+        .iter()
+        .map(|(_, c)| c.spawn(&["chat", "--group", "trio"]))
+        .collect();
+    // Each writes once the other two are listening (presence says so).
+    for l in &live {
+        l.wait_stderr("is online", 2);
+    }
+    for ((name, _), l) in people.iter().zip(&mut live) {
+        l.type_line(&format!("{name} says hi"));
+    }
+    for ((me, _), l) in people.iter().zip(&live) {
+        let mut got = texts(&l.expect_lines(2));
+        got.sort();
+        let mut want: Vec<String> = people
+            .iter()
+            .map(|(name, _)| *name)
+            .filter(|name| name != me)
+            .map(|name| format!("trio/{name}: {name} says hi"))
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "what {me} saw");
+    }
+    for l in live {
+        assert!(l.finish().0);
+    }
+}

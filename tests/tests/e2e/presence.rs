@@ -5,8 +5,6 @@
 //! nothing asserts how fast it came. Absences are checked behind a barrier:
 //! something that must come after what should not have happened.
 
-use std::time::{Duration, Instant};
-
 use serde_bytes::ByteBuf;
 use sotto_crypto::wire::{ClientMsg, ErrorCode, RelayMsg};
 use sotto_tests::raw::Raw;
@@ -18,24 +16,6 @@ fn pair(relay: &Relay) -> (Client, Client) {
     alice.add_contact("bob", &bob);
     bob.add_contact("alice", &alice);
     (alice, bob)
-}
-
-/// Waits until `live` has written `needle` on stderr at least `times` times;
-/// panics with its stderr after a generous limit (a guard against a hang).
-#[track_caller]
-fn wait_stderr(live: &Live, needle: &str, times: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let err = live.stderr();
-        if err.matches(needle).count() >= times {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected {needle:?} {times} time(s) on stderr, got:\n{err}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The lines of `live`'s stderr that are presence or `/online` notices.
@@ -144,40 +124,40 @@ fn contacts_see_each_other_come_and_go_and_strangers_stay_invisible() {
 
     // Alice first; bob arrives later: each hears of the other.
     let mut a = alice.spawn(&["chat", "bob"]);
-    wait_stderr(&a, "connected", 1);
+    a.wait_stderr("connected", 1);
     let b = bob.spawn(&["chat", "alice"]);
-    wait_stderr(&b, "sotto: alice is online", 1);
-    wait_stderr(&a, "sotto: bob is online", 1);
+    b.wait_stderr("sotto: alice is online", 1);
+    a.wait_stderr("sotto: bob is online", 1);
     a.type_line("/online");
-    wait_stderr(&a, "sotto: online: bob", 1);
+    a.wait_stderr("sotto: online: bob", 1);
 
     // Bob leaves: alice is told; /online says nobody.
     let (ok, rest) = b.finish();
     assert!(ok && rest.is_empty(), "{rest:?}");
-    wait_stderr(&a, "sotto: bob went offline", 1);
+    a.wait_stderr("sotto: bob went offline", 1);
     a.type_line("/online");
-    wait_stderr(&a, "sotto: no contact is online", 1);
+    a.wait_stderr("sotto: no contact is online", 1);
 
     // Bob comes back while alice is there: both hear of it again.
     let b = bob.spawn(&["chat", "alice"]);
-    wait_stderr(&a, "sotto: bob is online", 2);
-    wait_stderr(&b, "sotto: alice is online", 1);
+    a.wait_stderr("sotto: bob is online", 2);
+    b.wait_stderr("sotto: alice is online", 1);
 
     // Mallory's chat announces itself to alice and bob, in that order; bob
     // (a contact) answers, so once mallory hears of bob, the notice to
     // alice has gone out. Mallory's message then comes after it to alice.
     let mut m = mallory.spawn(&["chat", "alice"]);
-    wait_stderr(&m, "sotto: bob is online", 1);
-    wait_stderr(&b, "sotto: mallory is online", 1);
+    m.wait_stderr("sotto: bob is online", 1);
+    b.wait_stderr("sotto: mallory is online", 1);
     m.type_line("let me in");
     let line = a.expect_lines(1).remove(0);
     assert!(line.ends_with(": let me in"), "{line}");
     assert!(line.contains("unknown sotto1"), "{line}");
     // Alice never answered mallory: mallory knows only bob is online.
     m.type_line("/online");
-    wait_stderr(&m, "sotto: online: bob", 1);
+    m.wait_stderr("sotto: online: bob", 1);
     a.type_line("/online");
-    wait_stderr(&a, "sotto: online: bob", 2);
+    a.wait_stderr("sotto: online: bob", 2);
     assert_eq!(
         presence_lines(&a),
         [
@@ -243,11 +223,7 @@ fn a_file_sent_from_chat_arrives_byte_exact_while_chatting_goes_on() {
         lines.iter().any(|l| l.ends_with("alice: still chatting")),
         "{lines:?}"
     );
-    wait_stderr(
-        &a,
-        "sent report final.bin to bob: the relay has stored it",
-        1,
-    );
+    a.wait_stderr("sent report final.bin to bob: the relay has stored it", 1);
     let err = a.stderr();
     assert!(err.contains("sotto: warning: /file needs a PATH"), "{err}");
     assert!(err.contains("missing.bin was not sent: "), "{err}");

@@ -7,7 +7,7 @@
 //! without acknowledging them, so the recipient's `sotto` still gets them.
 //! Every wait is bounded (a guard against a hang), nothing asserts how fast.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use serde_bytes::ByteBuf;
 use sotto_crypto::envelope::{self, Body, Content, ReceiptState};
@@ -15,7 +15,7 @@ use sotto_crypto::session::{SessionConfig, SessionStore};
 use sotto_crypto::wire::{ClientMsg, RelayMsg};
 use sotto_keys::{PublicKey, SecretKey};
 use sotto_tests::raw::Raw;
-use sotto_tests::{Client, Live, Relay};
+use sotto_tests::{Client, Relay};
 
 fn pair(relay: &Relay) -> (Client, Client) {
     let alice = Client::new(relay);
@@ -68,24 +68,6 @@ fn establish(alice: &Client, bob: &Client) {
     alice.run(&["send", "bob", "hello"]).ok();
     assert!(bob.run(&["inbox"]).ok().ends_with("alice: hello\n"));
     assert_eq!(alice.run(&["inbox"]).ok(), "");
-}
-
-/// Waits until `live`'s stderr contains `needle`; panics after a generous
-/// limit (a guard against a hang, not a timing assertion).
-#[track_caller]
-fn wait_stderr(live: &Live, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let err = live.stderr();
-        if err.contains(needle) {
-            return err;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{needle:?} never came on stderr:\n{err}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -222,23 +204,23 @@ fn a_live_chat_shows_stored_delivered_and_read_for_each_message() {
     let mut a = alice.spawn(&["chat", "bob"]);
     // Bob talks to nobody yet: what he is shown is delivered, not read.
     let mut b = bob.spawn(&["chat"]);
-    wait_stderr(&b, "connected");
+    b.wait_stderr("connected", 1);
     a.type_line("first words of a long message");
     assert!(b.expect_lines(1)[0].ends_with("alice: first words of a long message"));
-    let err = wait_stderr(&a, "bob: delivered \"first words of a long me…\"");
+    let err = a.wait_stderr("bob: delivered \"first words of a long me…\"", 1);
     let stored = err.find("bob: stored \"first words").expect(&err);
     assert!(stored < err.find("bob: delivered").unwrap(), "{err}");
     assert!(!err.contains("bob: read"), "{err}");
 
     // Switching to alice makes it read.
     b.type_line("/to alice");
-    let err = wait_stderr(&a, "bob: read \"first words");
+    let err = a.wait_stderr("bob: read \"first words", 1);
     assert_eq!(err.matches("bob: delivered").count(), 1, "{err}");
 
     // Now bob's partner is alice: a new message goes straight to read.
     a.type_line("second");
     assert!(b.expect_lines(1)[0].ends_with("alice: second"));
-    let err = wait_stderr(&a, "bob: read \"second\"");
+    let err = a.wait_stderr("bob: read \"second\"", 1);
     assert!(!err.contains("bob: delivered \"second\""), "{err}");
     // Receipts are not messages: nothing came on alice's stdout.
     let (ok, rest) = b.finish();
@@ -258,7 +240,7 @@ fn a_receipt_from_a_stranger_is_ignored() {
 
     let mut a = alice.spawn(&["chat", "bob"]);
     a.type_line("for bob");
-    wait_stderr(&a, "bob: stored \"for bob\"");
+    a.wait_stderr("bob: stored \"for bob\"", 1);
     // Mallory learned the message id (say from bob) and answers as if read.
     let init = mailbox(&relay, &bob).remove(0);
     let mut bobs = SessionStore::new(public(&bob), SessionConfig::default());
@@ -276,7 +258,7 @@ fn a_receipt_from_a_stranger_is_ignored() {
     send_raw(&relay, &mallory.secret(), public(&alice), sealed);
     // Then bob reads it for real: alice hears of that one only.
     assert!(bob.run(&["inbox"]).ok().ends_with("alice: for bob\n"));
-    let err = wait_stderr(&a, "bob: read \"for bob\"");
+    let err = a.wait_stderr("bob: read \"for bob\"", 1);
     assert!(!err.contains(&mallory.key), "{err}");
     let (ok, rest) = a.finish();
     assert!(
@@ -291,7 +273,7 @@ fn inbox_and_send_run_while_a_chat_of_the_same_home_runs() {
     let relay = Relay::start(&dir.path().join("relay"), None);
     let (alice, bob) = pair(&relay);
     let mut b = bob.spawn(&["chat", "alice"]);
-    wait_stderr(&b, "connected");
+    b.wait_stderr("connected", 1);
     alice.run(&["send", "bob", "to the chat"]).ok();
     assert!(b.expect_lines(1)[0].ends_with("alice: to the chat"));
 
