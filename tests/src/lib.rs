@@ -195,6 +195,16 @@ pub struct Client {
 }
 
 impl Client {
+    /// Alice and Bob: two fresh identities on `relay`, each the other's
+    /// contact under those names.
+    pub fn pair(relay: &Relay) -> (Client, Client) {
+        let alice = Client::new(relay);
+        let bob = Client::new(relay);
+        alice.add_contact("bob", &bob);
+        bob.add_contact("alice", &alice);
+        (alice, bob)
+    }
+
     /// A home with no identity yet.
     pub fn uninit() -> Self {
         Self {

@@ -352,20 +352,11 @@ impl Writer {
             return Ok(cached.usage);
         }
         let txn = self.database()?.begin_read()?;
-        let stored = txn
-            .open_table(USAGE)?
-            .get(recipient)?
-            .map(|guard| Usage::decode(guard.value()));
-        let (usage, dirty) = match stored {
-            None => (Usage::default(), false),
-            Some(Ok(usage)) => (usage, false),
-            // The row is derived data: rebuild it rather than lock the mailbox.
-            Some(Err(_)) => {
-                tracing::warn!("rebuilding a damaged mailbox usage row");
-                let usage = recount(&txn.open_table(MESSAGES)?, recipient)?;
-                (usage, true)
-            }
-        };
+        let (usage, dirty) = load_usage(
+            &txn.open_table(USAGE)?,
+            &txn.open_table(MESSAGES)?,
+            recipient,
+        )?;
         self.usage.insert(*recipient, Cached { usage, dirty });
         Ok(usage)
     }
@@ -705,20 +696,9 @@ impl<'t> Batch<'t> {
         if let Some(cached) = self.usage.get(recipient) {
             return Ok(cached.usage);
         }
-        let stored = self
-            .usage_table
-            .get(recipient)?
-            .map(|guard| Usage::decode(guard.value()));
-        let (usage, dirty) = match stored {
-            None => (Usage::default(), false),
-            Some(Ok(usage)) => (usage, false),
-            // The row is derived data: rebuild it rather than lock the mailbox.
-            Some(Err(_)) => {
-                tracing::warn!("rebuilding a damaged mailbox usage row");
-                self.changed = true;
-                (recount(&self.messages, recipient)?, true)
-            }
-        };
+        let (usage, dirty) = load_usage(&self.usage_table, &self.messages, recipient)?;
+        // A rebuilt row is written back.
+        self.changed |= dirty;
         self.usage.insert(*recipient, Cached { usage, dirty });
         Ok(usage)
     }
@@ -1054,6 +1034,27 @@ fn envelope_len(value: &[u8]) -> Option<u64> {
 }
 
 /// Counts a mailbox from its messages, for when its usage row is damaged.
+/// A mailbox's usage as last committed, and whether it had to be rebuilt
+/// (then it is to be written back).
+fn load_usage(
+    usage: &impl ReadableTable<Recipient, &'static [u8]>,
+    messages: &impl ReadableTable<(Recipient, u64), &'static [u8]>,
+    recipient: &Recipient,
+) -> Result<(Usage, bool), Fatal> {
+    let stored = usage
+        .get(recipient)?
+        .map(|guard| Usage::decode(guard.value()));
+    Ok(match stored {
+        None => (Usage::default(), false),
+        Some(Ok(usage)) => (usage, false),
+        // The row is derived data: rebuild it rather than lock the mailbox.
+        Some(Err(_)) => {
+            tracing::warn!("rebuilding a damaged mailbox usage row");
+            (recount(messages, recipient)?, true)
+        }
+    })
+}
+
 pub(super) fn recount(
     messages: &impl ReadableTable<(Recipient, u64), &'static [u8]>,
     recipient: &Recipient,

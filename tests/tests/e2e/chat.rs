@@ -6,14 +6,6 @@
 
 use sotto_tests::{Client, Relay};
 
-fn pair(relay: &Relay) -> (Client, Client) {
-    let alice = Client::new(relay);
-    let bob = Client::new(relay);
-    alice.add_contact("bob", &bob);
-    bob.add_contact("alice", &alice);
-    (alice, bob)
-}
-
 /// A message line without its `[time] ` prefix.
 fn text(line: &str) -> String {
     assert!(line.starts_with('['), "line without a time: {line:?}");
@@ -41,7 +33,7 @@ fn add_group(client: &Client, name: &str, members: &[&str]) {
 fn two_clients_chat_live_through_pipes_and_keep_history() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
 
     let mut a = alice.spawn(&["chat", "bob"]);
     let mut b = bob.spawn(&["chat", "alice"]);
@@ -91,7 +83,7 @@ fn two_clients_chat_live_through_pipes_and_keep_history() {
 fn end_of_input_ends_the_chat_once_every_line_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
 
     let run = alice.run_with_stdin(&["chat", "bob"], "one\n\ntwo\r\n/to nobody\nthree\n");
     run.ok();
@@ -111,7 +103,7 @@ fn end_of_input_ends_the_chat_once_every_line_is_stored() {
 fn messages_sent_while_offline_come_first_and_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
 
     for t in ["first", "second", "third"] {
         alice.run(&["send", "bob", t]).ok();
@@ -192,7 +184,7 @@ fn a_group_message_fans_out_and_shows_the_real_sender() {
 fn a_relay_restart_mid_chat_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
 
     let mut a = alice.spawn(&["chat", "bob"]);
     let mut b = bob.spawn(&["chat", "alice"]);
@@ -227,7 +219,7 @@ fn a_relay_restart_mid_chat_loses_and_repeats_nothing() {
 fn a_message_from_a_stranger_is_shown_as_such() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
     let mallory = Client::new(&relay);
     mallory.add_contact("bob", &bob);
 
@@ -251,7 +243,7 @@ fn a_message_from_a_stranger_is_shown_as_such() {
 fn a_chat_with_no_relay_fails_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let mut relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, _bob) = pair(&relay);
+    let (alice, _bob) = Client::pair(&relay);
     relay.kill();
     let err = alice.run_with_stdin(&["chat", "bob"], "hello\n").fails();
     assert!(err.contains("cannot reach the relay"), "{err}");

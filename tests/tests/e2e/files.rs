@@ -15,14 +15,6 @@ use sotto_tests::{contains, files_under, Client, Relay};
 const CHUNK: usize = file::CHUNK_LEN;
 const SEALED: usize = file::SEALED_CHUNK_LEN;
 
-fn pair(relay: &Relay) -> (Client, Client) {
-    let alice = Client::new(relay);
-    let bob = Client::new(relay);
-    alice.add_contact("bob", &bob);
-    bob.add_contact("alice", &alice);
-    (alice, bob)
-}
-
 /// Deterministic, incompressible-looking content of `len` bytes.
 fn content(len: usize, seed: u8) -> Vec<u8> {
     let mut x = 0x9E37_79B9u32 ^ u32::from(seed);
@@ -73,7 +65,7 @@ fn names_in(dir: &Path) -> Vec<String> {
 fn files_of_boundary_sizes_arrive_byte_exact_and_leave_the_relay() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
     let src = tempfile::tempdir().unwrap();
     let sizes = [0, 1, CHUNK, 2 * CHUNK, 3 * CHUNK + 7];
     let mut paths = Vec::new();
@@ -121,7 +113,7 @@ fn files_of_boundary_sizes_arrive_byte_exact_and_leave_the_relay() {
 fn an_existing_file_is_never_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
     let src = tempfile::tempdir().unwrap();
     let path = write(src.path(), "notes.txt", b"new notes");
     alice
@@ -145,7 +137,7 @@ fn an_existing_file_is_never_overwritten() {
 fn tampered_chunks_fail_only_their_own_file_which_stays_on_the_relay() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
     let src = tempfile::tempdir().unwrap();
     // Distinct sizes so each sealed blob can be found by its length.
     let victims = ["flipped", "truncated", "reordered", "duplicated", "swapped"];
@@ -224,7 +216,7 @@ fn tampered_chunks_fail_only_their_own_file_which_stays_on_the_relay() {
 fn resume_case(kill_relay: bool) {
     let dir = tempfile::tempdir().unwrap();
     let mut relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
     let proxy = Proxy::start(&relay.addr);
     let proxy_port = proxy.addr.rsplit(':').next().unwrap().to_owned();
     alice
@@ -309,7 +301,7 @@ fn the_relay_disk_holds_neither_file_content_nor_file_names() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("relay");
     let relay = Relay::start(&data, None);
-    let (alice, _bob) = pair(&relay);
+    let (alice, _bob) = Client::pair(&relay);
     let src = tempfile::tempdir().unwrap();
     let marker = b"CONTENT-MARKER-1b7e-sealed-before-it-leaves";
     let body: Vec<u8> = marker.iter().copied().cycle().take(3 * CHUNK).collect();
@@ -409,7 +401,7 @@ fn drop_with_name(relay: &Relay, sender: &Client, to: &Client, name: &str, data:
 fn hostile_file_names_land_safely_inside_the_target_dir() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
     let root = tempfile::tempdir().unwrap();
     let out_dir = root.path().join("inbox");
     std::fs::create_dir(&out_dir).unwrap();
@@ -470,7 +462,7 @@ fn a_full_file_quota_gives_the_sender_a_clear_error_before_uploading() {
         &dir.path().join("relay"),
         Some("[files]\nmax_bytes_per_recipient = 1048576\n"),
     );
-    let (alice, _bob) = pair(&relay);
+    let (alice, _bob) = Client::pair(&relay);
     let src = tempfile::tempdir().unwrap();
     let path = write(src.path(), "too-big.bin", &content(2 << 20, 1));
     let err = alice
@@ -486,7 +478,7 @@ fn a_full_file_quota_gives_the_sender_a_clear_error_before_uploading() {
 fn a_directory_is_refused_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, _bob) = pair(&relay);
+    let (alice, _bob) = Client::pair(&relay);
     let src = tempfile::tempdir().unwrap();
     let err = alice
         .run(&["send-file", "bob", src.path().to_str().unwrap()])
@@ -498,7 +490,7 @@ fn a_directory_is_refused_with_a_clear_message() {
 fn a_download_cut_mid_way_resumes_and_fetches_only_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
     let size = 24 * 1024 * 1024 + 999;
     let src = tempfile::tempdir().unwrap();
     let path = write(src.path(), "movie.bin", &content(size, 21));

@@ -5,14 +5,6 @@ use sotto_crypto::wire::{ClientMsg, RelayMsg};
 use sotto_tests::raw::Raw;
 use sotto_tests::{contains, files_under, Client, Relay};
 
-fn pair(relay: &Relay) -> (Client, Client) {
-    let alice = Client::new(relay);
-    let bob = Client::new(relay);
-    alice.add_contact("bob", &bob);
-    bob.add_contact("alice", &alice);
-    (alice, bob)
-}
-
 /// `[time] NAME: TEXT` lines of an inbox, without the time.
 fn messages(stdout: &str) -> Vec<String> {
     stdout
@@ -29,7 +21,7 @@ fn messages(stdout: &str) -> Vec<String> {
 fn a_message_sent_while_the_recipient_is_offline_waits_and_is_read_once() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
 
     alice
         .run(&["send", "bob", "hello bob, are you there?"])
@@ -51,7 +43,7 @@ fn a_relay_killed_between_send_and_inbox_loses_nothing_and_its_disk_holds_no_sec
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("relay");
     let mut relay = Relay::start(&data, None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
     let marker = "MARKER-7f3a9c-the-relay-must-never-see-this";
 
     alice.run(&["send", "bob", marker]).ok();
@@ -90,7 +82,7 @@ fn a_relay_killed_between_send_and_inbox_loses_nothing_and_its_disk_holds_no_sec
 fn a_graceful_shutdown_keeps_what_was_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let mut relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
     alice.run(&["send", "bob", "before the restart"]).ok();
     let (ok, log) = relay.terminate();
     assert!(ok, "SIGTERM ends the relay with success:\n{log}");
@@ -126,7 +118,7 @@ fn a_message_from_a_stranger_is_shown_as_their_key_never_as_a_contact() {
 fn another_key_can_neither_read_nor_delete_bobs_mailbox() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
     let mallory = Client::new(&relay);
     alice.run(&["send", "bob", "for bob only"]).ok();
 
@@ -151,7 +143,7 @@ fn another_key_can_neither_read_nor_delete_bobs_mailbox() {
 fn an_envelope_delivered_twice_is_shown_once() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
     let mallory = Client::new(&relay);
     alice.run(&["send", "bob", "only once"]).ok();
 
@@ -187,7 +179,7 @@ fn an_envelope_delivered_twice_is_shown_once() {
 fn terminal_escapes_from_the_network_are_neutralised() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
     alice
         .run(&["send", "bob", "hi \x1b[2J\x1b]0;owned\x07 \u{202e}evil"])
         .ok();

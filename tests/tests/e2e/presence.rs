@@ -10,14 +10,6 @@ use sotto_crypto::wire::{ClientMsg, ErrorCode, RelayMsg};
 use sotto_tests::raw::Raw;
 use sotto_tests::{contains, files_under, Client, Live, Relay};
 
-fn pair(relay: &Relay) -> (Client, Client) {
-    let alice = Client::new(relay);
-    let bob = Client::new(relay);
-    alice.add_contact("bob", &bob);
-    bob.add_contact("alice", &alice);
-    (alice, bob)
-}
-
 /// The lines of `live`'s stderr that are presence or `/online` notices.
 fn presence_lines(live: &Live) -> Vec<String> {
     live.stderr()
@@ -114,7 +106,7 @@ fn a_notice_reaches_only_live_connections_is_never_stored_and_never_answered() {
 fn contacts_see_each_other_come_and_go_and_strangers_stay_invisible() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
     // Mallory knows alice; alice does not know mallory. Bob knows mallory,
     // which is how the test knows mallory's notices have gone out.
     let mallory = Client::new(&relay);
@@ -196,7 +188,7 @@ fn contacts_see_each_other_come_and_go_and_strangers_stay_invisible() {
 fn a_file_sent_from_chat_arrives_byte_exact_while_chatting_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
     let data: Vec<u8> = (0..(3 * sotto_crypto::file::CHUNK_LEN + 1234))
         .map(|i| (i * 31 % 251) as u8)
         .collect();
@@ -250,7 +242,7 @@ fn a_file_sent_from_chat_arrives_byte_exact_while_chatting_goes_on() {
 fn end_of_input_waits_for_a_file_being_sent() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
     let data = vec![7u8; 2 * sotto_crypto::file::CHUNK_LEN];
     let path = dir.path().join("two.bin");
     std::fs::write(&path, &data).unwrap();

@@ -17,14 +17,6 @@ use sotto_keys::{PublicKey, SecretKey};
 use sotto_tests::raw::Raw;
 use sotto_tests::{Client, Relay};
 
-fn pair(relay: &Relay) -> (Client, Client) {
-    let alice = Client::new(relay);
-    let bob = Client::new(relay);
-    alice.add_contact("bob", &bob);
-    bob.add_contact("alice", &alice);
-    (alice, bob)
-}
-
 /// The envelopes waiting for `who`, left on the relay.
 fn mailbox(relay: &Relay, who: &Client) -> Vec<Vec<u8>> {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -74,7 +66,7 @@ fn establish(alice: &Client, bob: &Client) {
 fn messages_become_forward_secret_once_both_sides_spoke_and_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
 
     alice.run(&["send", "bob", "hello"]).ok();
     // No session yet: an init, which carries the message.
@@ -123,7 +115,7 @@ fn messages_become_forward_secret_once_both_sides_spoke_and_across_restarts() {
 fn erased_session_keys_leave_a_recording_closed_to_both_static_keys() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (mut alice, mut bob) = pair(&relay);
+    let (mut alice, mut bob) = Client::pair(&relay);
     establish(&alice, &bob);
 
     alice.run(&["send", "bob", "the secret words"]).ok();
@@ -173,7 +165,7 @@ fn erased_session_keys_leave_a_recording_closed_to_both_static_keys() {
 fn a_replayed_session_envelope_is_dropped_and_shown_once() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
     establish(&alice, &bob);
 
     alice.run(&["send", "bob", "only once"]).ok();
@@ -199,7 +191,7 @@ fn a_replayed_session_envelope_is_dropped_and_shown_once() {
 fn a_live_chat_shows_stored_delivered_and_read_for_each_message() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
 
     let mut a = alice.spawn(&["chat", "bob"]);
     // Bob talks to nobody yet: what he is shown is delivered, not read.
@@ -235,7 +227,7 @@ fn a_live_chat_shows_stored_delivered_and_read_for_each_message() {
 fn a_receipt_from_a_stranger_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
     let mallory = Client::new(&relay);
 
     let mut a = alice.spawn(&["chat", "bob"]);
@@ -271,7 +263,7 @@ fn a_receipt_from_a_stranger_is_ignored() {
 fn inbox_and_send_run_while_a_chat_of_the_same_home_runs() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(&dir.path().join("relay"), None);
-    let (alice, bob) = pair(&relay);
+    let (alice, bob) = Client::pair(&relay);
     let mut b = bob.spawn(&["chat", "alice"]);
     b.wait_stderr("connected", 1);
     alice.run(&["send", "bob", "to the chat"]).ok();
