@@ -336,7 +336,10 @@ fn split<R, W>(
 /// initiator's side. For the fuzz targets of the message framing and their
 /// regression tests ([`crate::fuzzing`]); it authenticates nobody, so nothing
 /// else may use it.
-pub(crate) fn loopback<R: AsyncRead, W: AsyncWrite>(r: R, w: W) -> Result<(LinkReader<R>, LinkWriter<W>), LinkError> {
+pub(crate) fn loopback<R: AsyncRead, W: AsyncWrite>(
+    r: R,
+    w: W,
+) -> Result<(LinkReader<R>, LinkWriter<W>), LinkError> {
     type Pair = (Arc<StatelessTransportState>, Arc<StatelessTransportState>);
     static PAIR: std::sync::OnceLock<Option<Pair>> = std::sync::OnceLock::new();
     fn handshake() -> Option<Pair> {

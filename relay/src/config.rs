@@ -77,7 +77,7 @@ impl RelayConfig {
     /// Defaults with the settings of a config file's text applied; `path` is
     /// what errors name.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             line: e
                 .span()

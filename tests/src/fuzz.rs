@@ -36,9 +36,12 @@ use sotto_keys::{
 };
 use zeroize::Zeroizing;
 
+/// The check of one fuzz target.
+pub type Check = fn(&[u8]);
+
 /// Every target, by name: the fuzz targets and the corpus directories are
 /// named after these.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("frame", frame),
     ("link_framing", link_framing),
     ("wire_client", wire_client),
@@ -156,16 +159,11 @@ pub fn link_framing(mut data: &[u8]) {
         panic!("the loopback link could not be built");
     };
     let mut messages = Vec::new();
-    loop {
-        match ready(reader.recv_bytes()) {
-            Ok(Some(msg)) => {
-                assert!(!msg.is_empty() && msg.len() <= MAX_MESSAGE_LEN);
-                let _ = wire::decode::<ClientMsg>(msg);
-                let _ = wire::decode::<RelayMsg>(msg);
-                messages.push(msg.to_vec());
-            }
-            Ok(None) | Err(_) => break,
-        }
+    while let Ok(Some(msg)) = ready(reader.recv_bytes()) {
+        assert!(!msg.is_empty() && msg.len() <= MAX_MESSAGE_LEN);
+        let _ = wire::decode::<ClientMsg>(msg);
+        let _ = wire::decode::<RelayMsg>(msg);
+        messages.push(msg.to_vec());
     }
     // Whatever was read is sent and read back unchanged.
     let mut again = Vec::new();
@@ -301,7 +299,9 @@ pub fn session_open(data: &[u8]) {
             Err(EnvelopeError::Replayed)
         );
     }
-    store.encode().expect("a store that opened something encodes");
+    store
+        .encode()
+        .expect("a store that opened something encodes");
 }
 
 /// A saved session store, after the disk encryption: what decodes encodes,
@@ -330,7 +330,7 @@ pub fn file_chunk(mut data: &[u8]) {
     match sealed_chunk_len(size, index) {
         Some(len) => {
             assert!(index < chunks);
-            assert!(len >= TAG_LEN && len <= CHUNK_LEN + TAG_LEN);
+            assert!((TAG_LEN..=CHUNK_LEN + TAG_LEN).contains(&len));
             assert_eq!(chunk_len(size, index), Some(len - TAG_LEN));
             if size <= MAX_FILE_SIZE {
                 assert!(sealed_offset(index) + len as u64 <= total);
@@ -385,8 +385,7 @@ pub fn file_chunk(mut data: &[u8]) {
         _ => {
             let mut buf = payload.to_vec();
             if cipher.seal(index, &mut buf).is_ok() {
-                let plain = open(index, &buf).map(|()| ());
-                assert_eq!(plain, Ok(()));
+                assert_eq!(open(index, &buf), Ok(()));
             }
         }
     }
@@ -473,9 +472,7 @@ pub fn client_config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(config) =
-        sotto_client::config::Config::parse(text, Path::new("config.toml"))
-    {
+    if let Ok(config) = sotto_client::config::Config::parse(text, Path::new("config.toml")) {
         assert_eq!(config.relay.is_some(), config.relay_key.is_some());
         assert_eq!(config.relay().is_ok(), config.relay.is_some());
     }

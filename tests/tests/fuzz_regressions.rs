@@ -71,3 +71,32 @@ fn every_fuzz_target_has_a_check_and_the_other_way_round() {
     checks.sort();
     assert_eq!(targets, checks);
 }
+
+/// The `session_open` seeds open on the fixture, so the fuzzer starts inside
+/// every kind's decoder rather than at its authentication failure.
+#[test]
+fn the_session_fixture_opens_every_kind_of_seed() {
+    use sotto_crypto::session::{SessionConfig, SessionStore};
+    use sotto_tests::fuzz::{session_fixture_path, session_now, session_parties};
+
+    let [me, alice, carol, _] = session_parties();
+    let state = std::fs::read(session_fixture_path()).unwrap();
+    let seeds = fuzz_dir().join("corpus/session_open");
+    for (seed, kind, forward_secret) in [
+        ("seed-kind1", 1, false),
+        ("seed-kind2", 2, false),
+        ("seed-kind3", 3, true),
+        ("seed-kind3-bare", 3, true),
+        ("seed-kind4", 4, true),
+    ] {
+        let envelope = std::fs::read(seeds.join(seed)).unwrap();
+        assert_eq!(envelope[1], kind);
+        let mut store = SessionStore::decode(&state, SessionConfig::default()).unwrap();
+        let got = store
+            .open(&me, &envelope, session_now(), |k| {
+                *k == alice.public() || *k == carol.public()
+            })
+            .unwrap_or_else(|e| panic!("{seed}: {e}"));
+        assert_eq!(got.forward_secret, forward_secret, "{seed}");
+    }
+}
