@@ -94,7 +94,8 @@ impl UploadState {
         }
     }
 
-    fn encode(&self) -> Zeroizing<String> {
+    /// The text of its state file.
+    pub fn encode(&self) -> Zeroizing<String> {
         let mut s = Zeroizing::new(String::with_capacity(512));
         let f = &self.fingerprint;
         // Writing to a String cannot fail.
@@ -113,7 +114,8 @@ impl UploadState {
         s
     }
 
-    fn decode(text: &str) -> Option<Self> {
+    /// Reads a state file's text; `None` if it is not one this code writes.
+    pub fn decode(text: &str) -> Option<Self> {
         let mut version = None;
         let mut file_id = None;
         let mut key = None;

@@ -184,14 +184,17 @@ pub fn sealed_chunk_len(size: u64, index: u64) -> Option<usize> {
     chunk_len(size, index).map(|n| n + TAG_LEN)
 }
 
-/// Total sealed length of a file of `size` bytes.
+/// Total sealed length of a file of `size` bytes. Any `u64` is accepted, as
+/// sizes come from the network: past [`MAX_FILE_SIZE`] the answer saturates
+/// at `u64::MAX`, which no quota admits.
 pub fn sealed_len(size: u64) -> u64 {
-    size + chunk_count(size) * TAG_LEN as u64
+    size.saturating_add(chunk_count(size) * TAG_LEN as u64)
 }
 
-/// Byte offset of sealed chunk `index` in the sealed file.
+/// Byte offset of sealed chunk `index` in the sealed file (saturating, like
+/// [`sealed_len`], for an index no file of the format has).
 pub fn sealed_offset(index: u64) -> u64 {
-    index * SEALED_CHUNK_LEN as u64
+    index.saturating_mul(SEALED_CHUNK_LEN as u64)
 }
 
 /// Seals and opens the chunks of one file.
@@ -347,6 +350,10 @@ mod tests {
         assert_eq!(chunk_len(CHUNK_LEN as u64 + 1, 1), Some(1));
         assert_eq!(chunk_len(CHUNK_LEN as u64 + 1, 2), None);
         assert_eq!(sealed_len(0), 16);
+        // Sizes from the network are any u64: the layout saturates, never overflows.
+        assert_eq!(sealed_len(u64::MAX), u64::MAX);
+        assert_eq!(sealed_len(0xFFFF_FFFF_0000_0000), u64::MAX);
+        assert_eq!(sealed_offset(u64::MAX), u64::MAX);
         assert_eq!(
             sealed_len(3 * CHUNK_LEN as u64),
             3 * SEALED_CHUNK_LEN as u64

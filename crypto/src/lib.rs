@@ -27,6 +27,8 @@ pub mod envelope;
 pub mod error;
 pub mod file;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod link;
 pub mod session;
 pub mod wire;

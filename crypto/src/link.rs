@@ -331,6 +331,52 @@ fn split<R, W>(
     ))
 }
 
+/// A reader of what a writer wrote, with no peer and no network: both halves
+/// of one in-memory `NN` handshake (done once per process), the writer on the
+/// initiator's side. For the fuzz targets of the message framing and their
+/// regression tests ([`crate::fuzzing`]); it authenticates nobody, so nothing
+/// else may use it.
+pub(crate) fn loopback<R: AsyncRead, W: AsyncWrite>(
+    r: R,
+    w: W,
+) -> Result<(LinkReader<R>, LinkWriter<W>), LinkError> {
+    type Pair = (Arc<StatelessTransportState>, Arc<StatelessTransportState>);
+    static PAIR: std::sync::OnceLock<Option<Pair>> = std::sync::OnceLock::new();
+    fn handshake() -> Option<Pair> {
+        let params: snow::params::NoiseParams = "Noise_NN_25519_ChaChaPoly_BLAKE2s".parse().ok()?;
+        let mut i = snow::Builder::new(params.clone()).build_initiator().ok()?;
+        let mut r = snow::Builder::new(params).build_responder().ok()?;
+        let (mut msg, mut out) = ([0u8; 128], [0u8; 128]);
+        let n = i.write_message(&[], &mut msg).ok()?;
+        r.read_message(&msg[..n], &mut out).ok()?;
+        let n = r.write_message(&[], &mut msg).ok()?;
+        i.read_message(&msg[..n], &mut out).ok()?;
+        Some((
+            Arc::new(i.into_stateless_transport_mode().ok()?),
+            Arc::new(r.into_stateless_transport_mode().ok()?),
+        ))
+    }
+    let (writer, reader) = PAIR
+        .get_or_init(handshake)
+        .clone()
+        .ok_or(LinkError::Handshake)?;
+    Ok((
+        LinkReader {
+            io: BufReader::new(r),
+            transport: reader,
+            nonce: 0,
+            record: Vec::new(),
+            plain: Vec::new(),
+        },
+        LinkWriter {
+            io: BufWriter::with_capacity(2 * MAX_RECORD_LEN, w),
+            transport: writer,
+            nonce: 0,
+            cipher: Vec::new(),
+        },
+    ))
+}
+
 /// The receiving half of an established link.
 pub struct LinkReader<R> {
     io: BufReader<R>,

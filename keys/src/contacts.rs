@@ -211,9 +211,21 @@ impl ContactBook {
             Err(e) => return Err(Error::io(path, e)),
         };
         let bytes = read_limited(file, path, MAX_CONTACTS_FILE_LEN)?;
-        let text = std::str::from_utf8(&bytes).map_err(|e| {
+        Self::parse(&bytes, path)
+    }
+
+    /// Reads a contact book from the bytes of a `contacts.toml`; `path` is
+    /// where it would be saved, and what its errors name.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self, Error> {
+        if bytes.len() > MAX_CONTACTS_FILE_LEN {
+            return Err(Error::TooLarge {
+                path: path.to_path_buf(),
+                limit: MAX_CONTACTS_FILE_LEN as u64,
+            });
+        }
+        let text = std::str::from_utf8(bytes).map_err(|e| {
             let at = e.valid_up_to();
-            Locator { path, text: &bytes }.error(Some(at..at), "the file is not UTF-8 text")
+            Locator { path, text: bytes }.error(Some(at..at), "the file is not UTF-8 text")
         })?;
         let loc = Locator {
             path,

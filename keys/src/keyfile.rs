@@ -89,12 +89,12 @@ const PLAIN_HRP: &str = "sotto-secret-key-";
 const ENCRYPTED_HRP: &str = "sotto-encrypted-key-";
 const VERSION: u8 = 1;
 const SECRET_LEN: usize = 32;
-const SALT_LEN: usize = 16;
-const NONCE_LEN: usize = 12;
+pub(crate) const SALT_LEN: usize = 16;
+pub(crate) const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 /// Version, three cost parameters, salt, nonce: the associated data.
 const HEADER_LEN: usize = 1 + 4 + 4 + 4 + SALT_LEN + NONCE_LEN;
-const ENCRYPTED_LEN: usize = HEADER_LEN + SECRET_LEN + TAG_LEN;
+pub(crate) const ENCRYPTED_LEN: usize = HEADER_LEN + SECRET_LEN + TAG_LEN;
 
 const HEADER_COMMENT: &str = "\
 # sotto secret key.
@@ -104,10 +104,10 @@ const HEADER_COMMENT: &str = "\
 
 /// Argon2id cost parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct KdfParams {
-    m_cost_kib: u32,
-    t_cost: u32,
-    p_cost: u32,
+pub(crate) struct KdfParams {
+    pub(crate) m_cost_kib: u32,
+    pub(crate) t_cost: u32,
+    pub(crate) p_cost: u32,
 }
 
 impl KdfParams {
@@ -132,10 +132,10 @@ impl KdfParams {
 }
 
 /// The decoded 89 bytes of an encrypted key line.
-struct EncryptedKey([u8; ENCRYPTED_LEN]);
+pub(crate) struct EncryptedKey([u8; ENCRYPTED_LEN]);
 
 impl EncryptedKey {
-    fn params(&self) -> KdfParams {
+    pub(crate) fn params(&self) -> KdfParams {
         let word = |at: usize| {
             let mut b = [0u8; 4];
             b.copy_from_slice(&self.0[at..at + 4]);
@@ -169,7 +169,7 @@ impl EncryptedKey {
     }
 }
 
-enum KeyLine {
+pub(crate) enum KeyLine {
     Plain(Zeroizing<[u8; SECRET_LEN]>),
     Encrypted(EncryptedKey),
 }
@@ -233,7 +233,7 @@ fn format_error(path: &Path, line: usize, reason: &'static str) -> Error {
 }
 
 /// The comments and the key line, in a buffer wiped on drop.
-fn render(
+pub(crate) fn render(
     key: &SecretKey,
     sealed: Option<&[u8; ENCRYPTED_LEN]>,
     path: &Path,
@@ -302,7 +302,7 @@ fn derive_key(
 }
 
 /// Encrypts the secret key: the 89 bytes of an encrypted key line.
-fn seal(
+pub(crate) fn seal(
     key: &SecretKey,
     passphrase: &Passphrase,
     params: KdfParams,
@@ -331,7 +331,7 @@ fn seal(
 
 /// Decrypts an encrypted key line; any failure of the AEAD is a wrong
 /// passphrase or a damaged file, and says nothing more.
-fn open(
+pub(crate) fn open(
     sealed: &EncryptedKey,
     passphrase: &Passphrase,
     path: &Path,
@@ -381,7 +381,7 @@ fn read_key_line(path: &Path) -> Result<KeyLine, Error> {
     parse(&bytes, path)
 }
 
-fn parse(bytes: &[u8], path: &Path) -> Result<KeyLine, Error> {
+pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<KeyLine, Error> {
     let mut found = None;
     for (index, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let number = index + 1;

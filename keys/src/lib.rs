@@ -22,6 +22,8 @@
 pub mod contacts;
 pub mod error;
 mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod invite;
 pub mod keyfile;
 pub mod passphrase;

@@ -75,7 +75,13 @@ impl RelayConfig {
             path: path.to_owned(),
             source,
         })?;
-        let file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::from_toml(&text, path)
+    }
+
+    /// Defaults with the settings of a config file's text applied; `path` is
+    /// what errors name.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             line: e
                 .span()

@@ -26,6 +26,8 @@
 
 mod blob;
 mod codec;
+#[doc(hidden)]
+pub mod fuzzing;
 mod live;
 mod writer;
 

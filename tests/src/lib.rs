@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod fuzz;
+
 /// Path of a workspace binary (`sotto` or `sotto-relay`).
 ///
 /// `cargo test` builds only the binaries of the packages it tests, so a run of
