@@ -103,14 +103,20 @@ impl Closed {
 /// A message for the writer task. A download chunk carries its share of the
 /// connection's download budget until it is written, which is what bounds the
 /// chunks read ahead of a slow client.
+/// The message is boxed: the queue's slots are allocated a block at a time
+/// whether used or not, and an idle connection should not pay for a block of
+/// whole messages.
 pub(crate) struct Outgoing {
-    msg: RelayMsg,
+    msg: Box<RelayMsg>,
     _budget: Option<OwnedSemaphorePermit>,
 }
 
 impl From<RelayMsg> for Outgoing {
     fn from(msg: RelayMsg) -> Self {
-        Self { msg, _budget: None }
+        Self {
+            msg: Box::new(msg),
+            _budget: None,
+        }
     }
 }
 
@@ -141,7 +147,9 @@ async fn run(
         return Err(Closed::HandshakeBusy);
     };
     let timeout = shared.config.handshake_timeout;
-    let handshake = link::accept(r, w, &shared.key, &shared.hello);
+    // Boxed: the handshake's state is large and over once it is done; kept
+    // inline it would size this task's allocation for its whole life.
+    let handshake = Box::pin(link::accept(r, w, &shared.key, &shared.hello));
     let (mut reader, writer, client) = tokio::select! {
         _ = shutdown.cancelled() => return Ok(None),
         r = tokio::time::timeout(timeout, handshake) => match r {
