@@ -595,6 +595,7 @@ impl<W: AsyncWrite + Unpin> LinkWriter<W> {
         }
         let record = RECORD_HEADER + plain.len() + TAG_LEN;
         if !self.out.is_empty() && self.out.len() + record > WRITE_HIGH {
+            // Mid-burst: the buffer is kept for the rest of it.
             self.write_out().await?;
         }
         let start = self.out.len();
@@ -619,7 +620,7 @@ impl<W: AsyncWrite + Unpin> LinkWriter<W> {
         Ok(())
     }
 
-    /// Writes everything queued to the stream and releases a large buffer.
+    /// Writes everything queued to the stream.
     async fn write_out(&mut self) -> Result<(), LinkError> {
         while self.sent < self.out.len() {
             let n = self.io.write(&self.out[self.sent..]).await?;
@@ -630,15 +631,16 @@ impl<W: AsyncWrite + Unpin> LinkWriter<W> {
         }
         self.out.clear();
         self.sent = 0;
-        if self.out.capacity() > KEEP {
-            self.out = Vec::new();
-        }
         Ok(())
     }
 
-    /// Sends everything queued.
+    /// Sends everything queued; the end of a burst, so a large buffer is
+    /// released.
     pub async fn flush(&mut self) -> Result<(), LinkError> {
         self.write_out().await?;
+        if self.out.capacity() > KEEP {
+            self.out = Vec::new();
+        }
         self.io.flush().await?;
         Ok(())
     }
