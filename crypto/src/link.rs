@@ -508,9 +508,6 @@ impl<R: AsyncRead + Unpin> LinkReader<R> {
             return Err(LinkError::Malformed("empty message"));
         }
         let total = LEN_PREFIX + len;
-        if self.plain.capacity() < total {
-            self.plain.reserve_exact(total - self.plain.len());
-        }
         while self.plain.len() < total {
             if !self.next_record().await? {
                 return Err(LinkError::UnexpectedEof);
