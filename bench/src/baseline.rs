@@ -29,6 +29,10 @@ pub struct Baselines {
     pub echo_p50_us: f64,
     /// Its p99 in µs.
     pub echo_p99_us: f64,
+    /// The same round trip paced like the idle chat pair (1 ms apart), with
+    /// the server on a runtime of its own thread: what waking idle threads
+    /// costs on this machine. p50 and p99 in µs.
+    pub echo_paused_us: (f64, f64),
     /// 4 KiB write + fdatasync per second, in the data directory.
     pub fsyncs_per_sec: f64,
 }
@@ -39,6 +43,7 @@ pub async fn measure(scale: &Scale, tmp: &Path) -> anyhow::Result<Baselines> {
     let tcp_mbps = tokio::task::spawn_blocking(move || tcp_throughput(secs)).await??;
     let aead_mbps = tokio::task::spawn_blocking(move || aead_throughput(secs)).await?;
     let (echo_p50_us, echo_p99_us) = echo(scale.echo_round_trips).await?;
+    let echo_paused_us = echo_paused(scale.idle_messages).await?;
     let dir = tmp.to_path_buf();
     let fsync_secs = secs.min(1.0);
     let fsyncs_per_sec = tokio::task::spawn_blocking(move || fsyncs(&dir, fsync_secs)).await??;
@@ -47,6 +52,7 @@ pub async fn measure(scale: &Scale, tmp: &Path) -> anyhow::Result<Baselines> {
         aead_mbps,
         echo_p50_us,
         echo_p99_us,
+        echo_paused_us,
         fsyncs_per_sec,
     })
 }
@@ -83,6 +89,17 @@ impl Baselines {
         t.row(
             "TCP echo 100 B (tokio) p99",
             format!("{:.1} µs", self.echo_p99_us),
+            none(),
+            None,
+            "",
+            Verdict::None,
+        );
+        t.row(
+            "TCP echo 100 B, 1 ms apart, server thread p50 / p99",
+            format!(
+                "{:.1} / {:.1} µs",
+                self.echo_paused_us.0, self.echo_paused_us.1
+            ),
             none(),
             None,
             "",
@@ -194,6 +211,50 @@ async fn echo(round_trips: usize) -> anyhow::Result<(f64, f64)> {
     }
     drop(c);
     let _ = server.await;
+    Ok((samples.percentile_us(50.0), samples.percentile_us(99.0)))
+}
+
+/// Round trips paced 1 ms apart, as the idle chat pair sends, to a server
+/// running on a current-thread runtime in a thread of its own, as the relay
+/// runs apart from its clients: every round trip wakes sleeping threads,
+/// which the back-to-back [`echo`] on one runtime never does.
+async fn echo_paused(round_trips: usize) -> anyhow::Result<(f64, f64)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            let (mut s, _) = listener.accept().await?;
+            s.set_nodelay(true)?;
+            let mut buf = [0u8; ECHO_LEN];
+            while s.read_exact(&mut buf).await.is_ok() {
+                s.write_all(&buf).await?;
+            }
+            Ok(())
+        })
+    });
+    let mut c = tokio::net::TcpStream::connect(addr).await?;
+    c.set_nodelay(true)?;
+    let msg = [0xa5u8; ECHO_LEN];
+    let mut back = [0u8; ECHO_LEN];
+    let mut samples = Samples::default();
+    for i in 0..round_trips + round_trips / 10 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let t = Instant::now();
+        c.write_all(&msg).await?;
+        c.read_exact(&mut back).await?;
+        if i >= round_trips / 10 {
+            samples.push(t.elapsed());
+        }
+    }
+    drop(c);
+    tokio::task::spawn_blocking(move || server.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the echo server thread panicked"))??;
     Ok((samples.percentile_us(50.0), samples.percentile_us(99.0)))
 }
 

@@ -230,6 +230,14 @@ pub async fn latency(
         Verdict::of(p50 < 4.0 * base.echo_p50_us),
     );
     t.row(
+        "1 idle pair p50, to paced echo",
+        format!("{p50:.0} µs"),
+        format!("paced echo p50 {:.0} µs", base.echo_paused_us.0),
+        Some(p50 / base.echo_paused_us.0),
+        "",
+        Verdict::None,
+    );
+    t.row(
         "1 idle pair p99",
         format!("{p99:.0} µs"),
         format!("echo p99 {:.0} µs", base.echo_p99_us),

@@ -51,6 +51,23 @@ struct Args {
     /// itself; prints its address and key, stops when stdin closes).
     #[arg(long, hide = true, value_name = "DIR")]
     relay_child: Option<PathBuf>,
+    /// Run only these sections (besides the baselines), comma-separated:
+    /// file, chat, throughput, conns. Default: all.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    only: Vec<Section>,
+}
+
+/// A section of the benchmark, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Section {
+    /// The file drop.
+    File,
+    /// Chat latency, idle pair and loaded pairs.
+    Chat,
+    /// Durable envelopes per second.
+    Throughput,
+    /// Memory per idle connection.
+    Conns,
 }
 
 /// How big and how long each section is.
@@ -136,24 +153,38 @@ fn main() -> anyhow::Result<()> {
         None => tempfile::Builder::new().prefix("sotto-bench-").tempdir()?,
     };
     let started = std::time::Instant::now();
-    let table = runtime.block_on(run(&scale, tmp.path()))?;
+    let only = args.only;
+    let wanted = |s: Section| only.is_empty() || only.contains(&s);
+    let table = runtime.block_on(run(&scale, tmp.path(), wanted))?;
     println!("{}", table.render(&scale, started.elapsed()));
     Ok(())
 }
 
-async fn run(scale: &Scale, tmp: &std::path::Path) -> anyhow::Result<report::Table> {
+async fn run(
+    scale: &Scale,
+    tmp: &std::path::Path,
+    wanted: impl Fn(Section) -> bool,
+) -> anyhow::Result<report::Table> {
     let mut table = report::Table::default();
     note("baselines");
     let base = baseline::measure(scale, tmp).await?;
     base.report(&mut table);
-    note("file drop");
-    filedrop::measure(scale, tmp, &base, &mut table).await?;
-    note("chat latency");
-    chat::latency(scale, tmp, &base, &mut table).await?;
-    note("relay throughput");
-    chat::throughput(scale, tmp, &mut table).await?;
-    note("idle connections");
-    conns::measure(scale, tmp, &mut table).await?;
+    if wanted(Section::File) {
+        note("file drop");
+        filedrop::measure(scale, tmp, &base, &mut table).await?;
+    }
+    if wanted(Section::Chat) {
+        note("chat latency");
+        chat::latency(scale, tmp, &base, &mut table).await?;
+    }
+    if wanted(Section::Throughput) {
+        note("relay throughput");
+        chat::throughput(scale, tmp, &mut table).await?;
+    }
+    if wanted(Section::Conns) {
+        note("idle connections");
+        conns::measure(scale, tmp, &mut table).await?;
+    }
     Ok(table)
 }
 

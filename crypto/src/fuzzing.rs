@@ -29,7 +29,7 @@ pub fn pad(body: &Body) -> Result<Vec<u8>, EnvelopeError> {
 
 /// A link writer whose records `LinkReader` reads back, over in-memory I/O:
 /// what arrives after a handshake, without one (see `link::loopback`).
-pub fn link_loopback<R: AsyncRead, W: AsyncWrite>(
+pub fn link_loopback<R: AsyncRead + Unpin, W: AsyncWrite>(
     r: R,
     w: W,
 ) -> Result<(LinkReader<R>, LinkWriter<W>), LinkError> {

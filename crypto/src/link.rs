@@ -22,16 +22,24 @@
 //! Messages are a `u32` little-endian length then the bytes, carried in one or
 //! more records; every message starts a new record, and the declared length is
 //! checked against [`MAX_MESSAGE_LEN`] before anything is buffered.
+//!
+//! Buffers are the link's own rather than tokio's `BufReader`/`BufWriter`:
+//! a relay holds thousands of idle links, so each half allocates its buffer
+//! when bytes come or go and releases it when the connection goes quiet (the
+//! read buffer when a read would block with nothing left in it, the write
+//! buffer after a flush). Records are decrypted straight out of the read
+//! buffer and encrypted straight into the write buffer, with no copy between.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 use snow::{HandshakeState, StatelessTransportState};
 use sotto_keys::{PublicKey, RelayKey, SecretKey};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::LinkError;
-use crate::frame::{read_record, write_record, MAX_RECORD_LEN};
+use crate::frame::MAX_RECORD_LEN;
 use crate::wire::{self, ClientHello, RelayHello};
 
 /// Link protocol version, in the preamble and both hellos.
@@ -52,6 +60,16 @@ const MSG1_LEN: usize = 32;
 const MSG23_MAX: usize = 512;
 const MAX_RECORD_PLAINTEXT: usize = MAX_RECORD_LEN - TAG_LEN;
 const LEN_PREFIX: usize = 4;
+/// Length field of a record.
+const RECORD_HEADER: usize = 2;
+/// Room reserved for a read when the read buffer has none (a whole record
+/// fits, so a chat message arrives in one read).
+const READ_CHUNK: usize = 16 * 1024;
+/// Bytes queued before a send writes them out without waiting for a flush.
+const WRITE_HIGH: usize = 2 * MAX_RECORD_LEN;
+/// Buffers at most this large are kept for the next burst; larger ones are
+/// released once drained, so a burst (a file) does not pin memory.
+const KEEP: usize = 4 * 1024;
 
 fn noise_builder<'a>() -> Result<snow::Builder<'a>, LinkError> {
     let params = LINK_NOISE_PARAMS
@@ -129,27 +147,27 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut r = BufReader::new(r);
-    let mut w = BufWriter::with_capacity(2 * MAX_RECORD_LEN, w);
+    let mut r = Inbound::new(r);
+    let mut w = w;
     let secret = me.to_bytes();
     let mut hs = handshake_builder(&secret, fixed_ephemeral)?
         .build_initiator()
         .map_err(|_| LinkError::Handshake)?;
-    let mut buf = vec![0u8; MAX_RECORD_LEN];
-    let mut rec = Vec::new();
+    let mut buf = vec![0u8; MSG23_MAX];
 
     // -> e
-    w.write_all(&preamble()).await?;
     let n = hs
         .write_message(&[], &mut buf)
         .map_err(|_| LinkError::Handshake)?;
-    write_record(&mut w, &buf[..n]).await?;
+    let mut first = preamble().to_vec();
+    first.extend_from_slice(&record(&buf[..n])?);
+    w.write_all(&first).await?;
     w.flush().await?;
 
     // <- e, ee, s, es
-    read_handshake_record(&mut r, &mut rec, MSG23_MAX).await?;
+    let rec = r.handshake_record(MSG23_MAX).await?;
     let n = hs
-        .read_message(&rec, &mut buf)
+        .read_message(r.slice(rec), &mut buf)
         .map_err(|_| LinkError::Handshake)?;
     let got = remote_static(&hs)?;
     if got != *relay.as_bytes() {
@@ -173,7 +191,7 @@ where
     let n = hs
         .write_message(&payload, &mut buf)
         .map_err(|_| LinkError::Handshake)?;
-    write_record(&mut w, &buf[..n]).await?;
+    w.write_all(&record(&buf[..n])?).await?;
     w.flush().await?;
 
     let (reader, writer) = split(hs, r, w)?;
@@ -222,17 +240,15 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut r = BufReader::new(r);
-    let mut w = BufWriter::with_capacity(2 * MAX_RECORD_LEN, w);
+    let mut r = Inbound::new(r);
+    let mut w = w;
 
-    let mut pre = [0u8; 8];
-    match r.read_exact(&mut pre).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(LinkError::ClosedDuringHandshake)
-        }
-        Err(e) => return Err(e.into()),
-    }
+    let pre = match r.take(8).await {
+        Ok(Some(pre)) => pre,
+        Ok(None) | Err(LinkError::UnexpectedEof) => return Err(LinkError::ClosedDuringHandshake),
+        Err(e) => return Err(e),
+    };
+    let pre = r.slice(pre);
     if pre[..6] != PREAMBLE_MAGIC {
         return Err(LinkError::BadPreamble);
     }
@@ -249,27 +265,26 @@ where
         .build_responder()
         .map_err(|_| LinkError::Handshake)?;
     let mut buf = vec![0u8; MSG23_MAX];
-    let mut rec = Vec::new();
 
     // -> e
-    read_handshake_record(&mut r, &mut rec, MSG1_LEN).await?;
+    let rec = r.handshake_record(MSG1_LEN).await?;
     if rec.len() != MSG1_LEN {
         return Err(LinkError::Handshake);
     }
-    hs.read_message(&rec, &mut buf)
+    hs.read_message(r.slice(rec), &mut buf)
         .map_err(|_| LinkError::Handshake)?;
 
     // <- e, ee, s, es
     let n = hs
         .write_message(&wire::encode(hello), &mut buf)
         .map_err(|_| LinkError::Handshake)?;
-    write_record(&mut w, &buf[..n]).await?;
+    w.write_all(&record(&buf[..n])?).await?;
     w.flush().await?;
 
     // -> s, se
-    read_handshake_record(&mut r, &mut rec, MSG23_MAX).await?;
+    let rec = r.handshake_record(MSG23_MAX).await?;
     let n = hs
-        .read_message(&rec, &mut buf)
+        .read_message(r.slice(rec), &mut buf)
         .map_err(|_| LinkError::Handshake)?;
     let client: ClientHello = wire::decode(&buf[..n])?;
     if client.version != LINK_VERSION {
@@ -287,16 +302,16 @@ where
     Ok((reader, writer, peer))
 }
 
-async fn read_handshake_record<R: AsyncRead + Unpin>(
-    r: &mut R,
-    rec: &mut Vec<u8>,
-    max: usize,
-) -> Result<(), LinkError> {
-    match read_record(r, rec, max).await {
-        Ok(true) => Ok(()),
-        Ok(false) | Err(LinkError::UnexpectedEof) => Err(LinkError::ClosedDuringHandshake),
-        Err(e) => Err(e),
-    }
+/// One record (its length field and body) as bytes, for the handshake.
+fn record(body: &[u8]) -> Result<Vec<u8>, LinkError> {
+    let len = u16::try_from(body.len()).map_err(|_| LinkError::RecordTooLarge {
+        len: body.len(),
+        max: MAX_RECORD_LEN,
+    })?;
+    let mut out = Vec::with_capacity(RECORD_HEADER + body.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(body);
+    Ok(out)
 }
 
 fn remote_static(hs: &HandshakeState) -> Result<[u8; 32], LinkError> {
@@ -307,8 +322,8 @@ fn remote_static(hs: &HandshakeState) -> Result<[u8; 32], LinkError> {
 
 fn split<R, W>(
     hs: HandshakeState,
-    r: BufReader<R>,
-    w: BufWriter<W>,
+    r: Inbound<R>,
+    w: W,
 ) -> Result<(LinkReader<R>, LinkWriter<W>), LinkError> {
     let transport = Arc::new(
         hs.into_stateless_transport_mode()
@@ -319,14 +334,14 @@ fn split<R, W>(
             io: r,
             transport: transport.clone(),
             nonce: 0,
-            record: Vec::new(),
             plain: Vec::new(),
         },
         LinkWriter {
             io: w,
+            out: Vec::new(),
+            sent: 0,
             transport,
             nonce: 0,
-            cipher: Vec::new(),
         },
     ))
 }
@@ -336,7 +351,7 @@ fn split<R, W>(
 /// initiator's side. For the fuzz targets of the message framing and their
 /// regression tests ([`crate::fuzzing`]); it authenticates nobody, so nothing
 /// else may use it.
-pub(crate) fn loopback<R: AsyncRead, W: AsyncWrite>(
+pub(crate) fn loopback<R: AsyncRead + Unpin, W: AsyncWrite>(
     r: R,
     w: W,
 ) -> Result<(LinkReader<R>, LinkWriter<W>), LinkError> {
@@ -362,27 +377,145 @@ pub(crate) fn loopback<R: AsyncRead, W: AsyncWrite>(
         .ok_or(LinkError::Handshake)?;
     Ok((
         LinkReader {
-            io: BufReader::new(r),
+            io: Inbound::new(r),
             transport: reader,
             nonce: 0,
-            record: Vec::new(),
             plain: Vec::new(),
         },
         LinkWriter {
-            io: BufWriter::with_capacity(2 * MAX_RECORD_LEN, w),
+            io: w,
+            out: Vec::new(),
+            sent: 0,
             transport: writer,
             nonce: 0,
-            cipher: Vec::new(),
         },
     ))
 }
 
+/// The receiving stream with its buffer: `buf[pos..]` is received and not
+/// yet consumed. The buffer is allocated when a read is attempted and
+/// released when that read would block with nothing left in it.
+struct Inbound<R> {
+    io: R,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl<R: AsyncRead + Unpin> Inbound<R> {
+    fn new(io: R) -> Self {
+        Self {
+            io,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    fn slice(&self, range: std::ops::Range<usize>) -> &[u8] {
+        &self.buf[range]
+    }
+
+    /// Consumes the next `n` bytes and returns where they are in the buffer
+    /// (valid until the next read). `None` on a clean end of stream before
+    /// the first of them, [`LinkError::UnexpectedEof`] after.
+    async fn take(&mut self, n: usize) -> Result<Option<std::ops::Range<usize>>, LinkError> {
+        if !self.fill(n, &mut Vec::new()).await? {
+            return Ok(None);
+        }
+        let start = self.pos;
+        self.pos += n;
+        Ok(Some(start..self.pos))
+    }
+
+    /// The next record's body, refused before it is buffered if its declared
+    /// length exceeds `max`. `idle` is released along with the read buffer
+    /// if the connection goes quiet between records.
+    async fn next_record(
+        &mut self,
+        max: usize,
+        idle: &mut Vec<u8>,
+    ) -> Result<Option<std::ops::Range<usize>>, LinkError> {
+        if !self.fill(RECORD_HEADER, idle).await? {
+            return Ok(None);
+        }
+        let len = usize::from(u16::from_be_bytes([
+            self.buf[self.pos],
+            self.buf[self.pos + 1],
+        ]));
+        if len > max {
+            return Err(LinkError::RecordTooLarge { len, max });
+        }
+        if len == 0 {
+            return Err(LinkError::Malformed("empty record"));
+        }
+        if !self.fill(RECORD_HEADER + len, idle).await? {
+            return Err(LinkError::UnexpectedEof);
+        }
+        let start = self.pos + RECORD_HEADER;
+        self.pos = start + len;
+        Ok(Some(start..self.pos))
+    }
+
+    async fn handshake_record(&mut self, max: usize) -> Result<std::ops::Range<usize>, LinkError> {
+        match self.next_record(max, &mut Vec::new()).await {
+            Ok(Some(rec)) => Ok(rec),
+            Ok(None) | Err(LinkError::UnexpectedEof) => Err(LinkError::ClosedDuringHandshake),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads until `need` bytes are buffered. `Ok(false)` on a clean end of
+    /// stream with nothing buffered; [`LinkError::UnexpectedEof`] on an end
+    /// of stream in the middle of something.
+    async fn fill(&mut self, need: usize, idle: &mut Vec<u8>) -> Result<bool, LinkError> {
+        loop {
+            let have = self.buf.len() - self.pos;
+            if have >= need {
+                return Ok(true);
+            }
+            if have == 0 {
+                self.buf.clear();
+                self.pos = 0;
+            } else if self.buf.capacity() - self.pos < need {
+                self.buf.drain(..self.pos);
+                self.pos = 0;
+            }
+            let room = (need - have).max(READ_CHUNK);
+            let n = std::future::poll_fn(|cx| {
+                if self.buf.capacity() - self.buf.len() < room {
+                    self.buf.reserve(room);
+                }
+                let read = {
+                    let fut = self.io.read_buf(&mut self.buf);
+                    std::pin::pin!(fut).poll(cx)
+                };
+                if read.is_pending() && self.buf.len() == self.pos {
+                    // Quiet between messages: hold no buffers while waiting.
+                    self.buf = Vec::new();
+                    self.pos = 0;
+                    if idle.is_empty() {
+                        *idle = Vec::new();
+                    }
+                }
+                read
+            })
+            .await?;
+            if n == 0 {
+                return match have {
+                    0 => Ok(false),
+                    _ => Err(LinkError::UnexpectedEof),
+                };
+            }
+        }
+    }
+}
+
 /// The receiving half of an established link.
 pub struct LinkReader<R> {
-    io: BufReader<R>,
+    io: Inbound<R>,
     transport: Arc<StatelessTransportState>,
     nonce: u64,
-    record: Vec<u8>,
+    /// The message being assembled; released with the read buffer when the
+    /// link goes quiet.
     plain: Vec<u8>,
 }
 
@@ -399,6 +532,9 @@ impl<R: AsyncRead + Unpin> LinkReader<R> {
     /// Receives the next message's bytes.
     pub async fn recv_bytes(&mut self) -> Result<Option<&[u8]>, LinkError> {
         self.plain.clear();
+        if self.plain.capacity() > KEEP {
+            self.plain = Vec::new();
+        }
         if !self.next_record().await? {
             return Ok(None);
         }
@@ -433,17 +569,17 @@ impl<R: AsyncRead + Unpin> LinkReader<R> {
 
     /// Reads one record and appends its plaintext to `self.plain`.
     async fn next_record(&mut self) -> Result<bool, LinkError> {
-        if !read_record(&mut self.io, &mut self.record, MAX_RECORD_LEN).await? {
+        let Some(rec) = self.io.next_record(MAX_RECORD_LEN, &mut self.plain).await? else {
             return Ok(false);
-        }
-        if self.record.len() <= TAG_LEN {
+        };
+        if rec.len() <= TAG_LEN {
             return Err(LinkError::Malformed("record shorter than its tag"));
         }
         let start = self.plain.len();
-        self.plain.resize(start + self.record.len() - TAG_LEN, 0);
+        self.plain.resize(start + rec.len() - TAG_LEN, 0);
         let n = self
             .transport
-            .read_message(self.nonce, &self.record, &mut self.plain[start..])
+            .read_message(self.nonce, self.io.slice(rec), &mut self.plain[start..])
             .map_err(|_| LinkError::Decrypt)?;
         self.plain.truncate(start + n);
         self.nonce += 1;
@@ -454,10 +590,12 @@ impl<R: AsyncRead + Unpin> LinkReader<R> {
 /// The sending half of an established link. Writes are buffered: call
 /// [`LinkWriter::flush`] when a batch is complete.
 pub struct LinkWriter<W> {
-    io: BufWriter<W>,
+    io: W,
+    /// Records queued; `out[..sent]` is already written.
+    out: Vec<u8>,
+    sent: usize,
     transport: Arc<StatelessTransportState>,
     nonce: u64,
-    cipher: Vec<u8>,
 }
 
 impl<W: AsyncWrite + Unpin> LinkWriter<W> {
@@ -498,23 +636,61 @@ impl<W: AsyncWrite + Unpin> LinkWriter<W> {
                 max: MAX_RECORD_PLAINTEXT,
             });
         }
-        self.cipher.resize(plain.len() + TAG_LEN, 0);
-        let n = self
-            .transport
-            .write_message(self.nonce, plain, &mut self.cipher)
-            .map_err(|_| LinkError::Handshake)?;
+        let record = RECORD_HEADER + plain.len() + TAG_LEN;
+        if !self.out.is_empty() && self.out.len() + record > WRITE_HIGH {
+            // Mid-burst: the buffer is kept for the rest of it.
+            self.write_out().await?;
+        }
+        let start = self.out.len();
+        self.out.resize(start + record, 0);
+        let sealed =
+            self.transport
+                .write_message(self.nonce, plain, &mut self.out[start + RECORD_HEADER..]);
+        let n = match sealed {
+            Ok(n) if n == plain.len() + TAG_LEN => n,
+            _ => {
+                self.out.truncate(start);
+                return Err(LinkError::Handshake);
+            }
+        };
+        // `n` fits: `plain` is at most a record's plaintext.
+        let len = u16::try_from(n).map_err(|_| LinkError::RecordTooLarge {
+            len: n,
+            max: MAX_RECORD_LEN,
+        })?;
+        self.out[start..start + RECORD_HEADER].copy_from_slice(&len.to_be_bytes());
         self.nonce += 1;
-        write_record(&mut self.io, &self.cipher[..n]).await
+        Ok(())
     }
 
-    /// Sends everything queued.
+    /// Writes everything queued to the stream.
+    async fn write_out(&mut self) -> Result<(), LinkError> {
+        while self.sent < self.out.len() {
+            let n = self.io.write(&self.out[self.sent..]).await?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+            }
+            self.sent += n;
+        }
+        self.out.clear();
+        self.sent = 0;
+        Ok(())
+    }
+
+    /// Sends everything queued; the end of a burst, so a large buffer is
+    /// released.
     pub async fn flush(&mut self) -> Result<(), LinkError> {
+        self.write_out().await?;
+        if self.out.capacity() > KEEP {
+            self.out = Vec::new();
+        }
         self.io.flush().await?;
         Ok(())
     }
 
     /// Flushes and closes the sending direction.
     pub async fn shutdown(&mut self) -> Result<(), LinkError> {
+        self.write_out().await?;
         self.io.shutdown().await?;
         Ok(())
     }
@@ -575,6 +751,44 @@ mod tests {
             RelayMsg::Pong
         );
         assert!(creader.recv::<RelayMsg>().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn messages_cross_a_narrow_pipe_and_idle_links_hold_no_buffers() {
+        let client = SecretKey::generate();
+        let relay = SecretKey::generate();
+        let relay_key = RelayKey::from(relay.public());
+        // A 61-byte pipe: every record arrives in pieces and leaves in pieces.
+        let (a, b) = duplex(61);
+        let ((cr, cw), (rr, rw)) = (tokio::io::split(a), tokio::io::split(b));
+        let server = tokio::spawn(async move { accept(rr, rw, &relay, &hello()).await });
+        let (_creader, mut cwriter, _) = connect(cr, cw, &client, &relay_key).await.unwrap();
+        let (mut rreader, _rwriter, _) = server.await.unwrap().unwrap();
+        let msgs: Vec<Vec<u8>> = [1usize, 300, 70_000, 5]
+            .iter()
+            .map(|&n| (0..n).map(|i| (i % 251) as u8).collect())
+            .collect();
+        let sending = {
+            let msgs = msgs.clone();
+            tokio::spawn(async move {
+                for m in &msgs {
+                    cwriter.send_bytes(m).await.unwrap();
+                }
+                cwriter.flush().await.unwrap();
+                assert_eq!(cwriter.out.capacity(), 0, "a large write buffer is kept");
+                cwriter
+            })
+        };
+        for m in &msgs {
+            assert_eq!(rreader.recv_bytes().await.unwrap().unwrap(), &m[..]);
+        }
+        let _cwriter = sending.await.unwrap();
+        // Nothing more to read: the waiting receive releases its buffers.
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(20), rreader.recv_bytes()).await;
+        assert!(waited.is_err());
+        assert_eq!(rreader.io.buf.capacity(), 0);
+        assert_eq!(rreader.plain.capacity(), 0);
     }
 
     #[tokio::test]

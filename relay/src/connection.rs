@@ -41,8 +41,8 @@ use crate::store::{Committing, StoreError};
 const DELIVERY_BATCH: usize = 256;
 /// Messages queued for the writer before readers wait (backpressure).
 const OUTBOX: usize = 256;
-/// `Send`s of one connection waiting for their commit before the connection
-/// reads on (see [`Session::send`]).
+/// `Send`s and `Ack`s of one connection waiting for their commit before the
+/// connection reads on (see [`Session::send`]).
 const SENDS_IN_FLIGHT: usize = 64;
 
 /// Why a connection ended.
@@ -103,14 +103,20 @@ impl Closed {
 /// A message for the writer task. A download chunk carries its share of the
 /// connection's download budget until it is written, which is what bounds the
 /// chunks read ahead of a slow client.
+/// The message is boxed: the queue's slots are allocated a block at a time
+/// whether used or not, and an idle connection should not pay for a block of
+/// whole messages.
 pub(crate) struct Outgoing {
-    msg: RelayMsg,
+    msg: Box<RelayMsg>,
     _budget: Option<OwnedSemaphorePermit>,
 }
 
 impl From<RelayMsg> for Outgoing {
     fn from(msg: RelayMsg) -> Self {
-        Self { msg, _budget: None }
+        Self {
+            msg: Box::new(msg),
+            _budget: None,
+        }
     }
 }
 
@@ -141,7 +147,9 @@ async fn run(
         return Err(Closed::HandshakeBusy);
     };
     let timeout = shared.config.handshake_timeout;
-    let handshake = link::accept(r, w, &shared.key, &shared.hello);
+    // Boxed: the handshake's state is large and over once it is done; kept
+    // inline it would size this task's allocation for its whole life.
+    let handshake = Box::pin(link::accept(r, w, &shared.key, &shared.hello));
     let (mut reader, writer, client) = tokio::select! {
         _ = shutdown.cancelled() => return Ok(None),
         r = tokio::time::timeout(timeout, handshake) => match r {
@@ -226,8 +234,9 @@ struct Session {
     /// Cancelled when the connection ends: stops delivery and downloads.
     shutdown: CancellationToken,
     files: files::Files,
-    /// Sends handed to the store, oldest first, waiting for their commit.
-    storing: VecDeque<(u32, Committing<u64>)>,
+    /// Sends and Acks handed to the store, oldest first, waiting for their
+    /// commit.
+    storing: VecDeque<(u32, Landing)>,
 }
 
 impl Session {
@@ -316,13 +325,7 @@ impl Session {
                 )));
                 return Ok(None);
             }
-            ClientMsg::Ack { req, ids } => match self.shared.store.ack(self.client, ids).await {
-                Ok(n) => RelayMsg::Acked {
-                    req,
-                    deleted: u32::try_from(n).unwrap_or(u32::MAX),
-                },
-                Err(e) => refusal(req, e)?,
-            },
+            ClientMsg::Ack { req, ids } => return self.ack(req, ids).await,
             ClientMsg::Ping => RelayMsg::Pong,
             ClientMsg::UploadBegin {
                 req,
@@ -384,19 +387,51 @@ impl Session {
         to: PublicKey,
         envelope: Vec<u8>,
     ) -> Result<Option<RelayMsg>, Closed> {
-        if self.storing.len() >= SENDS_IN_FLIGHT {
-            let (oldest, r) = next_stored(&mut self.storing).await;
-            if self.tx.send(stored_reply(oldest, r)?.into()).await.is_err() {
-                return Ok(None);
-            }
+        if !self.make_room().await? {
+            return Ok(None);
         }
         match self.shared.store.enqueue_begin(to, envelope).await {
             Ok(committing) => {
-                self.storing.push_back((req, committing));
+                self.storing.push_back((req, Landing::Stored(committing)));
                 Ok(None)
             }
             Err(e) => refusal(req, e).map(Some),
         }
+    }
+
+    /// `Ack`: hands the deletion to the store without waiting for its
+    /// commit, like a Send, so a client that both receives and sends keeps
+    /// its Sends flowing; `Acked` follows from the read loop.
+    async fn ack(&mut self, req: u32, ids: Vec<u64>) -> Result<Option<RelayMsg>, Closed> {
+        if ids.is_empty() {
+            // Nothing to commit: answered at once.
+            return Ok(Some(match self.shared.store.ack(self.client, ids).await {
+                Ok(_) => RelayMsg::Acked { req, deleted: 0 },
+                Err(e) => refusal(req, e)?,
+            }));
+        }
+        if !self.make_room().await? {
+            return Ok(None);
+        }
+        match self.shared.store.ack_begin(self.client, ids).await {
+            Ok(committing) => {
+                self.storing.push_back((req, Landing::Acked(committing)));
+                Ok(None)
+            }
+            Err(e) => refusal(req, e).map(Some),
+        }
+    }
+
+    /// Waits for the oldest request in flight and answers it if
+    /// [`SENDS_IN_FLIGHT`] are; false once the writer is gone.
+    async fn make_room(&mut self) -> Result<bool, Closed> {
+        if self.storing.len() >= SENDS_IN_FLIGHT {
+            let (oldest, r) = next_stored(&mut self.storing).await;
+            if self.tx.send(stored_reply(oldest, r)?.into()).await.is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Waits for every Send in flight and answers it.
@@ -413,14 +448,31 @@ impl Session {
     }
 }
 
-/// The oldest Send's outcome, once committed. The store's writer commits in
-/// the order it was handed work, so the oldest is always the next to land.
+/// A request handed to the store, waiting for its commit.
+enum Landing {
+    /// A Send: answered `Stored`.
+    Stored(Committing<u64>),
+    /// An Ack: answered `Acked` with the number deleted.
+    Acked(Committing<usize>),
+}
+
+/// What a [`Landing`] came to.
+enum Landed {
+    Stored(Result<u64, StoreError>),
+    Acked(Result<usize, StoreError>),
+}
+
+/// The oldest request's outcome, once committed. The store's writer commits
+/// in the order it was handed work, so the oldest is always the next to land.
 /// Pending while there is none.
-async fn next_stored(
-    storing: &mut VecDeque<(u32, Committing<u64>)>,
-) -> (u32, Result<u64, StoreError>) {
+async fn next_stored(storing: &mut VecDeque<(u32, Landing)>) -> (u32, Landed) {
     let (req, result) = std::future::poll_fn(|cx| match storing.front_mut() {
-        Some((req, committing)) => std::pin::Pin::new(committing).poll(cx).map(|r| (*req, r)),
+        Some((req, Landing::Stored(c))) => std::pin::Pin::new(c)
+            .poll(cx)
+            .map(|r| (*req, Landed::Stored(r))),
+        Some((req, Landing::Acked(c))) => std::pin::Pin::new(c)
+            .poll(cx)
+            .map(|r| (*req, Landed::Acked(r))),
         None => std::task::Poll::Pending,
     })
     .await;
@@ -428,11 +480,15 @@ async fn next_stored(
     (req, result)
 }
 
-/// The answer to a Send whose write has landed.
-fn stored_reply(req: u32, result: Result<u64, StoreError>) -> Result<RelayMsg, Closed> {
-    match result {
-        Ok(_) => Ok(RelayMsg::Stored { req }),
-        Err(e) => refusal(req, e),
+/// The answer to a request whose write has landed.
+fn stored_reply(req: u32, landed: Landed) -> Result<RelayMsg, Closed> {
+    match landed {
+        Landed::Stored(Ok(_)) => Ok(RelayMsg::Stored { req }),
+        Landed::Acked(Ok(n)) => Ok(RelayMsg::Acked {
+            req,
+            deleted: u32::try_from(n).unwrap_or(u32::MAX),
+        }),
+        Landed::Stored(Err(e)) | Landed::Acked(Err(e)) => refusal(req, e),
     }
 }
 

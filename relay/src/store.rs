@@ -489,18 +489,31 @@ impl Store {
     /// many were deleted. Ids that are unknown, already deleted or another
     /// recipient's are ignored. Returns once the deletion is committed.
     pub async fn ack(&self, owner: PublicKey, ids: Vec<u64>) -> Result<usize, StoreError> {
+        self.ack_begin(owner, ids).await?.await
+    }
+
+    /// [`Store::ack`] in two steps, like [`Store::enqueue_begin`]: returns
+    /// once the deletion is queued; the returned future gives the count once
+    /// it is committed, so a connection reads on meanwhile.
+    pub async fn ack_begin(
+        &self,
+        owner: PublicKey,
+        ids: Vec<u64>,
+    ) -> Result<Committing<usize>, StoreError> {
+        let (reply, answer) = oneshot::channel();
         if ids.is_empty() {
             self.db()?;
-            return Ok(0);
+            // The receiver is held just below, so this cannot fail.
+            let _ = reply.send(Ok(0));
+            return Ok(Committing(answer));
         }
-        let (reply, answer) = oneshot::channel();
         self.submit(Request::Change(Change::Ack {
             owner: *owner.as_bytes(),
             ids,
             reply,
         }))
         .await?;
-        answer.await.map_err(|_| StoreError::Crashed)?
+        Ok(Committing(answer))
     }
 
     /// Deletes every envelope stored at least [`StoreLimits::expiry`] before

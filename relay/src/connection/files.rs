@@ -603,11 +603,11 @@ async fn stream_download(
         };
         for data in read.chunks {
             let msg = Outgoing {
-                msg: RelayMsg::DownloadChunk {
+                msg: Box::new(RelayMsg::DownloadChunk {
                     file_id,
                     index,
                     data: serde_bytes::ByteBuf::from(data),
-                },
+                }),
                 _budget: permits.split(1),
             };
             if !send(msg).await {
