@@ -195,22 +195,34 @@ async fn echo(round_trips: usize) -> anyhow::Result<(f64, f64)> {
             }
         }
     });
+    let measured = round_trips_to(addr, round_trips, None).await?;
+    let _ = server.await;
+    Ok(measured)
+}
+
+/// `round_trips` echoes of [`ECHO_LEN`] bytes to `addr`, each `pace` after
+/// the last if given; p50 and p99 in µs. The first tenth warms up.
+async fn round_trips_to(
+    addr: std::net::SocketAddr,
+    round_trips: usize,
+    pace: Option<Duration>,
+) -> anyhow::Result<(f64, f64)> {
     let mut c = tokio::net::TcpStream::connect(addr).await?;
     c.set_nodelay(true)?;
     let msg = [0xa5u8; ECHO_LEN];
     let mut back = [0u8; ECHO_LEN];
     let mut samples = Samples::default();
     for i in 0..round_trips + round_trips / 10 {
+        if let Some(pace) = pace {
+            tokio::time::sleep(pace).await;
+        }
         let t = Instant::now();
         c.write_all(&msg).await?;
         c.read_exact(&mut back).await?;
-        // The first tenth warms up.
         if i >= round_trips / 10 {
             samples.push(t.elapsed());
         }
     }
-    drop(c);
-    let _ = server.await;
     Ok((samples.percentile_us(50.0), samples.percentile_us(99.0)))
 }
 
@@ -237,25 +249,11 @@ async fn echo_paused(round_trips: usize) -> anyhow::Result<(f64, f64)> {
             Ok(())
         })
     });
-    let mut c = tokio::net::TcpStream::connect(addr).await?;
-    c.set_nodelay(true)?;
-    let msg = [0xa5u8; ECHO_LEN];
-    let mut back = [0u8; ECHO_LEN];
-    let mut samples = Samples::default();
-    for i in 0..round_trips + round_trips / 10 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        let t = Instant::now();
-        c.write_all(&msg).await?;
-        c.read_exact(&mut back).await?;
-        if i >= round_trips / 10 {
-            samples.push(t.elapsed());
-        }
-    }
-    drop(c);
+    let measured = round_trips_to(addr, round_trips, Some(Duration::from_millis(1))).await?;
     tokio::task::spawn_blocking(move || server.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the echo server thread panicked"))??;
-    Ok((samples.percentile_us(50.0), samples.percentile_us(99.0)))
+    Ok(measured)
 }
 
 /// The disk's fsync rate now: on a shared virtual disk it moves by an order of

@@ -329,10 +329,20 @@ fn split<R, W>(
         hs.into_stateless_transport_mode()
             .map_err(|_| LinkError::Handshake)?,
     );
-    Ok((
+    Ok(halves(r, w, transport.clone(), transport))
+}
+
+/// A link's two halves, each starting at nonce 0.
+fn halves<R, W>(
+    r: Inbound<R>,
+    w: W,
+    receiving: Arc<StatelessTransportState>,
+    sending: Arc<StatelessTransportState>,
+) -> (LinkReader<R>, LinkWriter<W>) {
+    (
         LinkReader {
             io: r,
-            transport: transport.clone(),
+            transport: receiving,
             nonce: 0,
             plain: Vec::new(),
         },
@@ -340,10 +350,10 @@ fn split<R, W>(
             io: w,
             out: Vec::new(),
             sent: 0,
-            transport,
+            transport: sending,
             nonce: 0,
         },
-    ))
+    )
 }
 
 /// A reader of what a writer wrote, with no peer and no network: both halves
@@ -375,21 +385,7 @@ pub(crate) fn loopback<R: AsyncRead + Unpin, W: AsyncWrite>(
         .get_or_init(handshake)
         .clone()
         .ok_or(LinkError::Handshake)?;
-    Ok((
-        LinkReader {
-            io: Inbound::new(r),
-            transport: reader,
-            nonce: 0,
-            plain: Vec::new(),
-        },
-        LinkWriter {
-            io: w,
-            out: Vec::new(),
-            sent: 0,
-            transport: writer,
-            nonce: 0,
-        },
-    ))
+    Ok(halves(Inbound::new(r), w, reader, writer))
 }
 
 /// The receiving stream with its buffer: `buf[pos..]` is received and not
