@@ -349,6 +349,13 @@ impl Session {
             }
             ClientMsg::DeleteBlob { req, file_id } => self.delete_blob(req, file_id).await,
             ClientMsg::Notify { to, envelope } => {
+                // A notice takes a token like a `Send`; one over the rate is
+                // dropped, as a notice nobody is there for would be (a
+                // notice is never answered).
+                if self.limit.envelope().is_err() {
+                    debug!(client = %self.client.short(), "a notice over the rate limit dropped");
+                    return Ok(None);
+                }
                 self.notice(to, &envelope)?;
                 return Ok(None);
             }

@@ -123,3 +123,81 @@ async fn pipelined_sends_are_stored_delivered_live_in_order_and_early_acks_delet
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_over_the_rate_limit_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RelayConfig::defaults();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.data_dir = dir.path().to_owned();
+    config.rate.envelopes_per_second = 1;
+    config.rate.envelope_burst = 2;
+    let relay = Relay::bind(config).await.unwrap();
+    let addr = relay.local_addr().unwrap();
+    let relay_key = relay.public_key();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(relay.run(async {
+        let _ = stopped.await;
+    }));
+    let (alice, bob, carol) = (
+        SecretKey::generate(),
+        SecretKey::generate(),
+        SecretKey::generate(),
+    );
+    let (mut bob_r, mut bob_w) = connect(addr, &bob, &relay_key).await;
+    bob_w.send(&ClientMsg::Fetch { live: true }).await.unwrap();
+    bob_w.flush().await.unwrap();
+    assert_eq!(recv(&mut bob_r).await, RelayMsg::Drained);
+
+    // Fewer than bob's queue holds, so only the rate limit can drop any.
+    const SENT: usize = 12;
+    let started = std::time::Instant::now();
+    let (mut alice_r, mut alice_w) = connect(addr, &alice, &relay_key).await;
+    for i in 0..SENT {
+        alice_w
+            .send(&ClientMsg::Notify {
+                to: bob.public(),
+                envelope: ByteBuf::from(vec![b'a', i as u8]),
+            })
+            .await
+            .unwrap();
+    }
+    alice_w.send(&ClientMsg::Ping).await.unwrap();
+    alice_w.flush().await.unwrap();
+    // Answered after every notice before it was handed on or dropped.
+    assert_eq!(recv(&mut alice_r).await, RelayMsg::Pong);
+    let elapsed = started.elapsed();
+
+    // Carol's notice (her own bucket) is queued after alice's: once bob has
+    // it, he has everything of alice's that was let through.
+    let (_carol_r, mut carol_w) = connect(addr, &carol, &relay_key).await;
+    carol_w
+        .send(&ClientMsg::Notify {
+            to: bob.public(),
+            envelope: ByteBuf::from(b"carol".to_vec()),
+        })
+        .await
+        .unwrap();
+    carol_w.flush().await.unwrap();
+    let mut from_alice = 0;
+    loop {
+        match recv(&mut bob_r).await {
+            RelayMsg::Notice { envelope } if envelope.as_slice() == b"carol" => break,
+            RelayMsg::Notice { envelope } => {
+                assert_eq!(envelope[0], b'a');
+                from_alice += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // The burst, plus one token per second that passed while sending.
+    let allowed = 2 + elapsed.as_secs() as usize + 1;
+    assert!(from_alice >= 1, "the burst lets some through");
+    assert!(
+        from_alice <= allowed.min(SENT - 1),
+        "{from_alice} of {SENT} notices let through in {elapsed:?}"
+    );
+
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+}
