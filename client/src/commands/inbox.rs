@@ -603,6 +603,10 @@ mod tests {
     }
 
     fn run_batch(w: &World, pending: Vec<Delivery>) -> (Outcome, Vec<String>) {
+        run_batch_with(w, pending, Files::Announce)
+    }
+
+    fn run_batch_with(w: &World, pending: Vec<Delivery>, files: Files) -> (Outcome, Vec<String>) {
         let mut lines = Vec::new();
         let outcome = process(
             &w.me,
@@ -611,7 +615,7 @@ mod tests {
             &mut w.sessions.borrow_mut(),
             pending,
             NOW,
-            Files::Announce,
+            files,
             &mut |l| {
                 lines.push(l.to_owned());
                 Ok(())
@@ -806,21 +810,7 @@ mod tests {
             deliver(3, &mallory, &w.me, &b),
             deliver(4, &w.alice, &w.me, &a), // the same offer delivered twice
         ];
-        let mut lines = Vec::new();
-        let outcome = process(
-            &w.me,
-            &w.book,
-            &w.store,
-            &mut w.sessions.borrow_mut(),
-            pending,
-            NOW,
-            Files::Collect,
-            &mut |l| {
-                lines.push(l.to_owned());
-                Ok(())
-            },
-        )
-        .unwrap();
+        let (outcome, lines) = run_batch_with(&w, pending, Files::Collect);
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert_eq!(outcome.ack, vec![2, 4]);
         let files: Vec<_> = outcome
