@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::report::{mbps, Samples, Table, Verdict};
 use crate::Scale;
@@ -25,13 +24,12 @@ pub struct Baselines {
     pub tcp_mbps: f64,
     /// ChaCha20-Poly1305 seal on one core, 64 KiB buffers, MB/s.
     pub aead_mbps: f64,
-    /// 100-byte TCP echo round trip (tokio), p50 in µs.
+    /// 100-byte TCP echo round trip between two threads, back to back, p50 in µs.
     pub echo_p50_us: f64,
     /// Its p99 in µs.
     pub echo_p99_us: f64,
-    /// The same round trip paced like the idle chat pair (1 ms apart), with
-    /// the server on a runtime of its own thread: what waking idle threads
-    /// costs on this machine. p50 and p99 in µs.
+    /// The same round trip paced like the idle chat pair's paced run (1 ms
+    /// apart): what waking idle threads costs on this machine. p50 and p99 in µs.
     pub echo_paused_us: (f64, f64),
     /// 4 KiB write + fdatasync per second, in the data directory.
     pub fsyncs_per_sec: f64,
@@ -79,7 +77,7 @@ impl Baselines {
             Verdict::None,
         );
         t.row(
-            "TCP echo 100 B (tokio) p50",
+            "TCP echo 100 B, back to back, p50",
             format!("{:.1} µs", self.echo_p50_us),
             none(),
             None,
@@ -87,7 +85,7 @@ impl Baselines {
             Verdict::None,
         );
         t.row(
-            "TCP echo 100 B (tokio) p99",
+            "TCP echo 100 B, back to back, p99",
             format!("{:.1} µs", self.echo_p99_us),
             none(),
             None,
@@ -95,7 +93,7 @@ impl Baselines {
             Verdict::None,
         );
         t.row(
-            "TCP echo 100 B, 1 ms apart, server thread p50 / p99",
+            "TCP echo 100 B, 1 ms apart, p50 / p99",
             format!(
                 "{:.1} / {:.1} µs",
                 self.echo_paused_us.0, self.echo_paused_us.1
@@ -180,80 +178,58 @@ fn aead_throughput(secs: f64) -> f64 {
     mbps(n * BUF as u64, start.elapsed().as_secs_f64())
 }
 
-/// 100-byte round trips on one tokio connection (Nagle off, as the relay's).
+/// 100-byte round trips, back to back, between two threads with blocking
+/// sockets (Nagle off, as the relay's): the least a message that crosses from
+/// one process to another and back costs on this machine, each way one wake-up
+/// of a thread blocked in `read`. (An echo between two tasks of one tokio
+/// runtime swung between 19 and 89 µs from run to run here, as both ends
+/// happened to share a worker thread or not.)
 async fn echo(round_trips: usize) -> anyhow::Result<(f64, f64)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let server = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await?;
-        s.set_nodelay(true)?;
-        let mut buf = [0u8; ECHO_LEN];
-        loop {
-            match s.read_exact(&mut buf).await {
-                Ok(_) => s.write_all(&buf).await?,
-                Err(_) => return Ok::<_, std::io::Error>(()),
-            }
-        }
-    });
-    let measured = round_trips_to(addr, round_trips, None).await?;
-    let _ = server.await;
-    Ok(measured)
+    tokio::task::spawn_blocking(move || thread_echo(round_trips, None)).await?
 }
 
-/// `round_trips` echoes of [`ECHO_LEN`] bytes to `addr`, each `pace` after
-/// the last if given; p50 and p99 in µs. The first tenth warms up.
-async fn round_trips_to(
-    addr: std::net::SocketAddr,
-    round_trips: usize,
-    pace: Option<Duration>,
-) -> anyhow::Result<(f64, f64)> {
-    let mut c = tokio::net::TcpStream::connect(addr).await?;
+/// The same round trips paced 1 ms apart, as the idle chat pair's paced run
+/// sends: every round trip wakes threads that went to sleep meanwhile.
+async fn echo_paused(round_trips: usize) -> anyhow::Result<(f64, f64)> {
+    tokio::task::spawn_blocking(move || thread_echo(round_trips, Some(Duration::from_millis(1))))
+        .await?
+}
+
+/// `round_trips` echoes of [`ECHO_LEN`] bytes to a server thread, each `pace`
+/// after the last if given; p50 and p99 in µs. The first tenth warms up.
+fn thread_echo(round_trips: usize, pace: Option<Duration>) -> anyhow::Result<(f64, f64)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut buf = [0u8; ECHO_LEN];
+        while s.read_exact(&mut buf).is_ok() {
+            s.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let mut c = TcpStream::connect(addr)?;
     c.set_nodelay(true)?;
     let msg = [0xa5u8; ECHO_LEN];
     let mut back = [0u8; ECHO_LEN];
     let mut samples = Samples::default();
     for i in 0..round_trips + round_trips / 10 {
         if let Some(pace) = pace {
-            tokio::time::sleep(pace).await;
+            std::thread::sleep(pace);
         }
         let t = Instant::now();
-        c.write_all(&msg).await?;
-        c.read_exact(&mut back).await?;
+        c.write_all(&msg)?;
+        c.read_exact(&mut back)?;
         if i >= round_trips / 10 {
             samples.push(t.elapsed());
         }
     }
-    Ok((samples.percentile_us(50.0), samples.percentile_us(99.0)))
-}
-
-/// Round trips paced 1 ms apart, as the idle chat pair sends, to a server
-/// running on a current-thread runtime in a thread of its own, as the relay
-/// runs apart from its clients: every round trip wakes sleeping threads,
-/// which the back-to-back [`echo`] on one runtime never does.
-async fn echo_paused(round_trips: usize) -> anyhow::Result<(f64, f64)> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
-    let server = std::thread::spawn(move || -> std::io::Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            let (mut s, _) = listener.accept().await?;
-            s.set_nodelay(true)?;
-            let mut buf = [0u8; ECHO_LEN];
-            while s.read_exact(&mut buf).await.is_ok() {
-                s.write_all(&buf).await?;
-            }
-            Ok(())
-        })
-    });
-    let measured = round_trips_to(addr, round_trips, Some(Duration::from_millis(1))).await?;
-    tokio::task::spawn_blocking(move || server.join())
-        .await?
+    drop(c);
+    server
+        .join()
         .map_err(|_| anyhow::anyhow!("the echo server thread panicked"))??;
-    Ok(measured)
+    Ok((samples.percentile_us(50.0), samples.percentile_us(99.0)))
 }
 
 /// The disk's fsync rate now: on a shared virtual disk it moves by an order of
