@@ -215,7 +215,7 @@ pub async fn latency(
         bench_cpu,
     } = loaded_pairs(&relay, scale).await?;
     let fsync_after = fsync_probe(tmp).await?;
-    relay.stop().await;
+    let counts = relay.stop().await;
     std::fs::remove_dir_all(tmp.join("relay-chat"))?;
 
     t.section(&format!(
@@ -285,6 +285,9 @@ pub async fn latency(
         relay_cpu * 100.0,
         bench_cpu * 100.0
     ));
+    if let Some(c) = counts {
+        t.note(store_counts("chat", &c));
+    }
     Ok(())
 }
 
@@ -493,7 +496,7 @@ pub async fn throughput(scale: &Scale, tmp: &Path, t: &mut Table) -> anyhow::Res
     let fsync_after = fsync_probe(tmp).await?;
     // The disk as it was during this section, not at the start of the run.
     let fsyncs = (fsync_before + fsync_after) / 2.0;
-    relay.stop().await;
+    let counts = relay.stop().await;
     std::fs::remove_dir_all(tmp.join("relay-throughput"))?;
 
     let delivered = (d1 - d0) as f64 / took;
@@ -534,5 +537,26 @@ pub async fn throughput(scale: &Scale, tmp: &Path, t: &mut Table) -> anyhow::Res
          and {fsync_after:.0} just after) is the batching group commit buys",
         scale.throughput_secs, scale.throughput_warmup_secs
     ));
+    if let Some(c) = counts {
+        t.note(store_counts("relay throughput", &c));
+    }
     Ok(())
+}
+
+/// What the relay's store did in a section: how many envelopes reached the
+/// disk, and how many were acknowledged before their batch was written.
+fn store_counts(section: &str, c: &crate::relay_proc::StoreCounts) -> String {
+    let all = c.written + c.taken_out;
+    let share = if all == 0 {
+        0.0
+    } else {
+        100.0 * c.taken_out as f64 / all as f64
+    };
+    format!(
+        "{section}: over the whole section the relay's store committed {} transactions \
+         writing {} envelopes; {} more ({share:.0}%) were acknowledged by their recipients \
+         before their batch began, so were answered Stored with that batch's commit without \
+         being written",
+        c.commits, c.written, c.taken_out
+    )
 }

@@ -4,7 +4,7 @@
 //! runs) with its defaults, on 127.0.0.1 with a free port. Apart from the
 //! bench's clients, it has its own RSS to read and its own file descriptors.
 //! It prints `ADDR KEYHEX` on one line and stops gracefully when its stdin
-//! closes.
+//! closes, then prints its store's counters (`COMMITS WRITTEN TAKEN_OUT`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,18 +32,36 @@ pub async fn child_main(dir: PathBuf) -> anyhow::Result<()> {
         .map(|b| format!("{b:02x}"))
         .collect();
     println!("{} {key}", relay.local_addr()?);
+    let maintenance = relay.maintenance();
     let stdin_closed = async {
         let mut stdin = tokio::io::stdin();
         let mut buf = [0u8; 64];
         while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
     };
     relay.run(stdin_closed).await?;
+    let c = maintenance.store_counters();
+    println!(
+        "{} {} {}",
+        c.commits, c.envelopes_written, c.envelopes_taken_out
+    );
     Ok(())
+}
+
+/// What a relay child's mailbox store did, printed as it stopped.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreCounts {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Envelopes written to disk.
+    pub written: u64,
+    /// Envelopes acknowledged by their recipients before they were written.
+    pub taken_out: u64,
 }
 
 /// A running relay child.
 pub struct RelayChild {
     child: Child,
+    stdout: BufReader<tokio::process::ChildStdout>,
     pid: String,
     /// Where it listens.
     pub addr: SocketAddr,
@@ -66,14 +84,11 @@ impl RelayChild {
             .spawn()
             .context("cannot start the relay child")?;
         let pid = child.id().context("relay child has no pid")?.to_string();
-        let stdout = child.stdout.take().context("no stdout")?;
+        let mut stdout = BufReader::new(child.stdout.take().context("no stdout")?);
         let mut line = String::new();
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            BufReader::new(stdout).read_line(&mut line),
-        )
-        .await
-        .context("relay child did not start within 30 s")??;
+        tokio::time::timeout(Duration::from_secs(30), stdout.read_line(&mut line))
+            .await
+            .context("relay child did not start within 30 s")??;
         let (addr, key) = line
             .trim()
             .split_once(' ')
@@ -86,6 +101,7 @@ impl RelayChild {
         }
         Ok(Self {
             child,
+            stdout,
             pid,
             addr,
             key: RelayKey::from_bytes(bytes),
@@ -112,15 +128,31 @@ impl RelayChild {
         reset_peak(&self.pid);
     }
 
-    /// Closes its stdin and waits for a graceful stop (killed after 20 s).
-    pub async fn stop(mut self) {
+    /// Closes its stdin and waits for a graceful stop (killed after 20 s);
+    /// returns its store's counters if it printed them.
+    pub async fn stop(mut self) -> Option<StoreCounts> {
         drop(self.child.stdin.take());
-        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+        let mut line = String::new();
+        let stopped = async {
+            let _ = self.stdout.read_line(&mut line).await;
+            self.child.wait().await
+        };
+        if tokio::time::timeout(Duration::from_secs(20), stopped)
             .await
             .is_err()
         {
             eprintln!("sotto-bench: the relay child did not stop in 20 s; killing it");
             let _ = self.child.kill().await;
+            return None;
+        }
+        let mut fields = line.split_whitespace().map(str::parse::<u64>);
+        match (fields.next(), fields.next(), fields.next()) {
+            (Some(Ok(commits)), Some(Ok(written)), Some(Ok(taken_out))) => Some(StoreCounts {
+                commits,
+                written,
+                taken_out,
+            }),
+            _ => None,
         }
     }
 }

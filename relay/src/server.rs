@@ -244,6 +244,11 @@ pub struct Collected {
 }
 
 impl Maintenance {
+    /// What the mailbox store has committed since the relay started.
+    pub fn store_counters(&self) -> crate::store::StoreCounters {
+        self.shared.store.counters()
+    }
+
     /// Deletes what has expired as of `now_unix`: envelopes and blobs alike.
     /// Runs every `gc_interval` on its own; a test passes a time in the future
     /// instead of waiting for it.

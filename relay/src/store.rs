@@ -36,7 +36,7 @@ mod tests;
 
 use std::fmt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -50,7 +50,7 @@ use codec::{
     META_FORMAT, META_NEXT_ID, USAGE,
 };
 use live::Feeds;
-use writer::{Change, Clock, Request, Writer, MAX_BATCH, QUEUE_DEPTH};
+use writer::{Change, Clock, Request, Writer, COMMIT_INTERVAL, MAX_BATCH, QUEUE_DEPTH};
 
 pub use live::{Feed, Taken};
 
@@ -140,6 +140,18 @@ impl BlobMeta {
     pub fn chunks(&self) -> u64 {
         sotto_crypto::file::chunk_count(self.size)
     }
+}
+
+/// Counts of [`Store::counters`], since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreCounters {
+    /// Write transactions committed (each one fsync).
+    pub commits: u64,
+    /// Envelopes written to disk by those transactions.
+    pub envelopes_written: u64,
+    /// Envelopes stored for their senders but never written: their
+    /// recipients acknowledged them before their transaction began.
+    pub envelopes_taken_out: u64,
 }
 
 /// The outcome of [`Store::begin_blob`].
@@ -291,7 +303,7 @@ struct Inner {
     /// and is never held across an `.await`.
     open: Mutex<Option<Open>>,
     limits: StoreLimits,
-    commits: Arc<AtomicU64>,
+    counters: Arc<writer::Counters>,
     feeds: Arc<Feeds>,
     space: crate::space::Space,
 }
@@ -318,13 +330,15 @@ impl Store {
     /// Opens the store at `path`, creating the file if it is missing, and
     /// starts its writer thread. Blocking: call it before serving.
     pub fn open(path: &Path, limits: StoreLimits) -> Result<Store, StoreError> {
-        Self::open_with_clock(path, limits, Arc::new(unix_now))
+        Self::open_with(path, limits, Arc::new(unix_now), COMMIT_INTERVAL)
     }
 
-    fn open_with_clock(
+    /// [`Store::open`] with the clock and the commit pacing chosen (tests).
+    fn open_with(
         path: &Path,
         limits: StoreLimits,
         clock: Clock,
+        interval: std::time::Duration,
     ) -> Result<Store, StoreError> {
         let db = Database::create(path)?;
         // Envelopes are pushed to live recipients before their batch commits,
@@ -334,7 +348,7 @@ impl Store {
         let next_id = prepare(&db)?.saturating_add(2 * MAX_BATCH as u64);
         let feeds = Feeds::new(next_id);
         let db: DbSlot = Arc::new(Mutex::new(Some(Arc::new(db))));
-        let commits = Arc::new(AtomicU64::new(0));
+        let counters = Arc::new(writer::Counters::default());
         let (requests, rx) = mpsc::channel(QUEUE_DEPTH);
         let space = crate::space::Space::new(
             path.parent().unwrap_or(Path::new(".")),
@@ -347,10 +361,12 @@ impl Store {
             limits: limits.clone(),
             next_id,
             clock,
-            commits: Arc::clone(&commits),
+            counters: Arc::clone(&counters),
             feeds: Arc::clone(&feeds),
             usage: std::collections::HashMap::new(),
             written_next_id: 0,
+            interval,
+            unwritten: std::collections::HashMap::new(),
             room: None,
         };
         let writer = std::thread::Builder::new()
@@ -366,7 +382,7 @@ impl Store {
                     writer,
                 })),
                 limits,
-                commits,
+                counters,
                 feeds,
                 space,
             }),
@@ -386,7 +402,17 @@ impl Store {
     /// Write transactions committed since the store was opened. Under load it
     /// is far below the number of writes: that is group commit at work.
     pub fn commits(&self) -> u64 {
-        self.inner.commits.load(Ordering::Relaxed)
+        self.inner.counters.commits.load(Ordering::Relaxed)
+    }
+
+    /// What the store has committed since it was opened.
+    pub fn counters(&self) -> StoreCounters {
+        let c = &self.inner.counters;
+        StoreCounters {
+            commits: c.commits.load(Ordering::Relaxed),
+            envelopes_written: c.written.load(Ordering::Relaxed),
+            envelopes_taken_out: c.taken_out.load(Ordering::Relaxed),
+        }
     }
 
     /// Stores `envelope` for `to` and returns its id, only once the write is
@@ -510,6 +536,7 @@ impl Store {
         self.submit(Request::Change(Change::Ack {
             owner: *owner.as_bytes(),
             ids,
+            cancelled: 0,
             reply,
         }))
         .await?;
@@ -566,7 +593,13 @@ impl Store {
         let joined = tokio::task::spawn_blocking(move || writer.join()).await;
         match joined {
             Ok(Ok(())) => {
-                tracing::debug!("mailbox store closed");
+                let c = self.counters();
+                tracing::info!(
+                    commits = c.commits,
+                    written = c.envelopes_written,
+                    taken_out = c.envelopes_taken_out,
+                    "mailbox store closed"
+                );
                 Ok(())
             }
             _ => Err(StoreError::Crashed),

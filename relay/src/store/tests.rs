@@ -29,10 +29,11 @@ fn open(dir: &TempDir, limits: StoreLimits) -> Store {
 fn open_at(dir: &TempDir, limits: StoreLimits) -> (Store, Arc<AtomicU64>) {
     let now = Arc::new(AtomicU64::new(1_000));
     let clock = Arc::clone(&now);
-    let store = Store::open_with_clock(
+    let store = Store::open_with(
         &db_path(dir),
         limits,
         Arc::new(move || clock.load(Ordering::SeqCst)),
+        super::COMMIT_INTERVAL,
     )
     .unwrap();
     (store, now)
@@ -909,4 +910,132 @@ async fn a_live_feed_that_overflows_catches_up_from_the_store_in_order() {
     assert_eq!(committing.await.unwrap(), next.id);
     let left = store.pending(bob, Some(last), 1000).await.unwrap();
     assert_eq!(ids(&left), sent[super::live::FEED_DEPTH..]);
+}
+
+/// A store whose batches start at most every `interval`, so that requests
+/// made one after another land in the same batch.
+fn open_paced(dir: &TempDir, interval: Duration) -> Store {
+    Store::open_with(
+        &db_path(dir),
+        StoreLimits::default(),
+        Arc::new(super::unix_now),
+        interval,
+    )
+    .unwrap()
+}
+
+/// A live feed of `to`'s empty mailbox, caught up (a new feed starts lagged).
+async fn live_feed(store: &Store, to: PublicKey) -> super::Feed {
+    let mut feed = store.subscribe(to);
+    assert!(feed.take().lagged);
+    let settled = feed.settled();
+    assert!(store.pending(to, None, 1).await.unwrap().is_empty());
+    assert!(feed.caught_up(settled));
+    feed
+}
+
+/// Waits until the feed has been handed `n` envelopes and returns them.
+async fn pushed_n(feed: &super::Feed, n: usize) -> Vec<super::Stored> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        got.extend(feed.take().pushed);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(got.len(), n, "more was pushed than expected");
+    got
+}
+
+/// Waits until the feed has been handed one envelope and returns it.
+async fn pushed(feed: &super::Feed) -> super::Stored {
+    pushed_n(feed, 1).await.remove(0)
+}
+
+#[tokio::test]
+async fn an_ack_before_the_write_takes_the_envelope_out_and_keeps_its_id_used() {
+    let dir = TempDir::new().unwrap();
+    let store = open_paced(&dir, Duration::from_secs(2));
+    let (bob, carol) = (key(2), key(3));
+    let feed = live_feed(&store, bob).await;
+    // The first batch starts at once and starts the interval.
+    let kept = store.enqueue(bob, b"kept".to_vec()).await.unwrap();
+    assert_eq!(pushed(&feed).await.id, kept);
+    let commits = store.commits();
+
+    // These wait for the next batch: an ack of one by its recipient takes it
+    // out, one by somebody else does not.
+    let first = store.enqueue_begin(bob, b"first".to_vec()).await.unwrap();
+    let second = store.enqueue_begin(bob, b"second".to_vec()).await.unwrap();
+    let [a, b]: [super::Stored; 2] = pushed_n(&feed, 2).await.try_into().unwrap();
+    assert_eq!(
+        (a.envelope.as_slice(), b.envelope.as_slice()),
+        (&b"first"[..], &b"second"[..])
+    );
+    let by_carol = store.ack_begin(carol, vec![a.id, b.id]).await.unwrap();
+    let by_bob = store.ack_begin(bob, vec![a.id]).await.unwrap();
+    assert_eq!(by_carol.await.unwrap(), 0);
+    assert_eq!(
+        by_bob.await.unwrap(),
+        1,
+        "the taken-out envelope counts as deleted"
+    );
+    // Its sender hears "stored" with the same commit as everyone else.
+    assert_eq!(first.await.unwrap(), a.id);
+    assert_eq!(second.await.unwrap(), b.id);
+    assert_eq!(store.commits(), commits + 1);
+
+    let left = store.pending(bob, None, 10).await.unwrap();
+    assert_eq!(ids(&left), vec![kept, b.id]);
+    let len = |s: &[u8]| u64::try_from(s.len()).unwrap();
+    assert_eq!(
+        store.usage(bob).await.unwrap(),
+        (2, len(b"kept") + len(b"second"))
+    );
+    // Acknowledging it again finds nothing.
+    assert_eq!(store.ack(bob, vec![a.id]).await.unwrap(), 0);
+    drop(feed);
+    store.close().await.unwrap();
+
+    // The id counter written with that batch covers the taken-out id.
+    let store = open(&dir, StoreLimits::default());
+    let later = store.enqueue(bob, b"later".to_vec()).await.unwrap();
+    assert!(later > b.id);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_batch_whose_envelopes_were_all_acknowledged_still_records_their_ids() {
+    let dir = TempDir::new().unwrap();
+    let store = open_paced(&dir, Duration::from_secs(2));
+    let bob = key(2);
+    let feed = live_feed(&store, bob).await;
+    store
+        .enqueue(bob, b"start the interval".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.ack(bob, vec![pushed(&feed).await.id]).await.unwrap(),
+        1
+    );
+
+    let commits = store.commits();
+    let sent = store.enqueue_begin(bob, b"gone".to_vec()).await.unwrap();
+    let gone = pushed(&feed).await;
+    assert_eq!(store.ack(bob, vec![gone.id]).await.unwrap(), 1);
+    assert_eq!(sent.await.unwrap(), gone.id);
+    assert_eq!(store.commits(), commits + 1, "the id counter was committed");
+    assert!(store.pending(bob, None, 10).await.unwrap().is_empty());
+    assert_eq!(store.usage(bob).await.unwrap(), (0, 0));
+    drop(feed);
+    store.close().await.unwrap();
+
+    let db = Database::create(db_path(&dir)).unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta = txn.open_table(META).unwrap();
+    let stored = meta.get(super::codec::META_NEXT_ID).unwrap().unwrap();
+    let next_id = u64::from_be_bytes(stored.value().try_into().unwrap());
+    assert!(
+        next_id > gone.id,
+        "next id {next_id} would give {} again",
+        gone.id
+    );
 }

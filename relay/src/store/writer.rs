@@ -16,6 +16,19 @@
 //! as soon as the commit ends. Other requests wait for that transaction, in
 //! arrival order, so an `Ack` of an admitted envelope comes after its insert.
 //!
+//! Commits are paced: a batch starts at most once per [`COMMIT_INTERVAL`]
+//! unless it is full. A lone message finds the last commit long past and is
+//! written at once; under load, requests gather for up to that interval, so
+//! a commit (redb's page writes, checksums and an fsync, the same cost for
+//! one envelope as for thousands) carries many. Nobody's delivery waits for
+//! it, only the sender's `Stored`.
+//!
+//! An `Ack` of an envelope that is admitted but not yet written takes it out
+//! of the next transaction instead of having it inserted and deleted again:
+//! the recipient has it, so the relay never needs it on disk. Its sender's
+//! `Stored` still comes with that transaction's commit, and the id counter
+//! that transaction writes covers its id, so no id is ever given twice.
+//!
 //! A request that fails on its own (a full mailbox) is answered with its error
 //! and changes nothing, so it cannot spoil the batch. A database error fails
 //! the whole batch: the transaction is dropped (rolled back) and every request
@@ -25,6 +38,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
@@ -44,6 +58,10 @@ use super::{BlobBegun, BlobMeta, BlobQuota, StoreError, StoreLimits, Stored};
 /// Envelopes admitted during a commit count too, so at most two batches of
 /// ids are ever handed out without being committed.
 pub(super) const MAX_BATCH: usize = 4096;
+
+/// The least time from the start of one batch to the start of the next,
+/// unless the next is full (see the module docs).
+pub(super) const COMMIT_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Requests that may wait for the writer before senders are made to wait too.
 pub(super) const QUEUE_DEPTH: usize = 2 * MAX_BATCH;
@@ -72,6 +90,8 @@ pub(super) enum Change {
     Ack {
         owner: Recipient,
         ids: Vec<u64>,
+        /// Envelopes of `ids` taken out before they were written.
+        cancelled: usize,
         reply: oneshot::Sender<Result<usize, StoreError>>,
     },
     Expire {
@@ -108,6 +128,8 @@ struct Admitted {
     received_at: u64,
     /// The stored value (`codec::encode_message`).
     value: Vec<u8>,
+    /// Acknowledged by its recipient before it was written: it will not be.
+    cancelled: bool,
     reply: oneshot::Sender<Result<u64, StoreError>>,
 }
 
@@ -170,6 +192,10 @@ struct Job {
     answers: Vec<Answer>,
     /// The first id not in this batch: everything below is settled after it.
     next_id: u64,
+    /// Envelopes this batch writes, and those it leaves out because their
+    /// recipient acknowledged them first.
+    written: u64,
+    taken_out: u64,
     done: oneshot::Sender<bool>,
 }
 
@@ -188,7 +214,7 @@ pub(super) struct Writer {
     /// The id the next enqueue gets.
     pub(super) next_id: u64,
     pub(super) clock: Clock,
-    pub(super) commits: Arc<AtomicU64>,
+    pub(super) counters: Arc<Counters>,
     /// Live recipients, handed each envelope as it gets its id.
     pub(super) feeds: Arc<Feeds>,
     /// Mailbox usage including every applied or admitted change; `dirty`
@@ -196,13 +222,20 @@ pub(super) struct Writer {
     pub(super) usage: HashMap<Recipient, Cached>,
     /// The id counter as last written to `meta`.
     pub(super) written_next_id: u64,
+    /// The least time between the starts of two batches.
+    pub(super) interval: Duration,
+    /// Where each envelope admitted for the next batch is in it, by id.
+    pub(super) unwritten: HashMap<u64, usize>,
 }
 
 impl Writer {
     /// Serves requests until every sender is gone (the store was closed or
     /// dropped), so everything queued before that is committed before it returns.
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
             Ok(rt) => rt,
             Err(err) => {
                 tracing::error!(error = %err, "mailbox store writer cannot wait for commits");
@@ -210,10 +243,10 @@ impl Writer {
             }
         };
         let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
-        let (commits, feeds) = (Arc::clone(&self.commits), Arc::clone(&self.feeds));
+        let (counters, feeds) = (Arc::clone(&self.counters), Arc::clone(&self.feeds));
         let committer = std::thread::Builder::new()
             .name("sotto-store-commit".into())
-            .spawn(move || commit_loop(job_rx, &commits, &feeds));
+            .spawn(move || commit_loop(job_rx, &counters, &feeds));
         let committer = match committer {
             Ok(handle) => handle,
             Err(err) => {
@@ -224,11 +257,18 @@ impl Writer {
         let mut next: Vec<Next> = Vec::with_capacity(MAX_BATCH);
         let mut committing: Option<oneshot::Receiver<bool>> = None;
         let mut open = true;
+        // When the next batch may start (see `COMMIT_INTERVAL`).
+        let mut due = Instant::now();
         loop {
-            // Gather (admitting envelopes) until no commit is running and
-            // there is something to apply.
-            while open && (committing.is_some() || next.is_empty()) {
+            // Gather (admitting envelopes) until no commit is running, there
+            // is something to apply, and the batch is due or full.
+            while open
+                && (committing.is_some()
+                    || next.is_empty()
+                    || (next.len() < MAX_BATCH && Instant::now() < due))
+            {
                 let room = next.len() < MAX_BATCH;
+                let waiting = committing.is_none() && !next.is_empty();
                 let event = runtime.block_on(async {
                     tokio::select! {
                         biased;
@@ -239,6 +279,7 @@ impl Writer {
                             }
                         }, if committing.is_some() => Event::Committed(ok),
                         r = rx.recv(), if room => Event::Request(r),
+                        () = tokio::time::sleep_until(due.into()), if waiting => Event::Due,
                     }
                 });
                 match event {
@@ -248,6 +289,7 @@ impl Writer {
                     }
                     Event::Request(Some(request)) => self.take(request, &mut next),
                     Event::Request(None) => open = false,
+                    Event::Due => {}
                 }
             }
             if let Some(done) = committing.take() {
@@ -266,6 +308,7 @@ impl Writer {
                 }
                 break;
             }
+            due = Instant::now() + self.interval;
             committing = self.run_batch(&mut next, &jobs);
         }
         drop(jobs);
@@ -283,17 +326,60 @@ impl Writer {
                 envelope,
                 reply,
             } => match self.admit(to, envelope) {
-                Ok((id, received_at, value)) => next.push(Next::Admitted(Admitted {
-                    to,
-                    id,
-                    received_at,
-                    value,
-                    reply,
-                })),
+                Ok((id, received_at, value)) => {
+                    self.unwritten.insert(id, next.len());
+                    next.push(Next::Admitted(Admitted {
+                        to,
+                        id,
+                        received_at,
+                        value,
+                        cancelled: false,
+                        reply,
+                    }));
+                }
                 Err(err) => drop(reply.send(Err(err))),
             },
+            Request::Change(Change::Ack {
+                owner,
+                mut ids,
+                cancelled,
+                reply,
+            }) => {
+                let before = ids.len();
+                ids.retain(|id| !self.cancel(&owner, *id, next));
+                next.push(Next::Change(Change::Ack {
+                    owner,
+                    cancelled: cancelled + (before - ids.len()),
+                    ids,
+                    reply,
+                }));
+            }
             Request::Change(change) => next.push(Next::Change(change)),
         }
+    }
+
+    /// Takes `owner`'s envelope `id` out of the next batch if it is waiting
+    /// there, unwritten, and gives its quota back; returns whether it did.
+    fn cancel(&mut self, owner: &Recipient, id: u64, next: &mut [Next]) -> bool {
+        let Some(&at) = self.unwritten.get(&id) else {
+            return false;
+        };
+        let Some(Next::Admitted(admitted)) = next.get_mut(at) else {
+            return false;
+        };
+        // Another recipient's id is not this owner's to acknowledge.
+        if admitted.id != id || admitted.to != *owner || admitted.cancelled {
+            return false;
+        }
+        let len = envelope_len(&admitted.value).unwrap_or(0);
+        admitted.cancelled = true;
+        admitted.value = Vec::new();
+        self.unwritten.remove(&id);
+        if let Some(cached) = self.usage.get_mut(owner) {
+            cached.usage = shrink(cached.usage, len);
+            cached.dirty = true;
+        }
+        true
     }
 
     /// Checks the quota, gives the envelope its id, counts it and hands it
@@ -377,6 +463,7 @@ impl Writer {
             "an earlier write failed; nothing was stored, try again".to_owned(),
         );
         let mut kept = Vec::with_capacity(next.len());
+        self.unwritten.clear();
         for item in next.drain(..) {
             match item {
                 admitted @ Next::Admitted(_) => admitted.fail(&err),
@@ -464,15 +551,18 @@ impl Writer {
         // during its commit.
         self.room = None;
         let mut answers = Vec::with_capacity(size);
+        self.unwritten.clear();
         let mut unapplied = next.drain(..);
         match self.apply(&mut unapplied, &mut answers) {
-            Ok(txn) => {
+            Ok((txn, counts)) => {
                 drop(unapplied);
                 let (done, committed) = oneshot::channel();
                 let job = Job {
                     txn,
                     answers,
                     next_id: self.next_id,
+                    written: counts.0,
+                    taken_out: counts.1,
                     done,
                 };
                 match jobs.send(job) {
@@ -511,7 +601,7 @@ impl Writer {
         &mut self,
         requests: &mut impl Iterator<Item = Next>,
         answers: &mut Vec<Answer>,
-    ) -> Result<Option<WriteTransaction>, StoreError> {
+    ) -> Result<(Option<WriteTransaction>, (u64, u64)), StoreError> {
         let db = self.database()?;
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate);
@@ -519,17 +609,35 @@ impl Writer {
         let write_id = (self.next_id != self.written_next_id).then_some(self.next_id);
         // A full disk refuses what would grow the store, never what shrinks it.
         let room = self.has_room();
+        // Envelopes written, and taken out before being written.
+        let mut counts = (0, 0);
         let changed = {
             let mut batch = Batch::open(&txn, &self.limits, &mut self.usage, now)?;
+            let mut ids_given = false;
             for request in requests {
+                match &request {
+                    Next::Admitted(a) if a.cancelled => counts.1 += 1,
+                    Next::Admitted(_) => counts.0 += 1,
+                    Next::Change(_) => {}
+                }
+                ids_given |= matches!(request, Next::Admitted(_));
                 let (answer, fatal) = match request {
+                    Next::Admitted(a) if a.cancelled => settle(Ok(Ok(a.id)), a.reply),
                     Next::Admitted(a) => {
                         let step = batch.insert(a.to, a.id, a.received_at, &a.value);
                         settle(step.map(|()| Ok(a.id)), a.reply)
                     }
-                    Next::Change(Change::Ack { owner, ids, reply }) => {
-                        settle(batch.ack(owner, ids), reply)
-                    }
+                    Next::Change(Change::Ack {
+                        owner,
+                        ids,
+                        cancelled,
+                        reply,
+                    }) => settle(
+                        batch
+                            .ack(owner, ids)
+                            .map(|deleted| deleted.map(|n| n + cancelled)),
+                        reply,
+                    ),
                     Next::Change(Change::Expire { now, reply }) => settle(batch.expire(now), reply),
                     Next::Change(Change::BlobBegin {
                         id,
@@ -560,16 +668,16 @@ impl Writer {
                     return Err(err);
                 }
             }
-            batch.finish(write_id)?
+            batch.finish(write_id, ids_given)?
         };
         if let Some(id) = write_id.filter(|_| changed) {
             self.written_next_id = id;
         }
         if !changed {
             txn.abort()?;
-            return Ok(None);
+            return Ok((None, counts));
         }
-        Ok(Some(txn))
+        Ok((Some(txn), counts))
     }
 }
 
@@ -577,18 +685,26 @@ impl Writer {
 enum Event {
     Committed(bool),
     Request(Option<Request>),
+    /// The pacing interval since the last batch began has passed.
+    Due,
 }
 
 /// The commit thread: commits each transaction, settles its ids for live
 /// feeds, answers its requests, then tells the writer.
-fn commit_loop(jobs: std::sync::mpsc::Receiver<Job>, commits: &AtomicU64, feeds: &Feeds) {
+fn commit_loop(jobs: std::sync::mpsc::Receiver<Job>, counters: &Counters, feeds: &Feeds) {
     for job in jobs {
         let outcome = match job.txn {
             None => Ok(()),
             Some(txn) => txn.commit().map_err(StoreError::from).map(|()| {
-                commits.fetch_add(1, Ordering::Relaxed);
+                counters.commits.fetch_add(1, Ordering::Relaxed);
             }),
         };
+        if outcome.is_ok() {
+            counters.written.fetch_add(job.written, Ordering::Relaxed);
+            counters
+                .taken_out
+                .fetch_add(job.taken_out, Ordering::Relaxed);
+        }
         feeds.settle(job.next_id);
         let failure = outcome.as_ref().err();
         if let Some(err) = failure {
@@ -643,6 +759,14 @@ fn settle<T: Send + 'static>(
             (Answer::new(reply, Err(err.clone())), Some(err))
         }
     }
+}
+
+/// What the store has done since it was opened, counted by the commit thread.
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) commits: AtomicU64,
+    pub(super) written: AtomicU64,
+    pub(super) taken_out: AtomicU64,
 }
 
 /// A mailbox's usage as the writer sees it; `dirty` until written back.
@@ -979,9 +1103,11 @@ impl<'t> Batch<'t> {
         Ok(Ok(deleted))
     }
 
-    /// Writes back changed usage rows and, given `write_id`, the id counter.
-    /// Returns whether the transaction changed anything.
-    fn finish(mut self, write_id: Option<u64>) -> Result<bool, Fatal> {
+    /// Writes back changed usage rows and, given `write_id`, the id counter
+    /// if anything changed or the batch gave out ids (even if all of their
+    /// envelopes were acknowledged before being written). Returns whether
+    /// the transaction changed anything.
+    fn finish(mut self, write_id: Option<u64>, ids_given: bool) -> Result<bool, Fatal> {
         for (recipient, cached) in self.usage.iter_mut() {
             if !cached.dirty {
                 continue;
@@ -1006,9 +1132,13 @@ impl<'t> Batch<'t> {
                     .insert(recipient, usage.encode().as_slice())?;
             }
         }
-        if let Some(next_id) = write_id.filter(|_| self.changed) {
+        // Ids were handed out since the counter was last written: it is
+        // written even if none of their envelopes is (all acknowledged before
+        // being written), since their recipients have seen those ids.
+        if let Some(next_id) = write_id.filter(|_| self.changed || ids_given) {
             self.meta
                 .insert(META_NEXT_ID, next_id.to_be_bytes().as_slice())?;
+            self.changed = true;
         }
         Ok(self.changed)
     }
