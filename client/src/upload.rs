@@ -1,9 +1,9 @@
 //! Sending a file: streamed from disk, sealed chunk by chunk, uploaded
 //! pipelined, resumable.
 //!
-//! A blocking thread reads the file in [`CHUNK_LEN`] pieces, hashes the
-//! plaintext (BLAKE3, for the offer), seals each chunk and hands it over a
-//! bounded channel to the connection, which sends chunks as they come without
+//! A blocking thread reads the file in [`CHUNK_LEN`] pieces and hashes the
+//! plaintext (BLAKE3, for the offer); a second one seals each chunk and hands
+//! it over a bounded channel to the connection, which sends chunks as they come without
 //! waiting for the relay between them. The channel's bound ([`IN_FLIGHT`]) and
 //! the link's own buffer are all the memory an upload takes, whatever the
 //! file's size; a full socket stalls the reader, not the other way round.
@@ -38,6 +38,9 @@ use crate::upload_state::{Fingerprint, UploadState};
 
 /// Sealed chunks queued between the reading thread and the connection.
 pub const IN_FLIGHT: usize = 32;
+
+/// Plaintext chunks read ahead of the sealing thread.
+const SEAL_AHEAD: usize = 4;
 
 /// Why sending a file failed.
 #[derive(Debug, thiserror::Error)]
@@ -224,14 +227,54 @@ fn joined<T>(r: Result<Result<T, UploadError>, tokio::task::JoinError>) -> Resul
 }
 
 /// Reads the whole file, hashing it; seals chunks `from..` and sends them to
-/// `tx` in order. Returns the hash. Runs on a blocking thread.
+/// `tx` in order. Returns the hash. Runs on a blocking thread, and seals on a
+/// second one: reading and hashing a chunk and sealing the one before run at
+/// once, so neither waits for the other.
 fn read_and_seal(
-    mut file: File,
+    file: File,
     path: &Path,
     expected: &Fingerprint,
     cipher: &ChunkCipher,
     from: u64,
     tx: &mpsc::Sender<SealedChunk>,
+) -> Result<[u8; 32], UploadError> {
+    let (plain_tx, plain_rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(SEAL_AHEAD);
+    std::thread::scope(|scope| {
+        let sealer = scope.spawn(move || -> Result<(), UploadError> {
+            for (index, mut buf) in plain_rx {
+                cipher
+                    .seal(index, &mut buf)
+                    .map_err(|source| UploadError::Seal {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                if tx.blocking_send(SealedChunk { index, data: buf }).is_err() {
+                    return Err(UploadError::Cancelled);
+                }
+            }
+            Ok(())
+        });
+        let read = read_and_hash(file, path, expected, from, &plain_tx);
+        // The sealer ends once it has sealed everything sent to it.
+        drop(plain_tx);
+        let sealed = sealer.join().unwrap_or(Err(UploadError::Cancelled));
+        match (read, sealed) {
+            // A reader that stopped because the sealer did has no news.
+            (Err(UploadError::Cancelled), Err(e)) => Err(e),
+            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+            (Ok(hash), Ok(())) => Ok(hash),
+        }
+    })
+}
+
+/// Reads the whole file, hashing it, and sends chunks `from..` to `sealer`
+/// in order. Returns the hash.
+fn read_and_hash(
+    mut file: File,
+    path: &Path,
+    expected: &Fingerprint,
+    from: u64,
+    sealer: &std::sync::mpsc::SyncSender<(u64, Vec<u8>)>,
 ) -> Result<[u8; 32], UploadError> {
     let changed = || UploadError::Changed(path.to_path_buf());
     let read_error = |source| UploadError::Read {
@@ -267,13 +310,7 @@ fn read_and_seal(
             // upload can complete.
             check_end(&mut file, path, expected)?;
         }
-        cipher
-            .seal(index, &mut buf)
-            .map_err(|source| UploadError::Seal {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        if tx.blocking_send(SealedChunk { index, data: buf }).is_err() {
+        if sealer.send((index, buf)).is_err() {
             return Err(UploadError::Cancelled);
         }
     }
