@@ -14,7 +14,7 @@ use sotto_keys::{RelayAddr, SecretKey};
 
 use crate::baseline::Baselines;
 use crate::relay_proc::RelayChild;
-use crate::report::{mbps, reset_peak, status_kib, Table, Verdict};
+use crate::report::{cpu_secs, mbps, reset_peak, status_kib, Table, Verdict};
 use crate::Scale;
 
 /// Peak RSS target while moving the file, KiB.
@@ -44,6 +44,7 @@ pub async fn measure(
 
     reset_peak("self");
     relay.reset_peak();
+    let cpu0 = (cpu_secs("self"), relay.cpu_secs());
     let started = Instant::now();
     let mut conn = relay_client::connect(&pin, &alice).await?;
     let source = upload::Source::inspect(&src)?;
@@ -51,6 +52,7 @@ pub async fn measure(
     let have = upload::begin(&mut conn, &bob.public(), &source, &state).await?;
     let hash = upload::send(&mut conn, &source, &state, have, &mut |_, _| {}).await?;
     let up = started.elapsed().as_secs_f64();
+    let cpu_up = (cpu_secs("self") - cpu0.0, relay.cpu_secs() - cpu0.1);
     conn.close().await;
     let client_up = status_kib("self", "VmHWM").unwrap_or(0);
     let relay_up = relay.peak_kib();
@@ -68,10 +70,12 @@ pub async fn measure(
     };
     reset_peak("self");
     relay.reset_peak();
+    let cpu0 = (cpu_secs("self"), relay.cpu_secs());
     let started = Instant::now();
     let mut conn = relay_client::connect(&pin, &bob).await?;
     let path = download::download(&mut conn, &out, &offer, &mut |_, _| {}).await?;
     let down = started.elapsed().as_secs_f64();
+    let cpu_down = (cpu_secs("self") - cpu0.0, relay.cpu_secs() - cpu0.1);
     conn.close().await;
     let client_down = status_kib("self", "VmHWM").unwrap_or(0);
     let relay_down = relay.peak_kib();
@@ -81,6 +85,7 @@ pub async fn measure(
     std::fs::remove_dir_all(tmp.join("relay-filedrop"))?;
 
     let mib = size >> 20;
+    let gib = size as f64 / f64::from(1u32 << 30);
     t.section(&format!("file drop, {mib} MiB, verified by the client"));
     let aead = base.aead_mbps;
     for (what, secs) in [
@@ -135,6 +140,20 @@ pub async fn measure(
          the source file was just written, so it is read from the page cache; the received file is \
          synced before it is published",
     );
+    t.note(format!(
+        "file drop: CPU used (cores' worth over the phase): upload client {:.0}% / relay {:.0}%, \
+         download client {:.0}% / relay {:.0}%; per GiB, upload {:.2} + {:.2} s and download \
+         {:.2} + {:.2} s of CPU (client + relay) on this machine's {} cores",
+        100.0 * cpu_up.0 / up,
+        100.0 * cpu_up.1 / up,
+        100.0 * cpu_down.0 / down,
+        100.0 * cpu_down.1 / down,
+        cpu_up.0 / gib,
+        cpu_up.1 / gib,
+        cpu_down.0 / gib,
+        cpu_down.1 / gib,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    ));
     Ok(())
 }
 

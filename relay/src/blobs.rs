@@ -579,13 +579,24 @@ impl BlobWriter {
     /// Writes sealed chunk `index` at its place. The caller has checked its
     /// length. Not durable until a [`BlobWriter::checkpoint`] covers it.
     pub async fn write(&self, index: u64, data: Vec<u8>) -> Result<(), BlobError> {
+        self.write_run(index, vec![data]).await
+    }
+
+    /// Writes sealed chunks `first, first + 1, …` at their places, in one trip
+    /// to the blocking pool and after one free-space check for all of them.
+    /// The caller has checked their lengths. Not durable until a
+    /// [`BlobWriter::checkpoint`] covers them.
+    pub async fn write_run(&self, first: u64, run: Vec<Vec<u8>>) -> Result<(), BlobError> {
         let file = Arc::clone(&self.file);
         let space = self.store.space().clone();
         blocking(move || {
-            let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
+            let len = run.iter().map(|data| data.len() as u64).sum();
             space.check(len).map_err(BlobError::OutOfSpace)?;
-            file.write_all_at(&data, sealed_offset(index))
-                .map_err(io_error("writing a chunk"))
+            for (index, data) in (first..).zip(&run) {
+                file.write_all_at(data, sealed_offset(index))
+                    .map_err(io_error("writing a chunk"))?;
+            }
+            Ok(())
         })
         .await
     }

@@ -40,7 +40,7 @@ pub(super) const MAX_UPLOADS: usize = 16;
 /// Downloads in progress at once on one connection.
 pub(super) const MAX_DOWNLOADS: usize = 16;
 /// Chunks queued for an upload's disk task before the reader waits.
-const UPLOAD_QUEUE: usize = 4;
+const UPLOAD_QUEUE: usize = 8;
 /// Chunks read per trip to the blocking pool by a download.
 const READ_BATCH: u64 = 4;
 /// Download chunks read but not yet written to the client, per connection.
@@ -472,8 +472,13 @@ impl Disk {
                 }
             };
             match next {
-                Some(ToDisk::Chunk(data)) => self.chunk(data).await?,
-                Some(ToDisk::Finish { req }) => return self.finish(req).await,
+                // Chunks queued behind it go to disk together: one trip to
+                // the blocking pool (and one free-space check) for all.
+                Some(next) => {
+                    if let Some(req) = self.queued(next, chunks).await? {
+                        return self.finish(req).await;
+                    }
+                }
                 None => {
                     // The connection is ending: keep every chunk received.
                     self.settle().await?;
@@ -491,18 +496,61 @@ impl Disk {
         }
     }
 
+    /// Writes `first` and the chunks queued behind it in one go; returns the
+    /// `req` of a `Finish` found among them (after writing what came first).
+    async fn queued(
+        &mut self,
+        first: ToDisk,
+        chunks: &mut mpsc::Receiver<ToDisk>,
+    ) -> Result<Option<u32>, BlobError> {
+        let mut run = Vec::new();
+        let mut finish = None;
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                ToDisk::Chunk(data) => run.push(data),
+                ToDisk::Finish { req } => {
+                    finish = Some(req);
+                    break;
+                }
+            }
+            if run.len() < UPLOAD_QUEUE {
+                next = chunks.try_recv().ok();
+            }
+        }
+        if !run.is_empty() {
+            self.write_run(run).await?;
+        }
+        Ok(finish)
+    }
+
     /// Writes the next chunk, and starts a checkpoint when one is due.
     async fn chunk(&mut self, data: Vec<u8>) -> Result<(), BlobError> {
-        self.writer.write(self.have, data).await?;
-        self.have += 1;
-        if self.have - self.durable >= self.checkpoint_every {
-            self.settle().await?;
-            self.durable = self.have;
-            self.checkpoint = Some(tokio::spawn(checkpoint(
-                Arc::clone(&self.writer),
-                self.have,
-                self.report.clone(),
-            )));
+        self.write_run(vec![data]).await
+    }
+
+    /// Writes consecutive chunks from the next index on, and starts a
+    /// checkpoint when one is due.
+    /// A run that crosses a checkpoint is split there, so checkpoints fall
+    /// every `checkpoint_every` chunks exactly.
+    async fn write_run(&mut self, mut run: Vec<Vec<u8>>) -> Result<(), BlobError> {
+        while !run.is_empty() {
+            let to_checkpoint = self.checkpoint_every - (self.have - self.durable);
+            let take = usize::try_from(to_checkpoint).map_or(run.len(), |n| n.min(run.len()));
+            let rest = run.split_off(take);
+            let n = u64::try_from(run.len()).unwrap_or(u64::MAX);
+            self.writer.write_run(self.have, run).await?;
+            self.have += n;
+            run = rest;
+            if self.have - self.durable >= self.checkpoint_every {
+                self.settle().await?;
+                self.durable = self.have;
+                self.checkpoint = Some(tokio::spawn(checkpoint(
+                    Arc::clone(&self.writer),
+                    self.have,
+                    self.report.clone(),
+                )));
+            }
         }
         Ok(())
     }
