@@ -240,20 +240,31 @@ fn read_and_seal(
 ) -> Result<[u8; 32], UploadError> {
     let (plain_tx, plain_rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(SEAL_AHEAD);
     std::thread::scope(|scope| {
-        let sealer = scope.spawn(move || -> Result<(), UploadError> {
-            for (index, mut buf) in plain_rx {
-                cipher
-                    .seal(index, &mut buf)
-                    .map_err(|source| UploadError::Seal {
-                        path: path.to_path_buf(),
-                        source,
-                    })?;
-                if tx.blocking_send(SealedChunk { index, data: buf }).is_err() {
-                    return Err(UploadError::Cancelled);
+        let sealer = std::thread::Builder::new()
+            .name("sotto-seal".into())
+            .spawn_scoped(scope, move || -> Result<(), UploadError> {
+                for (index, mut buf) in plain_rx {
+                    cipher
+                        .seal(index, &mut buf)
+                        .map_err(|source| UploadError::Seal {
+                            path: path.to_path_buf(),
+                            source,
+                        })?;
+                    if tx.blocking_send(SealedChunk { index, data: buf }).is_err() {
+                        return Err(UploadError::Cancelled);
+                    }
                 }
+                Ok(())
+            });
+        let sealer = match sealer {
+            Ok(sealer) => sealer,
+            Err(source) => {
+                return Err(UploadError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
             }
-            Ok(())
-        });
+        };
         let read = read_and_hash(file, path, expected, from, &plain_tx);
         // The sealer ends once it has sealed everything sent to it.
         drop(plain_tx);
