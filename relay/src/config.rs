@@ -34,6 +34,10 @@ pub struct RelayConfig {
     pub handshake_timeout: Duration,
     /// A connection silent for this long is closed (clients ping more often).
     pub idle_timeout: Duration,
+    /// A connection whose client takes nothing of what the relay sends it
+    /// for this long is closed: a client that stops reading must not hold
+    /// its connection, and what is queued for it, for ever.
+    pub write_timeout: Duration,
     /// How often expired mailbox entries are collected.
     pub gc_interval: Duration,
     /// Time allowed for in-flight work at shutdown.
@@ -60,6 +64,7 @@ impl RelayConfig {
             max_handshakes: 512,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
+            write_timeout: Duration::from_secs(60),
             gc_interval: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(10),
             mailbox: StoreLimits::default(),
@@ -138,6 +143,8 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    write_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
     gc_interval: Option<Duration>,
     allow: Option<Vec<PublicKey>>,
     #[serde(default)]
@@ -190,6 +197,7 @@ impl FileConfig {
             self.max_handshakes => cfg.max_handshakes,
             self.handshake_timeout => cfg.handshake_timeout,
             self.idle_timeout => cfg.idle_timeout,
+            self.write_timeout => cfg.write_timeout,
             self.gc_interval => cfg.gc_interval,
             self.mailbox.expiry => cfg.mailbox.expiry,
             self.mailbox.max_messages => cfg.mailbox.max_messages_per_recipient,
@@ -221,12 +229,13 @@ mod tests {
         let path = dir.path().join("relay.toml");
         std::fs::write(
             &path,
-            "listen = \"0.0.0.0:9000\"\nidle_timeout = \"90s\"\n[mailbox]\nexpiry = \"2days\"\nmax_messages = 5\n",
+            "listen = \"0.0.0.0:9000\"\nidle_timeout = \"90s\"\nwrite_timeout = \"45s\"\n[mailbox]\nexpiry = \"2days\"\nmax_messages = 5\n",
         )
         .unwrap();
         let cfg = RelayConfig::from_file(&path).unwrap();
         assert_eq!(cfg.listen.port(), 9000);
         assert_eq!(cfg.idle_timeout, Duration::from_secs(90));
+        assert_eq!(cfg.write_timeout, Duration::from_secs(45));
         assert_eq!(cfg.mailbox.expiry, Duration::from_secs(2 * 86400));
         assert_eq!(cfg.mailbox.max_messages_per_recipient, 5);
         assert_eq!(cfg.max_connections, RelayConfig::defaults().max_connections);

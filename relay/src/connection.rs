@@ -58,6 +58,8 @@ enum Closed {
     NotAllowed(PublicKey),
     #[error("idle for {0:?}")]
     Idle(std::time::Duration),
+    #[error("the client took nothing of what was sent to it for {0:?}")]
+    WriteStalled(std::time::Duration),
     #[error("{0}")]
     Link(#[from] LinkError),
     #[error("protocol violation: {0}")]
@@ -178,7 +180,7 @@ async fn run(
     debug!(client = %client.short(), "authenticated");
 
     let (tx, rx) = mpsc::channel(OUTBOX);
-    let writer = tokio::spawn(write_loop(writer, rx));
+    let writer = tokio::spawn(write_loop(writer, rx, shared.config.write_timeout));
     let mut session = Session {
         shared: shared.clone(),
         limit: shared.rate.connect(client),
@@ -219,7 +221,7 @@ async fn run(
     let written = writer.await;
     result?;
     match written {
-        Ok(Err(e)) => Err(e.into()),
+        Ok(Err(e)) => Err(e),
         _ => Ok(Some(client)),
     }
 }
@@ -255,6 +257,9 @@ impl Session {
                 loop {
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
+                        // The writer stopped (it reports why): nothing more
+                        // can reach the client, so stop reading too.
+                        _ = self.tx.closed() => return Ok(()),
                         r = &mut recv => break r,
                         (req, r) = next_stored(&mut self.storing), if !self.storing.is_empty() => {
                             if self.tx.send(stored_reply(req, r)?.into()).await.is_err() {
@@ -648,17 +653,30 @@ async fn forward(tx: &Outbox, after: &mut Option<u64>, m: crate::store::Stored) 
     tx.send(msg.into()).await.is_ok()
 }
 
+/// Writes what is queued for the client, one flush per burst. Every write
+/// must make progress within `stall`: a client that stops reading fills its
+/// socket, and then the connection is closed rather than held.
 async fn write_loop(
     mut w: LinkWriter<OwnedWriteHalf>,
     mut rx: mpsc::Receiver<Outgoing>,
-) -> Result<(), LinkError> {
+    stall: std::time::Duration,
+) -> Result<(), Closed> {
+    async fn within<T>(
+        stall: std::time::Duration,
+        write: impl Future<Output = Result<T, LinkError>>,
+    ) -> Result<T, Closed> {
+        match tokio::time::timeout(stall, write).await {
+            Ok(written) => Ok(written?),
+            Err(_) => Err(Closed::WriteStalled(stall)),
+        }
+    }
     while let Some(out) = rx.recv().await {
-        w.send(&out.msg).await?;
+        within(stall, w.send(&out.msg)).await?;
         // Everything already queued goes out with one flush.
         while let Ok(out) = rx.try_recv() {
-            w.send(&out.msg).await?;
+            within(stall, w.send(&out.msg)).await?;
         }
-        w.flush().await?;
+        within(stall, w.flush()).await?;
     }
-    w.shutdown().await
+    within(stall, w.shutdown()).await
 }

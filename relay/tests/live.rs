@@ -201,3 +201,82 @@ async fn notices_over_the_rate_limit_are_dropped() {
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_after_the_write_timeout_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RelayConfig::defaults();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.data_dir = dir.path().to_owned();
+    config.write_timeout = Duration::from_millis(500);
+    let relay = Relay::bind(config).await.unwrap();
+    let addr = relay.local_addr().unwrap();
+    let relay_key = relay.public_key();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(relay.run(async {
+        let _ = stopped.await;
+    }));
+    let (alice, bob) = (SecretKey::generate(), SecretKey::generate());
+
+    // More for Bob than the relay's queue and both socket buffers hold.
+    const N: u32 = 600;
+    const LEN: usize = 60_000;
+    let (mut alice_r, mut alice_w) = connect(addr, &alice, &relay_key).await;
+    for req in 0..N {
+        let envelope = vec![u8::try_from(req % 251).unwrap(); LEN];
+        alice_w
+            .send(&ClientMsg::Send {
+                req,
+                to: bob.public(),
+                envelope: ByteBuf::from(envelope),
+            })
+            .await
+            .unwrap();
+    }
+    alice_w.flush().await.unwrap();
+    for _ in 0..N {
+        assert!(matches!(recv(&mut alice_r).await, RelayMsg::Stored { .. }));
+    }
+
+    // Bob asks for his mailbox and then reads nothing for a while.
+    let (mut bob_r, mut bob_w) = connect(addr, &bob, &relay_key).await;
+    bob_w.send(&ClientMsg::Fetch { live: false }).await.unwrap();
+    bob_w.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // What was already in the sockets arrives, then the connection ends.
+    let mut delivered = 0;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(20), bob_r.recv::<RelayMsg>())
+            .await
+            .expect("the relay ends the connection");
+        match next {
+            Ok(Some(RelayMsg::Deliver { .. })) => delivered += 1,
+            Ok(Some(other)) => panic!("unexpected {other:?} from a stalled connection"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    assert!(
+        delivered < N,
+        "all {N} envelopes reached a client that stopped reading"
+    );
+
+    // Nothing was acknowledged, so nothing is lost: a reading client gets all.
+    let (mut r, mut w) = connect(addr, &bob, &relay_key).await;
+    w.send(&ClientMsg::Fetch { live: false }).await.unwrap();
+    w.flush().await.unwrap();
+    let mut again = 0;
+    loop {
+        match recv(&mut r).await {
+            RelayMsg::Deliver { envelope, .. } => {
+                assert_eq!(envelope.len(), LEN);
+                again += 1;
+            }
+            RelayMsg::Drained => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(again, N);
+
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+}
