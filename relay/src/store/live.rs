@@ -7,7 +7,8 @@
 //! sender was never told "stored" and sends the same bytes again, and the
 //! recipient's seen-store drops the duplicate. An `Ack` of a pushed envelope
 //! reaches the writer after the envelope's own enqueue (one queue, applied in
-//! order), so it deletes it even before the commit.
+//! order), so it deletes it even before the commit; if the envelope's batch
+//! has not begun yet, it is taken out of it and never written (see `writer`).
 //!
 //! Order: the writer pushes in id order, so a feed holds increasing ids. A
 //! feed is bounded; one that overflows is marked *lagged*: the writer stops
