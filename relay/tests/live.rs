@@ -35,22 +35,73 @@ async fn recv(r: &mut Reader) -> RelayMsg {
         .expect("the connection stays open")
 }
 
+/// The defaults, on a free port of 127.0.0.1, with data in `dir`.
+fn config(dir: &std::path::Path) -> RelayConfig {
+    let mut config = RelayConfig::defaults();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.data_dir = dir.to_owned();
+    config
+}
+
+/// A relay running in the background until [`Running::stop`].
+struct Running {
+    addr: std::net::SocketAddr,
+    key: sotto_keys::RelayKey,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), sotto_relay::RelayError>>,
+}
+
+impl Running {
+    async fn start(config: RelayConfig) -> Self {
+        let relay = Relay::bind(config).await.unwrap();
+        let (addr, key) = (relay.local_addr().unwrap(), relay.public_key());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(relay.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            key,
+            stop,
+            task,
+        }
+    }
+
+    async fn client(&self, me: &SecretKey) -> (Reader, Writer) {
+        connect(self.addr, me, &self.key).await
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Sends each of `envelopes` to `to` (reqs from 0) before reading anything.
+async fn send_all(
+    w: &mut Writer,
+    to: sotto_keys::PublicKey,
+    envelopes: impl Iterator<Item = Vec<u8>>,
+) {
+    for (req, envelope) in (0u32..).zip(envelopes) {
+        w.send(&ClientMsg::Send {
+            req,
+            to,
+            envelope: ByteBuf::from(envelope),
+        })
+        .await
+        .unwrap();
+    }
+    w.flush().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_sends_are_stored_delivered_live_in_order_and_early_acks_delete() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = RelayConfig::defaults();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.data_dir = dir.path().to_owned();
-    let relay = Relay::bind(config).await.unwrap();
-    let addr = relay.local_addr().unwrap();
-    let relay_key = relay.public_key();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(relay.run(async {
-        let _ = stopped.await;
-    }));
+    let relay = Running::start(config(dir.path())).await;
     let (alice, bob) = (SecretKey::generate(), SecretKey::generate());
 
-    let (mut bob_r, mut bob_w) = connect(addr, &bob, &relay_key).await;
+    let (mut bob_r, mut bob_w) = relay.client(&bob).await;
     bob_w.send(&ClientMsg::Fetch { live: true }).await.unwrap();
     bob_w.flush().await.unwrap();
     assert_eq!(recv(&mut bob_r).await, RelayMsg::Drained);
@@ -84,19 +135,9 @@ async fn pipelined_sends_are_stored_delivered_live_in_order_and_early_acks_delet
     });
 
     // Alice sends everything before reading a single answer.
-    let (mut alice_r, mut alice_w) = connect(addr, &alice, &relay_key).await;
-    for req in 0..N {
-        let envelope = format!("envelope {req}").into_bytes();
-        alice_w
-            .send(&ClientMsg::Send {
-                req,
-                to: bob.public(),
-                envelope: ByteBuf::from(envelope),
-            })
-            .await
-            .unwrap();
-    }
-    alice_w.flush().await.unwrap();
+    let (mut alice_r, mut alice_w) = relay.client(&alice).await;
+    let envelopes = (0..N).map(|req| format!("envelope {req}").into_bytes());
+    send_all(&mut alice_w, bob.public(), envelopes).await;
     let mut stored = BTreeSet::new();
     while stored.len() < N as usize {
         match recv(&mut alice_r).await {
@@ -115,36 +156,27 @@ async fn pipelined_sends_are_stored_delivered_live_in_order_and_early_acks_delet
     assert_eq!(deleted, N, "every early Ack deleted its envelope");
 
     // Nothing is left: a fresh fetch finds the mailbox empty.
-    let (mut r, mut w) = connect(addr, &bob, &relay_key).await;
+    let (mut r, mut w) = relay.client(&bob).await;
     w.send(&ClientMsg::Fetch { live: false }).await.unwrap();
     w.flush().await.unwrap();
     assert_eq!(recv(&mut r).await, RelayMsg::Drained);
 
-    stop.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    relay.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notices_over_the_rate_limit_are_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = RelayConfig::defaults();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.data_dir = dir.path().to_owned();
+    let mut config = config(dir.path());
     config.rate.envelopes_per_second = 1;
     config.rate.envelope_burst = 2;
-    let relay = Relay::bind(config).await.unwrap();
-    let addr = relay.local_addr().unwrap();
-    let relay_key = relay.public_key();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(relay.run(async {
-        let _ = stopped.await;
-    }));
+    let relay = Running::start(config).await;
     let (alice, bob, carol) = (
         SecretKey::generate(),
         SecretKey::generate(),
         SecretKey::generate(),
     );
-    let (mut bob_r, mut bob_w) = connect(addr, &bob, &relay_key).await;
+    let (mut bob_r, mut bob_w) = relay.client(&bob).await;
     bob_w.send(&ClientMsg::Fetch { live: true }).await.unwrap();
     bob_w.flush().await.unwrap();
     assert_eq!(recv(&mut bob_r).await, RelayMsg::Drained);
@@ -152,7 +184,7 @@ async fn notices_over_the_rate_limit_are_dropped() {
     // Fewer than bob's queue holds, so only the rate limit can drop any.
     const SENT: usize = 12;
     let started = std::time::Instant::now();
-    let (mut alice_r, mut alice_w) = connect(addr, &alice, &relay_key).await;
+    let (mut alice_r, mut alice_w) = relay.client(&alice).await;
     for i in 0..SENT {
         alice_w
             .send(&ClientMsg::Notify {
@@ -170,7 +202,7 @@ async fn notices_over_the_rate_limit_are_dropped() {
 
     // Carol's notice (her own bucket) is queued after alice's: once bob has
     // it, he has everything of alice's that was let through.
-    let (_carol_r, mut carol_w) = connect(addr, &carol, &relay_key).await;
+    let (_carol_r, mut carol_w) = relay.client(&carol).await;
     carol_w
         .send(&ClientMsg::Notify {
             to: bob.public(),
@@ -198,48 +230,29 @@ async fn notices_over_the_rate_limit_are_dropped() {
         "{from_alice} of {SENT} notices let through in {elapsed:?}"
     );
 
-    stop.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    relay.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_after_the_write_timeout_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = RelayConfig::defaults();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.data_dir = dir.path().to_owned();
+    let mut config = config(dir.path());
     config.write_timeout = Duration::from_millis(500);
-    let relay = Relay::bind(config).await.unwrap();
-    let addr = relay.local_addr().unwrap();
-    let relay_key = relay.public_key();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(relay.run(async {
-        let _ = stopped.await;
-    }));
+    let relay = Running::start(config).await;
     let (alice, bob) = (SecretKey::generate(), SecretKey::generate());
 
     // More for Bob than the relay's queue and both socket buffers hold.
     const N: u32 = 600;
     const LEN: usize = 60_000;
-    let (mut alice_r, mut alice_w) = connect(addr, &alice, &relay_key).await;
-    for req in 0..N {
-        let envelope = vec![u8::try_from(req % 251).unwrap(); LEN];
-        alice_w
-            .send(&ClientMsg::Send {
-                req,
-                to: bob.public(),
-                envelope: ByteBuf::from(envelope),
-            })
-            .await
-            .unwrap();
-    }
-    alice_w.flush().await.unwrap();
+    let (mut alice_r, mut alice_w) = relay.client(&alice).await;
+    let envelopes = (0..N).map(|req| vec![u8::try_from(req % 251).unwrap(); LEN]);
+    send_all(&mut alice_w, bob.public(), envelopes).await;
     for _ in 0..N {
         assert!(matches!(recv(&mut alice_r).await, RelayMsg::Stored { .. }));
     }
 
     // Bob asks for his mailbox and then reads nothing for a while.
-    let (mut bob_r, mut bob_w) = connect(addr, &bob, &relay_key).await;
+    let (mut bob_r, mut bob_w) = relay.client(&bob).await;
     bob_w.send(&ClientMsg::Fetch { live: false }).await.unwrap();
     bob_w.flush().await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -261,7 +274,7 @@ async fn a_client_that_stops_reading_is_closed_after_the_write_timeout_and_loses
     );
 
     // Nothing was acknowledged, so nothing is lost: a reading client gets all.
-    let (mut r, mut w) = connect(addr, &bob, &relay_key).await;
+    let (mut r, mut w) = relay.client(&bob).await;
     w.send(&ClientMsg::Fetch { live: false }).await.unwrap();
     w.flush().await.unwrap();
     let mut again = 0;
@@ -277,6 +290,5 @@ async fn a_client_that_stops_reading_is_closed_after_the_write_timeout_and_loses
     }
     assert_eq!(again, N);
 
-    stop.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    relay.stop().await;
 }
