@@ -407,11 +407,7 @@ impl Blobs {
         };
         let path = self.path(id);
         let file = blocking(move || match File::open(&path) {
-            Ok(file) => {
-                // Read front to back: a larger readahead (only advice).
-                let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
-                Ok(file)
-            }
+            Ok(file) => Ok(file),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 tracing::error!("a complete blob has no file");
                 Err(BlobError::Damaged)
@@ -610,15 +606,7 @@ impl BlobWriter {
     /// have been written.
     pub async fn checkpoint(&self, have: u64, complete: bool) -> Result<(), BlobError> {
         let file = Arc::clone(&self.file);
-        blocking(move || {
-            file.sync_data().map_err(io_error("syncing a blob"))?;
-            // Written and durable: the relay reads it again only when the
-            // recipient fetches it, perhaps days later, so its pages need not
-            // crowd the page cache meanwhile. Only advice: a failure is moot.
-            let _ = rustix::fs::fadvise(&*file, 0, None, rustix::fs::Advice::DontNeed);
-            Ok(())
-        })
-        .await?;
+        blocking(move || file.sync_data().map_err(io_error("syncing a blob"))).await?;
         self.store.update_blob(self.id, have, complete).await?;
         Ok(())
     }
