@@ -653,6 +653,45 @@ async fn forward(tx: &Outbox, after: &mut Option<u64>, m: crate::store::Stored) 
     tx.send(msg.into()).await.is_ok()
 }
 
+pin_project_lite::pin_project! {
+    /// A write that must make progress within `stall`. Its timer is started,
+    /// and boxed, only if the write has to wait: most go straight into the
+    /// link's buffer or the socket, and an idle connection's task is not made
+    /// larger by a timer it does not need (`tokio::time::timeout` keeps one
+    /// inline).
+    struct Within<F> {
+        #[pin]
+        write: F,
+        stall: std::time::Duration,
+        timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<F, T> Future for Within<F>
+where
+    F: Future<Output = Result<T, LinkError>>,
+{
+    type Output = Result<T, Closed>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        if let std::task::Poll::Ready(written) = this.write.poll(cx) {
+            return std::task::Poll::Ready(written.map_err(Closed::from));
+        }
+        let stall = *this.stall;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        timer
+            .as_mut()
+            .poll(cx)
+            .map(|()| Err(Closed::WriteStalled(stall)))
+    }
+}
+
 /// Writes what is queued for the client, one flush per burst. Every write
 /// must make progress within `stall`: a client that stops reading fills its
 /// socket, and then the connection is closed rather than held.
@@ -661,13 +700,11 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Outgoing>,
     stall: std::time::Duration,
 ) -> Result<(), Closed> {
-    async fn within<T>(
-        stall: std::time::Duration,
-        write: impl Future<Output = Result<T, LinkError>>,
-    ) -> Result<T, Closed> {
-        match tokio::time::timeout(stall, write).await {
-            Ok(written) => Ok(written?),
-            Err(_) => Err(Closed::WriteStalled(stall)),
+    fn within<F>(stall: std::time::Duration, write: F) -> Within<F> {
+        Within {
+            write,
+            stall,
+            timer: None,
         }
     }
     while let Some(out) = rx.recv().await {
