@@ -461,9 +461,8 @@ impl Disk {
                     // Whoever took over reads `have` once we let go: leave
                     // them every chunk already accepted from the client.
                     while let Ok(next) = chunks.try_recv() {
-                        match next {
-                            ToDisk::Chunk(data) => self.chunk(data).await?,
-                            ToDisk::Finish { req } => return self.finish(req).await,
+                        if let Some(req) = self.queued(next, chunks).await? {
+                            return self.finish(req).await;
                         }
                     }
                     self.settle().await?;
@@ -522,11 +521,6 @@ impl Disk {
             self.write_run(run).await?;
         }
         Ok(finish)
-    }
-
-    /// Writes the next chunk, and starts a checkpoint when one is due.
-    async fn chunk(&mut self, data: Vec<u8>) -> Result<(), BlobError> {
-        self.write_run(vec![data]).await
     }
 
     /// Writes consecutive chunks from the next index on, and starts a
