@@ -613,14 +613,12 @@ impl Writer {
         let mut counts = (0, 0);
         let changed = {
             let mut batch = Batch::open(&txn, &self.limits, &mut self.usage, now)?;
-            let mut ids_given = false;
             for request in requests {
                 match &request {
                     Next::Admitted(a) if a.cancelled => counts.1 += 1,
                     Next::Admitted(_) => counts.0 += 1,
                     Next::Change(_) => {}
                 }
-                ids_given |= matches!(request, Next::Admitted(_));
                 let (answer, fatal) = match request {
                     Next::Admitted(a) if a.cancelled => settle(Ok(Ok(a.id)), a.reply),
                     Next::Admitted(a) => {
@@ -668,7 +666,8 @@ impl Writer {
                     return Err(err);
                 }
             }
-            batch.finish(write_id, ids_given)?
+            // Every envelope of the batch, written or taken out, had an id.
+            batch.finish(write_id, counts != (0, 0))?
         };
         if let Some(id) = write_id.filter(|_| changed) {
             self.written_next_id = id;
