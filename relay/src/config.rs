@@ -138,13 +138,13 @@ struct FileConfig {
     data: Option<PathBuf>,
     max_connections: Option<usize>,
     max_handshakes: Option<usize>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "longer_than_zero")]
     handshake_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "longer_than_zero")]
     idle_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "longer_than_zero")]
     write_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "longer_than_zero")]
     gc_interval: Option<Duration>,
     allow: Option<Vec<PublicKey>>,
     #[serde(default)]
@@ -153,6 +153,20 @@ struct FileConfig {
     files: FilesFile,
     #[serde(default)]
     limits: LimitsFile,
+}
+
+/// A timeout or interval setting (humantime, e.g. `"90s"`) that must not be
+/// zero: a zero timeout would end every connection at its first wait, and a
+/// zero interval is none (the collector's timer refuses it). Refused where
+/// it is written, with the file and line.
+fn longer_than_zero<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    let value: Option<Duration> = humantime_serde::deserialize(deserializer)?;
+    if value.is_some_and(|d| d.is_zero()) {
+        return Err(serde::de::Error::custom("must be longer than zero"));
+    }
+    Ok(value)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -222,6 +236,26 @@ impl FileConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_timeouts_and_intervals_are_refused_with_a_line() {
+        for key in [
+            "handshake_timeout",
+            "idle_timeout",
+            "write_timeout",
+            "gc_interval",
+        ] {
+            let text = format!("listen = \"127.0.0.1:1\"\n{key} = \"0s\"\n");
+            let err = RelayConfig::from_toml(&text, Path::new("relay.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("relay.toml:2:"), "{err}");
+            assert!(err.contains("longer than zero"), "{err}");
+        }
+        let cfg =
+            RelayConfig::from_toml("gc_interval = \"1s\"\n", Path::new("relay.toml")).unwrap();
+        assert_eq!(cfg.gc_interval, Duration::from_secs(1));
+    }
 
     #[test]
     fn file_overrides_defaults_and_typos_are_refused_with_a_line() {
