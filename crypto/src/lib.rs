@@ -16,6 +16,8 @@
 //!   [`session::SessionStore`] that holds it all and saves it sealed;
 //! - [`file`](mod@file): file-drop chunks sealed with STREAM under a per-file
 //!   key, and the offer that carries that key to the recipient;
+//! - [`at_rest`]: the key and record format that seal the client's local
+//!   files (session state, offers, history) under its identity;
 //! - [`error`]: the error types. Crypto failures say "decryption failed" and no more.
 //!
 //! Every decoder here takes untrusted bytes and returns an error, never panics,
@@ -23,6 +25,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod at_rest;
 pub mod envelope;
 pub mod error;
 pub mod file;

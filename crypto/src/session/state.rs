@@ -9,19 +9,15 @@
 
 use std::collections::BTreeMap;
 
-use blake2::digest::consts::U32;
-use blake2::digest::{KeyInit, Mac};
-use blake2::Blake2bMac;
-use chacha20poly1305::{AeadInPlace, XChaCha20Poly1305, XNonce};
-use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use sotto_keys::{PublicKey, SecretKey};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use super::{
     Peer, SessionConfig, SessionStore, MAX_PENDING_PER_PEER, MAX_SEEN_PER_PEER,
     MAX_SESSIONS_PER_PEER,
 };
+use crate::at_rest::{AtRestError, AtRestKey};
 use crate::envelope::BUCKETS;
 use crate::error::SessionStateError;
 
@@ -32,8 +28,6 @@ pub const MAX_STATE_LEN: usize = 64 << 20;
 /// The first bytes of a sealed state.
 const SEALED_MAGIC: &[u8; 15] = b"sotto-sessions\0";
 const SEALED_HEADER_LEN: usize = SEALED_MAGIC.len() + 1;
-const NONCE_LEN: usize = 24;
-const TAG_LEN: usize = 16;
 /// What the sealing key is derived for: BLAKE2b-256 keyed with the identity
 /// secret, over this label.
 const STATE_KEY_LABEL: &[u8] = b"sotto session state key v1";
@@ -62,18 +56,8 @@ fn sealed_header() -> [u8; SEALED_HEADER_LEN] {
     h
 }
 
-fn state_key(me: &SecretKey) -> Result<XChaCha20Poly1305, SessionStateError> {
-    let secret = me.to_bytes();
-    let mut mac = <Blake2bMac<U32> as KeyInit>::new_from_slice(secret.as_ref())
-        .map_err(|_| SessionStateError::Internal)?;
-    Mac::update(&mut mac, STATE_KEY_LABEL);
-    let mut out = mac.finalize().into_bytes();
-    let key = Zeroizing::new(<[u8; 32]>::from(out));
-    out.as_mut_slice().zeroize();
-    // The AEAD object wipes its copy of the key when dropped.
-    Ok(<XChaCha20Poly1305 as chacha20poly1305::KeyInit>::new(
-        key.as_ref().into(),
-    ))
+fn state_key(me: &SecretKey) -> Result<AtRestKey, SessionStateError> {
+    AtRestKey::derive(me, STATE_KEY_LABEL).map_err(|_| SessionStateError::Internal)
 }
 
 impl SessionStore {
@@ -176,17 +160,12 @@ impl SessionStore {
         }
         let plain = self.encode()?;
         let header = sealed_header();
-        let mut nonce = [0u8; NONCE_LEN];
-        OsRng.fill_bytes(&mut nonce);
-        let mut out = Vec::with_capacity(SEALED_HEADER_LEN + NONCE_LEN + plain.len() + TAG_LEN);
-        out.extend_from_slice(&header);
-        out.extend_from_slice(&nonce);
-        let start = out.len();
-        out.extend_from_slice(&plain);
-        let tag = state_key(me)?
-            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &header, &mut out[start..])
+        let sealed = state_key(me)?
+            .seal(&header, &plain)
             .map_err(|_| SessionStateError::Internal)?;
-        out.extend_from_slice(&tag);
+        let mut out = Vec::with_capacity(SEALED_HEADER_LEN + sealed.len());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&sealed);
         Ok(out)
     }
 
@@ -213,18 +192,10 @@ impl SessionStore {
                 header[SEALED_MAGIC.len()],
             ));
         }
-        let (nonce, rest) = rest
-            .split_first_chunk::<NONCE_LEN>()
-            .ok_or(SessionStateError::Decrypt)?;
-        let body_len = rest
-            .len()
-            .checked_sub(TAG_LEN)
-            .ok_or(SessionStateError::Decrypt)?;
-        let (ciphertext, tag) = rest.split_at(body_len);
-        let mut plain = Zeroizing::new(ciphertext.to_vec());
-        state_key(me)?
-            .decrypt_in_place_detached(XNonce::from_slice(nonce), header, &mut plain, tag.into())
-            .map_err(|_| SessionStateError::Decrypt)?;
+        let plain = state_key(me)?.open(header, rest).map_err(|e| match e {
+            AtRestError::Decrypt => SessionStateError::Decrypt,
+            _ => SessionStateError::Internal,
+        })?;
         let store = Self::decode(&plain, config)?;
         if store.owner != me.public() {
             return Err(SessionStateError::WrongIdentity);
