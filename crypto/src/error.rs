@@ -96,16 +96,26 @@ pub enum EnvelopeError {
     /// The Noise library refused a local operation.
     #[error("internal crypto error")]
     Internal,
-    /// A session envelope that was opened before (a re-delivery or a replay),
-    /// or one so far behind the newest of its session that it can no longer be
-    /// told apart from one. Nothing to show.
-    #[error("envelope already received, or too old to tell")]
+    /// A session envelope that was opened lately (a re-delivery or a
+    /// replay), or an init already answered. Nothing to show.
+    #[error("envelope already received")]
     Replayed,
-    /// A session envelope whose session is not (or no longer) in the store:
-    /// its keys were erased after their grace period, or the sender holds
-    /// session state this store never had (a lost or older copy of it).
-    #[error("no session for this envelope: its keys were erased or never held here")]
+    /// A session envelope whose session this store never held: the sender
+    /// holds session state this store lacks (this store is an older copy, a
+    /// restored backup), or the envelope is garbage.
+    #[error("no session for this envelope: this home never held it")]
     UnknownSession,
+    /// A session envelope whose session this store held with `peer` and has
+    /// erased. Either the peer's state is older than its keys' erasure (its
+    /// home restored from an old backup) and what it sent cannot be read, or
+    /// an old envelope was delivered again. Not authenticated: anyone who saw
+    /// the session id can name it. [`crate::session::SessionStore::restart`]
+    /// starts a new session with the peer.
+    #[error("sealed on a session whose keys were erased here")]
+    ErasedSession {
+        /// The peer the erased session was with.
+        peer: PublicKey,
+    },
 }
 
 /// A failure saving or restoring the session store (`sessions` file).

@@ -11,8 +11,8 @@
 //! - [`envelope`]: end-to-end envelopes client->client, sealed with Noise `X`
 //!   to the recipient's static key, padded to size buckets;
 //! - [`session`]: forward-secret sessions between two clients (envelope kinds
-//!   2 to 4): a Noise `IK` handshake carried in envelopes, explicit-nonce
-//!   transport with a replay window, renewal, erasure, and the
+//!   2 to 4): a Noise `IK` handshake carried in envelopes, transport
+//!   messages under random nonces, renewal, erasure, and the
 //!   [`session::SessionStore`] that holds it all and saves it sealed;
 //! - [`file`](mod@file): file-drop chunks sealed with STREAM under a per-file
 //!   key, and the offer that carries that key to the recipient;

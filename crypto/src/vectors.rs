@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::ChaCha20Poly1305;
+use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305};
 use serde_bytes::ByteBuf;
 use sotto_keys::{keyfile, safety_number, Invite, Passphrase, PublicKey, RelayKey, SecretKey};
 use tokio::io::AsyncWrite;
@@ -768,10 +768,17 @@ fn padded(body: Option<&Body>) -> Vec<u8> {
 }
 
 /// A Noise transport nonce (Noise §12.3): 4 zero bytes, the counter u64 LE.
-fn noise_nonce(n: u64) -> [u8; 12] {
-    let mut nonce = [0u8; 12];
-    nonce[4..].copy_from_slice(&n.to_le_bytes());
-    nonce
+/// XChaCha20-Poly1305, as a session transport message is sealed (§8.2).
+fn raw_xseal(key: &[u8; 32], nonce: &[u8; 24], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    XChaCha20Poly1305::new(key.into())
+        .encrypt(
+            nonce.into(),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .expect("seal")
 }
 
 #[test]
@@ -796,8 +803,9 @@ fn session_envelopes() {
         .expect("seal the init");
     v.expect_hex("init", &init.envelope);
 
-    // Bob reads it and writes the bare accept: a kind 3 at nonce 0.
+    // Bob reads it and writes the bare accept: a kind 3.
     session::fixed::push_ephemeral(v.array("responder_ephemeral_secret"));
+    session::fixed::push_nonce(v.array("accept_nonce"));
     let got = b
         .open(&bob, &init.envelope, now, |_| true)
         .expect("open the init");
@@ -808,15 +816,16 @@ fn session_envelopes() {
     let accept = got.reply.expect("a bare accept");
     v.expect_hex("accept", &accept);
 
-    // Bob writes before Alice has answered: still a kind 3, at nonce 1.
+    // Bob writes before Alice has answered: still a kind 3.
     let second = session_body(&v, "reply");
+    session::fixed::push_nonce(v.array("reply_nonce"));
     let reply = b
         .seal_to(&bob, &alice.public(), &second, now)
         .expect("seal the reply");
     v.expect_hex("reply", &reply.envelope);
 
     // Alice completes the handshake with the accept, reads the reply, and
-    // then writes a kind 4 at nonce 0.
+    // then writes a kind 4.
     let got = a
         .open(&alice, &accept, now, |_| true)
         .expect("open the accept");
@@ -832,6 +841,7 @@ fn session_envelopes() {
         "the reply does not open to `reply.*`",
     );
     let third = session_body(&v, "message");
+    session::fixed::push_nonce(v.array("message_nonce"));
     let message = a
         .seal_to(&alice, &bob.public(), &third, now)
         .expect("seal the message");
@@ -887,8 +897,9 @@ fn session_envelopes() {
         "`init` does not carry the initiator's key",
     );
 
-    // Kinds 3 and 4: the transport ciphertext is ChaCha20-Poly1305 under the
-    // sender's split key, nonce 00000000 | n (u64 LE), empty associated data.
+    // Kinds 3 and 4: the transport ciphertext is XChaCha20-Poly1305 under the
+    // sender's split key, with the envelope's 24-byte nonce, the envelope's
+    // bytes before the nonce as associated data.
     let doc_accept = v.hex("accept");
     let doc_reply = v.hex("reply");
     let doc_message = v.hex("message");
@@ -896,19 +907,20 @@ fn session_envelopes() {
         doc_accept.len() > 66 && doc_reply.len() > 66 && doc_accept[18..66] == doc_reply[18..66];
     v.check(msg2_ok, "`accept` and `reply` carry different IK message 2");
     let cases = [
-        (&doc_accept, 3u8, 66usize, 0u64, r2i, None),
-        (&doc_reply, 3, 66, 1, r2i, Some(&second)),
-        (&doc_message, 4, 18, 0, i2r, Some(&third)),
+        (&doc_accept, 3u8, 66usize, "accept_nonce", r2i, None),
+        (&doc_reply, 3, 66, "reply_nonce", r2i, Some(&second)),
+        (&doc_message, 4, 18, "message_nonce", i2r, Some(&third)),
     ];
-    for (doc, kind, nonce_at, n, key, body) in cases {
-        let ok = doc.len() > nonce_at + 8
+    for (doc, kind, nonce_at, nonce_field, key, body) in cases {
+        let nonce: [u8; 24] = v.array(nonce_field);
+        let ok = doc.len() > nonce_at + 24
             && doc[..2] == [1, kind]
             && doc[2..18] == id
-            && doc[nonce_at..nonce_at + 8] == n.to_le_bytes()
-            && doc[nonce_at + 8..] == raw_seal(&key, &noise_nonce(n), &[], &padded(body));
+            && doc[nonce_at..nonce_at + 24] == nonce
+            && doc[nonce_at + 24..] == raw_xseal(&key, &nonce, &doc[..nonce_at], &padded(body));
         v.check(
             ok,
-            &format!("a kind {kind} envelope at nonce {n} is not laid out as documented"),
+            &format!("the kind {kind} envelope with `{nonce_field}` is not laid out as documented"),
         );
     }
     v.finish();

@@ -3,7 +3,8 @@
 //! Parsing checks every length against the layout before anything is
 //! decrypted or allocated; what it returns borrows from the envelope.
 
-use super::noise::{MSG1_OVERHEAD, MSG2_LEN, TAG_LEN};
+use super::noise::{MSG1_OVERHEAD, MSG2_LEN};
+use super::transport::{Nonce, NONCE_LEN, TAG_LEN};
 use super::SessionId;
 use crate::envelope::{
     BUCKETS, ENVELOPE_VERSION, KIND_SESSION_ACCEPT, KIND_SESSION_INIT, KIND_SESSION_MESSAGE,
@@ -13,15 +14,20 @@ use crate::error::EnvelopeError;
 const HEADER_LEN: usize = 2;
 const ID_LEN: usize = 16;
 const TIME_LEN: usize = 8;
-const NONCE_LEN: usize = 8;
 const MAX_NOISE_MSG: usize = 65_535;
 
 /// Where message 1 starts in a kind 2 envelope.
 pub(crate) const INIT_MSG1_AT: usize = HEADER_LEN + ID_LEN + TIME_LEN;
+/// Where the nonce starts in a kind 3 envelope; the bytes before it are the
+/// transport message's associated data.
+pub(crate) const ACCEPT_NONCE_AT: usize = HEADER_LEN + ID_LEN + MSG2_LEN;
 /// Where the transport ciphertext starts in a kind 3 envelope.
-pub(crate) const ACCEPT_CIPHERTEXT_AT: usize = HEADER_LEN + ID_LEN + MSG2_LEN + NONCE_LEN;
+pub(crate) const ACCEPT_CIPHERTEXT_AT: usize = ACCEPT_NONCE_AT + NONCE_LEN;
+/// Where the nonce starts in a kind 4 envelope; the bytes before it are the
+/// transport message's associated data.
+pub(crate) const MESSAGE_NONCE_AT: usize = HEADER_LEN + ID_LEN;
 /// Where the transport ciphertext starts in a kind 4 envelope.
-pub(crate) const MESSAGE_CIPHERTEXT_AT: usize = HEADER_LEN + ID_LEN + NONCE_LEN;
+pub(crate) const MESSAGE_CIPHERTEXT_AT: usize = MESSAGE_NONCE_AT + NONCE_LEN;
 
 /// A parsed kind 2 envelope.
 pub(crate) struct Init<'a> {
@@ -34,14 +40,20 @@ pub(crate) struct Init<'a> {
 pub(crate) struct Accept<'a> {
     pub(crate) id: SessionId,
     pub(crate) msg2: &'a [u8; MSG2_LEN],
-    pub(crate) nonce: u64,
-    pub(crate) ciphertext: &'a [u8],
+    pub(crate) transport: Transport<'a>,
 }
 
 /// A parsed kind 4 envelope.
 pub(crate) struct Message<'a> {
     pub(crate) id: SessionId,
-    pub(crate) nonce: u64,
+    pub(crate) transport: Transport<'a>,
+}
+
+/// The transport message of a kind 3 or 4 envelope.
+pub(crate) struct Transport<'a> {
+    /// The envelope's bytes before the nonce, bound into the AEAD.
+    pub(crate) ad: &'a [u8],
+    pub(crate) nonce: &'a Nonce,
     pub(crate) ciphertext: &'a [u8],
 }
 
@@ -83,34 +95,25 @@ pub(crate) fn init(id: &SessionId, created_at_ms: u64, msg1: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `01 03 | session id (16) | message 2 (48) | nonce (u64 LE) | ciphertext`.
-pub(crate) fn accept(
-    id: &SessionId,
-    msg2: &[u8; MSG2_LEN],
-    nonce: u64,
-    ciphertext: &[u8],
-) -> Vec<u8> {
-    let mut out = header(
-        KIND_SESSION_ACCEPT,
-        id,
-        ACCEPT_CIPHERTEXT_AT + ciphertext.len(),
-    );
+/// `01 03 | session id (16) | message 2 (48)`: a kind 3 envelope up to its
+/// nonce, and the associated data of its transport message.
+pub(crate) fn accept_head(id: &SessionId, msg2: &[u8; MSG2_LEN], capacity: usize) -> Vec<u8> {
+    let mut out = header(KIND_SESSION_ACCEPT, id, ACCEPT_CIPHERTEXT_AT + capacity);
     out.extend_from_slice(msg2);
-    out.extend_from_slice(&nonce.to_le_bytes());
-    out.extend_from_slice(ciphertext);
     out
 }
 
-/// `01 04 | session id (16) | nonce (u64 LE) | ciphertext`.
-pub(crate) fn message(id: &SessionId, nonce: u64, ciphertext: &[u8]) -> Vec<u8> {
-    let mut out = header(
-        KIND_SESSION_MESSAGE,
-        id,
-        MESSAGE_CIPHERTEXT_AT + ciphertext.len(),
-    );
-    out.extend_from_slice(&nonce.to_le_bytes());
-    out.extend_from_slice(ciphertext);
-    out
+/// `01 04 | session id (16)`: a kind 4 envelope up to its nonce, and the
+/// associated data of its transport message.
+pub(crate) fn message_head(id: &SessionId, capacity: usize) -> Vec<u8> {
+    header(KIND_SESSION_MESSAGE, id, MESSAGE_CIPHERTEXT_AT + capacity)
+}
+
+/// Completes a head with `nonce (24) | ciphertext`.
+pub(crate) fn finish(mut head: Vec<u8>, nonce: &Nonce, ciphertext: &[u8]) -> Vec<u8> {
+    head.extend_from_slice(nonce);
+    head.extend_from_slice(ciphertext);
+    head
 }
 
 /// Parses the part of a kind 2 envelope after its 2-byte header.
@@ -127,35 +130,49 @@ pub(crate) fn parse_init(rest: &[u8]) -> Result<Init<'_>, EnvelopeError> {
     })
 }
 
-/// Parses the part of a kind 3 envelope after its 2-byte header.
-pub(crate) fn parse_accept(rest: &[u8]) -> Result<Accept<'_>, EnvelopeError> {
-    let (id, rest) = split_id(rest)?;
-    let (msg2, rest) = rest
-        .split_first_chunk::<MSG2_LEN>()
+/// The transport message at `at` (its nonce) of a whole `envelope`.
+fn transport_at(envelope: &[u8], at: usize) -> Result<Transport<'_>, EnvelopeError> {
+    let (ad, rest) = envelope
+        .split_at_checked(at)
         .ok_or(EnvelopeError::Malformed("shorter than its header"))?;
-    let (nonce, ciphertext) = split_u64(rest)?;
+    let (nonce, ciphertext) = rest
+        .split_first_chunk::<NONCE_LEN>()
+        .ok_or(EnvelopeError::Malformed("shorter than its header"))?;
     if !holds_a_bucket(ciphertext.len(), TAG_LEN) {
         return Err(EnvelopeError::Decrypt);
     }
-    Ok(Accept {
-        id,
-        msg2,
+    Ok(Transport {
+        ad,
         nonce,
         ciphertext,
     })
 }
 
-/// Parses the part of a kind 4 envelope after its 2-byte header.
-pub(crate) fn parse_message(rest: &[u8]) -> Result<Message<'_>, EnvelopeError> {
+/// Parses a whole kind 3 envelope (its 2-byte header already checked).
+pub(crate) fn parse_accept(envelope: &[u8]) -> Result<Accept<'_>, EnvelopeError> {
+    let rest = envelope
+        .get(HEADER_LEN..)
+        .ok_or(EnvelopeError::Malformed("shorter than its header"))?;
     let (id, rest) = split_id(rest)?;
-    let (nonce, ciphertext) = split_u64(rest)?;
-    if !holds_a_bucket(ciphertext.len(), TAG_LEN) {
-        return Err(EnvelopeError::Decrypt);
-    }
+    let (msg2, _) = rest
+        .split_first_chunk::<MSG2_LEN>()
+        .ok_or(EnvelopeError::Malformed("shorter than its header"))?;
+    Ok(Accept {
+        id,
+        msg2,
+        transport: transport_at(envelope, ACCEPT_NONCE_AT)?,
+    })
+}
+
+/// Parses a whole kind 4 envelope (its 2-byte header already checked).
+pub(crate) fn parse_message(envelope: &[u8]) -> Result<Message<'_>, EnvelopeError> {
+    let rest = envelope
+        .get(HEADER_LEN..)
+        .ok_or(EnvelopeError::Malformed("shorter than its header"))?;
+    let (id, _) = split_id(rest)?;
     Ok(Message {
         id,
-        nonce,
-        ciphertext,
+        transport: transport_at(envelope, MESSAGE_NONCE_AT)?,
     })
 }
 
@@ -177,30 +194,38 @@ mod tests {
         );
 
         let msg2 = [9u8; MSG2_LEN];
+        let nonce = [4u8; NONCE_LEN];
         let ct = vec![5u8; 1024 + TAG_LEN];
-        let env = accept(&id, &msg2, 77, &ct);
+        let env = finish(accept_head(&id, &msg2, ct.len()), &nonce, &ct);
+        assert_eq!(env.len(), ACCEPT_CIPHERTEXT_AT + ct.len());
         assert_eq!(&env[..2], &[1, 3]);
-        let p = parse_accept(&env[2..]).unwrap();
+        let p = parse_accept(&env).unwrap();
+        assert_eq!((p.id, p.msg2), (id, &msg2));
         assert_eq!(
-            (p.id, p.msg2, p.nonce, p.ciphertext),
-            (id, &msg2, 77, &ct[..])
+            (p.transport.ad, p.transport.nonce, p.transport.ciphertext),
+            (&env[..ACCEPT_NONCE_AT], &nonce, &ct[..])
         );
 
-        let env = message(&id, u64::MAX, &ct);
+        let env = finish(message_head(&id, ct.len()), &nonce, &ct);
         assert_eq!(&env[..2], &[1, 4]);
-        let p = parse_message(&env[2..]).unwrap();
-        assert_eq!((p.id, p.nonce, p.ciphertext), (id, u64::MAX, &ct[..]));
+        let p = parse_message(&env).unwrap();
+        assert_eq!(p.id, id);
+        assert_eq!(
+            (p.transport.ad, p.transport.nonce, p.transport.ciphertext),
+            (&env[..MESSAGE_NONCE_AT], &nonce, &ct[..])
+        );
     }
 
     #[test]
     fn lengths_off_a_bucket_are_refused_before_decrypting() {
         let id = SessionId([3; 16]);
-        let env = message(&id, 1, &[0u8; 256 + TAG_LEN + 1]);
-        assert!(parse_message(&env[2..]).is_err());
-        let env = message(&id, 1, &[0u8; 255 + TAG_LEN]);
-        assert!(parse_message(&env[2..]).is_err());
-        assert!(parse_message(&[0u8; 23]).is_err());
-        assert!(parse_accept(&[0u8; 71]).is_err());
+        let nonce = [0u8; NONCE_LEN];
+        let env = finish(message_head(&id, 0), &nonce, &[0u8; 256 + TAG_LEN + 1]);
+        assert!(parse_message(&env).is_err());
+        let env = finish(message_head(&id, 0), &nonce, &[0u8; 255 + TAG_LEN]);
+        assert!(parse_message(&env).is_err());
+        assert!(parse_message(&[1u8, 4].repeat(20)).is_err());
+        assert!(parse_accept(&[0u8; ACCEPT_CIPHERTEXT_AT - 1]).is_err());
         assert!(parse_init(&[0u8; 23]).is_err());
     }
 }

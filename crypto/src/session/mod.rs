@@ -22,10 +22,14 @@
 //! ```
 //!
 //! Prologue: `"sotto envelope v1 kind 2"` (24 ASCII bytes) `| session id (16)
-//! | created_at_ms (u64 LE)`, the two fields from the kind 2 header. The
-//! transport that follows is snow's *stateless* transport: every transport
-//! message carries its 64-bit nonce explicitly, so envelopes may arrive late,
-//! out of order or twice (Noise §11.4).
+//! | created_at_ms (u64 LE)`, the two fields from the kind 2 header. After
+//! message 2 both sides split (Noise §5.2): the first key seals initiator ->
+//! responder, the second responder -> initiator. Every transport message is
+//! then sealed with XChaCha20-Poly1305 under the sender's split key and a
+//! fresh random 192-bit nonce carried in the clear (`transport`), so envelopes
+//! may arrive late, out of order or twice (Noise §11.4), and no state is needed
+//! to keep nonces unique: a restored, copied or crashed state cannot make a
+//! sender use a nonce twice (§7). There is no rekey; sessions are renewed.
 //!
 //! **Why `IK` and not `KK`.** Both end in the same tokens (`ee`, `se` after
 //! `es`, `ss`) and give the same payload properties (Noise §7.7: message 1
@@ -42,8 +46,8 @@
 //!
 //! ```text
 //! kind 2, init:    01 02 | session id (16) | created_at_ms (u64 LE) | IK message 1 (96 + P)
-//! kind 3, accept:  01 03 | session id (16) | IK message 2 (48) | nonce (u64 LE) | transport (P + 16)
-//! kind 4, message: 01 04 | session id (16) | nonce (u64 LE) | transport (P + 16)
+//! kind 3, accept:  01 03 | session id (16) | IK message 2 (48) | nonce (24) | transport (P + 16)
+//! kind 4, message: 01 04 | session id (16) | nonce (24) | transport (P + 16)
 //! ```
 //!
 //! `P` is a padded plaintext of PROTOCOL §7.3 (`u32 LE length | body | zeros`,
@@ -60,16 +64,17 @@
 //!   the clear like the id; both sides measure a session's age from it, and
 //!   their clocks must agree to within `init_lifetime / 2` for sessions to
 //!   start (otherwise messages still flow, as kinds 1 and 2).
-//! - The **transport** ciphertext is Noise `ENCRYPT(k, nonce, "", P)`, `k` the
-//!   sender's split key. In a kind 3 envelope, message 2 is the responder's
+//! - The **transport** ciphertext is XChaCha20-Poly1305 `(k, nonce, ad, P)`,
+//!   `k` the sender's split key, `nonce` the envelope's 24 random bytes, `ad`
+//!   the envelope's bytes before the nonce (`01 03 | id | message 2`, or
+//!   `01 04 | id`). In a kind 3 envelope, message 2 is the responder's
 //!   handshake reply, the same 48 bytes in every kind 3 of a session (see §3).
 //! - Binding: version, session id and timestamp are in the prologue, so they
-//!   are bound into every key of the session; the nonce is the AEAD nonce. The
-//!   only unbound choice is kind 3 versus kind 4 for one transport message;
-//!   re-framing one as the other yields the same (session, nonce), which the
-//!   replay window shows once.
-//! - Sizes: kind 2 is `122 + P`, kind 3 `90 + P`, kind 4 `42 + P` bytes, so the
-//!   largest envelope is now a kind 2 of 65,561 bytes
+//!   are bound into every key of the session; version, kind, session id and
+//!   (kind 3) message 2 are the associated data of each transport message, so
+//!   a transport message cannot be re-framed as another kind or session.
+//! - Sizes: kind 2 is `122 + P`, kind 3 `106 + P`, kind 4 `58 + P` bytes, so
+//!   the largest envelope is a kind 2 of 65,561 bytes
 //!   ([`crate::envelope::MAX_ENVELOPE_LEN`]).
 //!
 //! # 3. State machine, per peer
@@ -120,12 +125,17 @@
 //!   establish the session (it becomes current, confirmed), open the
 //!   transport message; on a session this side initiated, check that message 2
 //!   is the one it was completed with, then open the transport message;
-//! - kind 4: open on the session, through its replay window; confirms a
-//!   responder session.
+//! - kind 4: open on the session; confirms a responder session.
 //!
-//! Every receiving direction has a **replay window** ([`window::WINDOW`] =
-//! 1,024 nonces ending at the highest opened): a nonce seen before, or below
-//! the window, is refused ([`EnvelopeError::Replayed`]). A replayed init is
+//! Every receiving direction remembers the last [`RECENT_NONCES`] (128) nonces
+//! it opened and refuses those again ([`EnvelopeError::Replayed`]); a nonce it
+//! has not seen is never refused, so an envelope that was never opened (a file
+//! offer left on the relay, a message that could not be printed) opens however
+//! many came after it. A replay older than what is remembered opens again and
+//! is shown once all the same: the client deduplicates bodies by sender and
+//! message id (PROTOCOL §7.6). A kind 3 or 4 for a session this side erased
+//! is refused as [`EnvelopeError::ErasedSession`], naming the peer; one for a
+//! session never held as [`EnvelopeError::UnknownSession`]. A replayed init is
 //! refused by its remembered id (kept until `created_at_ms + init_lifetime`),
 //! and one older than `init_lifetime / 2` starts no session at all, so an old
 //! recorded init can never make a responder build a session its initiator has
@@ -176,20 +186,47 @@
 //! ```
 //!
 //! A session is saved as its two split keys (snow's
-//! `dangerously_get_raw_split`, the same `Split()` the handshake would hand its
-//! transport) and restored into a snow `StatelessTransportState` by finishing a
-//! throwaway in-memory `NN` handshake and replacing both keys with
-//! `rekey_manually`; sessions go through that path when they are established
-//! too (`noise::transport`). A pending init is saved as its ephemeral private
-//! key and padded payload; snow cannot save a handshake, so it is rebuilt by
-//! writing message 1 again with that ephemeral key (byte-identical, so no key
-//! covers two plaintexts) before reading message 2. A restored store resumes
-//! every send counter [`RESTART_NONCE_SKIP`] (64) nonces further on, so a crash between sealing and
-//! saving cannot make it reuse a nonce unless it lost more than 64 seals;
-//! the client must still save the store *before* sending what it sealed, or a
-//! crash can lose the pending init an answer will need.
+//! `dangerously_get_raw_split`, the very `Split()` of the handshake), its
+//! message count, its recent nonces and its times. A pending init is saved as
+//! its ephemeral private key and padded payload; snow cannot save a handshake,
+//! so it is rebuilt by writing message 1 again with that ephemeral key
+//! (byte-identical, so no key covers two plaintexts) before reading message
+//! 2. No send counter is saved: nonces are random. The client must still save
+//! the store *before* sending what it sealed, or a crash can lose the pending
+//! init an answer will need. Version 1 states (counted nonces) are read and
+//! rewritten as version 2.
 //!
-//! # 7. What forward secrecy covers
+//! # 7. Restored and copied state
+//!
+//! A client's state file can go back in time: restored from a backup, copied
+//! to another machine, or saved before a crash lost its latest changes. Three
+//! rules keep that safe and keep messages flowing:
+//!
+//! - **No nonce is used twice**, by construction: every transport nonce is
+//!   drawn at random from 192 bits, whatever the file says.
+//! - **A peer that went back is answered where it is.** Each session remembers
+//!   the earliest date (by the peer's own clock, `sent_at_ms` of the bodies)
+//!   of what the peer sent on it. An honest single copy of a peer never seals
+//!   on a session again once it has sealed on a later one; so a body on an
+//!   older session dated after the peer's first body on a later one means the
+//!   peer's state went back. That older session, which the peer still holds,
+//!   becomes current again (its successors superseded as of now, kept for
+//!   their grace period), and [`Received::peer_went_back`] says so.
+//! - **A session erased here is named, and replaced.** The ids (never the
+//!   keys) of erased sessions are remembered `init_lifetime`, at most 64 per
+//!   peer. An envelope on one cannot be opened, but it is refused as
+//!   [`EnvelopeError::ErasedSession`] with the peer it was with, and
+//!   [`SessionStore::restart`] stops sealing on the current session and sends
+//!   a bare init, so what either side sends next opens on the other (until
+//!   the answer, this side's messages go as one-shots). That refusal is not
+//!   authenticated (anyone who saw the id can send garbage under it): it
+//!   costs at most one new session per `renew_after`.
+//!
+//! What cannot be recovered: an envelope sealed on a session the receiver has
+//! erased, or never held (a receiver whose own state went back), is lost; the
+//! client says so, and the sender must send it again.
+//!
+//! # 8. What forward secrecy covers
 //!
 //! Against someone who records envelopes and later steals both static keys
 //! (and the saved state, which opens with the identity key):
@@ -215,10 +252,11 @@
 
 mod layout;
 mod noise;
+mod replay;
 mod state;
 #[cfg(test)]
 mod tests;
-pub mod window;
+mod transport;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -226,7 +264,6 @@ use std::time::{Duration, SystemTime};
 
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
-use snow::StatelessTransportState;
 use sotto_keys::{PublicKey, SecretKey};
 use zeroize::Zeroizing;
 
@@ -235,13 +272,15 @@ use crate::envelope::{
     KIND_SESSION_ACCEPT, KIND_SESSION_INIT, KIND_SESSION_MESSAGE,
 };
 use crate::error::EnvelopeError;
-use noise::{CipherKey, SplitKeys, MSG2_LEN, TAG_LEN};
-use window::ReplayWindow;
+use noise::{CipherKey, SplitKeys, MSG2_LEN};
+use replay::RecentNonces;
+use transport::TAG_LEN;
 
 #[cfg(test)]
 pub(crate) use noise::prologue as vector_prologue;
 pub use noise::{SESSION_NOISE_PARAMS, SESSION_PROLOGUE_LABEL};
-pub use state::{MAX_STATE_LEN, RESTART_NONCE_SKIP, STATE_VERSION};
+pub use replay::RECENT as RECENT_NONCES;
+pub use state::{MAX_STATE_LEN, STATE_VERSION};
 
 /// A test seam for the known-answer vectors of docs/PROTOCOL.md
 /// (`crate::vectors`): values queued here replace, first in first out, the
@@ -257,6 +296,7 @@ pub(crate) mod fixed {
     thread_local! {
         static IDS: RefCell<VecDeque<[u8; 16]>> = RefCell::default();
         static EPHEMERALS: RefCell<VecDeque<[u8; 32]>> = RefCell::default();
+        static NONCES: RefCell<VecDeque<[u8; 24]>> = RefCell::default();
     }
 
     /// Queues the id of the next session this thread starts.
@@ -267,6 +307,15 @@ pub(crate) mod fixed {
     /// Queues the next ephemeral private key this thread's handshakes use.
     pub(crate) fn push_ephemeral(e: [u8; 32]) {
         EPHEMERALS.with(|q| q.borrow_mut().push_back(e));
+    }
+
+    /// Queues the nonce of the next transport message this thread seals.
+    pub(crate) fn push_nonce(n: [u8; 24]) {
+        NONCES.with(|q| q.borrow_mut().push_back(n));
+    }
+
+    pub(super) fn nonce() -> Option<[u8; 24]> {
+        NONCES.with(|q| q.borrow_mut().pop_front())
     }
 
     pub(super) fn id() -> Option<[u8; 16]> {
@@ -284,6 +333,8 @@ pub const MAX_SESSIONS_PER_PEER: usize = 8;
 pub const MAX_PENDING_PER_PEER: usize = 4;
 /// At most this many seen init ids are remembered per peer.
 const MAX_SEEN_PER_PEER: usize = 64;
+/// At most this many erased sessions' ids are remembered per peer.
+const MAX_ERASED_PER_PEER: usize = 64;
 
 /// When sessions are renewed and erased. Policy, not state: not saved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,6 +395,12 @@ pub struct Received {
     /// An envelope to send back to `sender`: the bare accept of a session this
     /// init started. Optional, but it completes the handshake sooner.
     pub reply: Option<Vec<u8>>,
+    /// The sender sealed this on an older session after it had already
+    /// sealed on a newer one: its session state went back in time (its home
+    /// restored from a backup, or a copy of it in use elsewhere). The older
+    /// session, which the sender still holds, is current again (module
+    /// documentation, §7).
+    pub peer_went_back: bool,
 }
 
 /// A session's name in its envelopes: 16 random bytes chosen by the initiator.
@@ -369,16 +426,15 @@ struct Session {
     /// against them by the initiator.
     #[serde(with = "serde_bytes")]
     accept: [u8; MSG2_LEN],
-    /// The nonce of the next transport message this side sends.
-    next_nonce: u64,
     /// Transport messages this side has sealed on the session (for renewal).
     sent: u64,
-    window: ReplayWindow,
+    /// The nonces of the transport messages opened lately.
+    recent: RecentNonces,
+    /// The earliest date (the peer's own clock) of a body the peer sent on
+    /// this session: what tells that the peer's state went back (§7).
+    peer_first_sent_ms: Option<u64>,
     confirmed_at_ms: Option<u64>,
     superseded_at_ms: Option<u64>,
-    /// Built from `keys` when first needed.
-    #[serde(skip)]
-    transport: Option<StatelessTransportState>,
 }
 
 /// An init this side sent and has had no answer to. Zeroized on drop.
@@ -397,11 +453,20 @@ struct SeenInit {
     forget_at_ms: u64,
 }
 
+/// The id of a session whose keys were erased: no key, only a name, so that
+/// an envelope on it can be told from one on a session never held (§7).
+#[derive(Serialize, Deserialize)]
+struct ErasedSession {
+    id: SessionId,
+    forget_at_ms: u64,
+}
+
 #[derive(Default, Serialize, Deserialize)]
 struct Peer {
     sessions: Vec<Session>,
     pending: Vec<PendingInit>,
     seen: Vec<SeenInit>,
+    erased: Vec<ErasedSession>,
 }
 
 /// Every session of one identity with its peers. Pure state: no I/O, no
@@ -463,20 +528,27 @@ impl Session {
             created_at_ms,
             keys,
             accept,
-            next_nonce: 0,
             sent: 0,
-            window: ReplayWindow::default(),
+            recent: RecentNonces::default(),
+            peer_first_sent_ms: None,
             confirmed_at_ms: None,
             superseded_at_ms: None,
-            transport: None,
         }
     }
 
-    fn transport(&mut self) -> Result<&StatelessTransportState, EnvelopeError> {
-        if self.transport.is_none() {
-            self.transport = Some(noise::transport(self.role, &self.keys)?);
+    /// This side's key of `Split()`: the initiator seals with the first.
+    fn sending_key(&self) -> &[u8; 32] {
+        match self.role {
+            Role::Initiator => &self.keys.initiator,
+            Role::Responder => &self.keys.responder,
         }
-        self.transport.as_ref().ok_or(EnvelopeError::Internal)
+    }
+
+    fn receiving_key(&self) -> &[u8; 32] {
+        match self.role {
+            Role::Initiator => &self.keys.responder,
+            Role::Responder => &self.keys.initiator,
+        }
     }
 
     fn age(&self, now: u64) -> u64 {
@@ -492,49 +564,51 @@ impl Session {
         self.sent >= config.renew_after_messages || self.age(now) >= renew_after
     }
 
-    /// Seals `padded` as the next transport message: kind 3 while this side
-    /// is a responder the initiator has not yet been seen to complete, kind 4
-    /// otherwise.
+    /// Seals `padded` as a transport message under a fresh random nonce:
+    /// kind 3 while this side is a responder the initiator has not yet been
+    /// seen to complete, kind 4 otherwise.
     fn seal(&mut self, padded: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
-        let nonce = self.next_nonce;
-        // 2^64 - 1 is reserved by Noise (§5.1); unreachable, sessions renew long before.
-        let next = nonce
-            .checked_add(1)
-            .filter(|n| *n < u64::MAX)
-            .ok_or(EnvelopeError::Internal)?;
-        let mut ciphertext = vec![0u8; padded.len() + TAG_LEN];
-        let n = self
-            .transport()?
-            .write_message(nonce, padded, &mut ciphertext)
-            .map_err(|_| EnvelopeError::Internal)?;
-        ciphertext.truncate(n);
-        self.next_nonce = next;
+        let capacity = padded.len() + TAG_LEN;
+        let head = match (self.role, self.confirmed_at_ms) {
+            (Role::Responder, None) => layout::accept_head(&self.id, &self.accept, capacity),
+            _ => layout::message_head(&self.id, capacity),
+        };
+        let nonce = transport::fresh_nonce();
+        let ciphertext = transport::seal(self.sending_key(), &nonce, &head, padded)?;
         self.sent = self.sent.saturating_add(1);
-        Ok(match (self.role, self.confirmed_at_ms) {
-            (Role::Responder, None) => layout::accept(&self.id, &self.accept, nonce, &ciphertext),
-            _ => layout::message(&self.id, nonce, &ciphertext),
-        })
+        Ok(layout::finish(head, &nonce, &ciphertext))
     }
 
-    /// Opens a transport message through the replay window; the window moves
-    /// only for a message that authenticated.
-    fn open(&mut self, nonce: u64, ciphertext: &[u8]) -> Result<Option<Body>, EnvelopeError> {
-        self.window
-            .check(nonce)
-            .map_err(|_| EnvelopeError::Replayed)?;
-        let mut padded = Zeroizing::new(vec![0u8; ciphertext.len()]);
-        let n = self
-            .transport()?
-            .read_message(nonce, ciphertext, &mut padded)
-            .map_err(|_| EnvelopeError::Decrypt)?;
-        self.window.mark(nonce);
-        body_of(&padded[..n])
+    /// Opens a transport message unless its nonce was opened lately; the
+    /// nonce is remembered only once the message authenticated.
+    fn open(&mut self, message: &layout::Transport<'_>) -> Result<Option<Body>, EnvelopeError> {
+        if self.recent.contains(message.nonce) {
+            return Err(EnvelopeError::Replayed);
+        }
+        let padded = transport::open(
+            self.receiving_key(),
+            message.nonce,
+            message.ad,
+            message.ciphertext,
+        )?;
+        self.recent.insert(*message.nonce);
+        let body = body_of(&padded)?;
+        if let Some(body) = &body {
+            let first = self
+                .peer_first_sent_ms
+                .map_or(body.sent_at_ms, |t| t.min(body.sent_at_ms));
+            self.peer_first_sent_ms = Some(first);
+        }
+        Ok(body)
     }
 }
 
 impl Peer {
     fn is_empty(&self) -> bool {
-        self.sessions.is_empty() && self.pending.is_empty() && self.seen.is_empty()
+        self.sessions.is_empty()
+            && self.pending.is_empty()
+            && self.seen.is_empty()
+            && self.erased.is_empty()
     }
 
     fn has_fresh_pending(&self, now: u64, config: &SessionConfig) -> bool {
@@ -556,6 +630,7 @@ impl Peer {
         self.sessions.iter().any(|s| s.id == *id)
             || self.pending.iter().any(|p| p.id == *id)
             || self.seen.iter().any(|s| s.id == *id)
+            || self.erased.iter().any(|e| e.id == *id)
     }
 
     fn remember(&mut self, id: SessionId, forget_at_ms: u64) {
@@ -566,14 +641,48 @@ impl Peer {
     }
 
     /// Makes `session` current.
-    fn push(&mut self, session: Session, now: u64) {
+    fn push(&mut self, session: Session, now: u64, config: &SessionConfig) {
         if let Some(current) = self.sessions.last_mut() {
             current.superseded_at_ms.get_or_insert(now);
         }
         self.sessions.push(session);
         if self.sessions.len() > MAX_SESSIONS_PER_PEER {
-            self.sessions.remove(0);
+            let oldest = self.sessions.remove(0);
+            self.bury(oldest.id, now, config);
         }
+    }
+
+    /// Remembers the id of a session whose keys are being erased.
+    fn bury(&mut self, id: SessionId, now: u64, config: &SessionConfig) {
+        let forget_at_ms = now.saturating_add(millis(config.init_lifetime));
+        self.erased.push(ErasedSession { id, forget_at_ms });
+        if self.erased.len() > MAX_ERASED_PER_PEER {
+            self.erased.remove(0);
+        }
+    }
+
+    /// Whether the peer sealed a body dated `sent_at_ms` (its clock) on
+    /// `sessions[at]` after it had already sealed on a later session: an
+    /// honest single copy of the peer's state never goes back to a session
+    /// once it has moved on (§7).
+    fn went_back(&self, at: usize, sent_at_ms: u64) -> bool {
+        self.sessions
+            .get(at + 1..)
+            .unwrap_or_default()
+            .iter()
+            .any(|later| later.peer_first_sent_ms.is_some_and(|t| sent_at_ms > t))
+    }
+
+    /// Makes `sessions[at]`, which the peer has just been seen to seal on,
+    /// current again; the sessions after it are superseded as of `now`.
+    fn reactivate(&mut self, at: usize, now: u64, config: &SessionConfig) {
+        if at >= self.sessions.len() {
+            return;
+        }
+        let mut session = self.sessions.remove(at);
+        session.superseded_at_ms = None;
+        session.confirmed_at_ms = Some(now);
+        self.push(session, now, config);
     }
 
     fn erase_expired(&mut self, now: u64, config: &SessionConfig) {
@@ -603,9 +712,19 @@ impl Peer {
                 hard.min(soft)
             })
             .collect();
+        self.erased.retain(|e| now < e.forget_at_ms);
+        let mut gone = Vec::new();
         let mut deadlines = deadlines.into_iter();
-        self.sessions
-            .retain(|_| deadlines.next().is_some_and(|d| now < d));
+        self.sessions.retain(|s| {
+            let keep = deadlines.next().is_some_and(|d| now < d);
+            if !keep {
+                gone.push(s.id);
+            }
+            keep
+        });
+        for id in gone {
+            self.bury(id, now, config);
+        }
     }
 }
 
@@ -739,11 +858,12 @@ impl SessionStore {
                     body: Some(opened.body),
                     forward_secret: false,
                     reply: None,
+                    peer_went_back: false,
                 })
             }
             [ENVELOPE_VERSION, KIND_SESSION_INIT] => self.open_init(me, rest, now, is_contact),
-            [ENVELOPE_VERSION, KIND_SESSION_ACCEPT] => self.open_accept(me, rest, now),
-            [ENVELOPE_VERSION, KIND_SESSION_MESSAGE] => self.open_message(rest, now),
+            [ENVELOPE_VERSION, KIND_SESSION_ACCEPT] => self.open_accept(me, envelope, now),
+            [ENVELOPE_VERSION, KIND_SESSION_MESSAGE] => self.open_message(envelope, now),
             [version, kind] => Err(EnvelopeError::Unsupported { version, kind }),
         }
     }
@@ -763,6 +883,7 @@ impl SessionStore {
             body: body_of(&read.payload)?,
             forward_secret: false,
             reply: None,
+            peer_went_back: false,
         };
         if !is_contact(&sender) {
             return Ok(received);
@@ -790,31 +911,27 @@ impl SessionStore {
         let (msg2, keys) = read.accept()?;
         let mut session = Session::new(init.id, Role::Responder, init.created_at_ms, keys, msg2);
         received.reply = Some(session.seal(&bare_payload()?)?);
-        entry.push(session, now);
+        entry.push(session, now, &config);
         Ok(received)
     }
 
     fn open_accept(
         &mut self,
         me: &SecretKey,
-        rest: &[u8],
+        envelope: &[u8],
         now: u64,
     ) -> Result<Received, EnvelopeError> {
-        let accept = layout::parse_accept(rest)?;
+        let accept = layout::parse_accept(envelope)?;
+        let config = self.config.clone();
         for (peer, entry) in self.peers.iter_mut() {
-            if let Some(session) = entry.sessions.iter_mut().find(|s| s.id == accept.id) {
+            if let Some(at) = entry.sessions.iter().position(|s| s.id == accept.id) {
                 // Only the responder sends kind 3, always with the message 2
                 // the session was completed with.
+                let session = &entry.sessions[at];
                 if session.role != Role::Initiator || session.accept != *accept.msg2 {
                     return Err(EnvelopeError::Decrypt);
                 }
-                let body = session.open(accept.nonce, accept.ciphertext)?;
-                return Ok(Received {
-                    sender: *peer,
-                    body,
-                    forward_secret: true,
-                    reply: None,
-                });
+                return open_on(*peer, entry, at, &accept.transport, now, &config);
             }
             let Some(at) = entry.pending.iter().position(|p| p.id == accept.id) else {
                 continue;
@@ -839,41 +956,74 @@ impl SessionStore {
             session.confirmed_at_ms = Some(now);
             // Nothing is kept unless the transport message authenticates too
             // (an authentic message with a malformed body still completes).
-            let body = session.open(accept.nonce, accept.ciphertext);
+            let body = session.open(&accept.transport);
             if let Err(e) = &body {
                 if !matches!(e, EnvelopeError::Malformed(_)) {
                     return Err(e.clone());
                 }
             }
             entry.pending.remove(at);
-            entry.push(session, now);
+            entry.push(session, now, &config);
             return Ok(Received {
                 sender: *peer,
                 body: body?,
                 forward_secret: true,
                 reply: None,
+                peer_went_back: false,
             });
         }
-        Err(EnvelopeError::UnknownSession)
+        Err(self.no_session(&accept.id))
     }
 
-    fn open_message(&mut self, rest: &[u8], now: u64) -> Result<Received, EnvelopeError> {
-        let message = layout::parse_message(rest)?;
+    fn open_message(&mut self, envelope: &[u8], now: u64) -> Result<Received, EnvelopeError> {
+        let message = layout::parse_message(envelope)?;
+        let config = self.config.clone();
         for (peer, entry) in self.peers.iter_mut() {
-            let Some(session) = entry.sessions.iter_mut().find(|s| s.id == message.id) else {
+            let Some(at) = entry.sessions.iter().position(|s| s.id == message.id) else {
                 continue;
             };
-            let body = session.open(message.nonce, message.ciphertext)?;
-            // Only the initiator's key opens here: it holds the session.
-            session.confirmed_at_ms.get_or_insert(now);
-            return Ok(Received {
-                sender: *peer,
-                body,
-                forward_secret: true,
-                reply: None,
-            });
+            return open_on(*peer, entry, at, &message.transport, now, &config);
         }
-        Err(EnvelopeError::UnknownSession)
+        Err(self.no_session(&message.id))
+    }
+
+    /// Why no session opens an envelope naming `id`: erased here (whose
+    /// peer is known), or never held.
+    fn no_session(&self, id: &SessionId) -> EnvelopeError {
+        self.peers
+            .iter()
+            .find(|(_, p)| p.erased.iter().any(|e| e.id == *id))
+            .map_or(EnvelopeError::UnknownSession, |(peer, _)| {
+                EnvelopeError::ErasedSession { peer: *peer }
+            })
+    }
+
+    /// Starts a new session with `peer` at once, as after an envelope on a
+    /// session erased here ([`EnvelopeError::ErasedSession`]): the current
+    /// session is sealed on no more (the peer may not hold it), and a bare
+    /// init goes out, so what either side sends next opens on the other.
+    /// Returns that init, or `None` if an init to `peer` younger than
+    /// `renew_after` is already waiting for its answer (it does the same job,
+    /// and a second one would only push it out).
+    pub fn restart(
+        &mut self,
+        me: &SecretKey,
+        peer: &PublicKey,
+        now: SystemTime,
+    ) -> Result<Option<Vec<u8>>, EnvelopeError> {
+        self.check_owner(me)?;
+        let now = now_ms(now);
+        self.erase_expired_ms(now);
+        let id = self.fresh_id();
+        let config = self.config.clone();
+        let entry = self.peers.entry(*peer).or_default();
+        if entry.has_fresh_pending(now, &config) {
+            return Ok(None);
+        }
+        if let Some(current) = entry.sessions.last_mut() {
+            current.superseded_at_ms.get_or_insert(now);
+        }
+        start_init(entry, me, peer, id, now, bare_payload()?).map(Some)
     }
 
     /// The split keys of the current session with `peer`, for the
@@ -904,6 +1054,36 @@ impl SessionStore {
     pub fn erase_peer(&mut self, peer: &PublicKey) {
         self.peers.remove(peer);
     }
+}
+
+/// Opens a transport message on `entry.sessions[at]`, the session of `peer`
+/// its envelope names; a responder session is confirmed by it, and one the
+/// peer went back to is made current again (module documentation, §7).
+fn open_on(
+    peer: PublicKey,
+    entry: &mut Peer,
+    at: usize,
+    transport: &layout::Transport<'_>,
+    now: u64,
+    config: &SessionConfig,
+) -> Result<Received, EnvelopeError> {
+    let session = entry.sessions.get_mut(at).ok_or(EnvelopeError::Internal)?;
+    let body = session.open(transport)?;
+    // Only the peer's key opens here: it holds the session.
+    session.confirmed_at_ms.get_or_insert(now);
+    let went_back = body
+        .as_ref()
+        .is_some_and(|b| entry.went_back(at, b.sent_at_ms));
+    if went_back {
+        entry.reactivate(at, now, config);
+    }
+    Ok(Received {
+        sender: peer,
+        body,
+        forward_secret: true,
+        reply: None,
+        peer_went_back: went_back,
+    })
 }
 
 /// Writes a new init to `peer` carrying `payload`, and keeps it pending.

@@ -1,8 +1,9 @@
-//! The Noise side of sessions: the `IK` handshake, the transport built from its
-//! split keys, and a snow resolver whose secrets are wiped when dropped.
+//! The Noise side of sessions: the `IK` handshake, the split keys it ends
+//! with, and a snow resolver whose secrets are wiped when dropped.
 //!
-//! Everything cryptographic here is snow's: the handshake, the split and the
-//! transport. This module only decides which snow calls happen, and supplies
+//! Everything cryptographic here is snow's: the handshake and the split. (The
+//! transport messages that follow use the split keys with random nonces, see
+//! `transport`.) This module only decides which snow calls happen, and supplies
 //! snow with X25519 and ChaCha20-Poly1305 objects (x25519-dalek and
 //! chacha20poly1305, the crates snow's default resolver uses) that zeroize their
 //! keys on drop, which snow 0.10's defaults do not.
@@ -11,11 +12,11 @@ use rand_core::{OsRng, RngCore};
 use snow::params::{CipherChoice, DHChoice, HashChoice};
 use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
-use snow::{HandshakeState, StatelessTransportState};
+use snow::HandshakeState;
 use sotto_keys::{PublicKey, SecretKey};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::{Role, SessionId};
+use super::SessionId;
 use crate::error::EnvelopeError;
 
 /// The Noise protocol name of session handshakes.
@@ -23,10 +24,6 @@ pub const SESSION_NOISE_PARAMS: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
 /// The first bytes of a session handshake's prologue; the session id (16
 /// bytes) and the init's `created_at_ms` (u64 LE) follow.
 pub const SESSION_PROLOGUE_LABEL: &[u8] = b"sotto envelope v1 kind 2";
-/// The throwaway handshake that gives snow a transport object to load saved
-/// keys into (see [`transport`]).
-const RESTORE_NOISE_PARAMS: &str = "Noise_NN_25519_ChaChaPoly_BLAKE2s";
-const RESTORE_PROLOGUE: &[u8] = b"sotto session restore (keys replaced)";
 
 /// A 32-byte secret: a split key or an ephemeral private key. Boxed, so that
 /// moving its owner (a `Vec` of sessions growing or shifting) moves a pointer
@@ -43,8 +40,8 @@ pub(crate) fn zeroed_key() -> CipherKey {
 pub(crate) const MSG1_OVERHEAD: usize = 32 + 48 + 16;
 /// Message 2 is `e (32) | tag of the empty payload (16)`.
 pub(crate) const MSG2_LEN: usize = 32 + 16;
-/// A transport message's authentication tag.
-pub(crate) const TAG_LEN: usize = 16;
+/// The tag ChaCha20-Poly1305 adds inside the handshake.
+const TAG_LEN: usize = 16;
 
 /// The two keys of Noise `Split()`: the initiator's sending key and the
 /// responder's sending key. Everything a session needs to carry messages.
@@ -223,52 +220,6 @@ impl ReadInit {
         }
         Ok((msg2, SplitKeys::take(&mut self.hs)))
     }
-}
-
-/// A snow transport object carrying `keys`, for the side `role`.
-///
-/// snow can neither serialise a transport nor build one from keys; it builds
-/// one only from a finished handshake, and lets its keys be replaced
-/// (`rekey_manually`, the hook Noise §11.3 rekeying uses). So: finish a
-/// throwaway in-memory `NN` handshake with the same cipher, keep the side
-/// matching `role`, and replace both of its keys with the saved ones. Sessions
-/// go through this one path both when they are established and when they are
-/// restored, so the restore path is the one every test exercises.
-pub(crate) fn transport(
-    role: Role,
-    keys: &SplitKeys,
-) -> Result<StatelessTransportState, EnvelopeError> {
-    let mut initiator = builder(RESTORE_NOISE_PARAMS, RESTORE_PROLOGUE)?
-        .build_initiator()
-        .map_err(|_| EnvelopeError::Internal)?;
-    let mut responder = builder(RESTORE_NOISE_PARAMS, RESTORE_PROLOGUE)?
-        .build_responder()
-        .map_err(|_| EnvelopeError::Internal)?;
-    let mut msg = [0u8; 64];
-    let mut scratch = [0u8; 64];
-    // -> e
-    let n = initiator
-        .write_message(&[], &mut msg)
-        .map_err(|_| EnvelopeError::Internal)?;
-    responder
-        .read_message(&msg[..n], &mut scratch)
-        .map_err(|_| EnvelopeError::Internal)?;
-    // <- e, ee
-    let n = responder
-        .write_message(&[], &mut msg)
-        .map_err(|_| EnvelopeError::Internal)?;
-    initiator
-        .read_message(&msg[..n], &mut scratch)
-        .map_err(|_| EnvelopeError::Internal)?;
-    let hs = match role {
-        Role::Initiator => initiator,
-        Role::Responder => responder,
-    };
-    let mut transport = hs
-        .into_stateless_transport_mode()
-        .map_err(|_| EnvelopeError::Internal)?;
-    transport.rekey_manually(Some(&**keys.initiator), Some(&**keys.responder));
-    Ok(transport)
 }
 
 /// snow's default resolver, with X25519 and ChaCha20-Poly1305 objects that
@@ -461,8 +412,9 @@ mod tests {
     }
 
     /// The zeroizing resolver speaks exactly snow's default Noise: an `IK`
-    /// handshake and transport messages interoperate with a peer that uses
-    /// snow's own resolver and snow's own transport (no raw split, no restore).
+    /// handshake with a peer on snow's own resolver ends in the same split
+    /// keys on both sides, and a message 1 rebuilt from the saved ephemeral
+    /// key and payload completes it.
     #[test]
     fn interoperates_with_snow_default_resolver() {
         let alice = SecretKey::generate();
@@ -486,26 +438,13 @@ mod tests {
         assert_eq!(hs.get_remote_static().unwrap(), alice.public().as_bytes());
         let mut msg2 = [0u8; MSG2_LEN];
         assert_eq!(hs.write_message(&[], &mut msg2).unwrap(), MSG2_LEN);
-        let bob_transport = hs.into_stateless_transport_mode().unwrap();
+        let (bob_i, bob_r) = hs.dangerously_get_raw_split();
 
         // Alice rebuilds her state from the ephemeral key and the payload.
         let keys = complete_init(&alice, &bob.public(), &id, 42, &e, payload, &msg2).unwrap();
-        let alice_transport = transport(Role::Initiator, &keys).unwrap();
-
-        let mut ct = [0u8; 64];
-        let mut pt = [0u8; 64];
-        let n = alice_transport
-            .write_message(9, b"to bob", &mut ct)
-            .unwrap();
-        let m = bob_transport.read_message(9, &ct[..n], &mut pt).unwrap();
-        assert_eq!(&pt[..m], b"to bob");
-        let n = bob_transport
-            .write_message(3, b"to alice", &mut ct)
-            .unwrap();
-        let m = alice_transport.read_message(3, &ct[..n], &mut pt).unwrap();
-        assert_eq!(&pt[..m], b"to alice");
-        // Nonces are bound: the same ciphertext under another nonce fails.
-        assert!(alice_transport.read_message(4, &ct[..n], &mut pt).is_err());
+        assert_eq!(**keys.initiator, bob_i);
+        assert_eq!(**keys.responder, bob_r);
+        assert_ne!(bob_i, bob_r);
     }
 
     #[test]
