@@ -76,6 +76,11 @@ impl Home {
         self.dir.join("sessions.lock")
     }
 
+    /// Offers of files not yet received, sealed (see [`crate::offers`]).
+    pub fn offers(&self) -> PathBuf {
+        self.dir.join("offers.sealed")
+    }
+
     /// Messages sent and received, for `sotto history` (see [`crate::history`]).
     pub fn history(&self) -> PathBuf {
         self.dir.join("history.log")

@@ -15,6 +15,10 @@
 //! - [`screen`]: the interactive screen of `sotto chat` on a terminal
 //!   (ratatui), and the terminal always given back;
 //! - [`seen`]: message ids already shown, so a replay is shown once;
+//! - [`sessions`]: the forward-secret session state on disk, and the lock
+//!   every change to it (and to the seen store and the offers) holds;
+//! - [`offers`]: offers of files not yet received, kept sealed until the
+//!   file is in place;
 //! - [`presence`]: which contacts are online, from their live-only notices;
 //! - [`display`]: neutralising control characters from the network, times;
 //! - [`history`]: the local record of messages sent and shown (`history.log`);
@@ -45,6 +49,7 @@ pub mod download;
 pub mod history;
 pub mod home;
 pub mod identity;
+pub mod offers;
 pub mod presence;
 pub mod publish;
 pub mod relay_client;

@@ -17,9 +17,10 @@
 //! the state that produced it is saved, so a crash can never lose a pending
 //! init that an answer will need (crypto `session` §6).
 //!
-//! The seen store (`seen.redb`, [`crate::seen`]) is opened inside the same
-//! batch, for the same short time, so that a running `chat` no longer keeps
-//! `sotto inbox` out of it.
+//! The seen store (`seen.redb`, [`crate::seen`]) and the offers of files not
+//! yet received (`offers.sealed`, [`crate::offers`]) are opened inside the
+//! same batch, for the same short time, so that a running `chat` no longer
+//! keeps `sotto inbox` out of them, and no two commands change them at once.
 //!
 //! Test knob: `SOTTO_SESSION_MAX_AGE=SECONDS` (tests only, never needed in
 //! use) makes sessions unusable after that age and erases them at once after it
@@ -37,6 +38,7 @@ use sotto_crypto::SessionStateError;
 use sotto_keys::SecretKey;
 
 use crate::home::Home;
+use crate::offers::Offers;
 use crate::seen::SeenStore;
 
 /// The test-only environment knob described in the module documentation.
@@ -67,6 +69,7 @@ pub struct SessionFiles {
     state: PathBuf,
     lock: PathBuf,
     seen: PathBuf,
+    offers: PathBuf,
 }
 
 impl SessionFiles {
@@ -76,7 +79,22 @@ impl SessionFiles {
             state: home.sessions(),
             lock: home.sessions_lock(),
             seen: home.seen(),
+            offers: home.offers(),
         }
+    }
+
+    /// Runs `f` on the offers of files not yet received under the lock,
+    /// without loading the session state; `f` saves what it changes.
+    pub fn with_offers<T>(
+        &self,
+        me: &SecretKey,
+        f: impl FnOnce(&mut Offers) -> Result<T>,
+    ) -> Result<T> {
+        let lock = open_lock(&self.lock)?;
+        lock.lock()
+            .with_context(|| format!("cannot lock {}", self.lock.display()))?;
+        let mut offers = Offers::load(&self.offers, me)?;
+        f(&mut offers)
     }
 
     /// Runs `f` on the seen store under the lock, without loading the
@@ -122,6 +140,12 @@ impl Batch {
         SeenStore::open(&self.files.seen, crate::seen::now_secs())
     }
 
+    /// Loads the offers of files not yet received, for the length of this
+    /// batch; save them before the batch ends.
+    pub fn offers(&self, me: &SecretKey) -> Result<Offers> {
+        Offers::load(&self.files.offers, me)
+    }
+
     /// Seals and writes the state atomically; the lock is still held.
     pub fn save(&self, me: &SecretKey) -> Result<()> {
         let sealed = self
@@ -143,13 +167,13 @@ fn open_lock(path: &Path) -> Result<File> {
         .with_context(|| format!("cannot open {}", path.display()))
 }
 
-/// Reads and opens the sealed state at `path`; no file is an empty store.
-fn load(path: &Path, me: &SecretKey, config: SessionConfig) -> Result<SessionStore> {
+/// The bytes of a private file of the home (at most `limit` of them),
+/// refused with the `chmod` to run if others may read or write it; `None`
+/// if there is no file.
+pub(crate) fn read_private(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
     let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            return Ok(SessionStore::new(me.public(), config))
-        }
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let meta = file
@@ -164,9 +188,23 @@ fn load(path: &Path, me: &SecretKey, config: SessionConfig) -> Result<SessionSto
         );
     }
     let mut bytes = Vec::new();
-    file.take(MAX_STATE_LEN as u64 + 1)
+    file.take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
         .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > limit {
+        bail!(
+            "{} is larger than {limit} bytes; move it away",
+            path.display()
+        );
+    }
+    Ok(Some(bytes))
+}
+
+/// Reads and opens the sealed state at `path`; no file is an empty store.
+fn load(path: &Path, me: &SecretKey, config: SessionConfig) -> Result<SessionStore> {
+    let Some(bytes) = read_private(path, MAX_STATE_LEN as u64)? else {
+        return Ok(SessionStore::new(me.public(), config));
+    };
     SessionStore::open_state(me, &bytes, config).map_err(|e| {
         let p = path.display();
         match e {

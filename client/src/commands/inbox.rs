@@ -7,10 +7,10 @@
 //!    whose id was already shown is dropped silently (a replay or a
 //!    re-delivery), one dated before the replay window is dropped with a
 //!    warning, the rest are printed as `[time] NAME: TEXT`; a file offer is
-//!    announced (``[time] NAME: sent a file: FILE (SIZE bytes) — run `sotto receive-all` ``)
-//!    and left on the relay, neither remembered nor acknowledged, because
-//!    `receive-all` needs its envelope;
-//! 3. the ids of the printed messages are committed to the seen store;
+//!    kept in the home's offers ([`crate::offers`]) for `receive-all` and
+//!    announced (``[time] NAME: sent a file: FILE (SIZE bytes) — run `sotto receive-all` ``);
+//! 3. the offers are saved, then the ids of the printed messages and offers
+//!    are committed to the seen store;
 //! 4. only then are the envelopes acknowledged, so the relay deletes them;
 //! 5. session accepts and read receipts for what was printed are sent to the
 //!    senders (best effort) before the connection closes.
@@ -43,6 +43,7 @@ use crate::config::Config;
 use crate::display::{local_time_ms, message_line, sanitize};
 use crate::history::{self, History};
 use crate::identity;
+use crate::offers::{Added, Offers, StoredOffer};
 use crate::relay_client::{self, Delivery, RelayConn};
 use crate::seen::{self, SeenId, SeenStore};
 use crate::sessions::SessionFiles;
@@ -107,34 +108,29 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     if outcome.shown == 0 && outcome.announced == 0 {
         note("no new messages");
     }
+    files_waiting(&outcome);
     Ok(())
 }
 
-/// What to do with a file offer met in the mailbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Files {
-    /// `sotto inbox`: say a file is waiting; leave it for `receive-all`.
-    Announce,
-    /// `sotto receive-all`: hand it back to be downloaded.
-    Collect,
+/// Says how many files wait for `receive-all` beyond those just announced.
+fn files_waiting(outcome: &Outcome) {
+    if outcome.waiting_files > outcome.announced {
+        note(&plural(
+            outcome.waiting_files,
+            "a file is waiting: run `sotto receive-all`",
+            "files are waiting: run `sotto receive-all`",
+        ));
+    }
 }
 
-/// A file offer to download. Neither remembered nor acknowledged yet: that
-/// happens once the file is safely on disk.
-#[derive(Debug, Clone)]
-pub(crate) struct PendingFile {
-    /// The relay's id of the envelope, to acknowledge it.
-    pub delivery: u64,
-    /// The message, to remember it.
-    pub message: SeenId,
-    /// The message's date (sender's clock), milliseconds.
-    pub sent_at_ms: u64,
-    /// That date as shown.
-    pub time: String,
-    /// Who sent it, safe to print.
-    pub who: String,
-    /// What was offered.
-    pub offer: FileOffer,
+/// What to say of a new file offer met in the mailbox (it is kept in the
+/// home's offers either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Files {
+    /// `sotto inbox`, `sotto chat`: say a file is waiting for `receive-all`.
+    Announce,
+    /// `sotto receive-all`: nothing; it downloads what is kept next.
+    Collect,
 }
 
 /// What processing a batch came to.
@@ -144,10 +140,20 @@ pub(crate) struct Outcome {
     pub ack: Vec<u64>,
     /// How many messages were printed.
     pub shown: usize,
-    /// How many waiting files were announced ([`Files::Announce`]).
+    /// How many new file offers were kept (and, with [`Files::Announce`],
+    /// announced).
     pub announced: usize,
-    /// File offers to download ([`Files::Collect`]), in mailbox order.
-    pub files: Vec<PendingFile>,
+    /// How many offers wait in the home after this batch.
+    pub waiting_files: usize,
+    /// Offers left on the relay because too many wait in the home.
+    pub offers_full: usize,
+    /// Contacts (as shown) whose envelope named a session erased here: it
+    /// cannot be read, and a new session was started.
+    pub unreadable: Vec<String>,
+    /// Envelopes for sessions this home never held, discarded.
+    pub no_session: usize,
+    /// Contacts (as shown) seen sending from an older copy of their state.
+    pub went_back: BTreeSet<String>,
     /// Senders that are not contacts, in key order.
     pub unknown_senders: BTreeSet<PublicKey>,
     /// Envelopes that failed to open, discarded.
@@ -205,17 +211,19 @@ pub(crate) struct ToSend {
 /// session envelope is dropped silently and acknowledged, a receipt from a
 /// contact comes out in [`Outcome::receipts`] (never shown, never remembered).
 ///
-/// A file offer is never remembered nor acknowledged here: its envelope is
-/// what `receive-all` needs to fetch the file, so it stays on the relay until
-/// the file is safely on disk. Whatever stays on the relay also leaves the
-/// session store as it was (its replay window unmoved), so it opens again next
-/// time; the seen store keeps it from being shown twice.
+/// A file offer is kept in `offers` (saved before anything is remembered or
+/// acknowledged), so its envelope can go like any other: what it carries
+/// no longer depends on the envelope opening again. Whatever stays on the
+/// relay (a message that could not be printed, an offer beyond
+/// [`crate::offers::MAX_OFFERS`]) leaves the session store as it was, so it
+/// opens again next time; the seen store keeps it from being shown twice.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn process(
     me: &SecretKey,
     book: &ContactBook,
     store: &SeenStore,
     sessions: &mut SessionStore,
+    offers: &mut Offers,
     pending: Vec<Delivery>,
     now: u64,
     files: Files,
@@ -224,7 +232,12 @@ pub(crate) fn process(
     let mut outcome = Outcome::default();
     let mut shown: Vec<(SeenId, u64)> = Vec::new();
     let mut in_batch: HashSet<SeenId> = HashSet::new();
+    let mut offers_changed = false;
     let is_contact = |k: &PublicKey| book.by_key(k).is_some();
+    let name_of = |k: &PublicKey| match book.by_key(k) {
+        Some(contact) => contact.name.to_string(),
+        None => format!("unknown {k}"),
+    };
 
     for delivery in pending {
         // Only session envelopes change the store; one that ends up left on
@@ -247,6 +260,27 @@ pub(crate) fn process(
                 outcome.ack.push(delivery.id);
                 continue;
             }
+            Err(EnvelopeError::ErasedSession { peer }) => {
+                // Sealed by a peer whose state is older than the erasure of
+                // this session (or an old envelope again): unreadable. A new
+                // session makes what both sides send next readable.
+                tracing::debug!(id = delivery.id, "an envelope on an erased session");
+                let restarted = sessions
+                    .restart(me, &peer, SystemTime::now())
+                    .map_err(|e| anyhow::anyhow!("cannot start a new session: {e}"))?;
+                outcome
+                    .replies
+                    .extend(restarted.map(|envelope| ToSend { to: peer, envelope }));
+                outcome.unreadable.push(name_of(&peer));
+                outcome.ack.push(delivery.id);
+                continue;
+            }
+            Err(EnvelopeError::UnknownSession) => {
+                tracing::debug!(id = delivery.id, "an envelope for a session never held");
+                outcome.no_session += 1;
+                outcome.ack.push(delivery.id);
+                continue;
+            }
             Err(e) => {
                 tracing::debug!(id = delivery.id, error = %e, "envelope failed to open");
                 outcome.failed += 1;
@@ -255,6 +289,9 @@ pub(crate) fn process(
             }
         };
         let sender = opened.sender;
+        if opened.peer_went_back {
+            outcome.went_back.insert(name_of(&sender));
+        }
         let reply = opened.reply.map(|envelope| ToSend {
             to: sender,
             envelope,
@@ -313,24 +350,40 @@ pub(crate) fn process(
                 continue;
             }
             Content::File(offer) => {
-                rollback(sessions)?;
-                in_batch.insert(seen_id);
-                match files {
-                    Files::Announce => {
-                        if let Err(e) = print(&file_waiting_line(&time, &who, &offer)) {
-                            outcome.print_error = Some(e);
-                            break;
-                        }
-                        outcome.announced += 1;
+                let line = file_waiting_line(&time, &who, &offer);
+                let kept = StoredOffer {
+                    sender,
+                    message: body.id,
+                    sent_at_ms: body.sent_at_ms,
+                    received_at: delivery.received_at,
+                    offer,
+                };
+                match offers.add(kept) {
+                    Added::Full => {
+                        // Left on the relay, to be kept once fewer wait.
+                        rollback(sessions)?;
+                        outcome.offers_full += 1;
+                        continue;
                     }
-                    Files::Collect => outcome.files.push(PendingFile {
-                        delivery: delivery.id,
-                        message: seen_id,
-                        sent_at_ms: body.sent_at_ms,
-                        time,
-                        who,
-                        offer,
-                    }),
+                    Added::Known => {}
+                    Added::New => {
+                        offers_changed = true;
+                        outcome.announced += 1;
+                        if files == Files::Announce {
+                            // Kept whether or not the line gets out: the
+                            // offer is safe in the home either way.
+                            if let Err(e) = print(&line) {
+                                outcome.print_error = Some(e);
+                            }
+                        }
+                    }
+                }
+                in_batch.insert(seen_id);
+                shown.push((seen_id, body.sent_at_ms));
+                outcome.replies.extend(reply);
+                outcome.ack.push(delivery.id);
+                if outcome.print_error.is_some() {
+                    break;
                 }
                 continue;
             }
@@ -363,8 +416,14 @@ pub(crate) fn process(
             .push(received(&sender, group, body.sent_at_ms, text));
     }
 
+    // The offers first: an offer remembered as seen but not kept would be
+    // dropped as a duplicate when its envelope came again.
+    if offers_changed {
+        offers.save()?;
+    }
     // Durably remembered before the caller acknowledges anything.
     store.record(&shown, now)?;
+    outcome.waiting_files = offers.list().len();
     Ok(outcome)
 }
 
@@ -420,11 +479,13 @@ pub(crate) fn process_batch(
 ) -> Result<(Outcome, Vec<ToSend>)> {
     let mut batch = sessions.lock(me)?;
     let seen = batch.seen()?;
+    let mut offers = batch.offers(me)?;
     let mut outcome = process(
         me,
         book,
         &seen,
         &mut batch.store,
+        &mut offers,
         pending,
         seen::now_secs(),
         files,
@@ -522,6 +583,30 @@ pub(crate) fn file_waiting_line(time: &str, who: &str, offer: &FileOffer) -> Str
 /// discarded envelopes are acknowledged: had the acknowledgement failed, they
 /// would come back, and the error alone would be the one line on stderr.
 pub(crate) fn report(outcome: &Outcome) {
+    for who in &outcome.unreadable {
+        warn(&format!(
+            "a message from {who} could not be read: it was sealed on a session whose keys this home has erased (their home may have been restored from an older backup); ask them to send it again; a new session with them has been started"
+        ));
+    }
+    if outcome.no_session > 0 {
+        warn(&plural(
+            outcome.no_session,
+            "an envelope for a session this home never held was discarded: if this home was restored from a backup or copied from another machine, ask your contacts to send again what they sent since",
+            "envelopes for sessions this home never held were discarded: if this home was restored from a backup or copied from another machine, ask your contacts to send again what they sent since",
+        ));
+    }
+    for who in &outcome.went_back {
+        note(&format!(
+            "{who} is sending from an older copy of their sotto state (restored from a backup, or the same home in use on another machine); replies go on the session that copy holds"
+        ));
+    }
+    if outcome.offers_full > 0 {
+        warn(&format!(
+            "{} waiting on the relay: more than {} files wait here already; run `sotto receive-all`",
+            plural(outcome.offers_full, "a file offer stays", "file offers stay"),
+            crate::offers::MAX_OFFERS
+        ));
+    }
     if outcome.failed > 0 {
         warn(&plural(
             outcome.failed,
@@ -568,6 +653,7 @@ mod tests {
         book: ContactBook,
         store: SeenStore,
         sessions: RefCell<SessionStore>,
+        offers: RefCell<Offers>,
     }
 
     fn world() -> World {
@@ -578,9 +664,11 @@ mod tests {
         book.add(Contact::new("alice".parse().unwrap(), alice.public(), None))
             .unwrap();
         let store = SeenStore::open(&dir.path().join("seen.redb"), NOW).unwrap();
+        let offers = Offers::load(&dir.path().join("offers.sealed"), &me).unwrap();
         World {
             _dir: dir,
             sessions: RefCell::new(SessionStore::new(me.public(), SessionConfig::default())),
+            offers: RefCell::new(offers),
             me,
             alice,
             book,
@@ -613,6 +701,7 @@ mod tests {
             &w.book,
             &w.store,
             &mut w.sessions.borrow_mut(),
+            &mut w.offers.borrow_mut(),
             pending,
             NOW,
             files,
@@ -699,6 +788,7 @@ mod tests {
             &w.book,
             &w.store,
             &mut w.sessions.borrow_mut(),
+            &mut w.offers.borrow_mut(),
             pending,
             NOW,
             Files::Announce,
@@ -773,7 +863,7 @@ mod tests {
     }
 
     #[test]
-    fn inbox_announces_a_file_but_neither_remembers_nor_acks_it() {
+    fn inbox_keeps_an_offer_in_the_home_announces_it_once_and_acks_it() {
         let w = world();
         let offer = file_offer("report\x1b[2J.pdf");
         let pending = vec![
@@ -781,25 +871,35 @@ mod tests {
             deliver(2, &w.alice, &w.me, &body("see the file", NOW * 1000)),
         ];
         let (outcome, lines) = run_batch(&w, pending);
-        assert_eq!(outcome.ack, vec![2]);
+        assert_eq!(outcome.ack, vec![1, 2]);
         assert_eq!((outcome.shown, outcome.announced), (1, 1));
+        assert_eq!(outcome.waiting_files, 1);
         let time = local_time_ms(NOW * 1000).unwrap();
         assert_eq!(
             lines[0],
             format!("[{time}] alice: sent a file: report\\x1b[2J.pdf (1234 bytes) — run `sotto receive-all`")
         );
-        assert!(!w
+        assert!(w
             .store
             .contains(&SeenId::new(w.alice.public(), offer.id))
             .unwrap());
-        // Still there for the next inbox, and for receive-all.
+        // Kept, and saved: a fresh load of the home has it, with its key.
+        let kept = Offers::load(&w._dir.path().join("offers.sealed"), &w.me).unwrap();
+        assert_eq!(kept.list().len(), 1);
+        let Content::File(sent) = &offer.content else {
+            panic!()
+        };
+        assert_eq!(&kept.list()[0].offer, sent);
+        assert_eq!(kept.list()[0].sender, w.alice.public());
+        // Delivered again (an Ack that was lost): acknowledged, not announced.
         let (outcome, lines) = run_batch(&w, vec![deliver(1, &w.alice, &w.me, &offer)]);
-        assert!(outcome.ack.is_empty());
-        assert_eq!(lines.len(), 1);
+        assert_eq!(outcome.ack, vec![1]);
+        assert!(lines.is_empty());
+        assert_eq!(outcome.waiting_files, 1);
     }
 
     #[test]
-    fn receive_all_collects_offers_in_order_and_acks_only_texts() {
+    fn receive_all_keeps_offers_in_order_and_acks_everything() {
         let w = world();
         let mallory = SecretKey::generate();
         let a = file_offer("a.txt");
@@ -812,25 +912,18 @@ mod tests {
         ];
         let (outcome, lines) = run_batch_with(&w, pending, Files::Collect);
         assert_eq!(lines.len(), 1, "{lines:?}");
-        assert_eq!(outcome.ack, vec![2, 4]);
-        let files: Vec<_> = outcome
-            .files
+        assert_eq!(outcome.ack, vec![1, 2, 3, 4]);
+        let offers = w.offers.borrow();
+        let kept: Vec<_> = offers
+            .list()
             .iter()
-            .map(|f| (f.delivery, f.offer.name.as_str(), f.who.as_str()))
+            .map(|o| (o.offer.name.as_str(), o.sender))
             .collect();
-        let stranger = format!("unknown {}", mallory.public());
         assert_eq!(
-            files,
-            vec![(1, "a.txt", "alice"), (3, "b.txt", stranger.as_str())]
+            kept,
+            vec![("a.txt", w.alice.public()), ("b.txt", mallory.public())]
         );
-        assert_eq!(
-            outcome.files[0].message,
-            SeenId::new(w.alice.public(), a.id)
-        );
-        assert!(!w
-            .store
-            .contains(&SeenId::new(w.alice.public(), a.id))
-            .unwrap());
+        assert_eq!(offers.list()[0].message, a.id);
     }
 
     #[test]
@@ -873,6 +966,7 @@ mod session_tests {
         book: &ContactBook,
         seen: &SeenStore,
         sessions: &mut SessionStore,
+        offers: &mut Offers,
         envelopes: &[Vec<u8>],
         files: Files,
     ) -> (Outcome, Vec<String>) {
@@ -891,6 +985,7 @@ mod session_tests {
             book,
             seen,
             sessions,
+            offers,
             pending,
             seen::now_secs(),
             files,
@@ -912,6 +1007,8 @@ mod session_tests {
             .unwrap();
         let seen = SeenStore::open(&dir.path().join("seen.redb"), seen::now_secs()).unwrap();
         let (mut at_alice, mut at_bob) = (store_of(&alice), store_of(&bob));
+        let mut bob_offers = Offers::load(&dir.path().join("bob-offers"), &bob).unwrap();
+        let mut alice_offers = Offers::load(&dir.path().join("alice-offers"), &alice).unwrap();
         let now = SystemTime::now();
 
         // An init from a contact: shown, and answered with a bare accept.
@@ -924,6 +1021,7 @@ mod session_tests {
             &book,
             &seen,
             &mut at_bob,
+            &mut bob_offers,
             &[first.envelope],
             Files::Announce,
         );
@@ -940,12 +1038,21 @@ mod session_tests {
             .unwrap();
         assert_eq!(second.envelope[1], 4);
         let twice = [second.envelope.clone(), second.envelope];
-        let (out, lines) = batch(&bob, &book, &seen, &mut at_bob, &twice, Files::Announce);
+        let (out, lines) = batch(
+            &bob,
+            &book,
+            &seen,
+            &mut at_bob,
+            &mut bob_offers,
+            &twice,
+            Files::Announce,
+        );
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert_eq!(out.ack, vec![1, 2]);
         assert_eq!(out.failed, 0);
 
-        // A file offer stays on the relay and still opens the next time.
+        // A file offer is kept in the home and acknowledged; the same
+        // envelope again is dropped, and acknowledged again.
         let offer = sotto_crypto::file::FileOffer {
             file_id: sotto_crypto::file::FileId::random(),
             name: "f.txt".into(),
@@ -956,17 +1063,19 @@ mod session_tests {
         let file = at_alice
             .seal_to(&alice, &bob.public(), &Body::new(Content::File(offer)), now)
             .unwrap();
-        for _ in 0..2 {
+        for round in 0..2 {
             let (out, _) = batch(
                 &bob,
                 &book,
                 &seen,
                 &mut at_bob,
+                &mut bob_offers,
                 std::slice::from_ref(&file.envelope),
                 Files::Collect,
             );
-            assert_eq!(out.files.len(), 1);
-            assert!(out.ack.is_empty());
+            assert_eq!(out.ack, vec![1]);
+            assert_eq!(out.announced, usize::from(round == 0));
+            assert_eq!(bob_offers.list().len(), 1);
         }
 
         // Bob's receipt for what he read reaches Alice as a receipt, not a message.
@@ -982,6 +1091,7 @@ mod session_tests {
             &alice_book,
             &alice_seen,
             &mut at_alice,
+            &mut alice_offers,
             &envs,
             Files::Announce,
         );
@@ -997,6 +1107,7 @@ mod session_tests {
             &alice_book,
             &alice_seen,
             &mut at_alice,
+            &mut alice_offers,
             &[again[0].envelope.clone()],
             Files::Announce,
         );

@@ -2,20 +2,22 @@
 //!
 //! 1. The mailbox is fetched once. Text messages are printed, remembered and
 //!    acknowledged exactly as `sotto inbox` does (the same code); file offers
-//!    are kept aside, neither remembered nor acknowledged yet.
-//! 2. The files are downloaded, up to [`PARALLEL`] at once, each on its own
-//!    connection, into DIR ([`crate::download`]: chunk by chunk into a
+//!    are kept in the home's offers ([`crate::offers`]), with those that
+//!    `inbox` or `chat` kept earlier.
+//! 2. Every file kept is downloaded, up to [`PARALLEL`] at once, each on its
+//!    own connection, into DIR ([`crate::download`]: chunk by chunk into a
 //!    temporary file, verified, published under a sanitised name that never
 //!    replaces an existing file).
-//! 3. For each file safely in place: its blob is deleted from the relay, its
-//!    message id remembered, its envelope acknowledged, and one line printed:
+//! 3. For each file safely in place: its offer leaves the home, its blob is
+//!    deleted from the relay, and one line is printed:
 //!    `[time] NAME: received FILE (SIZE bytes) -> PATH`.
 //!
 //! A file that fails (verification, connection, disk) is reported on its own
-//! line, `sotto: error: FILE: ...`, and left on the relay: nothing is deleted
-//! or acknowledged for it, so the next `receive-all` tries again (resuming a
-//! download that was cut). The other files carry on; the exit status is 1 if
-//! any failed.
+//! line, `sotto: error: FILE: ...`, and its offer stays in the home and its
+//! blob on the relay, so the next `receive-all` tries again (resuming a
+//! download that was cut). A file the relay no longer has (expired, deleted)
+//! is reported once and its offer dropped: no later run could get it. The
+//! other files carry on; the exit status is 1 if any failed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,17 +28,18 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::bars::Bars;
-use super::inbox::{process_batch, report, send_all, Files, PendingFile};
+use super::inbox::{process_batch, report, send_all, Files, Outcome};
 use super::{block_on, note, warn, AlreadyReported, Ctx, Out};
 use crate::cli::ReceiveAllArgs;
 use crate::config::{Config, RelayPin};
-use crate::display::sanitize;
+use crate::display::{local_time_ms, sanitize};
 use crate::download::{self, DownloadError};
 use crate::identity;
+use crate::offers::StoredOffer;
 use crate::relay_client::{self, RelayError};
-use crate::seen;
 use crate::sessions::SessionFiles;
 use sotto_crypto::envelope::ReceiptState;
+use sotto_crypto::wire::ErrorCode;
 
 /// Files downloaded at once.
 pub const PARALLEL: usize = 4;
@@ -46,7 +49,7 @@ pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
     ctx.home.require_identity()?;
     check_dir(&args.dir)?;
     let pin = Config::load(&ctx.home.config())?.relay()?;
-    let book = ContactBook::load(&ctx.home.contacts())?;
+    let book = Arc::new(ContactBook::load(&ctx.home.contacts())?);
     let me = Arc::new(identity::load(&ctx.home, ctx.passphrase_file.as_deref())?);
     let store = Arc::new(SessionFiles::of(&ctx.home));
     let bars = Bars::new(args.quiet);
@@ -60,13 +63,10 @@ pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
         if fetched.more {
             super::inbox::more_waiting("sotto receive-all");
         }
-        if pending.is_empty() {
-            conn.close().await;
-            note("no new messages or files");
-            return Ok(());
-        }
-        let (outcome, to_send) = {
-            let (me, store) = (me.clone(), store.clone());
+        let (outcome, to_send) = if pending.is_empty() {
+            (Outcome::default(), Vec::new())
+        } else {
+            let (me, store, book) = (me.clone(), store.clone(), book.clone());
             tokio::task::spawn_blocking(move || {
                 let mut out = Out::new();
                 process_batch(
@@ -83,22 +83,58 @@ pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
             .await
             .context("the inbox task failed")??
         };
-        let deleted = conn.ack(&outcome.ack).await?;
-        tracing::info!(acked = outcome.ack.len(), deleted, "acknowledged");
+        if !outcome.ack.is_empty() {
+            let deleted = conn.ack(&outcome.ack).await?;
+            tracing::info!(acked = outcome.ack.len(), deleted, "acknowledged");
+        }
         send_all(&mut conn, to_send).await;
         conn.close().await;
         report(&outcome);
         if let Some(e) = outcome.print_error {
             return Err(anyhow::Error::new(e).context("cannot write to stdout"));
         }
-        if outcome.files.is_empty() {
+        // Every offer kept in the home: this run's and those `inbox`,
+        // `chat` or an earlier run kept.
+        let waiting = {
+            let (me, store) = (me.clone(), store.clone());
+            tokio::task::spawn_blocking(move || store.with_offers(&me, |o| Ok(o.list().to_vec())))
+                .await
+                .context("the offers task failed")??
+        };
+        if waiting.is_empty() {
             if outcome.shown == 0 {
                 note("no new messages or files");
             }
             return Ok(());
         }
-        receive_files(&pin, &me, &store, &dir, outcome.files, &bars).await
+        let files = waiting
+            .into_iter()
+            .map(|offer| Waiting::new(offer, &book))
+            .collect();
+        receive_files(&pin, &me, &store, &dir, files, &bars).await
     })?
+}
+
+/// An offer to download, with what the lines about it show.
+struct Waiting {
+    offer: StoredOffer,
+    /// Its date as shown.
+    time: String,
+    /// Who sent it, safe to print.
+    who: String,
+}
+
+impl Waiting {
+    fn new(offer: StoredOffer, book: &ContactBook) -> Self {
+        let time = local_time_ms(offer.sent_at_ms)
+            .or_else(|| local_time_ms(offer.received_at.saturating_mul(1000)))
+            .unwrap_or_else(|| "????-??-?? ??:??:??".to_owned());
+        let who = match book.by_key(&offer.sender) {
+            Some(contact) => contact.name.to_string(),
+            None => format!("unknown {}", offer.sender),
+        };
+        Self { offer, time, who }
+    }
 }
 
 /// DIR must be an existing directory.
@@ -129,14 +165,14 @@ async fn receive_files(
     me: &Arc<SecretKey>,
     store: &Arc<SessionFiles>,
     dir: &Path,
-    files: Vec<PendingFile>,
+    files: Vec<Waiting>,
     bars: &Bars,
 ) -> Result<()> {
     let count = files.len();
     let total = (count > 1).then(|| {
         let size = files
             .iter()
-            .fold(0u64, |sum, f| sum.saturating_add(f.offer.size));
+            .fold(0u64, |sum, f| sum.saturating_add(f.offer.offer.size));
         bars.total(size, 0)
     });
     let permits = Arc::new(Semaphore::new(PARALLEL));
@@ -148,7 +184,7 @@ async fn receive_files(
             let Ok(_permit) = permits.acquire_owned().await else {
                 return (file, Err(DownloadError::Cancelled));
             };
-            let bar = bars.file(&file.offer.name, file.offer.size, 0);
+            let bar = bars.file(&file.offer.offer.name, file.offer.offer.size, 0);
             let mut last = 0u64;
             let mut started = false;
             let mut progress = |done: u64, _: u64| {
@@ -178,14 +214,14 @@ async fn receive_files(
             failed += 1;
             continue;
         };
-        let shown = sanitize(&file.offer.name);
+        let shown = sanitize(&file.offer.offer.name);
         match result {
             Ok(received) => {
                 let line = format!(
                     "[{}] {}: received {shown} ({} bytes) -> {}",
                     file.time,
                     file.who,
-                    file.offer.size,
+                    file.offer.offer.size,
                     sanitize(&received.path.display().to_string())
                 );
                 if print_error.is_none() {
@@ -199,7 +235,7 @@ async fn receive_files(
             }
             Err(e) => {
                 failed += 1;
-                bars.suspend(|| error_line(&shown, &e));
+                bars.suspend(|| error_line(&shown, &file.who, &e));
             }
         }
     }
@@ -215,9 +251,22 @@ async fn receive_files(
     Ok(())
 }
 
+/// Whether the relay answered that it has no such file: expired, deleted,
+/// or never there. Retrying cannot help.
+fn is_gone(e: &DownloadError) -> bool {
+    matches!(
+        e,
+        DownloadError::Relay(RelayError::Refused { code: ErrorCode::BadRequest, detail, .. })
+            if detail == "no such file"
+    )
+}
+
 /// One failed file, on stderr: what went wrong and what happens next.
-fn error_line(file: &str, e: &DownloadError) {
+fn error_line(file: &str, who: &str, e: &DownloadError) {
     let text = match e {
+        _ if is_gone(e) => format!(
+            "the relay no longer has this file (files expire on the relay, 7 days after their upload by default); ask {who} to send it again"
+        ),
         DownloadError::Verification(_)
         | DownloadError::Relay(
             RelayError::Refused { .. }
@@ -241,53 +290,72 @@ fn error_line(file: &str, e: &DownloadError) {
     );
 }
 
-/// Downloads one file and, once it is in place, remembers its message,
-/// deletes it from the relay and acknowledges its envelope.
+/// Downloads one file and, once it is in place, drops its offer from the
+/// home and deletes its blob from the relay.
 async fn receive_one(
     pin: &RelayPin,
-    me: &SecretKey,
+    me: &Arc<SecretKey>,
     store: &Arc<SessionFiles>,
     dir: &Path,
-    file: &PendingFile,
+    file: &Waiting,
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<Received, DownloadError> {
+    let offer = &file.offer.offer;
     let mut conn = relay_client::connect(pin, me).await?;
-    let path = download::download(&mut conn, dir, &file.offer, progress).await?;
-
-    // The file is safely in place. It is remembered first: were the blob
-    // deleted before that and the run cut short, every later run would find
-    // the offer unread and its file gone from the relay. This way a cut run
-    // leaves at worst a relay copy that expires on its own.
-    let shown = sanitize(&file.offer.name);
-    let mut late = Vec::new();
-    let remembered = {
-        let store = store.clone();
-        let entry = [(file.message, file.sent_at_ms)];
-        tokio::task::spawn_blocking(move || store.with_seen(|s| s.record(&entry, seen::now_secs())))
-            .await
-            .map_err(anyhow::Error::from)
-            .and_then(|r| r)
+    let path = match download::download(&mut conn, dir, offer, progress).await {
+        Ok(path) => path,
+        Err(e) => {
+            conn.close().await;
+            if is_gone(&e) {
+                // Nothing can fetch it any more: the offer goes, once said.
+                if let Err(forget) = forget(me, store, offer.file_id).await {
+                    tracing::warn!(error = %crate::error_line(&forget), "an offer of a file gone from the relay stays");
+                }
+            }
+            return Err(e);
+        }
     };
-    match remembered {
+
+    // The file is safely in place. Its offer goes first: were the blob
+    // deleted before that and the run cut short, every later run would find
+    // the offer and its file gone from the relay. This way a cut run leaves
+    // at worst a relay copy that expires on its own.
+    let shown = sanitize(&offer.name);
+    let mut late = Vec::new();
+    match forget(me, store, offer.file_id).await {
         Err(e) => late.push(format!(
-            "{shown}: received, but could not be recorded as such ({}); the next `sotto receive-all` may fetch it again",
+            "{shown}: received, but its offer could not be removed ({}); the next `sotto receive-all` may fetch it again",
             crate::error_line(&e)
         )),
         Ok(()) => {
-            if let Err(e) = conn.delete_blob(file.offer.file_id).await {
+            if let Err(e) = conn.delete_blob(offer.file_id).await {
                 late.push(format!(
                     "{shown}: the relay's copy could not be deleted ({e}); it expires on its own"
-                ));
-            }
-            if let Err(e) = conn.ack(&[file.delivery]).await {
-                late.push(format!(
-                    "{shown}: received, but its message could not be acknowledged ({e}); that is done next time"
                 ));
             }
         }
     }
     conn.close().await;
     Ok(Received { path, late })
+}
+
+/// Drops the offer of `file_id` from the home.
+async fn forget(
+    me: &Arc<SecretKey>,
+    store: &Arc<SessionFiles>,
+    file_id: sotto_crypto::file::FileId,
+) -> Result<()> {
+    let (me, store) = (me.clone(), store.clone());
+    tokio::task::spawn_blocking(move || {
+        store.with_offers(&me, |offers| {
+            if offers.remove(file_id).is_some() {
+                offers.save()?;
+            }
+            Ok(())
+        })
+    })
+    .await
+    .map_err(anyhow::Error::from)?
 }
 
 #[cfg(test)]

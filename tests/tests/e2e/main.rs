@@ -9,3 +9,4 @@ mod files;
 mod messaging;
 mod presence;
 mod sessions;
+mod state;

@@ -1,0 +1,264 @@
+//! File offers opened but not yet received, kept sealed in the home
+//! (`offers.sealed`) until their file is in place.
+//!
+//! An offer carries the only copy of its file's key. It used to stay on the
+//! relay, unacknowledged, until `receive-all` fetched the file, and was opened
+//! again each time; but an envelope left on the relay can outlive what opens
+//! it (the session it was sealed on renews and is erased), and opening it again
+//! after later messages must never be mistaken for a replay. So the first
+//! command that opens an offer (`inbox`, `chat` or `receive-all`) records it
+//! here, durably, *before* its envelope is acknowledged, and `receive-all`
+//! downloads from here. An offer leaves only when its file is in place, or
+//! the relay says it no longer has the file.
+//!
+//! The file is `"sotto-offers\0\0\0\0" (16) | version 01 | sealed`, `sealed`
+//! being an [`AtRestKey`] record (random nonce, XChaCha20-Poly1305) of the
+//! postcard list of offers under a key derived from the identity, with the
+//! first 17 bytes as associated data: the passphrase that protects the key
+//! file protects the file keys and names here too. It is small (at most
+//! [`MAX_OFFERS`]) and rewritten whole, atomically, under the session lock
+//! ([`crate::sessions`]), so `inbox`, `chat` and `receive-all` running at once
+//! never lose each other's changes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+use serde::{Deserialize, Serialize};
+use sotto_crypto::at_rest::AtRestKey;
+use sotto_crypto::envelope::MessageId;
+use sotto_crypto::file::{FileId, FileOffer};
+use sotto_keys::{PublicKey, SecretKey};
+
+/// At most this many offers wait; the relay keeps at most 1,000 files per
+/// recipient by default, so this is far beyond what one relay sends.
+pub const MAX_OFFERS: usize = 10_000;
+/// Largest file accepted (each offer is well under 1 KiB).
+const MAX_FILE_LEN: u64 = 16 << 20;
+const MAGIC: &[u8; 16] = b"sotto-offers\0\0\0\0";
+const VERSION: u8 = 1;
+const KEY_LABEL: &[u8] = b"sotto offers key v1";
+
+/// An offer waiting for its file to be downloaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredOffer {
+    /// Its authenticated sender.
+    pub sender: PublicKey,
+    /// The id of the message that carried it.
+    pub message: MessageId,
+    /// The message's date, by the sender's clock (milliseconds).
+    pub sent_at_ms: u64,
+    /// When the relay stored the message (unix seconds, the relay's clock).
+    pub received_at: u64,
+    /// What was offered, with the file's key.
+    pub offer: FileOffer,
+}
+
+/// What [`Offers::add`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// A new offer, now kept.
+    New,
+    /// Already kept (the same file from the same sender).
+    Known,
+    /// [`MAX_OFFERS`] are waiting: not kept.
+    Full,
+}
+
+/// The offers of one home, as loaded.
+pub struct Offers {
+    path: PathBuf,
+    key: AtRestKey,
+    list: Vec<StoredOffer>,
+}
+
+fn header() -> [u8; 17] {
+    let mut h = [0u8; 17];
+    h[..16].copy_from_slice(MAGIC);
+    h[16] = VERSION;
+    h
+}
+
+impl Offers {
+    /// Loads the offers at `path` (none if there is no file) for `me`.
+    /// Callers hold the session lock from here until after [`Offers::save`].
+    pub fn load(path: &Path, me: &SecretKey) -> Result<Self> {
+        let key = AtRestKey::derive(me, KEY_LABEL)
+            .map_err(|e| anyhow!("cannot derive the key of {}: {e}", path.display()))?;
+        let mut offers = Self {
+            path: path.to_path_buf(),
+            key,
+            list: Vec::new(),
+        };
+        let Some(bytes) = crate::sessions::read_private(path, MAX_FILE_LEN)? else {
+            return Ok(offers);
+        };
+        let p = path.display();
+        let header = header();
+        let sealed = match bytes.strip_prefix(&header[..]) {
+            Some(sealed) => sealed,
+            None if bytes.starts_with(MAGIC) => bail!(
+                "{p} was written by another version of sotto; upgrade sotto to receive the files it lists"
+            ),
+            None => bail!("{p} is not a file of offers; move it away (the files it lists are lost)"),
+        };
+        let plain = offers.key.open(&header, sealed).map_err(|_| {
+            anyhow!("{p} is corrupt or was written with another identity key; move it away (the files it lists are lost)")
+        })?;
+        offers.list = match postcard::from_bytes::<Vec<StoredOffer>>(&plain) {
+            Ok(list) if list.len() <= MAX_OFFERS => list,
+            _ => bail!("{p} does not decode; move it away (the files it lists are lost)"),
+        };
+        Ok(offers)
+    }
+
+    /// Keeps `offer` unless it is kept already or too many wait.
+    pub fn add(&mut self, offer: StoredOffer) -> Added {
+        let known = self.list.iter().any(|o| {
+            (o.sender == offer.sender && o.message == offer.message)
+                || o.offer.file_id == offer.offer.file_id
+        });
+        if known {
+            Added::Known
+        } else if self.list.len() >= MAX_OFFERS {
+            Added::Full
+        } else {
+            self.list.push(offer);
+            Added::New
+        }
+    }
+
+    /// Drops the offer of `file_id`, returning it.
+    pub fn remove(&mut self, file_id: FileId) -> Option<StoredOffer> {
+        let at = self.list.iter().position(|o| o.offer.file_id == file_id)?;
+        Some(self.list.remove(at))
+    }
+
+    /// The offers waiting, oldest first.
+    pub fn list(&self) -> &[StoredOffer] {
+        &self.list
+    }
+
+    /// Seals and writes the offers atomically (0600). With none left the
+    /// file is removed.
+    pub fn save(&self) -> Result<()> {
+        if self.list.is_empty() {
+            return match std::fs::remove_file(&self.path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => {
+                    Err(anyhow::Error::new(e)
+                        .context(format!("cannot remove {}", self.path.display())))
+                }
+            };
+        }
+        let plain = zeroize::Zeroizing::new(
+            postcard::to_stdvec(&self.list)
+                .map_err(|e| anyhow!("cannot encode the offers: {e}"))?,
+        );
+        let header = header();
+        let sealed = self
+            .key
+            .seal(&header, &plain)
+            .map_err(|e| anyhow!("cannot seal the offers: {e}"))?;
+        let mut out = Vec::with_capacity(header.len() + sealed.len());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&sealed);
+        crate::config::write_atomic(&self.path, &out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sotto_crypto::file::FileKey;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn offer(name: &str) -> StoredOffer {
+        StoredOffer {
+            sender: SecretKey::generate().public(),
+            message: MessageId::random(),
+            sent_at_ms: 1,
+            received_at: 2,
+            offer: FileOffer {
+                file_id: FileId::random(),
+                name: name.to_owned(),
+                size: 3,
+                hash: [4; 32],
+                key: FileKey::generate(),
+            },
+        }
+    }
+
+    #[test]
+    fn offers_are_kept_sealed_private_and_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("offers.sealed");
+        let me = SecretKey::generate();
+        let mut offers = Offers::load(&path, &me).unwrap();
+        assert!(offers.list().is_empty());
+        let a = offer("holiday-photos.tar");
+        assert_eq!(offers.add(a.clone()), Added::New);
+        assert_eq!(offers.add(a.clone()), Added::Known);
+        let mut same_file = offer("other");
+        same_file.offer.file_id = a.offer.file_id;
+        assert_eq!(offers.add(same_file), Added::Known);
+        offers.add(offer("b"));
+        offers.save().unwrap();
+
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(!bytes.windows(7).any(|w| w == b"holiday"));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let mut again = Offers::load(&path, &me).unwrap();
+        assert_eq!(again.list().len(), 2);
+        assert_eq!(again.list()[0], a);
+        assert_eq!(again.remove(a.offer.file_id), Some(a.clone()));
+        assert_eq!(again.remove(a.offer.file_id), None);
+        again.save().unwrap();
+        assert_eq!(Offers::load(&path, &me).unwrap().list().len(), 1);
+
+        let err = Offers::load(&path, &SecretKey::generate())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("another identity key"), "{err}");
+        let mut bad = std::fs::read(&path).unwrap();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        let err = Offers::load(&path, &me).err().unwrap().to_string();
+        assert!(err.contains("is corrupt"), "{err}");
+    }
+
+    #[test]
+    fn the_last_offer_gone_removes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("offers.sealed");
+        let me = SecretKey::generate();
+        let mut offers = Offers::load(&path, &me).unwrap();
+        let a = offer("a");
+        offers.add(a.clone());
+        offers.save().unwrap();
+        assert!(path.exists());
+        offers.remove(a.offer.file_id);
+        offers.save().unwrap();
+        assert!(!path.exists());
+        offers.save().unwrap();
+    }
+
+    #[test]
+    fn a_full_list_refuses_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = SecretKey::generate();
+        let mut offers = Offers::load(&dir.path().join("o"), &me).unwrap();
+        let template = offer("x");
+        for _ in 0..MAX_OFFERS {
+            let mut o = template.clone();
+            o.message = MessageId::random();
+            o.offer.file_id = FileId::random();
+            assert_eq!(offers.add(o), Added::New);
+        }
+        assert_eq!(offers.add(offer("one too many")), Added::Full);
+    }
+}
