@@ -17,7 +17,8 @@
 //! - [`seen`]: message ids already shown, so a replay is shown once;
 //! - [`presence`]: which contacts are online, from their live-only notices;
 //! - [`display`]: neutralising control characters from the network, times;
-//! - [`history`]: the local record of messages sent and shown (`history.log`);
+//! - [`history`]: the local record of messages sent and shown, sealed with
+//!   the identity (`history.sealed`);
 //! - [`upload`]: sending a file: streamed from disk, sealed, pipelined,
 //!   resumable, with progress through a callback;
 //! - [`upload_state`]: what resuming an interrupted upload needs (0600 files
