@@ -25,6 +25,8 @@
 //!   in `uploads/`);
 //! - [`download`]: receiving a file: chunks opened one by one into a
 //!   temporary file, verified, then put in place; resumable;
+//! - [`download_limits`]: the largest file received, and the free space a
+//!   download needs before it starts;
 //! - [`safe_name`]: turning a name chosen by a sender into a safe file name;
 //! - [`publish`]: putting a verified file in place without ever overwriting one.
 //!
@@ -43,6 +45,7 @@ pub mod commands;
 pub mod config;
 pub mod display;
 pub mod download;
+pub mod download_limits;
 pub mod history;
 pub mod home;
 pub mod identity;

@@ -32,6 +32,7 @@ use crate::cli::ReceiveAllArgs;
 use crate::config::{Config, RelayPin};
 use crate::display::sanitize;
 use crate::download::{self, DownloadError};
+use crate::download_limits::DownloadLimits;
 use crate::identity;
 use crate::relay_client::{self, RelayError};
 use crate::seen;
@@ -45,7 +46,8 @@ pub const PARALLEL: usize = 4;
 pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
     ctx.home.require_identity()?;
     check_dir(&args.dir)?;
-    let pin = Config::load(&ctx.home.config())?.relay()?;
+    let config = Config::load(&ctx.home.config())?;
+    let (pin, limits) = (config.relay()?, DownloadLimits::from_config(&config));
     let book = ContactBook::load(&ctx.home.contacts())?;
     let me = Arc::new(identity::load(&ctx.home, ctx.passphrase_file.as_deref())?);
     let store = Arc::new(SessionFiles::of(&ctx.home));
@@ -97,7 +99,7 @@ pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
             }
             return Ok(());
         }
-        receive_files(&pin, &me, &store, &dir, outcome.files, &bars).await
+        receive_files(&pin, &me, &store, &dir, &limits, outcome.files, &bars).await
     })?
 }
 
@@ -129,6 +131,7 @@ async fn receive_files(
     me: &Arc<SecretKey>,
     store: &Arc<SessionFiles>,
     dir: &Path,
+    limits: &DownloadLimits,
     files: Vec<PendingFile>,
     bars: &Bars,
 ) -> Result<()> {
@@ -143,6 +146,7 @@ async fn receive_files(
     let mut tasks = JoinSet::new();
     for file in files {
         let (pin, me, store, dir) = (pin.clone(), me.clone(), store.clone(), dir.to_path_buf());
+        let limits = limits.clone();
         let (bars, total, permits) = (bars.clone(), total.clone(), permits.clone());
         tasks.spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
@@ -164,7 +168,7 @@ async fn receive_files(
                 }
                 last = done;
             };
-            let result = receive_one(&pin, &me, &store, &dir, &file, &mut progress).await;
+            let result = receive_one(&pin, &me, &store, &dir, &limits, &file, &mut progress).await;
             bar.finish_and_clear();
             (file, result)
         });
@@ -219,6 +223,8 @@ async fn receive_files(
 fn error_line(file: &str, e: &DownloadError) {
     let text = match e {
         DownloadError::Verification(_)
+        | DownloadError::TooLarge { .. }
+        | DownloadError::NoSpace { .. }
         | DownloadError::Relay(
             RelayError::Refused { .. }
             | RelayError::KeyMismatch { .. }
@@ -248,11 +254,12 @@ async fn receive_one(
     me: &SecretKey,
     store: &Arc<SessionFiles>,
     dir: &Path,
+    limits: &DownloadLimits,
     file: &PendingFile,
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<Received, DownloadError> {
     let mut conn = relay_client::connect(pin, me).await?;
-    let path = download::download(&mut conn, dir, &file.offer, progress).await?;
+    let path = download::download(&mut conn, dir, &file.offer, limits, progress).await?;
 
     // The file is safely in place. It is remembered first: were the blob
     // deleted before that and the run cut short, every later run would find
