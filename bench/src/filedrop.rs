@@ -6,7 +6,8 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use sotto_client::config::RelayPin;
+use sotto_client::config::{Config, RelayPin};
+use sotto_client::download_limits::DownloadLimits;
 use sotto_client::upload_state::UploadState;
 use sotto_client::{download, relay_client, upload};
 use sotto_crypto::file::FileOffer;
@@ -73,7 +74,9 @@ pub async fn measure(
     let cpu0 = (cpu_secs("self"), relay.cpu_secs());
     let started = Instant::now();
     let mut conn = relay_client::connect(&pin, &bob).await?;
-    let path = download::download(&mut conn, &out, &offer, &mut |_, _| {}).await?;
+    // The checks `receive-all` makes with a default config.
+    let limits = DownloadLimits::from_config(&Config::default());
+    let path = download::download(&mut conn, &out, &offer, &limits, &mut |_, _| {}).await?;
     let down = started.elapsed().as_secs_f64();
     let cpu_down = (cpu_secs("self") - cpu0.0, relay.cpu_secs() - cpu0.1);
     conn.close().await;

@@ -78,6 +78,10 @@ pub struct InitArgs {
     /// also protected when --passphrase-file or $SOTTO_PASSPHRASE is given.
     #[arg(long)]
     pub passphrase: bool,
+    /// Keep no history of messages on this device (`history = false` in
+    /// config.toml).
+    #[arg(long)]
+    pub no_history: bool,
 }
 
 /// `sotto relay ...`.
@@ -168,8 +172,11 @@ pub struct ChatArgs {
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
     /// The contact or group.
-    #[arg(value_name = "NAME")]
-    pub name: String,
+    #[arg(value_name = "NAME", required_unless_present = "clear")]
+    pub name: Option<String>,
+    /// Remove the whole history kept on this device, with everyone.
+    #[arg(long, conflicts_with = "name")]
+    pub clear: bool,
 }
 
 /// `sotto send-file`.
@@ -329,7 +336,16 @@ mod tests {
         assert!(parse(&["chat", "--group"]).is_err());
         assert!(parse(&["history"]).is_err());
         match parse(&["history", "bob"]).unwrap().command {
-            Command::History(a) => assert_eq!(a.name, "bob"),
+            Command::History(a) => assert_eq!(a.name.as_deref(), Some("bob")),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["history", "--clear"]).unwrap().command {
+            Command::History(a) => assert!(a.clear && a.name.is_none()),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["history", "bob", "--clear"]).is_err());
+        match parse(&["init", "--no-history"]).unwrap().command {
+            Command::Init(a) => assert!(a.no_history),
             other => panic!("{other:?}"),
         }
     }

@@ -1,4 +1,5 @@
-//! `config.toml`: who I am called and which relay I read from.
+//! `config.toml`: who I am called, which relay I read from, whether history
+//! is kept, and how large a file is received.
 //!
 //! The file is meant to be read and, carefully, edited by people, so it is
 //! written with a comment header, updated in place (a person's comments and
@@ -10,6 +11,7 @@
 //! edit), never because a relay presented another key.
 
 use std::io::{Read, Write};
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -17,7 +19,7 @@ use serde::Deserialize;
 use sotto_keys::{relay_addr::RelayAddr, RelayKey};
 use toml_edit::DocumentMut;
 
-/// Largest config file read, in bytes: it holds three short values.
+/// Largest config file read, in bytes: it holds a few short values.
 const MAX_CONFIG_LEN: u64 = 64 * 1024;
 
 const HEADER: &str = "\
@@ -28,7 +30,19 @@ const HEADER: &str = "\
 # relay_key = that relay's public key (sottorelay1...). It is pinned: a relay
 #             that proves any other key is refused. Change it only on purpose,
 #             with `sotto relay set HOST:PORT KEY`.
+# history   = false keeps no history of messages on this device (default
+#             true: kept in history.sealed, sealed with the identity key).
+#             Turning it off keeps what is there; `sotto history --clear`
+#             removes it.
+# max_download_size = largest file `sotto receive-all` downloads, in bytes
+#             (default 17179869184, 16 GiB); a larger offer waits on the relay.
 ";
+
+/// Default for `max_download_size`: 16 GiB, what a relay on its defaults
+/// keeps for one recipient at most (two files at its 8 GiB limit), so any
+/// file such a relay accepts is received, while an offer that claims far
+/// more (the format allows 2^48 bytes) is refused before a byte is written.
+pub const DEFAULT_MAX_DOWNLOAD_SIZE: u64 = 16 << 30;
 
 /// The settings in `config.toml`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -40,6 +54,10 @@ pub struct Config {
     pub relay: Option<RelayAddr>,
     /// That relay's pinned key.
     pub relay_key: Option<RelayKey>,
+    /// Whether messages are kept in the local history (default: yes).
+    pub history: Option<bool>,
+    /// Largest file `receive-all` downloads, in bytes.
+    pub max_download_size: Option<NonZeroU64>,
 }
 
 /// A relay and its pinned key.
@@ -82,6 +100,17 @@ impl Config {
         }
     }
 
+    /// Whether messages are kept in the local history.
+    pub fn keeps_history(&self) -> bool {
+        self.history.unwrap_or(true)
+    }
+
+    /// Largest file `receive-all` downloads, in bytes.
+    pub fn max_download_size(&self) -> u64 {
+        self.max_download_size
+            .map_or(DEFAULT_MAX_DOWNLOAD_SIZE, NonZeroU64::get)
+    }
+
     /// The configured relay, or the standard error saying how to set one.
     pub fn relay(&self) -> Result<RelayPin> {
         match (&self.relay, &self.relay_key) {
@@ -101,6 +130,34 @@ impl Config {
 ///
 /// `None` leaves a value as it is.
 pub fn update(path: &Path, name: Option<&str>, relay: Option<&RelayPin>) -> Result<()> {
+    apply(
+        path,
+        &Changes {
+            name,
+            relay,
+            history: None,
+        },
+    )
+}
+
+/// Values to set in `config.toml`; `None` leaves one as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Changes<'a> {
+    /// `name`.
+    pub name: Option<&'a str>,
+    /// `relay` and `relay_key`.
+    pub relay: Option<&'a RelayPin>,
+    /// `history`.
+    pub history: Option<bool>,
+}
+
+/// Sets `changes` in `config.toml` as [`update`] does.
+pub fn apply(path: &Path, changes: &Changes<'_>) -> Result<()> {
+    let Changes {
+        name,
+        relay,
+        history,
+    } = *changes;
     let text = read_text(path)?;
     let mut doc = match &text {
         Some(text) => text.parse::<DocumentMut>().map_err(|e| {
@@ -118,6 +175,9 @@ pub fn update(path: &Path, name: Option<&str>, relay: Option<&RelayPin>) -> Resu
     if let Some(pin) = relay {
         doc["relay"] = toml_edit::value(pin.addr.to_string());
         doc["relay_key"] = toml_edit::value(pin.key.to_string());
+    }
+    if let Some(keep) = history {
+        doc["history"] = toml_edit::value(keep);
     }
     let mut out = doc.to_string();
     if text.is_none() {
@@ -246,6 +306,44 @@ mod tests {
 
         let err = Config::parse("name = \n", path).unwrap_err().to_string();
         assert!(err.starts_with("/h/config.toml:1: "), "{err}");
+    }
+
+    #[test]
+    fn history_and_download_size_have_defaults_and_refuse_nonsense() {
+        let path = Path::new("/h/config.toml");
+        let c = Config::parse("", path).unwrap();
+        assert!(c.keeps_history());
+        assert_eq!(c.max_download_size(), DEFAULT_MAX_DOWNLOAD_SIZE);
+        let c = Config::parse("history = false\nmax_download_size = 1000\n", path).unwrap();
+        assert!(!c.keeps_history());
+        assert_eq!(c.max_download_size(), 1000);
+        let err = Config::parse("name = \"a\"\nmax_download_size = 0\n", path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/h/config.toml:2: "), "{err}");
+        let err = Config::parse("history = \"no\"\n", path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/h/config.toml:1: "), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        apply(
+            &path,
+            &Changes {
+                name: Some("a"),
+                history: Some(false),
+                ..Changes::default()
+            },
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("# history   = false keeps no history"),
+            "{text}"
+        );
+        assert!(text.contains("\nhistory = false\n"), "{text}");
+        assert!(!Config::load(&path).unwrap().keeps_history());
     }
 
     #[test]

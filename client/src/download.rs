@@ -17,6 +17,11 @@
 //! chunks that opened correctly, so the next attempt re-hashes it and asks the
 //! relay for the rest (`Download { from }`), dropping a partly written chunk.
 //!
+//! Before anything is asked of the relay, the offer's size is checked against
+//! the client's limit, and what is left to fetch against the free space of
+//! the directory ([`crate::download_limits`]); a refusal leaves the offer as
+//! it is.
+//!
 //! Progress is reported through a callback, `(bytes done, bytes total)`.
 
 use std::fs::{self, File, OpenOptions};
@@ -30,6 +35,7 @@ use sotto_crypto::file::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
+use crate::download_limits::{DownloadLimits, FREE_SPACE_MARGIN};
 use crate::publish::publish;
 use crate::relay_client::{describe_io, DownloadEnd, RelayConn, RelayError, SealedChunk};
 use crate::safe_name::{safe_file_name, TEMP_PREFIX};
@@ -61,6 +67,24 @@ pub enum DownloadError {
     /// A worker thread went away (the runtime is shutting down).
     #[error("the download was cancelled")]
     Cancelled,
+    /// The offer is larger than the client accepts; it stays on the relay.
+    #[error("it is {size} bytes, more than max_download_size ({limit} bytes, in config.toml); raise that setting to receive it: it stays on the relay")]
+    TooLarge {
+        /// The offered size.
+        size: u64,
+        /// `max_download_size`.
+        limit: u64,
+    },
+    /// The rest of the file does not fit in the directory; it stays on the relay.
+    #[error("it needs {need} more bytes in {} but only {free} are free, and {FREE_SPACE_MARGIN} are kept spare; free some space or choose another --dir: it stays on the relay", dir.display())]
+    NoSpace {
+        /// The directory.
+        dir: PathBuf,
+        /// Bytes still to write.
+        need: u64,
+        /// Bytes free there.
+        free: u64,
+    },
 }
 
 /// The temporary file of a download of `file_id` into `dir`.
@@ -267,21 +291,39 @@ fn write_all(
 /// Downloads the file of `offer` into `dir`, resuming an earlier attempt,
 /// verifies it and publishes it under its sanitised name (or `name (N).ext`
 /// if that is taken); returns where it is. `progress(done, total)` is called
-/// with plaintext bytes, first with what an earlier attempt left.
+/// with plaintext bytes, first with what an earlier attempt left. An offer
+/// over `limits`, or whose rest does not fit in `dir`, is refused first.
 pub async fn download<R, W>(
     conn: &mut RelayConn<R, W>,
     dir: &Path,
     offer: &FileOffer,
+    limits: &DownloadLimits,
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<PathBuf, DownloadError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    limits.check_size(offer)?;
     let size = offer.size;
     let part = {
-        let (dir, offer) = (dir.to_path_buf(), offer.clone());
-        joined(tokio::task::spawn_blocking(move || PartFile::open(&dir, &offer)).await)?
+        let (dir, offer, limits) = (dir.to_path_buf(), offer.clone(), limits.clone());
+        joined(
+            tokio::task::spawn_blocking(move || {
+                let part = PartFile::open(&dir, &offer)?;
+                match limits.check_space(&dir, offer.size - part.written()) {
+                    Ok(()) => Ok(part),
+                    Err(e) => {
+                        // What an earlier attempt received is kept for later.
+                        if part.written() == 0 {
+                            part.discard();
+                        }
+                        Err(e)
+                    }
+                }
+            })
+            .await,
+        )?
     };
     let from = part.next_chunk();
     if from > 0 {
@@ -337,6 +379,10 @@ mod tests {
     use serde_bytes::ByteBuf;
     use sotto_crypto::file::FileKey;
     use sotto_crypto::wire::{ClientMsg, ErrorCode, RelayMsg};
+
+    fn no_limits() -> DownloadLimits {
+        DownloadLimits::with_free_space(u64::MAX, |_| Ok(u64::MAX))
+    }
 
     fn data(size: usize) -> Vec<u8> {
         (0..size).map(|i| (i * 7 % 253) as u8).collect()
@@ -437,7 +483,7 @@ mod tests {
             )
             .await;
             let mut calls = Vec::new();
-            let path = download(&mut conn, dir.path(), &offer, &mut |d, t| {
+            let path = download(&mut conn, dir.path(), &offer, &no_limits(), &mut |d, t| {
                 calls.push((d, t))
             })
             .await
@@ -464,7 +510,7 @@ mod tests {
         let offer = offer("notes.txt", &content);
         let sealed = seal_all(&offer, &content);
         let mut conn = serving(0, vec![(0, sealed[0].clone())], false).await;
-        let path = download(&mut conn, dir.path(), &offer, &mut |_, _| {})
+        let path = download(&mut conn, dir.path(), &offer, &no_limits(), &mut |_, _| {})
             .await
             .unwrap();
         assert_eq!(path, dir.path().join("notes (1).txt"));
@@ -542,7 +588,7 @@ mod tests {
         for (what, chunks, why) in cases {
             let dir = tempfile::tempdir().unwrap();
             let mut conn = serving(0, chunks, false).await;
-            let err = download(&mut conn, dir.path(), &good, &mut |_, _| {})
+            let err = download(&mut conn, dir.path(), &good, &no_limits(), &mut |_, _| {})
                 .await
                 .unwrap_err();
             assert!(
@@ -566,7 +612,7 @@ mod tests {
         let mut lying = good.clone();
         lying.hash[0] ^= 1;
         let mut conn = serving(0, indexed(sealed.clone()), false).await;
-        let err = download(&mut conn, dir.path(), &lying, &mut |_, _| {})
+        let err = download(&mut conn, dir.path(), &lying, &no_limits(), &mut |_, _| {})
             .await
             .unwrap_err();
         assert!(
@@ -608,7 +654,7 @@ mod tests {
             true,
         )
         .await;
-        let err = download(&mut conn, dir.path(), &offer, &mut |_, _| {})
+        let err = download(&mut conn, dir.path(), &offer, &no_limits(), &mut |_, _| {})
             .await
             .unwrap_err();
         assert!(matches!(err, DownloadError::Relay(_)), "{err}");
@@ -623,7 +669,7 @@ mod tests {
         let rest = (2..5).map(|i| (i as u64, sealed[i].clone())).collect();
         let mut conn = serving(2, rest, false).await;
         let mut calls = Vec::new();
-        let path = download(&mut conn, dir.path(), &offer, &mut |d, t| {
+        let path = download(&mut conn, dir.path(), &offer, &no_limits(), &mut |d, t| {
             calls.push((d, t))
         })
         .await
@@ -641,7 +687,7 @@ mod tests {
         let sealed = seal_all(&offer, &content);
         fs::write(part_path(dir.path(), offer.file_id), &content).unwrap();
         let mut conn = serving(1, vec![(1, sealed[1].clone())], false).await;
-        let path = download(&mut conn, dir.path(), &offer, &mut |_, _| {})
+        let path = download(&mut conn, dir.path(), &offer, &no_limits(), &mut |_, _| {})
             .await
             .unwrap();
         assert_eq!(fs::read(path).unwrap(), content);
@@ -666,7 +712,7 @@ mod tests {
             w.flush().await.unwrap();
         })
         .await;
-        let err = download(&mut conn, dir.path(), &offer, &mut |_, _| {})
+        let err = download(&mut conn, dir.path(), &offer, &no_limits(), &mut |_, _| {})
             .await
             .unwrap_err();
         assert!(
@@ -704,7 +750,7 @@ mod tests {
             let _ = r.recv::<ClientMsg>().await;
         })
         .await;
-        let err = download(&mut conn, dir.path(), &offer, &mut |_, _| {})
+        let err = download(&mut conn, dir.path(), &offer, &no_limits(), &mut |_, _| {})
             .await
             .unwrap_err();
         assert!(
@@ -725,5 +771,93 @@ mod tests {
         let err = PartFile::open(dir.path(), &offer).unwrap_err();
         assert!(matches!(err, DownloadError::Disk { .. }), "{err}");
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    }
+
+    /// A relay that must not be asked for anything.
+    async fn silent() -> TestConn {
+        fake_relay(|mut r, _w| async move {
+            if let Ok(Some(msg)) = r.recv::<ClientMsg>().await {
+                panic!("the relay was asked {msg:?}");
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn an_offer_over_the_size_limit_is_refused_before_anything_is_fetched() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = data(CHUNK_LEN + 1);
+        let offer = offer("big.iso", &content);
+        let mut conn = silent().await;
+        let limits = DownloadLimits::with_free_space(CHUNK_LEN as u64, |_| Ok(u64::MAX));
+        let err = download(&mut conn, dir.path(), &offer, &limits, &mut |_, _| {})
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, DownloadError::TooLarge { size, limit } if size == offer.size && limit == CHUNK_LEN as u64),
+            "{err}"
+        );
+        assert!(entries(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_download_starts_only_if_the_rest_fits_and_keeps_what_it_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = data(4 * CHUNK_LEN);
+        let offer = offer("big.iso", &content);
+        let sealed = seal_all(&offer, &content);
+        let size = content.len() as u64;
+
+        // Nothing yet: the whole file must fit, and no empty part is left.
+        let tight = move |free: u64| {
+            DownloadLimits::with_free_space(u64::MAX, move |_| Ok(free + FREE_SPACE_MARGIN))
+        };
+        let mut conn = silent().await;
+        let err = download(
+            &mut conn,
+            dir.path(),
+            &offer,
+            &tight(size - 1),
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, DownloadError::NoSpace { need, .. } if need == size),
+            "{err}"
+        );
+        assert!(entries(dir.path()).is_empty());
+
+        // Half of it arrived before: only the rest must fit, and the half
+        // is kept when even that does not.
+        let half = 2 * CHUNK_LEN;
+        fs::write(part_path(dir.path(), offer.file_id), &content[..half]).unwrap();
+        let rest = size - half as u64;
+        let mut conn = silent().await;
+        let err = download(
+            &mut conn,
+            dir.path(),
+            &offer,
+            &tight(rest - 1),
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, DownloadError::NoSpace { need, .. } if need == rest),
+            "{err}"
+        );
+        assert_eq!(
+            fs::metadata(part_path(dir.path(), offer.file_id))
+                .unwrap()
+                .len(),
+            half as u64
+        );
+        let served = (2..4).map(|i| (i as u64, sealed[i].clone())).collect();
+        let mut conn = serving(2, served, false).await;
+        let path = download(&mut conn, dir.path(), &offer, &tight(rest), &mut |_, _| {})
+            .await
+            .unwrap();
+        assert_eq!(fs::read(path).unwrap(), content);
     }
 }

@@ -81,8 +81,19 @@ impl Home {
         self.dir.join("offers.sealed")
     }
 
-    /// Messages sent and received, for `sotto history` (see [`crate::history`]).
+    /// Messages sent and received, sealed with the identity, for `sotto
+    /// history` (see [`crate::history`]).
     pub fn history(&self) -> PathBuf {
+        self.dir.join("history.sealed")
+    }
+
+    /// The lock every reader and writer of the history holds.
+    pub fn history_lock(&self) -> PathBuf {
+        self.dir.join("history.lock")
+    }
+
+    /// The plaintext history of older versions, sealed and removed on first use.
+    pub fn history_plaintext(&self) -> PathBuf {
         self.dir.join("history.log")
     }
 

@@ -21,13 +21,16 @@
 //!   file is in place;
 //! - [`presence`]: which contacts are online, from their live-only notices;
 //! - [`display`]: neutralising control characters from the network, times;
-//! - [`history`]: the local record of messages sent and shown (`history.log`);
+//! - [`history`]: the local record of messages sent and shown, sealed with
+//!   the identity (`history.sealed`);
 //! - [`upload`]: sending a file: streamed from disk, sealed, pipelined,
 //!   resumable, with progress through a callback;
 //! - [`upload_state`]: what resuming an interrupted upload needs (0600 files
 //!   in `uploads/`);
 //! - [`download`]: receiving a file: chunks opened one by one into a
 //!   temporary file, verified, then put in place; resumable;
+//! - [`download_limits`]: the largest file received, and the free space a
+//!   download needs before it starts;
 //! - [`safe_name`]: turning a name chosen by a sender into a safe file name;
 //! - [`publish`]: putting a verified file in place without ever overwriting one.
 //!
@@ -46,6 +49,7 @@ pub mod commands;
 pub mod config;
 pub mod display;
 pub mod download;
+pub mod download_limits;
 pub mod history;
 pub mod home;
 pub mod identity;

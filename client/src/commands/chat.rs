@@ -406,13 +406,14 @@ pub fn run(ctx: &Ctx, args: ChatArgs) -> Result<()> {
         spawn_stdin_reader(tx);
         (View::Lines, None)
     };
+    let history = History::open(&ctx.home, &me)?;
     let mut chat = Chat {
         view,
         me: Arc::new(me),
         pin,
         book,
         sessions,
-        history: History::at(ctx.home.history()),
+        history,
         target,
         receipts: Receipts::default(),
         unread: Vec::new(),
@@ -1244,7 +1245,12 @@ mod tests {
             },
             book,
             sessions: SessionFiles::of(&crate::home::Home::at(dir)),
-            history: History::at(dir.join("history.log")),
+            history: History::with_setting(
+                &crate::home::Home::at(dir),
+                &SecretKey::generate(),
+                true,
+            )
+            .unwrap(),
             target,
             receipts: Receipts::default(),
             unread: Vec::new(),

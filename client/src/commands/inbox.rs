@@ -55,7 +55,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let book = ContactBook::load(&ctx.home.contacts())?;
     let me = identity::load(&ctx.home, ctx.passphrase_file.as_deref())?;
     let sessions = SessionFiles::of(&ctx.home);
-    let history = History::at(ctx.home.history());
+    let history = History::open(&ctx.home, &me)?;
 
     let outcome = block_on(async move {
         let mut conn = relay_client::connect(&pin, &me).await?;

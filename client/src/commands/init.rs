@@ -38,7 +38,14 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {
     let passphrase = identity::new_passphrase(args.passphrase, ctx.passphrase_file.as_deref())?;
 
     ctx.home.ensure_dir()?;
-    config::update(&ctx.home.config(), args.name.as_deref(), pin.as_ref())?;
+    config::apply(
+        &ctx.home.config(),
+        &config::Changes {
+            name: args.name.as_deref(),
+            relay: pin.as_ref(),
+            history: args.no_history.then_some(false),
+        },
+    )?;
     let key = SecretKey::generate();
     keyfile::write_new(&identity_path, &key, passphrase.as_ref()).map_err(|e| match e {
         KeysError::AlreadyExists { path } => anyhow::anyhow!(
@@ -67,6 +74,9 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {
             pin.addr, pin.key
         )),
         None => note("next: pin your relay with `sotto relay set HOST:PORT KEY` (sotto-relay prints both when it starts)"),
+    }
+    if args.no_history {
+        note("history is off: no messages are kept on this device (`history = false` in config.toml)");
     }
     Ok(())
 }

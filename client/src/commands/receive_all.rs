@@ -34,6 +34,7 @@ use crate::cli::ReceiveAllArgs;
 use crate::config::{Config, RelayPin};
 use crate::display::{local_time_ms, sanitize};
 use crate::download::{self, DownloadError};
+use crate::download_limits::DownloadLimits;
 use crate::identity;
 use crate::offers::StoredOffer;
 use crate::relay_client::{self, RelayError};
@@ -48,7 +49,8 @@ pub const PARALLEL: usize = 4;
 pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
     ctx.home.require_identity()?;
     check_dir(&args.dir)?;
-    let pin = Config::load(&ctx.home.config())?.relay()?;
+    let config = Config::load(&ctx.home.config())?;
+    let (pin, limits) = (config.relay()?, DownloadLimits::from_config(&config));
     let book = Arc::new(ContactBook::load(&ctx.home.contacts())?);
     let me = Arc::new(identity::load(&ctx.home, ctx.passphrase_file.as_deref())?);
     let store = Arc::new(SessionFiles::of(&ctx.home));
@@ -111,7 +113,7 @@ pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
             .into_iter()
             .map(|offer| Waiting::new(offer, &book))
             .collect();
-        receive_files(&pin, &me, &store, &dir, files, &bars).await
+        receive_files(&pin, &me, &store, &dir, &limits, files, &bars).await
     })?
 }
 
@@ -165,6 +167,7 @@ async fn receive_files(
     me: &Arc<SecretKey>,
     store: &Arc<SessionFiles>,
     dir: &Path,
+    limits: &DownloadLimits,
     files: Vec<Waiting>,
     bars: &Bars,
 ) -> Result<()> {
@@ -179,6 +182,7 @@ async fn receive_files(
     let mut tasks = JoinSet::new();
     for file in files {
         let (pin, me, store, dir) = (pin.clone(), me.clone(), store.clone(), dir.to_path_buf());
+        let limits = limits.clone();
         let (bars, total, permits) = (bars.clone(), total.clone(), permits.clone());
         tasks.spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
@@ -200,7 +204,7 @@ async fn receive_files(
                 }
                 last = done;
             };
-            let result = receive_one(&pin, &me, &store, &dir, &file, &mut progress).await;
+            let result = receive_one(&pin, &me, &store, &dir, &limits, &file, &mut progress).await;
             bar.finish_and_clear();
             (file, result)
         });
@@ -268,6 +272,8 @@ fn error_line(file: &str, who: &str, e: &DownloadError) {
             "the relay no longer has this file (files expire on the relay, 7 days after their upload by default); ask {who} to send it again"
         ),
         DownloadError::Verification(_)
+        | DownloadError::TooLarge { .. }
+        | DownloadError::NoSpace { .. }
         | DownloadError::Relay(
             RelayError::Refused { .. }
             | RelayError::KeyMismatch { .. }
@@ -297,12 +303,13 @@ async fn receive_one(
     me: &Arc<SecretKey>,
     store: &Arc<SessionFiles>,
     dir: &Path,
+    limits: &DownloadLimits,
     file: &Waiting,
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<Received, DownloadError> {
     let offer = &file.offer.offer;
     let mut conn = relay_client::connect(pin, me).await?;
-    let path = match download::download(&mut conn, dir, offer, progress).await {
+    let path = match download::download(&mut conn, dir, offer, limits, progress).await {
         Ok(path) => path,
         Err(e) => {
             conn.close().await;

@@ -49,6 +49,7 @@ pub fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
     let pin = Config::load(&ctx.home.config())?.relay()?;
 
     let me = identity::load(&ctx.home, ctx.passphrase_file.as_deref())?;
+    let history = History::open(&ctx.home, &me)?;
     // A group message is one body sealed once per member, all in one batch
     // of the session state, saved before anything goes out.
     let (sealed, entry) = {
@@ -80,7 +81,7 @@ pub fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
         conn.close().await;
         Ok(())
     })??;
-    record_history(&History::at(ctx.home.history()), &[entry]);
+    record_history(&history, &[entry]);
     match &target {
         Target::Contact(contact) => {
             note(&format!(

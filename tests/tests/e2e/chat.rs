@@ -69,7 +69,7 @@ fn two_clients_chat_live_through_pipes_and_keep_history() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(alice.home().join("history.log"))
+        let mode = std::fs::metadata(alice.home().join("history.sealed"))
             .unwrap()
             .permissions()
             .mode();

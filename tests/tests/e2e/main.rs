@@ -4,8 +4,10 @@
 mod abuse;
 mod chat;
 mod cli;
+mod download_limits;
 mod faults;
 mod files;
+mod history;
 mod messaging;
 mod presence;
 mod sessions;
