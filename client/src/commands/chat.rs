@@ -866,7 +866,8 @@ impl Chat {
         }
         self.queue(to_send);
         self.send_pending(writer, addr).await?;
-        inbox::record_history(&self.history, &outcome.messages);
+        // A disk write under the history's lock: off the runtime's threads.
+        off_runtime(|| inbox::record_history(&self.history, &outcome.messages));
         let noted = &mut self.noted_unknown;
         outcome.unknown_senders.retain(|k| noted.insert(*k));
         inbox::report(&outcome);
@@ -969,9 +970,7 @@ impl Chat {
             warn("no partner yet: type `/to NAME` first");
             return;
         };
-        let lines = self
-            .history
-            .read_all()
+        let lines = off_runtime(|| self.history.read_all())
             .and_then(|entries| super::history::lines_for(&self.book, target.name(), &entries));
         match lines {
             Ok(lines) if lines.is_empty() => {
@@ -1053,7 +1052,7 @@ impl Chat {
         });
         match sealed {
             Ok((sealed, entry)) => {
-                inbox::record_history(&self.history, std::slice::from_ref(&entry));
+                off_runtime(|| inbox::record_history(&self.history, std::slice::from_ref(&entry)));
                 let on_screen = self.view.sent(&entry);
                 if let Some(id) = sealed.iter().find_map(|s| s.message) {
                     let recipients: Vec<(PublicKey, String)> = sealed
