@@ -50,6 +50,8 @@ pub mod config;
 pub mod display;
 pub mod download;
 pub mod download_limits;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod history;
 pub mod home;
 pub mod identity;

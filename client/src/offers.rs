@@ -104,9 +104,9 @@ impl Offers {
         let plain = offers.key.open(&header, sealed).map_err(|_| {
             anyhow!("{p} is corrupt or was written with another identity key; move it away (the files it lists are lost)")
         })?;
-        offers.list = match postcard::from_bytes::<Vec<StoredOffer>>(&plain) {
-            Ok(list) if list.len() <= MAX_OFFERS => list,
-            _ => bail!("{p} does not decode; move it away (the files it lists are lost)"),
+        offers.list = match decode_list(&plain) {
+            Some(list) => list,
+            None => bail!("{p} does not decode; move it away (the files it lists are lost)"),
         };
         Ok(offers)
     }
@@ -164,6 +164,15 @@ impl Offers {
         out.extend_from_slice(&header);
         out.extend_from_slice(&sealed);
         crate::config::write_atomic(&self.path, &out)
+    }
+}
+
+/// The list of offers in an opened file: postcard, nothing left over, at
+/// most [`MAX_OFFERS`].
+pub(crate) fn decode_list(plain: &[u8]) -> Option<Vec<StoredOffer>> {
+    match postcard::take_from_bytes::<Vec<StoredOffer>>(plain) {
+        Ok((list, [])) if list.len() <= MAX_OFFERS => Some(list),
+        _ => None,
     }
 }
 

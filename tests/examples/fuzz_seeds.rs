@@ -324,6 +324,44 @@ fn main() {
         },
     };
     out.put("upload_state", "state", state.encode().as_bytes());
+
+    // The client's sealed files, past their AEAD.
+    let offers = vec![sotto_client::offers::StoredOffer {
+        sender: PublicKey::from_bytes([0x44; 32]),
+        message: MessageId([0x55; 16]),
+        sent_at_ms: 1_767_225_600_000,
+        received_at: 1_767_225_601,
+        offer: FileOffer {
+            file_id: FileId([0x66; 16]),
+            name: "report.pdf".into(),
+            size: 12_345,
+            hash: [0x77; 32],
+            key: FileKey::from_parts(Zeroizing::new([0x88; 32]), [0x99; 7]),
+        },
+    }];
+    let mut home = vec![0];
+    home.extend(postcard::to_stdvec(&offers).unwrap());
+    out.put("home_files", "offers", &home);
+    let entry = sotto_client::history::Entry {
+        at_ms: 1_767_225_600_000,
+        direction: sotto_client::history::Direction::Received,
+        peer: Some(PublicKey::from_bytes([0x44; 32])),
+        group: Some("team".into()),
+        text: "see you at 8".into(),
+    };
+    let mut home = vec![1];
+    home.extend(postcard::to_stdvec(&entry).unwrap());
+    out.put("home_files", "history-entry", &home);
+    // A header's worth of bytes, two whole records of 50 and 60 bytes, a torn one.
+    let mut home = vec![2];
+    home.extend([0u8; 55]);
+    for len in [50u32, 60] {
+        home.extend(len.to_le_bytes());
+        home.extend(vec![0xEE; len as usize]);
+    }
+    home.extend(200u32.to_le_bytes());
+    home.extend([1, 2, 3]);
+    out.put("home_files", "history-file", &home);
 }
 
 /// The `session_open` fixture and seeds of every envelope kind for it, and

@@ -58,6 +58,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("relay_config", relay_config),
     ("relay_codec", relay_codec),
     ("upload_state", upload_state),
+    ("home_files", home_files),
 ];
 
 /// The recipient of every envelope the envelope targets open.
@@ -523,4 +524,35 @@ pub fn upload_state(data: &[u8]) {
 /// A text body, for seeds.
 pub fn text_body(s: &str) -> Body {
     Body::new(Content::Text(s.to_owned()))
+}
+
+/// The client's own sealed files past their AEAD, the first byte picking the
+/// decoder: 0, the offers of `offers.sealed`; 1, a `history.sealed` entry;
+/// anything else, the record framing of a whole `history.sealed` file. What
+/// decodes encodes, and decodes again to the same; the framing never claims
+/// more than the file holds.
+pub fn home_files(data: &[u8]) {
+    use sotto_client::fuzzing as cf;
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    match mode {
+        0 => {
+            if let Some((list, encoded)) = cf::offers(rest) {
+                let (again, reencoded) = cf::offers(&encoded).expect("re-decodes");
+                assert_eq!(again, list);
+                assert_eq!(reencoded, encoded);
+            }
+        }
+        1 => {
+            if let Some(encoded) = cf::history_entry(rest) {
+                assert_eq!(cf::history_entry(&encoded).as_deref(), Some(&encoded[..]));
+            }
+        }
+        _ => {
+            if let Some((end, tail, _count)) = cf::history_scan(rest) {
+                assert_eq!(end + tail, rest.len() as u64);
+            }
+        }
+    }
 }

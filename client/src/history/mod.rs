@@ -30,6 +30,28 @@
 mod legacy;
 mod sealed;
 
+/// The history's decoders of bytes from the disk, for the fuzz targets
+/// (`crate::fuzzing`).
+pub(crate) mod fuzzing {
+    use super::{sealed, Entry};
+
+    /// An entry's plaintext decoded, and encoded again.
+    pub fn entry(plain: &[u8]) -> Option<(Entry, Vec<u8>)> {
+        let entry: Entry = postcard::from_bytes(plain).ok()?;
+        let again = postcard::to_stdvec(&entry).ok()?;
+        Some((entry, again))
+    }
+
+    /// The records after a header in `file` (the header's bytes first):
+    /// where the whole records end, the tail, and how many there were.
+    pub fn scan(file: &[u8]) -> Option<(u64, u64, usize)> {
+        let body = file.get(sealed::HEADER_LEN..)?;
+        let mut count = 0;
+        let scan = sealed::scan(&mut &body[..], file.len() as u64, |_, _| count += 1).ok()?;
+        Some((scan.end, scan.tail, count))
+    }
+}
+
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
