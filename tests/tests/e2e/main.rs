@@ -6,6 +6,7 @@ mod chat;
 mod cli;
 mod faults;
 mod files;
+mod griefing;
 mod messaging;
 mod presence;
 mod sessions;
