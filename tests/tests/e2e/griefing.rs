@@ -146,7 +146,13 @@ fn an_upload_that_sends_nothing_gives_its_room_back_and_is_forgotten() {
     });
     // Mallory's link stays open and silent; her empty upload goes away.
     let blob = relay.data.join("blobs").join(id.to_string());
+    // A guard against a relay that never lets go, not a timing assertion.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while blob.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the empty upload kept its room"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let src = tempfile::tempdir().unwrap();
