@@ -38,10 +38,10 @@ const HEADER: &str = "\
 #             (default 17179869184, 16 GiB); a larger offer waits on the relay.
 ";
 
-/// Default for `max_download_size`: 16 GiB, what a relay on its defaults
-/// keeps for one recipient at most (two files at its 8 GiB limit), so any
-/// file such a relay accepts is received, while an offer that claims far
-/// more (the format allows 2^48 bytes) is refused before a byte is written.
+/// Default for `max_download_size`: 16 GiB, twice the largest file a relay
+/// on its defaults accepts (8 GiB), so any file such a relay takes is
+/// received, while an offer that claims far more (the format allows 2^48
+/// bytes) is refused before a byte is written.
 pub const DEFAULT_MAX_DOWNLOAD_SIZE: u64 = 16 << 30;
 
 /// The settings in `config.toml`.

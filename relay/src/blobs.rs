@@ -10,6 +10,16 @@
 //! changes go through the store's single writer thread, so they share its
 //! group commits.
 //!
+//! What bounds the cache: a blob counts against its recipient's file quota,
+//! and against its uploader's share of that quota, with what it has stored;
+//! an upload in progress holds room for a window of a few checkpoints beyond
+//! that, in memory, and only while it is in progress (`store::holds`). Nothing
+//! is reserved for an upload that sends nothing, so a stranger cannot block a
+//! recipient's file drop by beginning uploads, and one uploader never takes
+//! more than its share (a quarter by default) of what a recipient may hold.
+//! Across recipients, the store's storage budget bounds the whole relay: a
+//! sender writing to many recipients is refused once it is used up.
+//!
 //! Durability follows one rule: a file's data is fsynced *before* a larger
 //! `have` is committed, and the client hears of it only after the commit. So
 //! `have` never claims bytes that a crash could lose, and resuming is always
@@ -18,7 +28,7 @@
 //!
 //! Each operation orders its file and metadata steps so that a crash between
 //! them leaves something the next start repairs:
-//! - begin: the metadata row (reserving quota) before the empty file; a row
+//! - begin: the metadata row (counting one file) before the empty file; a row
 //!   without a file is treated as a file with nothing in it when resumed;
 //! - delete and expiry: the row (committed) before the file; a file without a
 //!   row is removed at the next start ([`Blobs::remove_orphans`]).
@@ -46,34 +56,70 @@ use sotto_keys::PublicKey;
 use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use crate::store::{BlobBegun, BlobMeta, BlobQuota, Store, StoreError, DEFAULT_EXPIRY};
+use crate::store::{
+    sealed_prefix_len, BlobMeta, BlobQuota, HoldToken, QuotaOf, SourceAddr, Store, StoreError,
+    UploadsFrom, Window, DEFAULT_EXPIRY,
+};
 
 /// Name of the blob directory inside the data dir.
 pub const BLOBS_DIR: &str = "blobs";
 /// Default for [`BlobLimits::max_file_size`]: 8 GiB.
 pub const DEFAULT_MAX_FILE_SIZE: u64 = 8 << 30;
-/// Default for [`BlobLimits::max_bytes_per_recipient`]: 16 GiB.
-pub const DEFAULT_MAX_BYTES_PER_RECIPIENT: u64 = 16 << 30;
+/// Default for [`BlobLimits::max_bytes_per_recipient`]: 32 GiB, so that one
+/// uploader's default share of a quarter is about the largest file (8 GiB).
+pub const DEFAULT_MAX_BYTES_PER_RECIPIENT: u64 = 32 << 30;
 /// Default for [`BlobLimits::max_files_per_recipient`].
 pub const DEFAULT_MAX_FILES_PER_RECIPIENT: u64 = 1000;
 /// Default for [`BlobLimits::checkpoint_bytes`]: 16 MiB.
 pub const DEFAULT_CHECKPOINT_BYTES: u64 = 16 << 20;
+/// Default for [`BlobLimits::uploader_share_percent`]: a quarter. One
+/// sender then leaves three quarters of a recipient's file drop to everyone
+/// else, and it takes four keys to fill it, each uploading the bytes for real.
+pub const DEFAULT_UPLOADER_SHARE_PERCENT: u8 = 25;
+/// Default for [`BlobLimits::upload_idle_timeout`]: 30 seconds, far more
+/// than a working client ever pauses between two chunks, and short enough
+/// that an upload left open holds its window only briefly.
+pub const DEFAULT_UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for [`BlobLimits::max_uploads_per_key`]: two connections' worth.
+pub const DEFAULT_MAX_UPLOADS_PER_KEY: u64 = 32;
+/// Default for [`BlobLimits::max_uploads_per_address`]: room for a few
+/// people behind one NAT, but a bound on one machine's many keys.
+pub const DEFAULT_MAX_UPLOADS_PER_ADDRESS: u64 = 128;
+/// An upload's window (the room it holds beyond its stored chunks) in
+/// checkpoint intervals: two, so the next window is granted while the chunks
+/// of the current one are still being written and a steady upload never
+/// waits for room.
+const WINDOW_CHECKPOINTS: u64 = 2;
 
 /// Most blobs deleted in one store request by expiry, so a large sweep is
 /// several bounded transactions rather than one huge one.
 const EXPIRY_BATCH: usize = 1024;
 
-/// Bounds on the file cache, so one sender cannot fill the relay's disk.
+/// Bounds on the file cache, so that no sender can take a recipient's file
+/// drop from others (the relay-wide bound is the store's storage budget).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobLimits {
     /// Largest file accepted, in plaintext bytes (never more than the format's
     /// [`MAX_FILE_SIZE`]).
     pub max_file_size: u64,
-    /// Most sealed bytes held for one recipient, counting unfinished uploads
-    /// at their full size.
+    /// Most sealed bytes stored for one recipient, plus the windows held by
+    /// uploads to it in progress.
     pub max_bytes_per_recipient: u64,
     /// Most files held for one recipient, complete or not.
     pub max_files_per_recipient: u64,
+    /// The most of one recipient's file quota (its bytes and its files) that
+    /// one uploader key may hold, in percent (1 to 100); for bytes never
+    /// less than one file of the largest size.
+    pub uploader_share_percent: u8,
+    /// An upload that sends no chunk for this long gives up the room it
+    /// holds; what it stored stays, and sending again takes room again if
+    /// the quotas allow. One with nothing stored is forgotten.
+    pub upload_idle_timeout: Duration,
+    /// Uploads in progress at once from one key, over all its connections.
+    pub max_uploads_per_key: u64,
+    /// Uploads in progress at once from one address (IPv6: one /64), over
+    /// all its keys.
+    pub max_uploads_per_address: u64,
     /// A blob not updated for this long (a complete one not fetched and
     /// deleted, an upload not resumed) is deleted. Counted in whole seconds.
     pub expiry: Duration,
@@ -88,6 +134,35 @@ impl BlobLimits {
     pub fn checkpoint_chunks(&self) -> u64 {
         (self.checkpoint_bytes / CHUNK_LEN as u64).max(1)
     }
+
+    /// `n` of a quota, cut to the uploader's share (rounded down, but never
+    /// to nothing).
+    fn share_of(&self, n: u64) -> u64 {
+        let percent = u128::from(self.uploader_share_percent.clamp(1, 100));
+        let share = u128::from(n) * percent / 100;
+        u64::try_from(share).unwrap_or(u64::MAX).max(1)
+    }
+
+    /// The bounds the store checks an upload against. An uploader's share of
+    /// a recipient's bytes is never less than one file of the largest size
+    /// (within the recipient's quota), so the share refuses no file that
+    /// the relay would otherwise take.
+    pub fn quota(&self) -> BlobQuota {
+        let largest = sealed_len(self.max_file_size.min(MAX_FILE_SIZE));
+        let bytes_share = self
+            .share_of(self.max_bytes_per_recipient)
+            .max(largest)
+            .min(self.max_bytes_per_recipient);
+        BlobQuota {
+            max_files: self.max_files_per_recipient,
+            max_bytes: self.max_bytes_per_recipient,
+            max_files_per_uploader: self.share_of(self.max_files_per_recipient),
+            max_bytes_per_uploader: bytes_share,
+            window: WINDOW_CHECKPOINTS.saturating_mul(self.checkpoint_chunks()),
+            max_uploads_per_key: self.max_uploads_per_key,
+            max_uploads_per_source: self.max_uploads_per_address,
+        }
+    }
 }
 
 impl Default for BlobLimits {
@@ -96,6 +171,10 @@ impl Default for BlobLimits {
             max_file_size: DEFAULT_MAX_FILE_SIZE,
             max_bytes_per_recipient: DEFAULT_MAX_BYTES_PER_RECIPIENT,
             max_files_per_recipient: DEFAULT_MAX_FILES_PER_RECIPIENT,
+            uploader_share_percent: DEFAULT_UPLOADER_SHARE_PERCENT,
+            upload_idle_timeout: DEFAULT_UPLOAD_IDLE_TIMEOUT,
+            max_uploads_per_key: DEFAULT_MAX_UPLOADS_PER_KEY,
+            max_uploads_per_address: DEFAULT_MAX_UPLOADS_PER_ADDRESS,
             expiry: DEFAULT_EXPIRY,
             checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
         }
@@ -113,15 +192,26 @@ pub enum BlobError {
         /// The limit.
         max: u64,
     },
-    /// The recipient's file quota would be exceeded; nothing was stored. The
-    /// fields are what the recipient holds.
-    #[error("the recipient's file quota is full ({files} files, {bytes} bytes held)")]
+    /// The recipient's file quota, or the uploader's share of it, would be
+    /// exceeded: nothing was begun, or nothing more of the upload was taken
+    /// (what was checkpointed stays). The fields are what that quota held.
+    #[error("a file quota is full ({files} files, {bytes} bytes stored or held)")]
     QuotaExceeded {
-        /// Files held for the recipient.
+        /// Which quota.
+        of: QuotaOf,
+        /// Files it counted.
         files: u64,
-        /// Sealed bytes held or reserved for the recipient.
+        /// Sealed bytes stored or held under it.
         bytes: u64,
     },
+    /// Too many uploads are in progress from this key or this address.
+    #[error("too many uploads in progress from this {0}")]
+    TooManyUploads(UploadsFrom),
+    /// The upload sent no chunk for [`BlobLimits::upload_idle_timeout`] and
+    /// gave up its room; what it had stored is durable. Beginning it again
+    /// resumes it.
+    #[error("the upload sent nothing for too long")]
+    Lapsed,
     /// The file id is taken by another uploader's file, or one for another
     /// recipient or of another size.
     #[error("this file id belongs to another upload")]
@@ -161,7 +251,10 @@ pub enum BlobError {
 impl From<StoreError> for BlobError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::BlobQuotaExceeded { files, bytes } => Self::QuotaExceeded { files, bytes },
+            StoreError::BlobQuotaExceeded { of, files, bytes } => {
+                Self::QuotaExceeded { of, files, bytes }
+            }
+            StoreError::TooManyUploads(from) => Self::TooManyUploads(from),
             StoreError::BlobConflict => Self::Conflict,
             StoreError::NoSuchBlob => Self::NotFound,
             StoreError::BlobTooLarge { size } => Self::TooLarge {
@@ -177,10 +270,7 @@ impl From<StoreError> for BlobError {
 fn io_error(action: &'static str) -> impl FnOnce(io::Error) -> BlobError {
     move |source| {
         if crate::space::is_out_of_space(&source) {
-            return BlobError::OutOfSpace(crate::space::OutOfSpace {
-                available: 0,
-                reserve: 0,
-            });
+            return BlobError::OutOfSpace(crate::space::OutOfSpace::DISK_FULL);
         }
         BlobError::Io {
             action,
@@ -197,11 +287,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|_| BlobError::Crashed)?
-}
-
-/// The sealed bytes of chunks `0..have` of a file of `size` bytes.
-fn sealed_prefix_len(size: u64, have: u64) -> u64 {
-    sealed_offset(have).min(sealed_len(size))
 }
 
 /// The file cache. Cloning is cheap; clones share one set of claims.
@@ -314,17 +399,52 @@ impl Blobs {
         .await
     }
 
-    /// Begins an upload of `id`, `size` plaintext bytes from `uploader` to
-    /// `to`, or resumes it.
+    /// Begins an upload of `id`, `size` plaintext bytes from `uploader` (at
+    /// `source`) to `to`, or resumes it.
     ///
-    /// A new blob reserves its full sealed length against `to`'s quota before
-    /// a byte is uploaded. An existing one resumes only for the same uploader,
-    /// recipient and size ([`BlobError::Conflict`] otherwise): its file is cut
-    /// back to the last durable chunk, and an upload of it still running (from
-    /// a connection that dropped) is stopped first.
+    /// It is admitted if what it still has to send fits under `to`'s quota,
+    /// the uploader's share of it and the storage budget right now; then it
+    /// holds room for its first window only, for as long as its
+    /// [`BlobWriter`] lives, and each checkpoint moves the window on while
+    /// there is room (so a sender learns at once whether its file fits, and
+    /// an upload that stops holds nothing). An existing blob resumes only for
+    /// the same uploader, recipient and size ([`BlobError::Conflict`]
+    /// otherwise): its file is cut back to the last durable chunk, and an
+    /// upload of it still running (from a connection that dropped) is stopped
+    /// first.
     pub async fn begin(
         &self,
         uploader: PublicKey,
+        source: std::net::IpAddr,
+        id: FileId,
+        to: PublicKey,
+        size: u64,
+    ) -> Result<Begun, BlobError> {
+        self.begin_as(Claiming::TakeOver, uploader, source, id, to, size)
+            .await
+    }
+
+    /// [`Blobs::begin`] for an upload that gave its room back for want of
+    /// chunks and whose client goes on: only if no other request has taken
+    /// the blob since ([`BlobError::Superseded`] otherwise), since the
+    /// client's newest request for it must win.
+    pub async fn resume_idle(
+        &self,
+        uploader: PublicKey,
+        source: std::net::IpAddr,
+        id: FileId,
+        to: PublicKey,
+        size: u64,
+    ) -> Result<Begun, BlobError> {
+        self.begin_as(Claiming::IfFree, uploader, source, id, to, size)
+            .await
+    }
+
+    async fn begin_as(
+        &self,
+        claiming: Claiming,
+        uploader: PublicKey,
+        source: std::net::IpAddr,
         id: FileId,
         to: PublicKey,
         size: u64,
@@ -345,15 +465,17 @@ impl Blobs {
                 });
             }
         }
-        let claim = self.claims.claim(id).await?;
-        let quota = BlobQuota {
-            max_files: self.limits.max_files_per_recipient,
-            max_bytes: self.limits.max_bytes_per_recipient,
+        let claim = match claiming {
+            Claiming::TakeOver => self.claims.claim(id).await?,
+            Claiming::IfFree => self.claims.try_claim(id).ok_or(BlobError::Superseded)?,
         };
-        let (meta, created) = match self.store.begin_blob(id, uploader, to, size, quota).await? {
-            BlobBegun::Created(meta) => (meta, true),
-            BlobBegun::Existing(meta) => (meta, false),
-        };
+        let quota: BlobQuota = self.limits.quota();
+        let begun = self
+            .store
+            .begin_blob(id, uploader, SourceAddr::from(source), to, size, quota)
+            .await?;
+        let (meta, created, mut allowed, hold) =
+            (begun.meta, begun.created, begun.allowed, begun.hold);
         if meta.complete {
             return Ok(Begun::Complete {
                 chunks: meta.chunks(),
@@ -380,12 +502,16 @@ impl Blobs {
                 found = have,
                 "a stored upload was shorter than recorded; resuming from what is there"
             );
-            self.store.update_blob(id, have, false).await?;
+            allowed = self.store.update_blob(id, have, false).await?.allowed;
         }
         Ok(Begun::Upload(BlobWriter {
             id,
             size,
             have,
+            allowed,
+            recipient: to,
+            path: self.path(id),
+            _hold: hold,
             file: Arc::new(file),
             store: self.store.clone(),
             claim,
@@ -485,6 +611,14 @@ impl Blobs {
     }
 }
 
+/// How a begin takes the blob's claim.
+enum Claiming {
+    /// Asking any holder to stop (a client's newest request wins).
+    TakeOver,
+    /// Only if nobody holds it.
+    IfFree,
+}
+
 /// Opens (creating it if needed) the file of an upload and cuts it back to
 /// the chunks that are durable; returns it with the chunk count to resume at.
 fn open_for_upload(
@@ -544,11 +678,19 @@ fn parse_id(name: &std::ffi::OsStr) -> Option<FileId> {
     Some(FileId(id))
 }
 
-/// The writing end of one upload, holding the blob's claim.
+/// The writing end of one upload, holding the blob's claim and the room its
+/// window takes; dropping it gives both back.
 pub struct BlobWriter {
     id: FileId,
     size: u64,
     have: u64,
+    /// Chunks `0..allowed` may be written, as the store last said.
+    allowed: u64,
+    recipient: PublicKey,
+    path: PathBuf,
+    /// Declared before `claim`, so the room is given back before another
+    /// request can take the blob over.
+    _hold: HoldToken,
     file: Arc<File>,
     store: Store,
     claim: Claim,
@@ -568,6 +710,12 @@ impl BlobWriter {
     /// Chunks durable when the upload (re)started: the next chunk expected.
     pub fn have(&self) -> u64 {
         self.have
+    }
+
+    /// Chunks `0..allowed` may be written before a checkpoint moves the
+    /// upload's window on.
+    pub fn allowed(&self) -> u64 {
+        self.allowed
     }
 
     /// Completes when another request wants this blob: the upload should make
@@ -603,12 +751,32 @@ impl BlobWriter {
 
     /// Makes chunks `0..have` durable (fsync), then records so (commit), with
     /// `complete` as the end of the upload. Every chunk below `have` must
-    /// have been written.
-    pub async fn checkpoint(&self, have: u64, complete: bool) -> Result<(), BlobError> {
+    /// have been written. Returns how many chunks may now have been written
+    /// in all: the window moved on if the quotas left room.
+    pub async fn checkpoint(&self, have: u64, complete: bool) -> Result<Window, BlobError> {
         let file = Arc::clone(&self.file);
         blocking(move || file.sync_data().map_err(io_error("syncing a blob"))).await?;
-        self.store.update_blob(self.id, have, complete).await?;
-        Ok(())
+        Ok(self.store.update_blob(self.id, have, complete).await?)
+    }
+
+    /// Deletes the blob, row then file, for an upload that stopped before any
+    /// chunk of it was durable: it holds nothing worth keeping, and it would
+    /// still count as one of its recipient's files.
+    pub async fn forget(&self) -> Result<(), BlobError> {
+        let deleted = self
+            .store
+            .delete_blobs(vec![self.id], Some(self.recipient), None)
+            .await?;
+        if deleted.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        blocking(move || match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error("removing a forgotten upload")(e)),
+        })
+        .await
     }
 }
 

@@ -177,6 +177,19 @@ struct LimitsFile {
     upload_bytes_per_second: Option<u64>,
     upload_burst_bytes: Option<u64>,
     min_free_disk: Option<u64>,
+    max_stored_bytes: Option<u64>,
+}
+
+/// A percentage of 1 to 100, refused where it is written otherwise.
+fn percent<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u8>, D::Error> {
+    let value: Option<u64> = Option::deserialize(deserializer)?;
+    match value {
+        Some(p @ 1..=100) => Ok(Some(p as u8)),
+        Some(_) => Err(serde::de::Error::custom(
+            "must be a percentage from 1 to 100",
+        )),
+        None => Ok(None),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -197,6 +210,12 @@ struct FilesFile {
     #[serde(default, with = "humantime_serde")]
     expiry: Option<Duration>,
     checkpoint_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "percent")]
+    uploader_share_percent: Option<u8>,
+    #[serde(default, deserialize_with = "longer_than_zero")]
+    upload_idle_timeout: Option<Duration>,
+    max_uploads_per_key: Option<u64>,
+    max_uploads_per_address: Option<u64>,
 }
 
 impl FileConfig {
@@ -221,11 +240,18 @@ impl FileConfig {
             self.files.max_files_per_recipient => cfg.files.max_files_per_recipient,
             self.files.expiry => cfg.files.expiry,
             self.files.checkpoint_bytes => cfg.files.checkpoint_bytes,
+            self.files.uploader_share_percent => cfg.files.uploader_share_percent,
+            self.files.upload_idle_timeout => cfg.files.upload_idle_timeout,
+            self.files.max_uploads_per_key => cfg.files.max_uploads_per_key,
+            self.files.max_uploads_per_address => cfg.files.max_uploads_per_address,
             self.limits.envelopes_per_second => cfg.rate.envelopes_per_second,
             self.limits.envelope_burst => cfg.rate.envelope_burst,
             self.limits.upload_bytes_per_second => cfg.rate.upload_bytes_per_second,
             self.limits.upload_burst_bytes => cfg.rate.upload_burst_bytes,
             self.limits.min_free_disk => cfg.mailbox.min_free_disk,
+        }
+        if let Some(budget) = self.limits.max_stored_bytes {
+            cfg.mailbox.max_stored_bytes = Some(budget);
         }
         if self.allow.is_some() {
             cfg.allow = self.allow;
@@ -277,7 +303,7 @@ mod tests {
 
         std::fs::write(
             &path,
-            "[files]\nmax_file_size = 1000\nmax_bytes_per_recipient = 5000\nmax_files_per_recipient = 3\nexpiry = \"1day\"\ncheckpoint_bytes = 1048576\n",
+            "[files]\nmax_file_size = 1000\nmax_bytes_per_recipient = 5000\nmax_files_per_recipient = 3\nexpiry = \"1day\"\ncheckpoint_bytes = 1048576\nuploader_share_percent = 50\nupload_idle_timeout = \"45s\"\nmax_uploads_per_key = 4\nmax_uploads_per_address = 9\n",
         )
         .unwrap();
         let cfg = RelayConfig::from_file(&path).unwrap();
@@ -287,6 +313,10 @@ mod tests {
                 max_file_size: 1000,
                 max_bytes_per_recipient: 5000,
                 max_files_per_recipient: 3,
+                uploader_share_percent: 50,
+                upload_idle_timeout: Duration::from_secs(45),
+                max_uploads_per_key: 4,
+                max_uploads_per_address: 9,
                 expiry: Duration::from_secs(86400),
                 checkpoint_bytes: 1 << 20,
             }
@@ -296,7 +326,7 @@ mod tests {
 
         std::fs::write(
             &path,
-            "[limits]\nenvelopes_per_second = 5\nenvelope_burst = 7\nupload_bytes_per_second = 1000\nupload_burst_bytes = 2000\nmin_free_disk = 0\n",
+            "[limits]\nenvelopes_per_second = 5\nenvelope_burst = 7\nupload_bytes_per_second = 1000\nupload_burst_bytes = 2000\nmin_free_disk = 0\nmax_stored_bytes = 123456\n",
         )
         .unwrap();
         let cfg = RelayConfig::from_file(&path).unwrap();
@@ -310,6 +340,17 @@ mod tests {
             }
         );
         assert_eq!(cfg.mailbox.min_free_disk, 0);
+        assert_eq!(cfg.mailbox.max_stored_bytes, Some(123_456));
+        assert_eq!(RelayConfig::defaults().mailbox.max_stored_bytes, None);
+        for bad in ["0", "101"] {
+            std::fs::write(&path, format!("[files]\nuploader_share_percent = {bad}\n")).unwrap();
+            let err = RelayConfig::from_file(&path).unwrap_err().to_string();
+            assert!(err.contains("relay.toml:2:"), "{err}");
+            assert!(err.contains("percentage"), "{err}");
+        }
+        std::fs::write(&path, "[files]\n\nupload_idle_timeout = \"0s\"\n").unwrap();
+        let err = RelayConfig::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("relay.toml:3:"), "{err}");
         std::fs::write(&path, "[files]\nmax_size = 1\n").unwrap();
         let err = RelayConfig::from_file(&path).unwrap_err().to_string();
         assert!(err.contains("relay.toml:2:"), "{err}");

@@ -144,6 +144,10 @@ async fn run(
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
 ) -> Result<Option<PublicKey>, Closed> {
+    // Upload limits count by address too; an unknown one is counted with the others.
+    let peer = stream
+        .peer_addr()
+        .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |addr| addr.ip());
     let (r, w) = stream.into_split();
     let Ok(permit) = shared.handshakes.clone().try_acquire_owned() else {
         return Err(Closed::HandshakeBusy);
@@ -185,6 +189,7 @@ async fn run(
         shared: shared.clone(),
         limit: shared.rate.connect(client),
         client,
+        peer,
         tx,
         delivery: None,
         shutdown: shutdown.child_token(),
@@ -229,6 +234,8 @@ async fn run(
 struct Session {
     shared: Arc<Shared>,
     client: PublicKey,
+    /// The client's IP address, for the limits on uploads in progress.
+    peer: std::net::IpAddr,
     /// The key's rate limits, shared with its other connections.
     limit: KeyLimit,
     tx: Outbox,

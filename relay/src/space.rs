@@ -9,6 +9,12 @@
 //! and writes resume by themselves as soon as space is freed. An `ENOSPC` that
 //! gets through anyway (another process filled the disk between the check and
 //! the write) is reported the same way by whoever meets it.
+//!
+//! The reserve protects the store from a full disk; it does not stop the
+//! relay's senders from taking the whole disk down to it, to the cost of
+//! everything else on the machine. That is the storage budget's job (a bound on
+//! the bytes the relay stores, counted by the store's writer), whose default
+//! is a share of this filesystem's size: [`filesystem_size`].
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -18,14 +24,41 @@ use std::sync::Arc;
 /// Default for the reserve: 64 MiB.
 pub const DEFAULT_MIN_FREE_DISK: u64 = 64 << 20;
 
-/// The disk is too full to take new data.
+/// The relay has no room for new data: its disk, or its storage budget, is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the relay's disk is full ({available} bytes free, {reserve} kept in reserve)")]
-pub struct OutOfSpace {
-    /// Bytes available to the relay when it checked.
-    pub available: u64,
-    /// The configured reserve.
-    pub reserve: u64,
+pub enum OutOfSpace {
+    /// The filesystem has less free than the reserve (or a write met a full disk).
+    #[error("the relay's disk is full ({available} bytes free, {reserve} kept in reserve)")]
+    Disk {
+        /// Bytes available to the relay when it checked.
+        available: u64,
+        /// The configured reserve.
+        reserve: u64,
+    },
+    /// The bytes stored (envelopes, file chunks and the reservations of
+    /// uploads in progress) have reached the relay-wide storage budget.
+    #[error("the relay's storage budget is full ({used} of {budget} bytes in use)")]
+    Budget {
+        /// Bytes stored or reserved when it checked.
+        used: u64,
+        /// The configured budget.
+        budget: u64,
+    },
+}
+
+impl OutOfSpace {
+    /// What a write that met a full disk reports.
+    pub const DISK_FULL: Self = Self::Disk {
+        available: 0,
+        reserve: 0,
+    };
+}
+
+/// The size of the filesystem holding `dir`, if it can be read. Blocking
+/// (one `statvfs`).
+pub fn filesystem_size(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_blocks.saturating_mul(st.f_frsize))
 }
 
 /// Whether an I/O error means the disk (or the relay's share of it) is full.
@@ -73,7 +106,7 @@ impl Space {
             }
         };
         if available < self.reserve.saturating_add(need) {
-            return Err(OutOfSpace {
+            return Err(OutOfSpace::Disk {
                 available,
                 reserve: self.reserve,
             });
@@ -91,10 +124,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let huge = Space::new(dir.path(), u64::MAX / 2);
         let err = huge.check(1).unwrap_err();
-        assert_eq!(err.reserve, u64::MAX / 2);
+        assert!(
+            matches!(err, OutOfSpace::Disk { reserve, .. } if reserve == u64::MAX / 2),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("disk is full"), "{err}");
         assert_eq!(Space::new(dir.path(), 0).check(u64::MAX), Ok(()));
         assert_eq!(Space::new(dir.path(), 1).check(1), Ok(()));
+        assert!(filesystem_size(dir.path()).is_some_and(|size| size > 0));
     }
 
     #[test]

@@ -20,14 +20,26 @@
 //! so ids are global, strictly increasing and never reused, across restarts.
 //!
 //! The blob cache keeps its metadata here too (`blob`): one row per stored
-//! file and a usage row per recipient, changed only by the same writer thread,
-//! so a checkpoint of an upload shares its fsync with whatever else is being
-//! committed. The chunks themselves live in files (see `crate::blobs`).
+//! file, a usage row per recipient and one per (recipient, uploader), changed
+//! only by the same writer thread, so a checkpoint of an upload shares its
+//! fsync with whatever else is being committed. The chunks themselves live in
+//! files (see `crate::blobs`); uploads in progress hold room in memory only
+//! (`holds`).
+//!
+//! What bounds the disk: per-recipient quotas bound one mailbox and one
+//! recipient's files, not the relay, since a sender can write to any number of
+//! keys. So the writer also counts every byte stored (envelope bytes, the
+//! stored chunks of blobs, the holds of uploads in progress) against one
+//! relay-wide budget ([`StoreLimits::max_stored_bytes`]), refusing new data
+//! beyond it with [`StoreError::OutOfSpace`]; the free-space reserve
+//! (`crate::space`) stays beneath it for the database's own overhead and for
+//! whatever else shares the disk.
 
 mod blob;
 mod codec;
 #[doc(hidden)]
 pub mod fuzzing;
+mod holds;
 mod live;
 mod writer;
 
@@ -46,12 +58,14 @@ use sotto_keys::PublicKey;
 use tokio::sync::{mpsc, oneshot};
 
 use codec::{
-    decode_message, decode_u64, Usage, BLOBS, BLOB_USAGE, EXPIRY, FORMAT_VERSION, MESSAGES, META,
-    META_FORMAT, META_NEXT_ID, USAGE,
+    decode_blob, decode_message, decode_u64, BlobUsage, Usage, BLOBS, BLOB_ACCOUNTING, BLOB_SHARES,
+    BLOB_USAGE, EXPIRY, FORMAT_VERSION, MESSAGES, META, META_BLOB_ACCOUNTING, META_FORMAT,
+    META_NEXT_ID, USAGE,
 };
 use live::Feeds;
 use writer::{Change, Clock, Request, Writer, COMMIT_INTERVAL, MAX_BATCH, QUEUE_DEPTH};
 
+pub use holds::{HoldToken, SourceAddr};
 pub use live::{Feed, Taken};
 
 /// Default for [`StoreLimits::max_messages_per_recipient`].
@@ -63,8 +77,9 @@ pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// Default for [`StoreLimits::max_envelope_len`].
 pub const DEFAULT_MAX_ENVELOPE_LEN: usize = sotto_crypto::envelope::MAX_ENVELOPE_LEN;
 
-/// Bounds on what one recipient's mailbox may hold, so one busy or abusive
-/// sender cannot fill the relay's disk.
+/// Bounds on what the store holds: per recipient, so one busy or abusive
+/// sender cannot fill a mailbox past its quota, and over the whole relay, so
+/// no sender writing to many recipients can fill the disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreLimits {
     /// Most envelopes pending for one recipient.
@@ -79,7 +94,19 @@ pub struct StoreLimits {
     /// Free bytes kept on the store's filesystem: below this, new envelopes
     /// and uploads are refused with [`StoreError::OutOfSpace`] (0: no check).
     pub min_free_disk: u64,
+    /// Most bytes the relay stores, over every mailbox and file: envelope
+    /// bytes, the stored chunks of files and the holds of uploads in progress.
+    /// Beyond it new data is refused with [`StoreError::OutOfSpace`]. `None`:
+    /// half the size of the store's filesystem ([`DEFAULT_BUDGET_SHARE`]);
+    /// `Some(0)`: no budget.
+    pub max_stored_bytes: Option<u64>,
 }
+
+/// The default storage budget is the size of the store's filesystem divided
+/// by this: a relay that is flooded keeps the other half of its disk for the
+/// system and whatever else runs there, and an operator who gives the relay a
+/// disk of its own raises [`StoreLimits::max_stored_bytes`].
+pub const DEFAULT_BUDGET_SHARE: u64 = 2;
 
 impl Default for StoreLimits {
     fn default() -> Self {
@@ -89,6 +116,7 @@ impl Default for StoreLimits {
             expiry: DEFAULT_EXPIRY,
             max_envelope_len: DEFAULT_MAX_ENVELOPE_LEN,
             min_free_disk: crate::space::DEFAULT_MIN_FREE_DISK,
+            max_stored_bytes: None,
         }
     }
 }
@@ -140,6 +168,17 @@ impl BlobMeta {
     pub fn chunks(&self) -> u64 {
         sotto_crypto::file::chunk_count(self.size)
     }
+
+    /// The sealed bytes it holds durably: what it counts against quotas.
+    pub fn stored_bytes(&self) -> u64 {
+        sealed_prefix_len(self.size, self.have)
+    }
+}
+
+/// The sealed bytes of chunks `0..have` of a file of `size` bytes.
+pub fn sealed_prefix_len(size: u64, have: u64) -> u64 {
+    use sotto_crypto::file::{sealed_len, sealed_offset};
+    sealed_offset(have).min(sealed_len(size))
 }
 
 /// Counts of [`Store::counters`], since the store was opened.
@@ -155,22 +194,99 @@ pub struct StoreCounters {
 }
 
 /// The outcome of [`Store::begin_blob`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlobBegun {
-    /// A new blob was recorded and its quota reserved.
-    Created(BlobMeta),
-    /// The same uploader, recipient and size already have this blob: this is
-    /// a resumption (an unfinished one has had its `updated` time refreshed).
-    Existing(BlobMeta),
+pub struct BlobBegun {
+    /// The blob as stored (its `updated` time is not refreshed: only progress
+    /// counts as activity).
+    pub meta: BlobMeta,
+    /// Whether this begin recorded it (otherwise it resumes one).
+    pub created: bool,
+    /// Chunks `0..allowed` may be written while `hold` lives (the whole file
+    /// for a complete blob, which has nothing left to write).
+    pub allowed: u64,
+    /// The upload's hold on its window; dropping it gives the room back.
+    pub hold: HoldToken,
 }
 
-/// Per-recipient bounds on the blob cache, checked when an upload begins.
+impl fmt::Debug for BlobBegun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlobBegun")
+            .field("meta", &self.meta)
+            .field("created", &self.created)
+            .field("allowed", &self.allowed)
+            .finish()
+    }
+}
+
+/// Where an upload's window ends after a checkpoint
+/// ([`Store::update_blob`]).
+#[derive(Debug, Clone)]
+pub struct Window {
+    /// Chunks `0..allowed` may have been written in all.
+    pub allowed: u64,
+    /// Why the window ends short of a whole window past the checkpoint, if it
+    /// does: the recipient's quota, the uploader's share or the budget.
+    pub short_of: Option<StoreError>,
+}
+
+/// Bounds on the blob cache, checked when an upload begins and each time its
+/// window moves on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlobQuota {
     /// Most files held for one recipient, complete or not.
     pub max_files: u64,
-    /// Most sealed bytes held (or reserved by unfinished uploads) for one recipient.
+    /// Most sealed bytes stored or held for one recipient.
     pub max_bytes: u64,
+    /// Most of one recipient's files that come from one uploader.
+    pub max_files_per_uploader: u64,
+    /// Most of one recipient's sealed bytes (stored or held) that come from
+    /// one uploader.
+    pub max_bytes_per_uploader: u64,
+    /// Chunks an upload may write past its last durable one.
+    pub window: u64,
+    /// Uploads in progress at once from one uploader key.
+    pub max_uploads_per_key: u64,
+    /// Uploads in progress at once from one source address.
+    pub max_uploads_per_source: u64,
+}
+
+impl BlobQuota {
+    /// No bound at all, and a window of two chunks (tests).
+    pub const UNLIMITED: Self = Self {
+        max_files: u64::MAX,
+        max_bytes: u64::MAX,
+        max_files_per_uploader: u64::MAX,
+        max_bytes_per_uploader: u64::MAX,
+        window: 2,
+        max_uploads_per_key: u64::MAX,
+        max_uploads_per_source: u64::MAX,
+    };
+}
+
+/// Whose file quota refused an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaOf {
+    /// The recipient's, over every uploader.
+    Recipient,
+    /// The uploader's share of the recipient's.
+    Uploader,
+}
+
+/// What too many uploads in progress came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadsFrom {
+    /// One uploader key, over all its connections.
+    Key,
+    /// One source address, over all its keys.
+    Address,
+}
+
+impl fmt::Display for UploadsFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Key => "key",
+            Self::Address => "address",
+        })
+    }
 }
 
 /// Why a store operation failed.
@@ -195,15 +311,22 @@ pub enum StoreError {
         /// The configured maximum.
         max: usize,
     },
-    /// The recipient's blob quota (files or bytes) would be exceeded; the
-    /// upload was not begun. The fields are what the recipient held.
-    #[error("the recipient's file quota is full ({files} files, {bytes} bytes held)")]
+    /// A file quota (files or bytes) would be exceeded: the recipient's, or
+    /// the uploader's share of it. Nothing was begun, or the upload's window
+    /// did not move on. The fields are what that quota held.
+    #[error("a file quota is full ({files} files, {bytes} bytes stored or held)")]
     BlobQuotaExceeded {
-        /// Files held for the recipient.
+        /// Which quota.
+        of: QuotaOf,
+        /// Files it counted.
         files: u64,
-        /// Sealed bytes held or reserved for the recipient.
+        /// Sealed bytes stored or held under it.
         bytes: u64,
     },
+    /// Too many uploads are in progress from this uploader's key, or from its
+    /// address; the upload was not begun.
+    #[error("too many uploads in progress from this {0}")]
+    TooManyUploads(UploadsFrom),
     /// A blob with this id exists for another uploader, recipient or size.
     #[error("another file with this id is stored")]
     BlobConflict,
@@ -264,10 +387,7 @@ impl From<redb::Error> for StoreError {
     fn from(err: redb::Error) -> Self {
         match &err {
             redb::Error::Io(e) if crate::space::is_out_of_space(e) => {
-                Self::OutOfSpace(crate::space::OutOfSpace {
-                    available: 0,
-                    reserve: 0,
-                })
+                Self::OutOfSpace(crate::space::OutOfSpace::DISK_FULL)
             }
             _ => Self::Database(err.to_string()),
         }
@@ -306,6 +426,10 @@ struct Inner {
     counters: Arc<writer::Counters>,
     feeds: Arc<Feeds>,
     space: crate::space::Space,
+    /// Where dropped upload holds are named for the writer.
+    released: Arc<holds::Released>,
+    /// The storage budget in force (`None`: none).
+    budget: Option<u64>,
 }
 
 struct Open {
@@ -350,10 +474,22 @@ impl Store {
         let db: DbSlot = Arc::new(Mutex::new(Some(Arc::new(db))));
         let counters = Arc::new(writer::Counters::default());
         let (requests, rx) = mpsc::channel(QUEUE_DEPTH);
-        let space = crate::space::Space::new(
-            path.parent().unwrap_or(Path::new(".")),
-            limits.min_free_disk,
-        );
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let space = crate::space::Space::new(dir, limits.min_free_disk);
+        let budget = match limits.max_stored_bytes {
+            Some(0) => None,
+            Some(budget) => Some(budget),
+            None => match crate::space::filesystem_size(dir) {
+                Some(size) => Some(size / DEFAULT_BUDGET_SHARE),
+                None => {
+                    tracing::warn!(
+                        "cannot read the size of the data dir's filesystem; no storage budget"
+                    );
+                    None
+                }
+            },
+        };
+        let released = Arc::new(holds::Released::default());
         let writer = Writer {
             db: Arc::clone(&db),
             path: path.to_owned(),
@@ -368,12 +504,15 @@ impl Store {
             interval,
             unwritten: std::collections::HashMap::new(),
             room: None,
+            holds: holds::Holds::new(Arc::clone(&released)),
+            totals: None,
+            budget: budget.unwrap_or(u64::MAX),
         };
         let writer = std::thread::Builder::new()
             .name("sotto-store-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|err| StoreError::WriterSpawn(Arc::new(err)))?;
-        tracing::debug!(path = %path.display(), next_id, "mailbox store open");
+        tracing::debug!(path = %path.display(), next_id, ?budget, "mailbox store open");
         Ok(Store {
             inner: Arc::new(Inner {
                 open: Mutex::new(Some(Open {
@@ -385,8 +524,15 @@ impl Store {
                 counters,
                 feeds,
                 space,
+                released,
+                budget,
             }),
         })
+    }
+
+    /// The storage budget in force, in bytes (`None`: no budget).
+    pub fn budget(&self) -> Option<u64> {
+        self.inner.budget
     }
 
     /// The limits the store was opened with.
@@ -695,6 +841,18 @@ pub(super) fn prepare(db: &Database) -> Result<u64, StoreError> {
         txn.open_table(USAGE)?;
         txn.open_table(BLOBS)?;
         txn.open_table(BLOB_USAGE)?;
+        txn.open_table(BLOB_SHARES)?;
+        let accounting = meta
+            .get(META_BLOB_ACCOUNTING)?
+            .map(|guard| decode_u64("blob accounting", guard.value()))
+            .transpose()?;
+        if accounting != Some(BLOB_ACCOUNTING) {
+            recount_blob_usage(&txn)?;
+            meta.insert(
+                META_BLOB_ACCOUNTING,
+                BLOB_ACCOUNTING.to_be_bytes().as_slice(),
+            )?;
+        }
         let expiry = txn.open_table(EXPIRY)?;
         // Every live message has an expiry entry, so this guards the counter
         // against having fallen behind the ids in use.
@@ -709,6 +867,42 @@ pub(super) fn prepare(db: &Database) -> Result<u64, StoreError> {
     };
     txn.commit()?;
     Ok(next_id)
+}
+
+/// Rebuilds the blob usage rows (per recipient, and per recipient and
+/// uploader) from the blobs, counting what each has stored: for a store whose
+/// usage counted unfinished uploads at their whole size.
+fn recount_blob_usage(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    use std::collections::HashMap;
+    let mut usage: HashMap<codec::Recipient, BlobUsage> = HashMap::new();
+    let mut shares: HashMap<(codec::Recipient, codec::Recipient), BlobUsage> = HashMap::new();
+    for item in txn.open_table(BLOBS)?.iter()? {
+        let (_, value) = item?;
+        // A damaged row counts for nobody: nobody can be shown to own it.
+        let Ok(meta) = decode_blob(value.value()) else {
+            continue;
+        };
+        let (recipient, uploader) = (*meta.recipient.as_bytes(), *meta.uploader.as_bytes());
+        for counted in [
+            usage.entry(recipient).or_default(),
+            shares.entry((recipient, uploader)).or_default(),
+        ] {
+            counted.files += 1;
+            counted.bytes = counted.bytes.saturating_add(meta.stored_bytes());
+        }
+    }
+    txn.delete_table(BLOB_USAGE)?;
+    txn.delete_table(BLOB_SHARES)?;
+    let mut usage_table = txn.open_table(BLOB_USAGE)?;
+    for (recipient, counted) in usage {
+        usage_table.insert(&recipient, counted.encode().as_slice())?;
+    }
+    let mut shares_table = txn.open_table(BLOB_SHARES)?;
+    for (key, counted) in shares {
+        shares_table.insert(&key, counted.encode().as_slice())?;
+    }
+    tracing::info!("blob usage recounted from the stored blobs");
+    Ok(())
 }
 
 fn unix_now() -> u64 {

@@ -616,6 +616,8 @@ async fn quotas_refuse_before_any_byte_and_deleting_frees_them() {
     cfg.files.max_file_size = 10 * CHUNK_LEN as u64;
     cfg.files.max_bytes_per_recipient = sealed_len(3 * CHUNK_LEN as u64);
     cfg.files.max_files_per_recipient = 2;
+    // The recipient's quotas, not one uploader's share of them.
+    cfg.files.uploader_share_percent = 100;
     let relay = start(cfg).await;
     let (alice, bob, carol) = (
         SecretKey::generate(),
@@ -1138,5 +1140,155 @@ async fn a_client_that_hangs_up_after_upload_end_still_hears_upload_done() {
     assert_eq!(c.recv().await, None);
     let mut c = relay.client(&me).await;
     download_and_check(&mut c, &file).await;
+    relay.stop().await;
+}
+
+/// A short idle timeout: an upload that sends nothing this long gives up its room.
+const IDLE: Duration = Duration::from_millis(200);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_pauses_gives_its_room_back_and_goes_on_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.files.checkpoint_bytes = 4 * CHUNK_LEN as u64;
+    cfg.files.upload_idle_timeout = IDLE;
+    let relay = start(cfg).await;
+    let (alice, bob) = (SecretKey::generate(), SecretKey::generate());
+    let file = seal(pattern(6 * CHUNK_LEN + 3, 30));
+    let mut a = relay.client(&alice).await;
+    assert_eq!(a.begin_ok(&file, bob.public()).await, 0);
+    a.chunks(&file, 0..3).await;
+    // No checkpoint is due before chunk 4: this progress comes from the
+    // upload giving its room back, after making what it had durable.
+    assert_eq!(
+        a.recv().await,
+        Some(RelayMsg::UploadProgress {
+            file_id: file.id,
+            have: 3
+        })
+    );
+    // The client goes on as if nothing happened.
+    a.chunks(&file, 3..7).await;
+    assert_eq!(
+        a.end(2, &file).await,
+        RelayMsg::UploadDone {
+            req: 2,
+            file_id: file.id
+        }
+    );
+    let mut b = relay.client(&bob).await;
+    download_and_check(&mut b, &file).await;
+
+    // An upload that sent nothing at all is forgotten, and begun again in
+    // place when its first chunk comes after all.
+    let empty = seal(pattern(2 * CHUNK_LEN, 31));
+    assert_eq!(a.begin_ok(&empty, bob.public()).await, 0);
+    let path = blob_path(dir.path(), empty.id);
+    while path.exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.chunks(&empty, 0..2).await;
+    assert!(matches!(
+        a.end(3, &empty).await,
+        RelayMsg::UploadDone { req: 3, .. }
+    ));
+    download_and_check(&mut b, &empty).await;
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_finds_no_room_part_way_is_refused_and_resumes_once_there_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    // Bob holds 6 chunks; every chunk is a checkpoint, a window is 2.
+    cfg.files.max_bytes_per_recipient = 6 * SEALED_CHUNK_LEN as u64;
+    cfg.files.uploader_share_percent = 100;
+    cfg.files.checkpoint_bytes = CHUNK_LEN as u64;
+    let relay = start(cfg).await;
+    let (alice, carol, bob) = (
+        SecretKey::generate(),
+        SecretKey::generate(),
+        SecretKey::generate(),
+    );
+    let (hers, theirs) = (
+        seal(pattern(4 * CHUNK_LEN, 32)),
+        seal(pattern(4 * CHUNK_LEN, 33)),
+    );
+    let mut a = relay.client(&alice).await;
+    let mut c = relay.client(&carol).await;
+    // Both fit when they begin: each holds only its window.
+    assert_eq!(a.begin_ok(&hers, bob.public()).await, 0);
+    assert_eq!(c.begin_ok(&theirs, bob.public()).await, 0);
+    a.chunks(&hers, 0..4).await;
+    assert!(matches!(a.end(2, &hers).await, RelayMsg::UploadDone { .. }));
+    // Alice's 4 chunks are stored: carol's upload runs out of room part-way.
+    c.chunks(&theirs, 0..4).await;
+    let notice = loop {
+        match c.recv().await {
+            Some(RelayMsg::UploadProgress { .. }) => {}
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(
+            &notice,
+            Some(RelayMsg::Error { req: 0, code: ErrorCode::QuotaExceeded, detail })
+                if detail.contains("begin the upload again")
+        ),
+        "{notice:?}"
+    );
+    assert!(matches!(
+        c.end(3, &theirs).await,
+        RelayMsg::Error {
+            req: 3,
+            code: ErrorCode::QuotaExceeded,
+            ..
+        }
+    ));
+    // Bob receives alice's file: carol's resumes from what was stored.
+    let mut b = relay.client(&bob).await;
+    download_and_check(&mut b, &hers).await;
+    assert!(matches!(
+        b.delete(4, hers.id).await,
+        RelayMsg::BlobDeleted { deleted: true, .. }
+    ));
+    let have = c.begin_ok(&theirs, bob.public()).await;
+    assert_eq!(have, 2, "two chunks fitted before the quota ran out");
+    c.chunks(&theirs, have..4).await;
+    assert!(matches!(
+        c.end(5, &theirs).await,
+        RelayMsg::UploadDone { .. }
+    ));
+    download_and_check(&mut b, &theirs).await;
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_in_progress_are_bounded_per_address_over_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.files.max_uploads_per_address = 2;
+    let relay = start(cfg).await;
+    let bob = SecretKey::generate();
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut c = relay.client(&SecretKey::generate()).await;
+        c.begin_ok(&seal(pattern(10, 34)), bob.public()).await;
+        clients.push(c);
+    }
+    // A third key from the same address (127.0.0.1) is held back ...
+    let mut third = relay.client(&SecretKey::generate()).await;
+    let file = seal(pattern(10, 35));
+    assert!(matches!(
+        third.begin(1, &file, bob.public()).await,
+        RelayMsg::Error {
+            req: 1,
+            code: ErrorCode::RateLimited,
+            ..
+        }
+    ));
+    // ... until one of the others is done.
+    clients.pop().unwrap().close().await;
+    third.upload(&file, bob.public()).await;
     relay.stop().await;
 }

@@ -486,6 +486,10 @@ pub fn relay_config(data: &[u8]) {
     };
     if let Ok(config) = sotto_relay::RelayConfig::from_toml(text, Path::new("relay.toml")) {
         assert!(config.files.checkpoint_chunks() >= 1);
+        assert!((1..=100).contains(&config.files.uploader_share_percent));
+        assert!(!config.files.upload_idle_timeout.is_zero());
+        let quota = config.files.quota();
+        assert!(quota.window >= 2 && quota.max_bytes_per_uploader <= quota.max_bytes.max(1));
     }
 }
 

@@ -15,6 +15,8 @@ fn key(n: u8) -> PublicKey {
     PublicKey::from_bytes([n; 32])
 }
 
+const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 fn open(dir: &TempDir, limits: BlobLimits) -> (Store, Blobs) {
     let store = Store::open(&dir.path().join("m.redb"), StoreLimits::default()).unwrap();
     let blobs = Blobs::open(dir.path(), store.clone(), limits).unwrap();
@@ -22,7 +24,7 @@ fn open(dir: &TempDir, limits: BlobLimits) -> (Store, Blobs) {
 }
 
 async fn begin(blobs: &Blobs, id: FileId, size: u64) -> BlobWriter {
-    match blobs.begin(key(1), id, key(2), size).await.unwrap() {
+    match blobs.begin(key(1), LOCAL, id, key(2), size).await.unwrap() {
         Begun::Upload(writer) => writer,
         Begun::Complete { .. } => panic!("complete already"),
     }
@@ -164,7 +166,7 @@ async fn an_upload_resumes_at_its_checkpoint_with_the_tail_cut_off() {
     writer.checkpoint(6, true).await.unwrap();
     drop(writer);
     assert!(matches!(
-        blobs.begin(key(1), id, key(2), size).await.unwrap(),
+        blobs.begin(key(1), LOCAL, id, key(2), size).await.unwrap(),
         Begun::Complete { chunks: 6 }
     ));
 
@@ -262,7 +264,7 @@ async fn sizes_past_the_limit_are_refused_before_anything_is_stored() {
     let (store, blobs) = open(&dir, limits);
     let id = FileId::random();
     assert!(matches!(
-        blobs.begin(key(1), id, key(2), 1001).await,
+        blobs.begin(key(1), LOCAL, id, key(2), 1001).await,
         Err(BlobError::TooLarge {
             size: 1001,
             max: 1000
@@ -271,4 +273,109 @@ async fn sizes_past_the_limit_are_refused_before_anything_is_stored() {
     assert!(store.blob(id).await.unwrap().is_none());
     assert_eq!(std::fs::read_dir(blobs.dir()).unwrap().count(), 0);
     store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_holds_room_only_while_its_writer_lives() {
+    let dir = TempDir::new().unwrap();
+    let limits = BlobLimits {
+        max_file_size: 8 * CHUNK_LEN as u64,
+        // Bob holds 8 chunks; a window is 2 × 2 chunks; one uploader may hold all.
+        max_bytes_per_recipient: 8 * SEALED_CHUNK_LEN as u64,
+        uploader_share_percent: 100,
+        checkpoint_bytes: 2 * CHUNK_LEN as u64,
+        ..BlobLimits::default()
+    };
+    let (store, blobs) = open(&dir, limits);
+    let (mallory, alice, bob) = (key(3), key(1), key(2));
+    let size = 8 * CHUNK_LEN as u64;
+    let begin_as = |who: PublicKey, id: FileId, size: u64| {
+        let blobs = blobs.clone();
+        async move {
+            match blobs.begin(who, LOCAL, id, bob, size).await? {
+                Begun::Upload(writer) => Ok(writer),
+                Begun::Complete { .. } => panic!("complete already"),
+            }
+        }
+    };
+    let grabbed = begin_as(mallory, FileId::random(), size).await.unwrap();
+    assert_eq!(grabbed.allowed(), 4);
+    // Mallory's window leaves 4 chunks: alice's 8 do not fit while it lasts.
+    let hers = FileId::random();
+    assert!(matches!(
+        begin_as(alice, hers, size).await,
+        Err(BlobError::QuotaExceeded { .. })
+    ));
+    drop(grabbed);
+    let writer = begin_as(alice, hers, size).await.unwrap();
+    for index in 0..4 {
+        writer
+            .write(index, vec![1; SEALED_CHUNK_LEN])
+            .await
+            .unwrap();
+    }
+    // Each checkpoint moves the window on.
+    assert_eq!(writer.checkpoint(2, false).await.unwrap().allowed, 6);
+    assert_eq!(writer.checkpoint(4, false).await.unwrap().allowed, 8);
+    assert_eq!(
+        store.blob_usage(bob).await.unwrap().1,
+        4 * SEALED_CHUNK_LEN as u64
+    );
+    drop(writer);
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_upload_leaves_nothing_and_an_idle_resume_takes_nothing_over() {
+    let dir = TempDir::new().unwrap();
+    let (store, blobs) = open(&dir, BlobLimits::default());
+    let id = FileId::random();
+    let writer = begin(&blobs, id, 3 * CHUNK_LEN as u64).await;
+    // While it is in progress, an idle resume from elsewhere is refused.
+    assert!(matches!(
+        blobs
+            .resume_idle(key(1), LOCAL, id, key(2), 3 * CHUNK_LEN as u64)
+            .await,
+        Err(BlobError::Superseded)
+    ));
+    writer.forget().await.unwrap();
+    drop(writer);
+    assert!(store.blob(id).await.unwrap().is_none());
+    assert!(!blobs.path(id).exists());
+    assert_eq!(store.blob_usage(key(2)).await.unwrap(), (0, 0));
+    // Beginning again starts afresh.
+    let again = blobs
+        .resume_idle(key(1), LOCAL, id, key(2), 3 * CHUNK_LEN as u64)
+        .await
+        .unwrap();
+    assert!(matches!(again, Begun::Upload(ref w) if w.have() == 0));
+    drop(again);
+    store.close().await.unwrap();
+}
+
+#[test]
+fn the_default_share_still_takes_the_largest_file() {
+    let limits = BlobLimits::default();
+    let quota = limits.quota();
+    assert_eq!(
+        quota.max_bytes_per_uploader,
+        sealed_len(limits.max_file_size)
+    );
+    let small_file = BlobLimits {
+        max_file_size: 1 << 20,
+        ..BlobLimits::default()
+    };
+    assert_eq!(
+        small_file.quota().max_bytes_per_uploader,
+        8 << 30,
+        "a quarter"
+    );
+    assert_eq!(quota.max_files_per_uploader, 250);
+    assert_eq!(quota.window, 512);
+    let tiny = BlobLimits {
+        max_files_per_recipient: 1,
+        uploader_share_percent: 25,
+        ..BlobLimits::default()
+    };
+    assert_eq!(tiny.quota().max_files_per_uploader, 1, "never nothing");
 }

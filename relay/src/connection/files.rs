@@ -21,9 +21,21 @@
 //! shutdown), every chunk already received is still written and checkpointed,
 //! so the upload resumes exactly after it; downloads simply stop, and the
 //! client resumes them with `from`.
+//!
+//! An upload holds room only while it sends (see `store::holds`): its disk
+//! task writes no further than the window the store granted, asks for the
+//! next one at each checkpoint, and when none is left (the recipient's quota,
+//! the uploader's share of it or the storage budget is used up) the client is
+//! told `QuotaExceeded` or `OutOfSpace` and the rest of that upload's stream is
+//! dropped, as for a full disk. A disk task that receives no chunk for
+//! `upload_idle_timeout` makes what it has durable and gives its room back
+//! (forgetting the upload altogether if nothing of it was durable); if the
+//! client then goes on, the upload is begun again in place, from exactly where
+//! it stopped, if the quotas still allow.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sotto_crypto::file::{chunk_count, sealed_chunk_len, FileId};
 use sotto_crypto::wire::{ErrorCode, RelayMsg};
@@ -34,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{refusal, Closed, Outbox, Outgoing, Session};
 use crate::blobs::{Begun, BlobError, BlobReader, BlobWriter};
+use crate::store::{QuotaOf, Window};
 
 /// Uploads in progress at once on one connection.
 pub(super) const MAX_UPLOADS: usize = 16;
@@ -57,16 +70,19 @@ pub(super) struct Files {
 
 /// An upload begun on this connection, as the reading task sees it.
 struct Upload {
+    to: PublicKey,
     size: u64,
     /// The index the next chunk must have.
     next: u64,
     queue: mpsc::Sender<ToDisk>,
     /// Why the disk task stopped, if it failed.
     failure: oneshot::Receiver<BlobError>,
-    /// The disk filled up: the client has been told, and the rest of the
-    /// stream is read and dropped until its `UploadEnd`, which is refused.
-    /// The connection stays, and so does what was checkpointed.
-    out_of_space: bool,
+    /// The relay took no more of it (its disk, its storage budget or a file
+    /// quota is full): the client has been told with this error, and the rest
+    /// of the stream is read and dropped until its `UploadEnd`, which is
+    /// refused the same way. The connection stays, and so does what was
+    /// checkpointed.
+    refused: Option<BlobError>,
 }
 
 enum ToDisk {
@@ -127,7 +143,7 @@ impl Session {
         let writer = match self
             .shared
             .blobs
-            .begin(self.client, file_id, to, size)
+            .begin(self.client, self.peer, file_id, to, size)
             .await
         {
             Ok(Begun::Complete { chunks }) => {
@@ -141,9 +157,30 @@ impl Session {
             Err(e) => return blob_refusal(req, &e),
         };
         let have = writer.have();
+        let (queue, failure) = self.start_disk(writer);
+        self.files.uploads.insert(
+            file_id,
+            Upload {
+                to,
+                size,
+                next: have,
+                queue,
+                failure,
+                refused: None,
+            },
+        );
+        RelayMsg::UploadState { req, file_id, have }
+    }
+
+    /// Starts the disk task of an upload; returns its queue and where it
+    /// says why it stopped.
+    fn start_disk(
+        &mut self,
+        writer: BlobWriter,
+    ) -> (mpsc::Sender<ToDisk>, oneshot::Receiver<BlobError>) {
         let (queue, chunks) = mpsc::channel(UPLOAD_QUEUE);
         let (failed, failure) = oneshot::channel();
-        let every = self.shared.blobs.limits().checkpoint_chunks();
+        let limits = self.shared.blobs.limits();
         self.files.disk_tasks.spawn(store_upload(
             writer,
             chunks,
@@ -152,19 +189,80 @@ impl Session {
                 closing: self.shutdown.clone(),
             },
             failed,
-            every,
-        ));
-        self.files.uploads.insert(
-            file_id,
-            Upload {
-                size,
-                next: have,
-                queue,
-                failure,
-                out_of_space: false,
+            Pace {
+                checkpoint_every: limits.checkpoint_chunks(),
+                idle: limits.upload_idle_timeout,
             },
-        );
-        RelayMsg::UploadState { req, file_id, have }
+        ));
+        (queue, failure)
+    }
+
+    /// Hands `item` to upload `file_id`'s disk task. If the task gave its
+    /// room back for want of chunks, the upload is begun again in place,
+    /// from `next` (every chunk accepted before is durable by then), and the
+    /// item goes to the new task.
+    async fn hand_to_disk(
+        &mut self,
+        file_id: FileId,
+        next: u64,
+        item: ToDisk,
+    ) -> Result<(), Closed> {
+        let Some(upload) = self.files.uploads.get_mut(&file_id) else {
+            return Ok(());
+        };
+        let Err(mpsc::error::SendError(item)) = upload.queue.send(item).await else {
+            return Ok(());
+        };
+        // The disk task stopped; it said why before letting go of its queue.
+        let Some(mut upload) = self.files.uploads.remove(&file_id) else {
+            return Ok(());
+        };
+        let mut item = item;
+        let mut revived = false;
+        // A disk task that stops for want of room tells the client itself.
+        let mut told = true;
+        let reason = loop {
+            let (_, gone) = oneshot::channel();
+            let reason = std::mem::replace(&mut upload.failure, gone)
+                .await
+                .unwrap_or(BlobError::Crashed);
+            if revived || !matches!(reason, BlobError::Lapsed) {
+                break reason;
+            }
+            revived = true;
+            told = false;
+            let resumed = self
+                .shared
+                .blobs
+                .resume_idle(self.client, self.peer, file_id, upload.to, upload.size)
+                .await;
+            match resumed {
+                Ok(Begun::Upload(writer)) if writer.have() == next => {
+                    (upload.queue, upload.failure) = self.start_disk(writer);
+                }
+                // Not where this connection left it: someone else changed it.
+                Ok(_) => break BlobError::Superseded,
+                Err(e) => break e,
+            }
+            match upload.queue.send(item).await {
+                Ok(()) => {
+                    self.files.uploads.insert(file_id, upload);
+                    return Ok(());
+                }
+                Err(mpsc::error::SendError(back)) => item = back,
+            }
+        };
+        if refusable(&reason) {
+            // Not the client's fault, and nothing it sent is in doubt: say
+            // so at once and keep the connection for its other requests.
+            if let Some(notice) = stopped_notice(&reason).filter(|_| !told) {
+                let _ = self.tx.send(notice.into()).await;
+            }
+            upload.refused = Some(reason);
+            self.files.uploads.insert(file_id, upload);
+            return Ok(());
+        }
+        Err(Closed::Upload(reason))
     }
 
     pub(super) async fn upload_chunk(
@@ -205,7 +303,7 @@ impl Session {
             Some(_) => {}
         }
         upload.next += 1;
-        if upload.out_of_space {
+        if upload.refused.is_some() {
             return Ok(());
         }
         // Over the key's upload rate: stop reading for a while, which slows
@@ -217,28 +315,7 @@ impl Session {
                 _ = self.shutdown.cancelled() => {}
             }
         }
-        if upload.queue.send(ToDisk::Chunk(data)).await.is_ok() {
-            return Ok(());
-        }
-        // The disk task stopped; it said why before letting go of its queue.
-        let (_, gone) = oneshot::channel();
-        let reason = std::mem::replace(&mut upload.failure, gone)
-            .await
-            .unwrap_or(BlobError::Crashed);
-        if let BlobError::OutOfSpace(_) = reason {
-            // Not the client's fault, and nothing it sent is in doubt: say
-            // so at once and keep the connection for its other requests.
-            upload.out_of_space = true;
-            let notice = RelayMsg::Error {
-                req: 0,
-                code: ErrorCode::OutOfSpace,
-                detail: format!("{}; begin the upload again to resume later", out_of_space()),
-            };
-            let _ = self.tx.send(notice.into()).await;
-            return Ok(());
-        }
-        self.files.uploads.remove(&file_id);
-        Err(Closed::Upload(reason))
+        self.hand_to_disk(file_id, index, ToDisk::Chunk(data)).await
     }
 
     /// Returns the answer, or `None` when the disk task will give it.
@@ -258,28 +335,35 @@ impl Session {
                 Err(e) => refusal(req, e).unwrap_or_else(|_| internal(req)),
             });
         };
-        if upload.out_of_space {
-            return Some(RelayMsg::Error {
-                req,
-                code: ErrorCode::OutOfSpace,
-                detail: out_of_space(),
-            });
+        if let Some(refused) = &upload.refused {
+            return Some(blob_refusal(req, refused));
         }
         let chunks = chunk_count(upload.size);
-        if upload.next != chunks {
-            let detail = format!("only {} of {chunks} chunks were sent", upload.next);
-            self.files.uploads.insert(file_id, upload);
+        let next = upload.next;
+        self.files.uploads.insert(file_id, upload);
+        if next != chunks {
             return Some(RelayMsg::Error {
                 req,
                 code: ErrorCode::BadRequest,
-                detail,
+                detail: format!("only {next} of {chunks} chunks were sent"),
             });
         }
-        if upload.queue.send(ToDisk::Finish { req }).await.is_ok() {
-            return None;
+        let sent = self
+            .hand_to_disk(file_id, next, ToDisk::Finish { req })
+            .await;
+        // Handed over, the upload is the disk task's to finish and answer;
+        // one that stopped instead is answered here, and is over either way.
+        let refused = self
+            .files
+            .uploads
+            .remove(&file_id)
+            .and_then(|stopped| stopped.refused);
+        match (sent, refused) {
+            (Ok(()), None) => None,
+            (_, Some(refused)) => Some(blob_refusal(req, &refused)),
+            (Err(Closed::Upload(reason)), None) => Some(blob_refusal(req, &reason)),
+            (Err(_), None) => Some(internal(req)),
         }
-        let reason = upload.failure.await.unwrap_or(BlobError::Crashed);
-        Some(blob_refusal(req, &reason))
     }
 
     /// Returns the answer, or `None` when the download task will give it.
@@ -333,9 +417,28 @@ impl Session {
 fn blob_refusal(req: u32, e: &BlobError) -> RelayMsg {
     let (code, detail) = match e {
         BlobError::TooLarge { .. } => (ErrorCode::TooLarge, e.to_string()),
-        BlobError::QuotaExceeded { .. } => (
+        BlobError::QuotaExceeded {
+            of: QuotaOf::Recipient,
+            ..
+        } => (
             ErrorCode::QuotaExceeded,
             "the recipient's file quota is full".to_owned(),
+        ),
+        BlobError::QuotaExceeded {
+            of: QuotaOf::Uploader,
+            ..
+        } => (
+            ErrorCode::QuotaExceeded,
+            "the recipient holds as much from you as one sender may; they must receive it first"
+                .to_owned(),
+        ),
+        BlobError::TooManyUploads(from) => (
+            ErrorCode::RateLimited,
+            format!("too many uploads in progress from this {from}; finish some first"),
+        ),
+        BlobError::Lapsed => (
+            ErrorCode::Internal,
+            "the upload sent nothing for too long; begin it again to resume".to_owned(),
         ),
         BlobError::Conflict => (
             ErrorCode::BadRequest,
@@ -365,12 +468,43 @@ pub(super) fn out_of_space() -> String {
     "disk full".to_owned()
 }
 
+/// Whether an upload that stopped for this reason leaves its connection
+/// open: the relay has no room for it, which is neither the client's fault
+/// nor a reason to doubt what it sent.
+fn refusable(e: &BlobError) -> bool {
+    matches!(
+        e,
+        BlobError::OutOfSpace(_) | BlobError::QuotaExceeded { .. } | BlobError::TooManyUploads(_)
+    )
+}
+
+/// The notice (`req` 0) for an upload that stopped part-way for `e`.
+fn stopped_notice(e: &BlobError) -> Option<RelayMsg> {
+    let RelayMsg::Error { code, detail, .. } = blob_refusal(0, e) else {
+        return None;
+    };
+    Some(RelayMsg::Error {
+        req: 0,
+        code,
+        detail: format!("{detail}; begin the upload again to resume later"),
+    })
+}
+
 fn internal(req: u32) -> RelayMsg {
     RelayMsg::Error {
         req,
         code: ErrorCode::Internal,
         detail: "the relay could not do this; try again later".to_owned(),
     }
+}
+
+/// How an upload's disk task paces itself.
+#[derive(Clone, Copy)]
+struct Pace {
+    /// Chunks between checkpoints.
+    checkpoint_every: u64,
+    /// No chunk for this long: give the upload's room back.
+    idle: Duration,
 }
 
 /// An upload's disk task: writes the chunks the reader queues, checkpoints,
@@ -381,24 +515,43 @@ async fn store_upload(
     mut chunks: mpsc::Receiver<ToDisk>,
     report: Reporter,
     failed: oneshot::Sender<BlobError>,
-    checkpoint_every: u64,
+    pace: Pace,
 ) {
     let mut disk = Disk {
-        checkpoint_every,
+        checkpoint_every: pace.checkpoint_every,
+        idle: pace.idle,
         have: writer.have(),
         durable: writer.have(),
+        allowed: writer.allowed(),
+        short_of: None,
         writer: Arc::new(writer),
         checkpoint: None,
         report,
+        told: false,
     };
     let result = disk.run(&mut chunks).await;
     // A checkpoint still running holds the blob; let it end first.
     let settled = disk.settle().await;
-    match result.and(settled) {
+    let result = result.and(settled);
+    if let Err(e) = &result {
+        // An `UploadEnd` queued behind the failure is answered, not lost.
+        chunks.close();
+        while let Ok(item) = chunks.try_recv() {
+            if let ToDisk::Finish { req } = item {
+                disk.stopped(e, Some(req)).await;
+            }
+        }
+        disk.stopped(e, None).await;
+    }
+    match result {
         Ok(()) => {}
         Err(BlobError::Superseded) => {
             tracing::debug!("an upload was taken over by another request");
             let _ = failed.send(BlobError::Superseded);
+        }
+        Err(BlobError::Lapsed) => {
+            tracing::debug!("an upload sent nothing for a while and gave its room back");
+            let _ = failed.send(BlobError::Lapsed);
         }
         Err(e) => {
             tracing::warn!("an upload stopped: {e}");
@@ -413,12 +566,20 @@ struct Disk {
     writer: Arc<BlobWriter>,
     /// Chunks between checkpoints.
     checkpoint_every: u64,
+    /// No chunk for this long: give the room back.
+    idle: Duration,
     /// Chunks written (not necessarily durable).
     have: u64,
     /// Chunks covered by the last checkpoint started.
     durable: u64,
-    checkpoint: Option<JoinHandle<Result<(), BlobError>>>,
+    /// Chunks `0..allowed` may be written: the end of the upload's window.
+    allowed: u64,
+    /// Why the window last stopped short of where it was asked to go.
+    short_of: Option<BlobError>,
+    checkpoint: Option<JoinHandle<Result<Window, BlobError>>>,
     report: Reporter,
+    /// The client has been told why the upload stopped.
+    told: bool,
 }
 
 /// How an upload's tasks talk to the client.
@@ -457,6 +618,7 @@ impl Disk {
         loop {
             let next = tokio::select! {
                 next = chunks.recv() => next,
+                () = tokio::time::sleep(self.idle) => return self.lapse(chunks).await,
                 _ = self.writer.superseded() => {
                     // Whoever took over reads `have` once we let go: leave
                     // them every chunk already accepted from the client.
@@ -495,6 +657,30 @@ impl Disk {
         }
     }
 
+    /// Nothing came for a while: makes what was received durable (chunks
+    /// that slipped into the queue meanwhile included) and gives the
+    /// upload's room back, forgetting it if nothing of it was durable.
+    async fn lapse(&mut self, chunks: &mut mpsc::Receiver<ToDisk>) -> Result<(), BlobError> {
+        chunks.close();
+        while let Ok(next) = chunks.try_recv() {
+            if let Some(req) = self.queued(next, chunks).await? {
+                return self.finish(req).await;
+            }
+        }
+        self.settle().await?;
+        if self.checkpoint_now().await? {
+            let progress = RelayMsg::UploadProgress {
+                file_id: self.writer.id(),
+                have: self.have,
+            };
+            self.report.tell(progress, &self.writer).await;
+        }
+        if self.durable == 0 {
+            self.writer.forget().await?;
+        }
+        Err(BlobError::Lapsed)
+    }
+
     /// Writes `first` and the chunks queued behind it in one go; returns the
     /// `req` of a `Finish` found among them (after writing what came first).
     async fn queued(
@@ -518,19 +704,42 @@ impl Disk {
             }
         }
         if !run.is_empty() {
-            self.write_run(run).await?;
+            if let Err(e) = self.write_run(run).await {
+                self.stopped(&e, finish).await;
+                return Err(e);
+            }
         }
         Ok(finish)
+    }
+
+    /// The upload stopped for `e`: if for want of room, the client hears so
+    /// at once (once); an `UploadEnd` `finish` it sent is answered.
+    async fn stopped(&mut self, e: &BlobError, finish: Option<u32>) {
+        if !self.told && refusable(e) {
+            self.told = true;
+            if let Some(notice) = stopped_notice(e) {
+                self.report.tell(notice, &self.writer).await;
+            }
+        }
+        if let Some(req) = finish {
+            self.report.tell(blob_refusal(req, e), &self.writer).await;
+        }
     }
 
     /// Writes consecutive chunks from the next index on, and starts a
     /// checkpoint when one is due.
     /// A run that crosses a checkpoint is split there, so checkpoints fall
-    /// every `checkpoint_every` chunks exactly.
+    /// every `checkpoint_every` chunks exactly; one that reaches the end of
+    /// the window waits for the window to move on.
     async fn write_run(&mut self, mut run: Vec<Vec<u8>>) -> Result<(), BlobError> {
         while !run.is_empty() {
+            if self.have >= self.allowed {
+                self.make_room().await?;
+            }
             let to_checkpoint = self.checkpoint_every - (self.have - self.durable);
-            let take = usize::try_from(to_checkpoint).map_or(run.len(), |n| n.min(run.len()));
+            let room = self.allowed - self.have;
+            let take =
+                usize::try_from(to_checkpoint.min(room)).map_or(run.len(), |n| n.min(run.len()));
             let rest = run.split_off(take);
             let n = u64::try_from(run.len()).unwrap_or(u64::MAX);
             self.writer.write_run(self.have, run).await?;
@@ -549,11 +758,38 @@ impl Disk {
         Ok(())
     }
 
+    /// At the end of the window: the checkpoint in flight may have moved it
+    /// on; if not, a checkpoint of what is written asks for more. Fails with
+    /// why there is none (a full quota or budget).
+    async fn make_room(&mut self) -> Result<(), BlobError> {
+        self.settle().await?;
+        if self.have < self.allowed {
+            return Ok(());
+        }
+        let window = self.writer.checkpoint(self.have, false).await?;
+        self.durable = self.have;
+        self.moved(window);
+        if self.have < self.allowed {
+            return Ok(());
+        }
+        Err(self.short_of.take().unwrap_or(BlobError::QuotaExceeded {
+            of: crate::store::QuotaOf::Recipient,
+            files: 0,
+            bytes: 0,
+        }))
+    }
+
+    /// Takes in where a checkpoint left the window.
+    fn moved(&mut self, window: Window) {
+        self.allowed = self.allowed.max(window.allowed);
+        self.short_of = window.short_of.map(BlobError::from);
+    }
+
     /// Makes the blob durable and complete, and answers `UploadEnd` `req`.
     async fn finish(&mut self, req: u32) -> Result<(), BlobError> {
         let file_id = self.writer.id();
         let done = match self.settle().await {
-            Ok(()) => self.writer.checkpoint(self.have, true).await,
+            Ok(()) => self.writer.checkpoint(self.have, true).await.map(drop),
             Err(e) => Err(e),
         };
         let answer = match &done {
@@ -566,10 +802,12 @@ impl Disk {
 
     /// Waits for the checkpoint in flight, if any.
     async fn settle(&mut self) -> Result<(), BlobError> {
-        match self.checkpoint.take() {
-            Some(task) => task.await.map_err(|_| BlobError::Crashed)?,
-            None => Ok(()),
-        }
+        let Some(task) = self.checkpoint.take() else {
+            return Ok(());
+        };
+        let window = task.await.map_err(|_| BlobError::Crashed)??;
+        self.moved(window);
+        Ok(())
     }
 
     /// Makes every chunk written durable, if some are not yet; says whether
@@ -578,21 +816,27 @@ impl Disk {
         if self.have == self.durable {
             return Ok(false);
         }
-        self.writer.checkpoint(self.have, false).await?;
+        let window = self.writer.checkpoint(self.have, false).await?;
         self.durable = self.have;
+        self.moved(window);
         Ok(true)
     }
 }
 
-/// Makes chunks `0..have` durable, then tells the client.
-async fn checkpoint(writer: Arc<BlobWriter>, have: u64, report: Reporter) -> Result<(), BlobError> {
-    writer.checkpoint(have, false).await?;
+/// Makes chunks `0..have` durable, then tells the client; returns where the
+/// upload's window now ends.
+async fn checkpoint(
+    writer: Arc<BlobWriter>,
+    have: u64,
+    report: Reporter,
+) -> Result<Window, BlobError> {
+    let window = writer.checkpoint(have, false).await?;
     let progress = RelayMsg::UploadProgress {
         file_id: writer.id(),
         have,
     };
     report.tell(progress, &writer).await;
-    Ok(())
+    Ok(window)
 }
 
 /// What a download was asked for.

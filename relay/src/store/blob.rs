@@ -4,29 +4,39 @@
 //! checkpoint is group committed with whatever else is pending; reads run on
 //! the blocking pool. What a row means and when it may change is decided by
 //! `crate::blobs`, which holds the files; this module only keeps the rows and
-//! the per-recipient usage consistent with each other in one transaction.
+//! the usage per recipient and per uploader consistent with each other in one
+//! transaction, and hands out the holds of uploads in progress (`holds`).
 
 use redb::ReadableTable;
 use sotto_crypto::file::{FileId, MAX_FILE_SIZE};
 use sotto_keys::PublicKey;
 use tokio::sync::oneshot;
 
-use super::codec::{decode_blob, BlobUsage, BLOBS, BLOB_USAGE};
-use super::writer::{self, Change, Request};
-use super::{blocking, BlobBegun, BlobMeta, BlobQuota, Store, StoreError};
+use super::codec::{decode_blob, BlobUsage, BLOBS, BLOB_SHARES, BLOB_USAGE};
+use super::holds::HoldToken;
+use super::writer::{self, BlobBegin, Change, Request};
+use super::{blocking, BlobBegun, BlobMeta, BlobQuota, SourceAddr, Store, StoreError, Window};
 
 impl Store {
-    /// Records a new blob `id` of `size` bytes from `uploader` for `to`,
-    /// reserving its sealed length against `to`'s quota, or finds the
-    /// existing one for a resumption. Returns once committed.
+    /// Begins an upload of blob `id`, `size` bytes from `uploader` (at
+    /// `source`) for `to`: records a new blob, or finds the existing one for
+    /// a resumption. Admitted only if everything it still has to send fits
+    /// now under `to`'s quota, the uploader's share of it and the storage
+    /// budget, and the uploader's key and address have fewer than their
+    /// most uploads in progress; then it holds room for its first window
+    /// (`quota.window` chunks) while [`BlobBegun::hold`] lives. Returns once
+    /// committed.
     ///
-    /// Refused with [`StoreError::BlobQuotaExceeded`] (nothing recorded),
-    /// [`StoreError::BlobConflict`] if `id` is stored with another uploader,
-    /// recipient or size, [`StoreError::BlobTooLarge`] past the format's limit.
+    /// Refused with [`StoreError::BlobQuotaExceeded`],
+    /// [`StoreError::OutOfSpace`] or [`StoreError::TooManyUploads`] (nothing
+    /// recorded), [`StoreError::BlobConflict`] if `id` is stored with another
+    /// uploader, recipient or size, [`StoreError::BlobTooLarge`] past the
+    /// format's limit.
     pub async fn begin_blob(
         &self,
         id: FileId,
         uploader: PublicKey,
+        source: SourceAddr,
         to: PublicKey,
         size: u64,
         quota: BlobQuota,
@@ -34,28 +44,43 @@ impl Store {
         if size > MAX_FILE_SIZE {
             return Err(StoreError::BlobTooLarge { size });
         }
-        self.ask(|reply| {
-            Request::Change(Change::BlobBegin {
-                id: id.0,
-                uploader: *uploader.as_bytes(),
-                to: *to.as_bytes(),
-                size,
-                quota,
-                reply,
+        let hold = HoldToken::new(id.0, &self.inner.released);
+        let begun = self
+            .ask(|reply| {
+                Request::Change(Change::BlobBegin {
+                    begin: BlobBegin {
+                        id: id.0,
+                        uploader: *uploader.as_bytes(),
+                        to: *to.as_bytes(),
+                        size,
+                        quota,
+                        source,
+                        alive: hold.watch(),
+                    },
+                    reply,
+                })
             })
+            .await?;
+        Ok(BlobBegun {
+            meta: begun.meta,
+            created: begun.created,
+            allowed: begun.allowed,
+            hold,
         })
-        .await
     }
 
     /// Records that chunks `0..have` of blob `id` are durably on disk, and
     /// with `complete` that the upload is finished (then `have` must be the
-    /// chunk count). Refreshes the blob's `updated` time. Returns once committed.
+    /// chunk count). Refreshes the blob's `updated` time if it progressed.
+    /// Moves the window of the upload that holds it on, as far as the
+    /// bounds allow, and returns how many chunks that upload may now have
+    /// written in all. Returns once committed.
     pub async fn update_blob(
         &self,
         id: FileId,
         have: u64,
         complete: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Window, StoreError> {
         self.ask(|reply| {
             Request::Change(Change::BlobUpdate {
                 id: id.0,
@@ -147,7 +172,8 @@ impl Store {
         .await
     }
 
-    /// `(files, sealed bytes)` held or reserved for `recipient`.
+    /// `(files, sealed bytes stored)` for `recipient`, as committed; the
+    /// holds of uploads in progress are not in it.
     pub async fn blob_usage(&self, recipient: PublicKey) -> Result<(u64, u64), StoreError> {
         let db = self.db()?;
         let recipient = *recipient.as_bytes();
@@ -160,8 +186,38 @@ impl Store {
             let usage = match stored {
                 None => BlobUsage::default(),
                 Some(Ok(usage)) => usage,
-                Some(Err(_)) => writer::recount_blobs(&txn.open_table(BLOBS)?, &recipient)
-                    .map_err(StoreError::from)?,
+                Some(Err(_)) => writer::recount_blobs(&txn.open_table(BLOBS)?, |meta| {
+                    *meta.recipient.as_bytes() == recipient
+                })
+                .map_err(StoreError::from)?,
+            };
+            Ok((usage.files, usage.bytes))
+        })
+        .await
+    }
+
+    /// `(files, sealed bytes stored)` for `recipient` that came from
+    /// `uploader`, as committed.
+    pub async fn blob_share(
+        &self,
+        recipient: PublicKey,
+        uploader: PublicKey,
+    ) -> Result<(u64, u64), StoreError> {
+        let db = self.db()?;
+        let key = (*recipient.as_bytes(), *uploader.as_bytes());
+        blocking(move || {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(BLOB_SHARES)?;
+            let stored = table
+                .get(&key)?
+                .map(|guard| BlobUsage::decode(guard.value()));
+            let usage = match stored {
+                None => BlobUsage::default(),
+                Some(Ok(usage)) => usage,
+                Some(Err(_)) => writer::recount_blobs(&txn.open_table(BLOBS)?, |meta| {
+                    (*meta.recipient.as_bytes(), *meta.uploader.as_bytes()) == key
+                })
+                .map_err(StoreError::from)?,
             };
             Ok((usage.files, usage.bytes))
         })

@@ -50,18 +50,37 @@ pub(super) const META_NEXT_ID: &str = "next_id";
 pub(super) const BLOBS: TableDefinition<BlobId, &[u8]> = TableDefinition::new("blobs");
 
 /// `recipient` → `files (8) | bytes (8)`: the blobs held for a recipient and
-/// their sealed lengths, reserved in full when an upload begins. Kept in step
-/// with `BLOBS` in the same transaction; a row whose count falls to zero is
-/// removed.
+/// the sealed bytes they have durably stored (a complete blob its whole sealed
+/// length, an unfinished one its chunks `0..have`). Uploads in progress hold
+/// room beyond that in memory only (`holds`). Kept in step with `BLOBS` in the
+/// same transaction; a row whose count falls to zero is removed.
 pub(super) const BLOB_USAGE: TableDefinition<Recipient, &[u8]> = TableDefinition::new("blob_usage");
+
+/// `(recipient, uploader)` → `files (8) | bytes (8)`: the part of
+/// `BLOB_USAGE` that one uploader's blobs take, which its share of the
+/// recipient's quota is checked against. Derived from `BLOBS` (which names
+/// both keys of every blob already) and removed with the uploader's last blob
+/// for that recipient, so it tells nothing the blob rows do not.
+pub(super) const BLOB_SHARES: TableDefinition<(Recipient, Recipient), &[u8]> =
+    TableDefinition::new("blob_shares");
 
 /// The layout version of the file (8 bytes), so a future layout is refused
 /// instead of misread.
 pub(super) const META_FORMAT: &str = "format";
 
+/// How `BLOB_USAGE` counts (8 bytes): absent in a store whose blob usage
+/// counted unfinished uploads at their whole size, [`BLOB_ACCOUNTING`] once
+/// it counts stored bytes and `BLOB_SHARES` exists. An older store is
+/// recounted from `BLOBS` when opened.
+pub(super) const META_BLOB_ACCOUNTING: &str = "blob_accounting";
+
+/// See [`META_BLOB_ACCOUNTING`].
+pub(super) const BLOB_ACCOUNTING: u64 = 2;
+
 /// The layout described in this module. The blob tables were added without a
 /// new version: a store of the first layout simply has none yet, and they are
-/// created on open.
+/// created on open; likewise `BLOB_SHARES`, whose rows are derived from
+/// `BLOBS` on the first open (see [`META_BLOB_ACCOUNTING`]).
 pub(super) const FORMAT_VERSION: u64 = 1;
 
 /// Length of the `received_at` prefix of a message value.

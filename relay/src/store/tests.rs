@@ -593,21 +593,40 @@ fn store_handle_is_shareable() {
 
 // ---- blob metadata ----
 
-use sotto_crypto::file::{sealed_len, FileId, CHUNK_LEN};
+use std::net::{IpAddr, Ipv4Addr};
 
-use super::codec::{BlobUsage, BLOBS, BLOB_USAGE};
-use super::{BlobBegun, BlobQuota};
+use sotto_crypto::file::{sealed_len, FileId, CHUNK_LEN, SEALED_CHUNK_LEN};
 
-const QUOTA: BlobQuota = BlobQuota {
-    max_files: 1000,
-    max_bytes: u64::MAX,
-};
+use super::codec::{BlobUsage, BLOBS, BLOB_SHARES, BLOB_USAGE, META_BLOB_ACCOUNTING};
+use super::{BlobBegun, BlobQuota, QuotaOf, SourceAddr, UploadsFrom};
+use crate::space::OutOfSpace;
+
+const QUOTA: BlobQuota = BlobQuota::UNLIMITED;
 
 fn fid(n: u8) -> FileId {
     FileId([n; 16])
 }
 
+fn src(n: u8) -> SourceAddr {
+    SourceAddr::from(IpAddr::V4(Ipv4Addr::new(192, 0, 2, n)))
+}
+
 const FOUR_CHUNKS: u64 = 3 * CHUNK_LEN as u64 + 7;
+const CHUNKS_8: u64 = 8 * CHUNK_LEN as u64;
+const SEALED: u64 = SEALED_CHUNK_LEN as u64;
+
+async fn begin(
+    store: &Store,
+    id: FileId,
+    uploader: PublicKey,
+    to: PublicKey,
+    size: u64,
+    quota: BlobQuota,
+) -> Result<BlobBegun, StoreError> {
+    store
+        .begin_blob(id, uploader, src(1), to, size, quota)
+        .await
+}
 
 #[tokio::test]
 async fn a_blob_is_begun_resumed_by_its_uploader_only_and_completed() {
@@ -615,46 +634,46 @@ async fn a_blob_is_begun_resumed_by_its_uploader_only_and_completed() {
     let (store, clock) = open_at(&dir, StoreLimits::default());
     let (alice, bob, mallory) = (key(1), key(2), key(3));
 
-    let begun = store
-        .begin_blob(fid(1), alice, bob, FOUR_CHUNKS, QUOTA)
+    let begun = begin(&store, fid(1), alice, bob, FOUR_CHUNKS, QUOTA)
         .await
         .unwrap();
-    let BlobBegun::Created(meta) = begun else {
-        panic!("{begun:?}")
-    };
+    assert!(begun.created);
+    let meta = begun.meta;
     assert_eq!((meta.recipient, meta.uploader), (bob, alice));
     assert_eq!((meta.have, meta.complete, meta.chunks()), (0, false, 4));
     assert_eq!((meta.created, meta.updated), (1_000, 1_000));
-    assert_eq!(
-        store.blob_usage(bob).await.unwrap(),
-        (1, sealed_len(FOUR_CHUNKS))
-    );
+    assert_eq!(begun.allowed, 2, "a window of two chunks, not the file");
+    // Nothing stored yet: the file counts, its bytes do not.
+    assert_eq!(store.blob_usage(bob).await.unwrap(), (1, 0));
+    assert_eq!(store.blob_share(bob, alice).await.unwrap(), (1, 0));
     assert_eq!(store.blob_usage(alice).await.unwrap(), (0, 0));
 
     clock.store(1_050, Ordering::SeqCst);
-    store.update_blob(fid(1), 2, false).await.unwrap();
+    let window = store.update_blob(fid(1), 2, false).await.unwrap();
+    assert_eq!((window.allowed, window.short_of.is_none()), (4, true));
     let meta = store.blob(fid(1)).await.unwrap().unwrap();
     assert_eq!((meta.have, meta.updated, meta.created), (2, 1_050, 1_000));
+    assert_eq!(store.blob_usage(bob).await.unwrap(), (1, 2 * SEALED));
+    drop(begun.hold);
 
-    // Resuming refreshes the time and reserves nothing more.
+    // Resuming refreshes nothing: only progress does.
     clock.store(1_060, Ordering::SeqCst);
-    let again = store
-        .begin_blob(fid(1), alice, bob, FOUR_CHUNKS, QUOTA)
+    let again = begin(&store, fid(1), alice, bob, FOUR_CHUNKS, QUOTA)
         .await
         .unwrap();
-    assert!(matches!(again, BlobBegun::Existing(m) if m.have == 2 && m.updated == 1_060));
-    assert_eq!(
-        store.blob_usage(bob).await.unwrap(),
-        (1, sealed_len(FOUR_CHUNKS))
-    );
+    assert!(!again.created);
+    assert_eq!((again.meta.have, again.meta.updated), (2, 1_050));
+    assert_eq!(again.allowed, 4);
+    // An update that brings nothing new keeps the time too.
+    store.update_blob(fid(1), 2, false).await.unwrap();
+    assert_eq!(store.blob(fid(1)).await.unwrap().unwrap().updated, 1_050);
     // Anyone or anything else with the same id is a conflict.
     for (uploader, to, size) in [
         (mallory, bob, FOUR_CHUNKS),
         (alice, mallory, FOUR_CHUNKS),
         (alice, bob, FOUR_CHUNKS + 1),
     ] {
-        let err = store
-            .begin_blob(fid(1), uploader, to, size, QUOTA)
+        let err = begin(&store, fid(1), uploader, to, size, QUOTA)
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::BlobConflict), "{err:?}");
@@ -674,13 +693,17 @@ async fn a_blob_is_begun_resumed_by_its_uploader_only_and_completed() {
         store.update_blob(fid(1), 4, true).await,
         Err(StoreError::InvalidBlobUpdate)
     ));
+    assert_eq!(
+        store.blob_usage(bob).await.unwrap(),
+        (1, sealed_len(FOUR_CHUNKS))
+    );
     // A complete blob's age is not refreshed by beginning it again.
     clock.store(2_000, Ordering::SeqCst);
-    let done = store
-        .begin_blob(fid(1), alice, bob, FOUR_CHUNKS, QUOTA)
+    let done = begin(&store, fid(1), alice, bob, FOUR_CHUNKS, QUOTA)
         .await
         .unwrap();
-    assert!(matches!(done, BlobBegun::Existing(m) if m.complete && m.updated == 1_060));
+    assert!(done.meta.complete && done.meta.updated == 1_060);
+    drop((again, done));
     store.close().await.unwrap();
 
     // Everything survives a reopen.
@@ -692,52 +715,54 @@ async fn a_blob_is_begun_resumed_by_its_uploader_only_and_completed() {
 }
 
 #[tokio::test]
-async fn blob_quotas_count_files_and_sealed_bytes_per_recipient() {
+async fn blob_quotas_count_files_and_stored_bytes_per_recipient() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir, StoreLimits::default());
     let (alice, bob, carol) = (key(1), key(2), key(3));
     let quota = BlobQuota {
         max_files: 2,
         max_bytes: sealed_len(FOUR_CHUNKS) + sealed_len(0),
+        window: 8,
+        ..QUOTA
     };
-    store
-        .begin_blob(fid(1), alice, bob, FOUR_CHUNKS, quota)
+    let first = begin(&store, fid(1), alice, bob, FOUR_CHUNKS, quota)
         .await
         .unwrap();
-    let err = store
-        .begin_blob(fid(2), alice, bob, 1, quota)
+    // While its upload holds the whole of it, a second file does not fit.
+    let err = begin(&store, fid(2), alice, bob, 1, quota)
         .await
         .unwrap_err();
     assert!(
-        matches!(err, StoreError::BlobQuotaExceeded { files: 1, bytes } if bytes == sealed_len(FOUR_CHUNKS)),
+        matches!(err, StoreError::BlobQuotaExceeded { of: QuotaOf::Recipient, files: 1, bytes } if bytes == sealed_len(FOUR_CHUNKS)),
         "{err:?}"
     );
     assert!(
         store.blob(fid(2)).await.unwrap().is_none(),
         "nothing recorded"
     );
-    store
-        .begin_blob(fid(3), alice, bob, 0, quota)
-        .await
-        .unwrap();
-    let err = store
-        .begin_blob(fid(4), carol, bob, 0, quota)
+    store.update_blob(fid(1), 4, true).await.unwrap();
+    drop(first);
+    let tiny = begin(&store, fid(3), alice, bob, 0, quota).await.unwrap();
+    let err = begin(&store, fid(4), carol, bob, 0, quota)
         .await
         .unwrap_err();
     assert!(matches!(
         err,
-        StoreError::BlobQuotaExceeded { files: 2, .. }
+        StoreError::BlobQuotaExceeded {
+            of: QuotaOf::Recipient,
+            files: 2,
+            ..
+        }
     ));
     // Another recipient has a quota of its own.
-    store
-        .begin_blob(fid(4), alice, carol, FOUR_CHUNKS, quota)
+    let other = begin(&store, fid(4), alice, carol, FOUR_CHUNKS, quota)
         .await
         .unwrap();
-    let err = store
-        .begin_blob(fid(5), alice, bob, u64::MAX, quota)
+    let err = begin(&store, fid(5), alice, bob, u64::MAX, quota)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::BlobTooLarge { .. }));
+    drop((tiny, other));
 
     // Deleting gives the quota back.
     assert_eq!(
@@ -747,11 +772,306 @@ async fn blob_quotas_count_files_and_sealed_bytes_per_recipient() {
             .unwrap(),
         [fid(1)]
     );
-    assert_eq!(store.blob_usage(bob).await.unwrap(), (1, sealed_len(0)));
-    store
-        .begin_blob(fid(2), alice, bob, 1, quota)
+    assert_eq!(store.blob_usage(bob).await.unwrap(), (1, 0));
+    assert_eq!(store.blob_share(bob, alice).await.unwrap(), (1, 0));
+    begin(&store, fid(2), alice, bob, 1, quota).await.unwrap();
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_strangers_begun_uploads_hold_a_window_only_while_they_last() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, StoreLimits::default());
+    let (mallory, alice, bob) = (key(3), key(1), key(2));
+    // Bob may hold 16 chunks; a window is 2.
+    let quota = BlobQuota {
+        max_bytes: 16 * SEALED,
+        window: 2,
+        ..QUOTA
+    };
+    // Mallory begins two 8-chunk uploads, and again and again.
+    let mut held = Vec::new();
+    for round in 0..3 {
+        held.clear();
+        for id in [fid(1), fid(2)] {
+            let begun = begin(&store, id, mallory, bob, CHUNKS_8, quota)
+                .await
+                .unwrap();
+            assert_eq!((begun.meta.have, begun.allowed), (0, 2), "round {round}");
+            held.push(begun);
+        }
+    }
+    // Two windows held, not two files: alice's 8 chunks fit beside them.
+    let hers = begin(&store, fid(3), alice, bob, CHUNKS_8, quota)
         .await
         .unwrap();
+    // Three windows of 2 are held: a file of 11 chunks does not fit beside them.
+    let eleven = 11 * CHUNK_LEN as u64;
+    let err = begin(&store, fid(4), alice, bob, eleven, quota)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::BlobQuotaExceeded { .. }),
+        "{err:?}"
+    );
+    // Mallory's uploads end: their windows are free for the very next begin.
+    held.clear();
+    let second = begin(&store, fid(4), alice, bob, eleven, quota)
+        .await
+        .unwrap();
+    drop((hers, second));
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn one_uploader_holds_at_most_its_share_of_a_recipients_quota() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, StoreLimits::default());
+    let (mallory, alice, bob) = (key(3), key(1), key(2));
+    let quota = BlobQuota {
+        max_files: 8,
+        max_bytes: 32 * SEALED,
+        max_files_per_uploader: 2,
+        max_bytes_per_uploader: 8 * SEALED,
+        window: 8,
+        ..QUOTA
+    };
+    let one = begin(&store, fid(1), mallory, bob, 6 * CHUNK_LEN as u64, quota)
+        .await
+        .unwrap();
+    // 6 chunks held; 3 more would be past mallory's 8.
+    let err = begin(&store, fid(2), mallory, bob, 3 * CHUNK_LEN as u64, quota)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::BlobQuotaExceeded {
+                of: QuotaOf::Uploader,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let two = begin(&store, fid(2), mallory, bob, 0, quota).await.unwrap();
+    let err = begin(&store, fid(3), mallory, bob, 0, quota)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::BlobQuotaExceeded {
+                of: QuotaOf::Uploader,
+                files: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Stored bytes count as much as held ones, and survive the upload.
+    store.update_blob(fid(1), 6, true).await.unwrap();
+    drop((one, two));
+    assert!(
+        begin(&store, fid(3), mallory, bob, 3 * CHUNK_LEN as u64, quota)
+            .await
+            .is_err()
+    );
+    // Others are untouched by mallory's share, and so is mallory elsewhere.
+    begin(&store, fid(4), alice, bob, 8 * CHUNK_LEN as u64, quota)
+        .await
+        .unwrap();
+    begin(&store, fid(5), mallory, alice, 8 * CHUNK_LEN as u64, quota)
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_window_moves_on_while_there_is_room_and_says_why_not() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, StoreLimits::default());
+    let (alice, carol, bob) = (key(1), key(3), key(2));
+    let quota = BlobQuota {
+        max_bytes: 10 * SEALED,
+        window: 4,
+        ..QUOTA
+    };
+    let up = begin(&store, fid(1), alice, bob, CHUNKS_8, quota)
+        .await
+        .unwrap();
+    assert_eq!(up.allowed, 4);
+    // Carol takes what is left beside alice's window.
+    let hers = begin(&store, fid(2), carol, bob, 5 * CHUNK_LEN as u64, quota)
+        .await
+        .unwrap();
+    store.update_blob(fid(2), 5, true).await.unwrap();
+    drop(hers);
+    // Alice's checkpoint at 2: her window would end at 6; one chunk is left.
+    let window = store.update_blob(fid(1), 2, false).await.unwrap();
+    assert_eq!(window.allowed, 5);
+    assert!(
+        matches!(
+            window.short_of,
+            Some(StoreError::BlobQuotaExceeded {
+                of: QuotaOf::Recipient,
+                ..
+            })
+        ),
+        "{:?}",
+        window.short_of
+    );
+    let window = store.update_blob(fid(1), 5, false).await.unwrap();
+    assert_eq!(window.allowed, 5, "no room at all");
+    // Bob receives carol's file: alice goes on.
+    store
+        .delete_blobs(vec![fid(2)], Some(bob), None)
+        .await
+        .unwrap();
+    let window = store.update_blob(fid(1), 5, false).await.unwrap();
+    assert_eq!((window.allowed, window.short_of.is_none()), (8, true));
+    drop(up);
+    // An update with no upload in progress moves nothing.
+    assert_eq!(
+        store.update_blob(fid(1), 6, false).await.unwrap().allowed,
+        6
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn uploads_in_progress_are_bounded_per_key_and_per_address() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, StoreLimits::default());
+    let bob = key(2);
+    let quota = BlobQuota {
+        max_uploads_per_key: 2,
+        max_uploads_per_source: 3,
+        ..QUOTA
+    };
+    let at = |n: u8, who: u8, id: u8| store.begin_blob(fid(id), key(who), src(n), bob, 10, quota);
+    let a = at(1, 10, 1).await.unwrap();
+    let b = at(1, 10, 2).await.unwrap();
+    // A third upload of the same key, from anywhere.
+    let err = at(2, 10, 3).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::TooManyUploads(UploadsFrom::Key)),
+        "{err:?}"
+    );
+    // Another key from the same address: one more, then the address is full.
+    let c = at(1, 11, 4).await.unwrap();
+    let err = at(1, 12, 5).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::TooManyUploads(UploadsFrom::Address)),
+        "{err:?}"
+    );
+    at(2, 12, 5).await.unwrap();
+    // Resuming one's own upload takes its own place, not another.
+    let b_again = at(1, 10, 2).await.unwrap();
+    drop(b);
+    // An upload that ends frees its place.
+    drop(a);
+    at(1, 12, 6).await.unwrap();
+    drop((b_again, c));
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_storage_budget_counts_envelopes_files_and_windows_over_every_recipient() {
+    let dir = TempDir::new().unwrap();
+    let limits = StoreLimits {
+        max_stored_bytes: Some(4 * SEALED),
+        ..StoreLimits::default()
+    };
+    let store = open(&dir, limits.clone());
+    assert_eq!(store.budget(), Some(4 * SEALED));
+    let alice = key(1);
+    let envelope = vec![7u8; SEALED_CHUNK_LEN];
+    // One sender, a recipient each time: only the budget stops it.
+    let mut stored = 0;
+    let refusal = loop {
+        match store.enqueue(key(100 + stored), envelope.clone()).await {
+            Ok(_) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 10, "the budget never refused");
+    };
+    assert_eq!(stored, 4);
+    assert!(
+        matches!(refusal, StoreError::OutOfSpace(OutOfSpace::Budget { used, budget }) if used == 4 * SEALED && budget == 4 * SEALED),
+        "{refusal:?}"
+    );
+    // Files too, at their whole size when they begin.
+    let err = begin(&store, fid(1), alice, key(50), 0, QUOTA)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::OutOfSpace(OutOfSpace::Budget { .. })),
+        "{err:?}"
+    );
+    // A recipient reading its mail frees room for anyone.
+    let first = store.pending(key(100), None, 10).await.unwrap();
+    assert_eq!(store.ack(key(100), ids(&first)).await.unwrap(), 1);
+    let up = begin(&store, fid(1), alice, key(50), CHUNK_LEN as u64, QUOTA)
+        .await
+        .unwrap();
+    // Its window counts while it lasts.
+    assert!(store.enqueue(key(60), vec![1]).await.is_err());
+    drop(up);
+    store.enqueue(key(60), vec![1]).await.unwrap();
+    store.close().await.unwrap();
+
+    // The count is the stored data's, read again when the store opens.
+    let store = open(&dir, limits);
+    let err = store.enqueue(key(61), envelope).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::OutOfSpace(OutOfSpace::Budget { used, .. }) if used == 3 * SEALED + 1),
+        "{err:?}"
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_store_that_reserved_whole_files_is_recounted_from_its_blobs() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, StoreLimits::default());
+    let (alice, carol, bob) = (key(1), key(3), key(2));
+    let up = begin(&store, fid(1), alice, bob, CHUNKS_8, QUOTA)
+        .await
+        .unwrap();
+    store.update_blob(fid(1), 2, false).await.unwrap();
+    let other = begin(&store, fid(2), carol, bob, 0, QUOTA).await.unwrap();
+    store.update_blob(fid(2), 1, true).await.unwrap();
+    drop((up, other));
+    store.close().await.unwrap();
+    // What a store of the earlier accounting looks like: whole sizes, no
+    // shares, no marker.
+    tamper(&dir, |txn| {
+        let mut usage = txn.open_table(BLOB_USAGE).unwrap();
+        let whole = BlobUsage {
+            files: 2,
+            bytes: sealed_len(CHUNKS_8) + sealed_len(0),
+        };
+        usage.insert([2; 32], whole.encode().as_slice()).unwrap();
+        txn.delete_table(BLOB_SHARES).unwrap();
+        let mut meta = txn.open_table(META).unwrap();
+        meta.remove(META_BLOB_ACCOUNTING).unwrap();
+    });
+    let store = open(&dir, StoreLimits::default());
+    assert_eq!(
+        store.blob_usage(bob).await.unwrap(),
+        (2, 2 * SEALED + sealed_len(0))
+    );
+    assert_eq!(store.blob_share(bob, alice).await.unwrap(), (1, 2 * SEALED));
+    assert_eq!(
+        store.blob_share(bob, carol).await.unwrap(),
+        (1, sealed_len(0))
+    );
+    // And deleting gives back exactly what is counted.
+    for id in [fid(1), fid(2)] {
+        store.delete_blobs(vec![id], Some(bob), None).await.unwrap();
+    }
+    assert_eq!(store.blob_usage(bob).await.unwrap(), (0, 0));
+    assert_eq!(store.blob_share(bob, alice).await.unwrap(), (0, 0));
     store.close().await.unwrap();
 }
 
@@ -760,15 +1080,12 @@ async fn blobs_are_deleted_only_for_their_recipient_or_by_age() {
     let dir = TempDir::new().unwrap();
     let (store, clock) = open_at(&dir, StoreLimits::default());
     let (alice, bob) = (key(1), key(2));
-    store
-        .begin_blob(fid(1), alice, bob, 10, QUOTA)
-        .await
-        .unwrap();
+    let one = begin(&store, fid(1), alice, bob, 10, QUOTA).await.unwrap();
+    store.update_blob(fid(1), 1, true).await.unwrap();
     clock.store(1_100, Ordering::SeqCst);
-    store
-        .begin_blob(fid(2), alice, bob, 10, QUOTA)
-        .await
-        .unwrap();
+    let two = begin(&store, fid(2), alice, bob, 10, QUOTA).await.unwrap();
+    store.update_blob(fid(2), 1, true).await.unwrap();
+    drop((one, two));
 
     // Neither the uploader nor anyone else may delete bob's blob.
     for owner in [alice, key(3)] {
@@ -802,14 +1119,11 @@ async fn damaged_blob_rows_are_not_anyones_and_expire() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir, StoreLimits::default());
     let (alice, bob) = (key(1), key(2));
-    store
-        .begin_blob(fid(1), alice, bob, 10, QUOTA)
-        .await
-        .unwrap();
-    store
-        .begin_blob(fid(2), alice, bob, 20, QUOTA)
-        .await
-        .unwrap();
+    for (id, size) in [(fid(1), 10), (fid(2), 20)] {
+        let begun = begin(&store, id, alice, bob, size, QUOTA).await.unwrap();
+        store.update_blob(id, 1, true).await.unwrap();
+        drop(begun);
+    }
     store.close().await.unwrap();
 
     tamper(&dir, |txn| {
@@ -817,19 +1131,27 @@ async fn damaged_blob_rows_are_not_anyones_and_expire() {
         blobs.insert([1; 16], [7u8; 5].as_slice()).unwrap();
         let mut usage = txn.open_table(BLOB_USAGE).unwrap();
         usage.insert([2; 32], [7u8; 3].as_slice()).unwrap();
+        let mut shares = txn.open_table(BLOB_SHARES).unwrap();
+        shares
+            .insert(([2; 32], [1; 32]), [7u8; 3].as_slice())
+            .unwrap();
     });
 
     let store = open(&dir, StoreLimits::default());
     assert!(matches!(store.blob(fid(1)).await, Err(StoreError::Corrupt)));
-    // The damaged usage row is rebuilt from the blobs that can be read.
+    // The damaged usage rows are rebuilt from the blobs that can be read.
     assert_eq!(store.blob_usage(bob).await.unwrap(), (1, sealed_len(20)));
+    assert_eq!(
+        store.blob_share(bob, alice).await.unwrap(),
+        (1, sealed_len(20))
+    );
     assert!(store
         .delete_blobs(vec![fid(1)], Some(bob), None)
         .await
         .unwrap()
         .is_empty());
     assert!(matches!(
-        store.begin_blob(fid(1), alice, bob, 10, QUOTA).await,
+        begin(&store, fid(1), alice, bob, 10, QUOTA).await,
         Err(StoreError::Corrupt)
     ));
     // Expiry finds it whatever its time, and removes it.
@@ -842,24 +1164,24 @@ async fn damaged_blob_rows_are_not_anyones_and_expire() {
         [fid(1)]
     );
     assert_eq!(store.blob_ids().await.unwrap(), [fid(2)]);
-    // The next change to bob's blobs writes the rebuilt row back.
-    store
-        .begin_blob(fid(3), alice, bob, 0, QUOTA)
-        .await
-        .unwrap();
+    // The next change to bob's blobs writes the rebuilt rows back.
+    let three = begin(&store, fid(3), alice, bob, 0, QUOTA).await.unwrap();
+    store.update_blob(fid(3), 1, true).await.unwrap();
+    drop(three);
     store.close().await.unwrap();
 
     let db = Database::create(db_path(&dir)).unwrap();
     let txn = db.begin_read().unwrap();
+    let want = BlobUsage {
+        files: 2,
+        bytes: sealed_len(20) + sealed_len(0),
+    };
     let usage = txn.open_table(BLOB_USAGE).unwrap();
     let row = usage.get([2; 32]).unwrap().unwrap();
-    assert_eq!(
-        BlobUsage::decode(row.value()).unwrap(),
-        BlobUsage {
-            files: 2,
-            bytes: sealed_len(20) + sealed_len(0)
-        }
-    );
+    assert_eq!(BlobUsage::decode(row.value()).unwrap(), want);
+    let shares = txn.open_table(BLOB_SHARES).unwrap();
+    let row = shares.get(([2; 32], [1; 32])).unwrap().unwrap();
+    assert_eq!(BlobUsage::decode(row.value()).unwrap(), want);
 }
 
 #[tokio::test]

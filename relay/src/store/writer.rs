@@ -29,6 +29,13 @@
 //! `Stored` still comes with that transaction's commit, and the id counter
 //! that transaction writes covers its id, so no id is ever given twice.
 //!
+//! Quotas and the storage budget are checked here, where usage is exact: every
+//! change to it goes through this thread. Envelope bytes, the stored bytes of
+//! blobs and the holds of uploads in progress (`holds`, in this thread's
+//! memory) are summed into the relay-wide total that the budget bounds; the
+//! sums are read from the tables when the store opens and again after a failed
+//! batch, whose changes they would otherwise still count.
+//!
 //! A request that fails on its own (a full mailbox) is answered with its error
 //! and changes nothing, so it cannot spoil the batch. A database error fails
 //! the whole batch: the transaction is dropped (rolled back) and every request
@@ -37,21 +44,26 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
-use sotto_crypto::file::{chunk_count, sealed_len, MAX_FILE_SIZE};
+use sotto_crypto::file::{chunk_count, sealed_len, MAX_FILE_SIZE, SEALED_CHUNK_LEN};
 use sotto_keys::PublicKey;
 
 use super::codec::{
     decode_blob, decode_message, encode_blob, encode_message, BlobId, BlobUsage, ExpiryEntry,
-    Recipient, Usage, BLOBS, BLOB_USAGE, EXPIRY, MESSAGES, META, META_NEXT_ID, USAGE,
+    Recipient, Usage, BLOBS, BLOB_SHARES, BLOB_USAGE, EXPIRY, MESSAGES, META, META_NEXT_ID, USAGE,
 };
+use super::holds::{Hold, Holds, SourceAddr};
 use super::live::Feeds;
-use super::{BlobBegun, BlobMeta, BlobQuota, StoreError, StoreLimits, Stored};
+use super::{
+    sealed_prefix_len, BlobMeta, BlobQuota, QuotaOf, StoreError, StoreLimits, Stored, UploadsFrom,
+    Window,
+};
+use crate::space::OutOfSpace;
 
 /// Most requests applied in one transaction, so a flood of writers still gets
 /// answers in bounded time and a batch's bookkeeping stays bounded in memory.
@@ -99,18 +111,15 @@ pub(super) enum Change {
         reply: oneshot::Sender<Result<usize, StoreError>>,
     },
     BlobBegin {
-        id: BlobId,
-        uploader: Recipient,
-        to: Recipient,
-        size: u64,
-        quota: BlobQuota,
-        reply: oneshot::Sender<Result<BlobBegun, StoreError>>,
+        begin: BlobBegin,
+        reply: oneshot::Sender<Result<Begun, StoreError>>,
     },
     BlobUpdate {
         id: BlobId,
         have: u64,
         complete: bool,
-        reply: oneshot::Sender<Result<(), StoreError>>,
+        /// Answered with where the upload's window now ends.
+        reply: oneshot::Sender<Result<Window, StoreError>>,
     },
     BlobDelete {
         ids: Vec<BlobId>,
@@ -118,6 +127,35 @@ pub(super) enum Change {
         updated_at_or_before: Option<u64>,
         reply: oneshot::Sender<Result<Vec<BlobId>, StoreError>>,
     },
+}
+
+/// An upload beginning or resuming, as the writer is asked for it.
+pub(super) struct BlobBegin {
+    pub(super) id: BlobId,
+    pub(super) uploader: Recipient,
+    pub(super) to: Recipient,
+    pub(super) size: u64,
+    pub(super) quota: BlobQuota,
+    pub(super) source: SourceAddr,
+    /// The upload's token: no hold is made for an upload already gone.
+    pub(super) alive: Weak<()>,
+}
+
+/// What [`Change::BlobBegin`] is answered with.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Begun {
+    pub(super) meta: BlobMeta,
+    pub(super) created: bool,
+    pub(super) allowed: u64,
+}
+
+/// Every byte the relay stores, by kind; holds are counted apart (`Holds`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Totals {
+    /// Envelope bytes pending in every mailbox (admitted ones included).
+    envelopes: u64,
+    /// Sealed bytes the blobs have stored.
+    blobs: u64,
 }
 
 /// An envelope with its id, counted in its mailbox's usage and already
@@ -226,6 +264,14 @@ pub(super) struct Writer {
     pub(super) interval: Duration,
     /// Where each envelope admitted for the next batch is in it, by id.
     pub(super) unwritten: HashMap<u64, usize>,
+    /// The room uploads in progress hold beyond what they have stored.
+    pub(super) holds: Holds,
+    /// Every byte stored, as committed plus what is admitted or applied
+    /// since; `None` until read from the tables (at start, and after a
+    /// failed batch).
+    pub(super) totals: Option<Totals>,
+    /// The relay-wide storage budget (`u64::MAX`: none).
+    pub(super) budget: u64,
 }
 
 impl Writer {
@@ -379,6 +425,9 @@ impl Writer {
             cached.usage = shrink(cached.usage, len);
             cached.dirty = true;
         }
+        if let Some(totals) = &mut self.totals {
+            totals.envelopes = totals.envelopes.saturating_sub(len);
+        }
         true
     }
 
@@ -400,6 +449,15 @@ impl Writer {
                 bytes: usage.bytes,
             });
         }
+        let totals = self.read_totals()?;
+        self.holds.collect();
+        let used = used(&totals, &self.holds);
+        if used.saturating_add(len) > self.budget {
+            return Err(StoreError::OutOfSpace(OutOfSpace::Budget {
+                used,
+                budget: self.budget,
+            }));
+        }
         let id = self.next_id;
         // 2^64 ids cannot be used up by arrivals; reaching the end means the
         // stored counter was damaged.
@@ -408,6 +466,10 @@ impl Writer {
             return Err(StoreError::Corrupt);
         };
         self.next_id = next_id;
+        self.totals = Some(Totals {
+            envelopes: totals.envelopes.saturating_add(len),
+            ..totals
+        });
         self.usage.insert(
             to,
             Cached {
@@ -429,6 +491,19 @@ impl Writer {
             },
         );
         Ok((id, received_at, value))
+    }
+
+    /// The totals: from memory, or counted from the tables as last committed
+    /// (they are forgotten only when no batch is committing, so that is
+    /// exact).
+    fn read_totals(&mut self) -> Result<Totals, StoreError> {
+        if let Some(totals) = self.totals {
+            return Ok(totals);
+        }
+        let txn = self.database()?.begin_read()?;
+        let totals = count_totals(&txn.open_table(USAGE)?, &txn.open_table(BLOB_USAGE)?)?;
+        self.totals = Some(totals);
+        Ok(totals)
     }
 
     /// A mailbox's usage: from memory, or as last committed. (A mailbox
@@ -459,6 +534,7 @@ impl Writer {
             return;
         }
         self.usage.clear();
+        self.totals = None;
         let err = StoreError::Database(
             "an earlier write failed; nothing was stored, try again".to_owned(),
         );
@@ -585,6 +661,7 @@ impl Writer {
                     answer.send(Some(&err));
                 }
                 self.usage.clear();
+                self.totals = None;
                 self.written_next_id = 0;
                 self.feeds.settle(self.next_id);
                 self.reopen_after_failure();
@@ -611,8 +688,22 @@ impl Writer {
         let room = self.has_room();
         // Envelopes written, and taken out before being written.
         let mut counts = (0, 0);
+        if self.totals.is_none() {
+            let totals = count_totals(&txn.open_table(USAGE)?, &txn.open_table(BLOB_USAGE)?)?;
+            self.totals = Some(totals);
+        }
         let changed = {
-            let mut batch = Batch::open(&txn, &self.limits, &mut self.usage, now)?;
+            let mut batch = Batch::open(
+                &txn,
+                Books {
+                    limits: &self.limits,
+                    usage: &mut self.usage,
+                    holds: &mut self.holds,
+                    totals: self.totals.get_or_insert_with(Totals::default),
+                    budget: self.budget,
+                },
+                now,
+            )?;
             for request in requests {
                 match &request {
                     Next::Admitted(a) if a.cancelled => counts.1 += 1,
@@ -637,16 +728,9 @@ impl Writer {
                         reply,
                     ),
                     Next::Change(Change::Expire { now, reply }) => settle(batch.expire(now), reply),
-                    Next::Change(Change::BlobBegin {
-                        id,
-                        uploader,
-                        to,
-                        size,
-                        quota,
-                        reply,
-                    }) => match &room {
+                    Next::Change(Change::BlobBegin { begin, reply }) => match &room {
                         Err(full) => settle(Ok(Err(full.clone())), reply),
-                        Ok(()) => settle(batch.blob_begin(id, uploader, to, size, quota), reply),
+                        Ok(()) => settle(batch.blob_begin(begin), reply),
                     },
                     Next::Change(Change::BlobUpdate {
                         id,
@@ -774,6 +858,15 @@ pub(super) struct Cached {
     dirty: bool,
 }
 
+/// The writer's running accounts, which a batch changes in place.
+struct Books<'w> {
+    limits: &'w StoreLimits,
+    usage: &'w mut HashMap<Recipient, Cached>,
+    holds: &'w mut Holds,
+    totals: &'w mut Totals,
+    budget: u64,
+}
+
 /// The tables and pending bookkeeping of one write transaction.
 ///
 /// Each step returns `Ok(Err(_))` for a failure of that request alone (it has
@@ -785,21 +878,66 @@ struct Batch<'t> {
     meta: Table<'t, &'static str, &'static [u8]>,
     blobs: Table<'t, BlobId, &'static [u8]>,
     blob_usage_table: Table<'t, Recipient, &'static [u8]>,
+    shares_table: Table<'t, (Recipient, Recipient), &'static [u8]>,
     usage: &'t mut HashMap<Recipient, Cached>,
     /// Blob usage as the batch sees it, and whether it must be written back.
     blob_usage: HashMap<Recipient, (BlobUsage, bool)>,
+    /// The same per (recipient, uploader).
+    shares: HashMap<(Recipient, Recipient), (BlobUsage, bool)>,
+    holds: &'t mut Holds,
+    totals: &'t mut Totals,
+    budget: u64,
     limits: &'t StoreLimits,
     now: u64,
     changed: bool,
 }
 
+/// How much more room a quota (or the budget) leaves, and whose it is.
+#[derive(Debug, Clone, Copy)]
+struct Room {
+    bytes: u64,
+    /// The refusal for an upload that needs more than `bytes`.
+    binding: Binding,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Binding {
+    Quota { of: QuotaOf, files: u64, bytes: u64 },
+    Budget { used: u64, budget: u64 },
+}
+
+impl Binding {
+    fn refusal(self) -> StoreError {
+        match self {
+            Binding::Quota { of, files, bytes } => {
+                StoreError::BlobQuotaExceeded { of, files, bytes }
+            }
+            Binding::Budget { used, budget } => {
+                StoreError::OutOfSpace(OutOfSpace::Budget { used, budget })
+            }
+        }
+    }
+}
+
+/// Every byte stored or held, as the budget counts it.
+fn used(totals: &Totals, holds: &Holds) -> u64 {
+    totals
+        .envelopes
+        .saturating_add(totals.blobs)
+        .saturating_add(holds.total())
+}
+
 impl<'t> Batch<'t> {
-    fn open(
-        txn: &'t WriteTransaction,
-        limits: &'t StoreLimits,
-        usage: &'t mut HashMap<Recipient, Cached>,
-        now: u64,
-    ) -> Result<Self, Fatal> {
+    fn open(txn: &'t WriteTransaction, books: Books<'t>, now: u64) -> Result<Self, Fatal> {
+        let Books {
+            limits,
+            usage,
+            holds,
+            totals,
+            budget,
+        } = books;
+        // Uploads that ended since the last batch leave their room to this one.
+        holds.collect();
         Ok(Self {
             messages: txn.open_table(MESSAGES)?,
             expiry: txn.open_table(EXPIRY)?,
@@ -807,8 +945,13 @@ impl<'t> Batch<'t> {
             meta: txn.open_table(META)?,
             blobs: txn.open_table(BLOBS)?,
             blob_usage_table: txn.open_table(BLOB_USAGE)?,
+            shares_table: txn.open_table(BLOB_SHARES)?,
             usage,
             blob_usage: HashMap::new(),
+            shares: HashMap::new(),
+            holds,
+            totals,
+            budget,
             limits,
             now,
             changed: false,
@@ -934,6 +1077,7 @@ impl<'t> Batch<'t> {
             tracing::error!(id, "deleting a damaged message");
             0
         });
+        self.totals.envelopes = self.totals.envelopes.saturating_sub(len);
         Ok(Some(len))
     }
 
@@ -951,7 +1095,10 @@ impl<'t> Batch<'t> {
             Some(Err(_)) => {
                 tracing::warn!("rebuilding a damaged blob usage row");
                 self.changed = true;
-                (recount_blobs(&self.blobs, recipient)?, true)
+                (
+                    recount_blobs(&self.blobs, |meta| meta.recipient.as_bytes() == recipient)?,
+                    true,
+                )
             }
         };
         self.blob_usage.insert(*recipient, (usage, dirty));
@@ -961,6 +1108,101 @@ impl<'t> Batch<'t> {
     fn set_blob_usage(&mut self, recipient: Recipient, usage: BlobUsage) {
         self.blob_usage.insert(recipient, (usage, true));
         self.changed = true;
+    }
+
+    /// What `uploader`'s blobs for `recipient` take.
+    fn share(&mut self, recipient: &Recipient, uploader: &Recipient) -> Result<BlobUsage, Fatal> {
+        let key = (*recipient, *uploader);
+        if let Some((usage, _)) = self.shares.get(&key) {
+            return Ok(*usage);
+        }
+        let stored = self
+            .shares_table
+            .get(&key)?
+            .map(|guard| BlobUsage::decode(guard.value()));
+        let (usage, dirty) = match stored {
+            None => (BlobUsage::default(), false),
+            Some(Ok(usage)) => (usage, false),
+            Some(Err(_)) => {
+                tracing::warn!("rebuilding a damaged blob share row");
+                self.changed = true;
+                let of_share = |meta: &BlobMeta| {
+                    meta.recipient.as_bytes() == recipient && meta.uploader.as_bytes() == uploader
+                };
+                (recount_blobs(&self.blobs, of_share)?, true)
+            }
+        };
+        self.shares.insert(key, (usage, dirty));
+        Ok(usage)
+    }
+
+    /// Changes what blob `meta`'s recipient, and its uploader's share, hold
+    /// by `files` and `bytes`, and the relay-wide total with them.
+    fn count_blob(&mut self, meta: &BlobMeta, files: i8, bytes: i128) -> Result<(), Fatal> {
+        let (recipient, uploader) = (*meta.recipient.as_bytes(), *meta.uploader.as_bytes());
+        let usage = self.blob_usage(&recipient)?;
+        let share = self.share(&recipient, &uploader)?;
+        let (usage, clamped) = usage.changed(files, bytes);
+        let (share, share_clamped) = share.changed(files, bytes);
+        if clamped || share_clamped {
+            tracing::warn!("blob usage was lower than its blobs; clamping at zero");
+        }
+        self.set_blob_usage(recipient, usage);
+        self.shares.insert((recipient, uploader), (share, true));
+        self.totals.blobs = apply_delta(self.totals.blobs, bytes).0;
+        Ok(())
+    }
+
+    /// The room left for `uploader`'s uploads to `to`: under the recipient's
+    /// quota, under the uploader's share of it and under the budget, the
+    /// least of the three.
+    fn room(
+        &mut self,
+        to: &Recipient,
+        uploader: &Recipient,
+        quota: &BlobQuota,
+    ) -> Result<Room, Fatal> {
+        let usage = self.blob_usage(to)?;
+        let share = self.share(to, uploader)?;
+        let held = usage.bytes.saturating_add(self.holds.for_recipient(to));
+        let shared = share
+            .bytes
+            .saturating_add(self.holds.for_share(to, uploader));
+        let used = used(self.totals, self.holds);
+        let rooms = [
+            Room {
+                bytes: quota.max_bytes.saturating_sub(held),
+                binding: Binding::Quota {
+                    of: QuotaOf::Recipient,
+                    files: usage.files,
+                    bytes: held,
+                },
+            },
+            Room {
+                bytes: quota.max_bytes_per_uploader.saturating_sub(shared),
+                binding: Binding::Quota {
+                    of: QuotaOf::Uploader,
+                    files: share.files,
+                    bytes: shared,
+                },
+            },
+            Room {
+                bytes: self.budget.saturating_sub(used),
+                binding: Binding::Budget {
+                    used,
+                    budget: self.budget,
+                },
+            },
+        ];
+        // The first of the tightest: the recipient's quota is named before
+        // the share it contains, and both before the budget.
+        let mut least = rooms[0];
+        for room in &rooms[1..] {
+            if room.bytes < least.bytes {
+                least = *room;
+            }
+        }
+        Ok(least)
     }
 
     /// Reads one blob row; a damaged row is reported as the request's own
@@ -975,85 +1217,181 @@ impl<'t> Batch<'t> {
         Ok(())
     }
 
-    fn blob_begin(
-        &mut self,
-        id: BlobId,
-        uploader: Recipient,
-        to: Recipient,
-        size: u64,
-        quota: BlobQuota,
-    ) -> Result<Result<BlobBegun, StoreError>, Fatal> {
-        let (uploader, to) = (PublicKey::from_bytes(uploader), PublicKey::from_bytes(to));
-        match self.blob(&id)? {
+    /// Begins an upload, or resumes one: admits it if the whole of what it
+    /// still has to send fits under every bound now, and gives it a hold on
+    /// its first window (see `holds`). Refreshes nothing: beginning again is
+    /// not progress.
+    fn blob_begin(&mut self, begin: BlobBegin) -> Result<Result<Begun, StoreError>, Fatal> {
+        let BlobBegin {
+            id,
+            uploader,
+            to,
+            size,
+            quota,
+            source,
+            alive,
+        } = begin;
+        let existing = match self.blob(&id)? {
             Some(Err(err)) => return Ok(Err(err)),
-            Some(Ok(mut meta)) => {
-                if meta.uploader != uploader || meta.recipient != to || meta.size != size {
+            Some(Ok(meta)) => {
+                if *meta.uploader.as_bytes() != uploader
+                    || *meta.recipient.as_bytes() != to
+                    || meta.size != size
+                {
                     return Ok(Err(StoreError::BlobConflict));
                 }
-                // Resuming is activity: an upload that keeps coming back is not
-                // abandoned. A complete blob's age counts from its completion.
-                if !meta.complete {
-                    meta.updated = self.now;
-                    self.put_blob(&id, &meta)?;
+                if meta.complete {
+                    return Ok(Ok(Begun {
+                        meta,
+                        created: false,
+                        allowed: meta.chunks(),
+                    }));
                 }
-                return Ok(Ok(BlobBegun::Existing(meta)));
+                Some(meta)
             }
-            None => {}
-        }
+            None => None,
+        };
         if size > MAX_FILE_SIZE {
             return Ok(Err(StoreError::BlobTooLarge { size }));
         }
-        let usage = self.blob_usage(to.as_bytes())?;
-        let reserved = sealed_len(size);
-        if usage.files.saturating_add(1) > quota.max_files
-            || usage.bytes.saturating_add(reserved) > quota.max_bytes
-        {
-            return Ok(Err(StoreError::BlobQuotaExceeded {
-                files: usage.files,
-                bytes: usage.bytes,
-            }));
+        if alive.strong_count() == 0 {
+            // Nobody waits for this upload any more.
+            return Ok(Err(StoreError::Closed));
         }
-        let meta = BlobMeta {
+        // A hold this blob still has is its previous upload's, which the
+        // caller has stopped before coming here: this one takes its place.
+        self.holds.remove(&id);
+        if self.holds.uploads_by(&uploader) >= quota.max_uploads_per_key {
+            return Ok(Err(StoreError::TooManyUploads(UploadsFrom::Key)));
+        }
+        if self.holds.uploads_from(&source) >= quota.max_uploads_per_source {
+            return Ok(Err(StoreError::TooManyUploads(UploadsFrom::Address)));
+        }
+        if existing.is_none() {
+            let usage = self.blob_usage(&to)?;
+            let share = self.share(&to, &uploader)?;
+            for (files, max, of, bytes) in [
+                (
+                    usage.files,
+                    quota.max_files,
+                    QuotaOf::Recipient,
+                    usage.bytes,
+                ),
+                (
+                    share.files,
+                    quota.max_files_per_uploader,
+                    QuotaOf::Uploader,
+                    share.bytes,
+                ),
+            ] {
+                if files.saturating_add(1) > max {
+                    return Ok(Err(StoreError::BlobQuotaExceeded { of, files, bytes }));
+                }
+            }
+        }
+        let (have, stored) = existing.map_or((0, 0), |meta| (meta.have, meta.stored_bytes()));
+        let remaining = sealed_len(size).saturating_sub(stored);
+        let room = self.room(&to, &uploader, &quota)?;
+        if remaining > room.bytes {
+            return Ok(Err(room.binding.refusal()));
+        }
+        let (meta, created) = match existing {
+            Some(meta) => (meta, false),
+            None => {
+                let meta = BlobMeta {
+                    recipient: PublicKey::from_bytes(to),
+                    uploader: PublicKey::from_bytes(uploader),
+                    size,
+                    have: 0,
+                    complete: false,
+                    created: self.now,
+                    updated: self.now,
+                };
+                self.put_blob(&id, &meta)?;
+                self.count_blob(&meta, 1, 0)?;
+                (meta, true)
+            }
+        };
+        let upto = have.saturating_add(quota.window).min(meta.chunks());
+        let hold = Hold {
             recipient: to,
             uploader,
-            size,
-            have: 0,
-            complete: false,
-            created: self.now,
-            updated: self.now,
+            source,
+            upto,
+            extra: sealed_prefix_len(size, upto).saturating_sub(stored),
+            quota,
+            alive,
         };
-        self.put_blob(&id, &meta)?;
-        self.set_blob_usage(
-            *to.as_bytes(),
-            BlobUsage {
-                files: usage.files.saturating_add(1),
-                bytes: usage.bytes.saturating_add(reserved),
-            },
-        );
-        Ok(Ok(BlobBegun::Created(meta)))
+        self.holds.insert(id, hold);
+        Ok(Ok(Begun {
+            meta,
+            created,
+            allowed: upto,
+        }))
     }
 
+    /// Records an upload's progress (`have` chunks durable, maybe complete)
+    /// and moves its window on as far as the bounds allow; answers how far
+    /// it may now write.
     fn blob_update(
         &mut self,
         id: BlobId,
         have: u64,
         complete: bool,
-    ) -> Result<Result<(), StoreError>, Fatal> {
-        let mut meta = match self.blob(&id)? {
+    ) -> Result<Result<Window, StoreError>, Fatal> {
+        let before = match self.blob(&id)? {
             None => return Ok(Err(StoreError::NoSuchBlob)),
             Some(Err(err)) => return Ok(Err(err)),
             Some(Ok(meta)) => meta,
         };
-        let chunks = chunk_count(meta.size);
-        if meta.complete || have > chunks || (complete && have != chunks) {
+        let chunks = chunk_count(before.size);
+        if before.complete || have > chunks || (complete && have != chunks) {
             tracing::error!(have, complete, "refusing an impossible blob update");
             return Ok(Err(StoreError::InvalidBlobUpdate));
         }
+        let mut meta = before;
         meta.have = have;
         meta.complete = complete;
-        meta.updated = self.now;
+        // Only progress keeps a blob from expiring: an upload that comes back
+        // without sending anything does not.
+        if have > before.have || complete {
+            meta.updated = self.now;
+        }
         self.put_blob(&id, &meta)?;
-        Ok(Ok(()))
+        let delta = i128::from(meta.stored_bytes()) - i128::from(before.stored_bytes());
+        self.count_blob(&meta, 0, delta)?;
+        let window = |allowed, short_of| Ok(Ok(Window { allowed, short_of }));
+        if complete {
+            self.holds.remove(&id);
+            return window(chunks, None);
+        }
+        let Some(hold) = self.holds.get(&id) else {
+            // No upload holds room for it: nothing past what is stored.
+            return window(have, None);
+        };
+        let (to, uploader, quota) = (hold.recipient, hold.uploader, hold.quota);
+        let stored = meta.stored_bytes();
+        // The window keeps its end; what it covers past the stored chunks is
+        // what the checkpoint did not fill.
+        let mut upto = hold.upto.max(have);
+        self.holds
+            .resize(&id, upto, sealed_prefix_len(meta.size, upto) - stored);
+        let target = have.saturating_add(quota.window).min(chunks);
+        let mut short_of = None;
+        if target > upto {
+            let room = self.room(&to, &uploader, &quota)?;
+            let need = sealed_prefix_len(meta.size, target) - sealed_prefix_len(meta.size, upto);
+            upto = if need <= room.bytes {
+                target
+            } else {
+                // As many whole chunks as fit; the rest waits for room.
+                short_of = Some(room.binding.refusal());
+                upto + room.bytes / SEALED_CHUNK_LEN as u64
+            };
+            self.holds
+                .resize(&id, upto, sealed_prefix_len(meta.size, upto) - stored);
+        }
+        window(upto, short_of)
     }
 
     fn blob_delete(
@@ -1079,22 +1417,11 @@ impl<'t> Batch<'t> {
                 {
                     continue;
                 }
-                let recipient = *meta.recipient.as_bytes();
-                let usage = self.blob_usage(&recipient)?;
-                let freed = sealed_len(meta.size);
-                if usage.files == 0 || usage.bytes < freed {
-                    tracing::warn!("blob usage was lower than its blobs; clamping at zero");
-                }
-                self.set_blob_usage(
-                    recipient,
-                    BlobUsage {
-                        files: usage.files.saturating_sub(1),
-                        bytes: usage.bytes.saturating_sub(freed),
-                    },
-                );
+                self.count_blob(&meta, -1, -i128::from(meta.stored_bytes()))?;
             } else {
                 tracing::error!("deleting a damaged blob row");
             }
+            self.holds.remove(&id);
             self.blobs.remove(&id)?;
             self.changed = true;
             deleted.push(id);
@@ -1131,6 +1458,16 @@ impl<'t> Batch<'t> {
                     .insert(recipient, usage.encode().as_slice())?;
             }
         }
+        for (key, (usage, dirty)) in &self.shares {
+            if !dirty {
+                continue;
+            }
+            if usage.files == 0 {
+                self.shares_table.remove(key)?;
+            } else {
+                self.shares_table.insert(key, usage.encode().as_slice())?;
+            }
+        }
         // Ids were handed out since the counter was last written: it is
         // written even if none of their envelopes is (all acknowledged before
         // being written), since their recipients have seen those ids.
@@ -1140,6 +1477,26 @@ impl<'t> Batch<'t> {
             self.changed = true;
         }
         Ok(self.changed)
+    }
+}
+
+/// `value` changed by `delta`, clamped to `0..=u64::MAX`, and whether it
+/// had to be clamped at zero.
+fn apply_delta(value: u64, delta: i128) -> (u64, bool) {
+    let changed = i128::from(value) + delta;
+    (
+        u64::try_from(changed.max(0)).unwrap_or(u64::MAX),
+        changed < 0,
+    )
+}
+
+impl BlobUsage {
+    /// This usage with `files` and `bytes` more (or fewer), and whether
+    /// either would have gone below zero.
+    fn changed(self, files: i8, bytes: i128) -> (Self, bool) {
+        let (files, files_clamped) = apply_delta(self.files, i128::from(files));
+        let (bytes, bytes_clamped) = apply_delta(self.bytes, bytes);
+        (Self { files, bytes }, files_clamped || bytes_clamped)
     }
 }
 
@@ -1199,21 +1556,44 @@ pub(super) fn recount(
     Ok(usage)
 }
 
-/// Counts a recipient's blobs, for when its usage row is damaged. Blobs are
-/// keyed by id, so this reads them all: it happens only after damage.
+/// Counts the blobs that `counts` picks (a recipient's, or one uploader's
+/// for a recipient), for when their usage row is damaged. Blobs are keyed by
+/// id, so this reads them all: it happens only after damage.
 pub(super) fn recount_blobs(
     blobs: &impl ReadableTable<BlobId, &'static [u8]>,
-    recipient: &Recipient,
+    counts: impl Fn(&BlobMeta) -> bool,
 ) -> Result<BlobUsage, Fatal> {
     let mut usage = BlobUsage::default();
     for item in blobs.iter()? {
         let (_, value) = item?;
         if let Ok(meta) = decode_blob(value.value()) {
-            if meta.recipient.as_bytes() == recipient {
+            if counts(&meta) {
                 usage.files += 1;
-                usage.bytes = usage.bytes.saturating_add(sealed_len(meta.size));
+                usage.bytes = usage.bytes.saturating_add(meta.stored_bytes());
             }
         }
     }
     Ok(usage)
+}
+
+/// Every byte stored, summed from the usage rows (a damaged row counts
+/// nothing: the budget is a bound, and the row is rebuilt when next used).
+fn count_totals(
+    usage: &impl ReadableTable<Recipient, &'static [u8]>,
+    blob_usage: &impl ReadableTable<Recipient, &'static [u8]>,
+) -> Result<Totals, Fatal> {
+    let mut totals = Totals::default();
+    for item in usage.iter()? {
+        let (_, value) = item?;
+        if let Ok(usage) = Usage::decode(value.value()) {
+            totals.envelopes = totals.envelopes.saturating_add(usage.bytes);
+        }
+    }
+    for item in blob_usage.iter()? {
+        let (_, value) = item?;
+        if let Ok(usage) = BlobUsage::decode(value.value()) {
+            totals.blobs = totals.blobs.saturating_add(usage.bytes);
+        }
+    }
+    Ok(totals)
 }

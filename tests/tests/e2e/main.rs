@@ -7,6 +7,7 @@ mod cli;
 mod download_limits;
 mod faults;
 mod files;
+mod griefing;
 mod history;
 mod messaging;
 mod presence;
