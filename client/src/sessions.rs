@@ -167,11 +167,12 @@ fn open_lock(path: &Path) -> Result<File> {
         .with_context(|| format!("cannot open {}", path.display()))
 }
 
-/// The bytes of a private file of the home (at most `limit` of them),
-/// refused with the `chmod` to run if others may read or write it; `None`
-/// if there is no file.
-pub(crate) fn read_private(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
-    let file = match File::open(path) {
+/// Opens a private file of the home (for writing too if `write`), refused
+/// with the `chmod` to run if others may read or write it, or if it is not a
+/// regular file; `None` if there is no file. The checks are on the opened
+/// file, so nothing can be swapped in between.
+pub(crate) fn open_private(path: &Path, write: bool) -> Result<Option<File>> {
+    let file = match OpenOptions::new().read(true).write(write).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
@@ -179,6 +180,9 @@ pub(crate) fn read_private(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
     let meta = file
         .metadata()
         .with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file; move it away", path.display());
+    }
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {
         bail!(
@@ -187,6 +191,15 @@ pub(crate) fn read_private(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
             path.display()
         );
     }
+    Ok(Some(file))
+}
+
+/// The bytes of a private file of the home (at most `limit` of them), as
+/// [`open_private`] checks it; `None` if there is no file.
+pub(crate) fn read_private(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
+    let Some(file) = open_private(path, false)? else {
+        return Ok(None);
+    };
     let mut bytes = Vec::new();
     file.take(limit.saturating_add(1))
         .read_to_end(&mut bytes)

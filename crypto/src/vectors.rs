@@ -591,7 +591,18 @@ fn envelope_vector() {
 /// ChaCha20-Poly1305 (RFC 8439) with an explicit nonce and associated data:
 /// what the documented nonce and AAD layouts claim the real code computes.
 fn raw_seal(key: &[u8; 32], nonce: &[u8; 12], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    ChaCha20Poly1305::new(key.into())
+    seal_with::<ChaCha20Poly1305>(key, nonce, aad, plaintext)
+}
+
+/// One AEAD seal, of either ChaCha20-Poly1305 flavour.
+fn seal_with<A: KeyInit + Aead>(
+    key: &[u8; 32],
+    nonce: &[u8],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Vec<u8> {
+    A::new_from_slice(key)
+        .expect("a 32-byte key")
         .encrypt(
             nonce.into(),
             Payload {
@@ -770,15 +781,7 @@ fn padded(body: Option<&Body>) -> Vec<u8> {
 /// A Noise transport nonce (Noise §12.3): 4 zero bytes, the counter u64 LE.
 /// XChaCha20-Poly1305, as a session transport message is sealed (§8.2).
 fn raw_xseal(key: &[u8; 32], nonce: &[u8; 24], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    XChaCha20Poly1305::new(key.into())
-        .encrypt(
-            nonce.into(),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .expect("seal")
+    seal_with::<XChaCha20Poly1305>(key, nonce, aad, plaintext)
 }
 
 #[test]

@@ -589,10 +589,13 @@ pub(crate) fn report(outcome: &Outcome) {
         ));
     }
     if outcome.no_session > 0 {
-        warn(&plural(
+        let what = plural(
             outcome.no_session,
-            "an envelope for a session this home never held was discarded: if this home was restored from a backup or copied from another machine, ask your contacts to send again what they sent since",
-            "envelopes for sessions this home never held were discarded: if this home was restored from a backup or copied from another machine, ask your contacts to send again what they sent since",
+            "an envelope for a session this home never held was discarded",
+            "envelopes for sessions this home never held were discarded",
+        );
+        warn(&format!(
+            "{what}: if this home was restored from a backup or copied from another machine, ask your contacts to send again what they sent since"
         ));
     }
     for who in &outcome.went_back {

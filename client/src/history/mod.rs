@@ -55,10 +55,10 @@ pub(crate) mod fuzzing {
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 use sotto_keys::{PublicKey, SecretKey};
 
@@ -219,28 +219,7 @@ impl History {
 
     /// Opens the sealed file, checking it is private; `None` if there is none.
     fn open_file(&self, write: bool) -> Result<Option<File>> {
-        let path = &self.files.sealed;
-        let file = match OpenOptions::new().read(true).write(write).open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
-        };
-        // The opened file's metadata: nothing can be swapped in between.
-        let meta = file
-            .metadata()
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if !meta.is_file() {
-            bail!("{} is not a regular file; move it away", path.display());
-        }
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            bail!(
-                "{} is readable or writable by others (mode {mode:04o}); run `chmod 600 {}`",
-                path.display(),
-                path.display()
-            );
-        }
-        Ok(Some(file))
+        crate::sessions::open_private(&self.files.sealed, write)
     }
 
     /// Checks the header of `file`, leaving it positioned after it; returns

@@ -288,15 +288,7 @@ fn a_peer_restored_to_before_a_renewal_is_answered_on_the_session_it_holds() {
     let mut now = establish(&mut a, &mut b, T0);
     let backup = a.store.seal_state(&a.key).unwrap();
     let old = a.current(&b);
-    let mut renewal = None;
-    while renewal.is_none() {
-        let m = a.seal(&b, "filling", now);
-        b.read(&a, &m.envelope, now);
-        renewal = m.renewal;
-        now += 1;
-    }
-    renew(&mut a, &mut b, &renewal.unwrap(), now);
-    now += 10;
+    now = renew_by_count(&mut a, &mut b, now) + 10;
     assert_ne!(b.current(&a), old);
 
     let config = a.store.config().clone();
@@ -346,14 +338,8 @@ fn an_envelope_on_an_erased_session_names_its_peer_and_a_restart_recovers() {
     let mut b = Party::with(config);
     let mut now = establish(&mut a, &mut b, T0);
     let backup = a.store.seal_state(&a.key).unwrap();
-    let mut renewal = None;
-    while renewal.is_none() {
-        let m = a.seal(&b, "filling", now);
-        b.read(&a, &m.envelope, now);
-        renewal = m.renewal;
-        now += 1;
-    }
-    let old = renew(&mut a, &mut b, &renewal.unwrap(), now);
+    let old = a.current(&b);
+    now = renew_by_count(&mut a, &mut b, now);
     now += grace + 100;
     b.store.erase_expired(at(now));
     assert!(!b.holds(&old));
@@ -713,6 +699,20 @@ fn every_kind_pads_to_the_buckets_and_the_largest_fits() {
 
 /// Renews (a initiating), delivers the renewal handshake and a confirmation,
 /// and returns the old session's id and an envelope sealed on it just before.
+/// a sends (and b reads) until a's session is due by its message count,
+/// then the renewal goes through. Returns the time reached.
+fn renew_by_count(a: &mut Party, b: &mut Party, mut now: u64) -> u64 {
+    loop {
+        let m = a.seal(b, "filling", now);
+        b.read(a, &m.envelope, now);
+        now += 1;
+        if let Some(renewal) = m.renewal {
+            renew(a, b, &renewal, now);
+            return now + 4;
+        }
+    }
+}
+
 fn renew(a: &mut Party, b: &mut Party, renewal: &[u8], now: u64) -> SessionId {
     assert_eq!(kind(renewal), KIND_SESSION_INIT);
     let old = a.current(b);
