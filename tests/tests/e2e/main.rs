@@ -4,6 +4,7 @@
 mod abuse;
 mod chat;
 mod cli;
+mod exhaustion;
 mod faults;
 mod files;
 mod messaging;
