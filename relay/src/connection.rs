@@ -53,8 +53,13 @@ use crate::store::{Committing, StoreError};
 
 /// How many envelopes one store read hands to the delivery loop.
 const DELIVERY_BATCH: usize = 256;
-/// Bytes one store read of the delivery loop reserves (and reads at most).
+/// Bytes one store read of the delivery loop reserves (and reads at most),
+/// at least one largest envelope's charge.
 const DELIVERY_BYTES: usize = 256 * 1024;
+/// Bytes the first read of a catch-up reserves: a mailbox is most often
+/// empty or holds a few small envelopes, and a thousand connections that
+/// fetch at once should not each hold [`DELIVERY_BYTES`] to find that out.
+const FIRST_READ_BYTES: usize = 16 * 1024;
 /// Messages queued for the writer before readers wait (backpressure on
 /// answers; payloads are held back by the byte budget first).
 const OUTBOX: usize = 256;
@@ -745,9 +750,6 @@ async fn deliver(shared: Arc<Shared>, client: PublicKey, d: Delivery) -> Result<
     let mut notices = live.then(|| shared.registry.subscribe(client, budget.clone()));
     let mut after = None;
     let mut drained = false;
-    // The envelopes' bytes leave room for their overheads in a read's
-    // reservation, and at least one largest envelope always fits.
-    let read_bytes = DELIVERY_BYTES - DELIVERY_BATCH * budget::MESSAGE_OVERHEAD;
     loop {
         // Armed before taking from the feed, so a push between the take and
         // the wait still wakes us.
@@ -771,31 +773,17 @@ async fn deliver(shared: Arc<Shared>, client: PublicKey, d: Delivery) -> Result<
             // Read before the store, so that whatever is settled by then is
             // in the snapshot the read sees.
             let settled = feed.settled();
-            loop {
-                let mut room = tokio::select! {
-                    room = budget.reserve(DELIVERY_BYTES) => room,
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tx.closed() => return Ok(()),
-                };
-                let (batch, more) = shared
-                    .store
-                    .pending_within(client, after, DELIVERY_BATCH, read_bytes)
-                    .await
-                    .map_err(Closed::Store)?;
-                for m in batch {
-                    let charge = budget::charge(m.envelope.len());
-                    let part = match room.split(charge) {
-                        Some(part) => part,
-                        None => budget.reserve(charge).await,
-                    };
-                    if !forward(&tx, &mut after, m, part).await {
-                        return Ok(());
-                    }
-                }
-                drop(room);
-                if !more {
-                    break;
-                }
+            let mailbox = Mailbox {
+                shared: &shared,
+                client,
+                tx: &tx,
+                budget: &budget,
+                shutdown: &shutdown,
+            };
+            // Boxed: its state is large and lives only while catching up,
+            // whereas a live connection waits in the loop below for hours.
+            if !Box::pin(mailbox.send_after(&mut after)).await? {
+                return Ok(());
             }
             if !drained {
                 drained = true;
@@ -831,6 +819,52 @@ async fn deliver(shared: Arc<Shared>, client: PublicKey, d: Delivery) -> Result<
     }
 }
 
+/// A delivery's reads of the mailbox from the store.
+struct Mailbox<'a> {
+    shared: &'a Shared,
+    client: PublicKey,
+    tx: &'a Outbox,
+    budget: &'a Budget,
+    shutdown: &'a CancellationToken,
+}
+
+impl Mailbox<'_> {
+    /// Sends every envelope after `after`, one budgeted read at a time (a
+    /// read reads only what its reservation covers); false once the
+    /// connection is gone.
+    async fn send_after(&self, after: &mut Option<u64>) -> Result<bool, Closed> {
+        let mut want = FIRST_READ_BYTES;
+        loop {
+            let mut room = tokio::select! {
+                room = self.budget.reserve(want) => room,
+                _ = self.shutdown.cancelled() => return Ok(false),
+                _ = self.tx.closed() => return Ok(false),
+            };
+            let (batch, more) = self
+                .shared
+                .store
+                .pending_within(self.client, *after, DELIVERY_BATCH, room.bytes())
+                .await
+                .map_err(Closed::Store)?;
+            for m in batch {
+                let charge = budget::charge(m.envelope.len());
+                let part = match room.split(charge) {
+                    Some(part) => part,
+                    None => self.budget.reserve(charge).await,
+                };
+                if !forward(self.tx, after, m, part).await {
+                    return Ok(false);
+                }
+            }
+            drop(room);
+            if !more {
+                return Ok(true);
+            }
+            want = DELIVERY_BYTES;
+        }
+    }
+}
+
 /// The next notice for a live connection; `None` at once for another.
 async fn next_notice(notices: &mut Option<Notices>) -> Option<crate::registry::Notice> {
     match notices {
@@ -840,11 +874,11 @@ async fn next_notice(notices: &mut Option<Notices>) -> Option<crate::registry::N
 }
 
 /// Queues a notice for the client; false once the connection is gone.
-async fn forward_notice(tx: &Outbox, (envelope, held): crate::registry::Notice) -> bool {
+async fn forward_notice(tx: &Outbox, notice: crate::registry::Notice) -> bool {
     let msg = RelayMsg::Notice {
-        envelope: ByteBuf::from(envelope),
+        envelope: ByteBuf::from(notice.envelope),
     };
-    tx.send(Outgoing::holding(msg, held)).await.is_ok()
+    tx.send(Outgoing::holding(msg, notice.held)).await.is_ok()
 }
 
 /// Sends one envelope unless the client has had it already; `false` once the

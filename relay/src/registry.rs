@@ -23,12 +23,19 @@ use crate::budget::{self, Budget, Reservation};
 pub const NOTICE_QUEUE: usize = 16;
 
 /// A notice, with what it holds of its recipient's budget.
-pub type Notice = (Vec<u8>, Reservation);
+#[derive(Debug)]
+pub struct Notice {
+    /// The sealed envelope.
+    pub envelope: Vec<u8>,
+    /// Its bytes of the recipient connection's budget.
+    pub held: Reservation,
+}
 
-/// One live connection's queue.
+/// One live connection's queue. Boxed notices: the queue's first block of
+/// slots is allocated with it, for every live connection, used or not.
 struct Subscriber {
     id: u64,
-    notices: mpsc::Sender<Notice>,
+    notices: mpsc::Sender<Box<Notice>>,
     budget: Budget,
 }
 
@@ -47,7 +54,7 @@ pub struct Notices {
     registry: Arc<Registry>,
     key: PublicKey,
     id: u64,
-    rx: mpsc::Receiver<Notice>,
+    rx: mpsc::Receiver<Box<Notice>>,
 }
 
 impl Registry {
@@ -84,7 +91,10 @@ impl Registry {
                 let Some(room) = s.budget.try_reserve(budget::charge(envelope.len())) else {
                     return false;
                 };
-                slot.send((envelope.to_vec(), room));
+                slot.send(Box::new(Notice {
+                    envelope: envelope.to_vec(),
+                    held: room,
+                }));
                 true
             })
             .count()
@@ -102,14 +112,14 @@ impl Notices {
     /// this exists, so this only ever ends with a notice.
     pub async fn next(&mut self) -> Notice {
         match self.rx.recv().await {
-            Some(notice) => notice,
+            Some(notice) => *notice,
             None => std::future::pending().await,
         }
     }
 
     /// A notice already queued, if any.
     pub fn try_next(&mut self) -> Option<Notice> {
-        self.rx.try_recv().ok()
+        self.rx.try_recv().ok().map(|notice| *notice)
     }
 }
 
@@ -139,7 +149,7 @@ mod tests {
         let mut live_notices = reg.subscribe(a, Budget::unlimited());
         let _other = reg.subscribe(b, Budget::unlimited());
         assert_eq!(reg.notice(&a, b"hello"), 1);
-        assert_eq!(live_notices.next().await.0, b"hello");
+        assert_eq!(live_notices.next().await.envelope, b"hello");
 
         for i in 0..NOTICE_QUEUE {
             assert_eq!(reg.notice(&a, &[i as u8]), 1);
@@ -147,11 +157,11 @@ mod tests {
         // Full: dropped, not queued, and the sender did not wait.
         assert_eq!(reg.notice(&a, b"one too many"), 0);
         for i in 0..NOTICE_QUEUE {
-            assert_eq!(live_notices.next().await.0, [i as u8]);
+            assert_eq!(live_notices.next().await.envelope, [i as u8]);
         }
         assert_eq!(reg.notice(&a, b"room again"), 1);
         assert_eq!(
-            live_notices.try_next().map(|n| n.0).as_deref(),
+            live_notices.try_next().map(|n| n.envelope).as_deref(),
             Some(&b"room again"[..])
         );
         assert!(live_notices.try_next().is_none());
@@ -173,9 +183,9 @@ mod tests {
         assert_eq!(reg.notice(&a, &big), 1);
         // A third would pass the connection's budget: dropped.
         assert_eq!(reg.notice(&a, &big), 0);
-        let (first, held) = notices.next().await;
+        let Notice { envelope, held } = notices.next().await;
         assert_eq!(
-            (first.len(), held.bytes()),
+            (envelope.len(), held.bytes()),
             (big.len(), budget::charge(big.len()))
         );
         drop(held);

@@ -479,15 +479,16 @@ impl Store {
         Ok(found)
     }
 
-    /// [`Store::pending`], stopping before the envelopes' lengths would add
-    /// up to more than `max_bytes` (one is returned whatever its length);
-    /// also says whether it stopped at a limit, so that more may follow.
+    /// [`Store::pending`], stopping before what the envelopes are charged
+    /// of a byte budget (`crate::budget::charge` of each length) would add
+    /// up to more than `max_charge`, even at the first; also says whether it
+    /// stopped at a limit, so that more may follow.
     pub async fn pending_within(
         &self,
         owner: PublicKey,
         after: Option<u64>,
         limit: usize,
-        max_bytes: usize,
+        max_charge: usize,
     ) -> Result<(Vec<Stored>, bool), StoreError> {
         let db = self.db()?;
         let Some(first) = after.map_or(Some(0), |after| after.checked_add(1)) else {
@@ -501,7 +502,7 @@ impl Store {
             let txn = db.begin_read()?;
             let messages = txn.open_table(MESSAGES)?;
             let mut out = Vec::new();
-            let mut bytes = 0usize;
+            let mut charged = 0usize;
             for item in messages.range((owner, first)..=(owner, u64::MAX))? {
                 let (key, value) = item?;
                 if out.len() == limit {
@@ -526,8 +527,8 @@ impl Store {
                         }
                     }
                 };
-                bytes = bytes.saturating_add(stored.envelope.len());
-                if bytes > max_bytes && !out.is_empty() {
+                charged = charged.saturating_add(crate::budget::charge(stored.envelope.len()));
+                if charged > max_charge {
                     return Ok((out, true));
                 }
                 out.push(stored);
