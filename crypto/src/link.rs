@@ -533,10 +533,7 @@ impl<R: AsyncRead + Unpin> LinkReader<R> {
     /// `admit(len)` is awaited; what it gives comes back with the message.
     /// While it waits nothing more is read, so the peer is held back by TCP,
     /// and the message is then buffered in one allocation of its length.
-    pub async fn recv_admitted<M, T, A, F>(
-        &mut self,
-        admit: A,
-    ) -> Result<Option<(M, T)>, LinkError>
+    pub async fn recv_admitted<M, T, A, F>(&mut self, admit: A) -> Result<Option<(M, T)>, LinkError>
     where
         M: DeserializeOwned,
         A: FnOnce(usize) -> F,

@@ -51,9 +51,9 @@ pub const DEFAULT_TOTAL: usize = 64 << 20;
 pub const DEFAULT_PER_ADDRESS: usize = 16 << 20;
 /// Default for [`BufferLimits::per_key`]: 8 MiB.
 pub const DEFAULT_PER_KEY: usize = 8 << 20;
-/// Default for [`BufferLimits::per_connection`]: 2 MiB, enough to keep a
-/// file transfer streaming at loopback speed.
-pub const DEFAULT_PER_CONNECTION: usize = 2 << 20;
+/// Default for [`BufferLimits::per_connection`]: 1 MiB, which keeps a file
+/// transfer streaming at loopback speed.
+pub const DEFAULT_PER_CONNECTION: usize = 1 << 20;
 
 /// How many bytes the relay holds for clients, at each level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
