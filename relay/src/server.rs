@@ -188,7 +188,7 @@ impl Relay {
         let reserve = shared
             .config
             .max_handshakes
-            .clamp(1, max_connections.div_ceil(2));
+            .clamp(1, max_connections.div_ceil(2).max(1));
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         tracker.spawn(collect_garbage(shared.clone(), token.clone()));
