@@ -1,7 +1,8 @@
 //! A relay in a child process: this binary run with `--relay-child DIR`.
 //!
 //! The child runs `sotto_relay::Relay` (the library the `sotto-relay` binary
-//! runs) with its defaults, on 127.0.0.1 with a free port. Apart from the
+//! runs) with its defaults, on 127.0.0.1 with a free port, except for the
+//! limits per source address, which every client shares here. Apart from the
 //! bench's clients, it has its own RSS to read and its own file descriptors.
 //! It prints `ADDR KEYHEX` on one line and stops gracefully when its stdin
 //! closes, then prints its store's counters (`COMMITS WRITTEN TAKEN_OUT`).
@@ -24,6 +25,11 @@ pub async fn child_main(dir: PathBuf) -> anyhow::Result<()> {
     let mut config = RelayConfig::defaults();
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.data_dir = dir;
+    // Every bench client comes from 127.0.0.1: the limits per source address
+    // are the relay's whole limits here, or they would stop the bench.
+    config.max_connections_per_address = config.max_connections;
+    config.max_handshakes_per_address = config.max_handshakes;
+    config.buffers.per_address = config.buffers.total;
     let relay = Relay::bind(config).await?;
     let key: String = relay
         .public_key()

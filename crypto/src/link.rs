@@ -53,6 +53,10 @@ pub const LINK_PROLOGUE: &[u8] = b"sotto link v1";
 /// Largest message on the link, in bytes (a file chunk with its headers fits).
 pub const MAX_MESSAGE_LEN: usize = 256 * 1024;
 
+/// What a client sends before the relay says anything: the preamble, then
+/// Noise message 1 (one ephemeral key) in its record.
+pub const FIRST_MESSAGE_LEN: usize = 8 + RECORD_HEADER + MSG1_LEN;
+
 const TAG_LEN: usize = 16;
 /// Message 1 is exactly one ephemeral key.
 const MSG1_LEN: usize = 32;
@@ -519,18 +523,53 @@ impl<R: AsyncRead + Unpin> LinkReader<R> {
     /// Receives and decodes the next message; `None` when the peer closed the
     /// connection cleanly between messages.
     pub async fn recv<M: DeserializeOwned>(&mut self) -> Result<Option<M>, LinkError> {
-        match self.recv_bytes().await? {
-            Some(bytes) => wire::decode(bytes).map(Some),
-            None => Ok(None),
-        }
+        let received = self.recv_admitted(|_| std::future::ready(())).await?;
+        Ok(received.map(|(msg, ())| msg))
+    }
+
+    /// [`LinkReader::recv`] for a receiver that bounds what it buffers. Once
+    /// the first record has told the message's length (at most
+    /// [`MAX_MESSAGE_LEN`]), and before the rest of the message is read,
+    /// `admit(len)` is awaited; what it gives comes back with the message.
+    /// While it waits nothing more is read, so the peer is held back by TCP,
+    /// and the message is then buffered in one allocation of its length.
+    pub async fn recv_admitted<M, T, A, F>(&mut self, admit: A) -> Result<Option<(M, T)>, LinkError>
+    where
+        M: DeserializeOwned,
+        A: FnOnce(usize) -> F,
+        F: Future<Output = T>,
+    {
+        let Some(admitted) = self.recv_message(admit).await? else {
+            return Ok(None);
+        };
+        let msg = wire::decode(&self.plain[LEN_PREFIX..]);
+        // Decoded: a large message's buffer is not kept while it is handled.
+        self.release_plain();
+        Ok(Some((msg?, admitted)))
     }
 
     /// Receives the next message's bytes.
     pub async fn recv_bytes(&mut self) -> Result<Option<&[u8]>, LinkError> {
+        match self.recv_message(|_| std::future::ready(())).await? {
+            Some(()) => Ok(Some(&self.plain[LEN_PREFIX..])),
+            None => Ok(None),
+        }
+    }
+
+    fn release_plain(&mut self) {
         self.plain.clear();
         if self.plain.capacity() > KEEP {
             self.plain = Vec::new();
         }
+    }
+
+    /// Assembles the next message in `self.plain`, its length prefix first.
+    async fn recv_message<T, A, F>(&mut self, admit: A) -> Result<Option<T>, LinkError>
+    where
+        A: FnOnce(usize) -> F,
+        F: Future<Output = T>,
+    {
+        self.release_plain();
         if !self.next_record().await? {
             return Ok(None);
         }
@@ -549,7 +588,10 @@ impl<R: AsyncRead + Unpin> LinkReader<R> {
         if len == 0 {
             return Err(LinkError::Malformed("empty message"));
         }
+        let admitted = admit(len).await;
         let total = LEN_PREFIX + len;
+        self.plain
+            .reserve_exact(total.saturating_sub(self.plain.len()));
         while self.plain.len() < total {
             if !self.next_record().await? {
                 return Err(LinkError::UnexpectedEof);
@@ -560,7 +602,7 @@ impl<R: AsyncRead + Unpin> LinkReader<R> {
                 "record runs past the end of its message",
             ));
         }
-        Ok(Some(&self.plain[LEN_PREFIX..]))
+        Ok(Some(admitted))
     }
 
     /// Reads one record and appends its plaintext to `self.plain`.
@@ -785,6 +827,51 @@ mod tests {
         assert!(waited.is_err());
         assert_eq!(rreader.io.buf.capacity(), 0);
         assert_eq!(rreader.plain.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_message_waits_for_its_admission_before_the_rest_of_it_is_read() {
+        let client = SecretKey::generate();
+        let relay = SecretKey::generate();
+        let relay_key = RelayKey::from(relay.public());
+        // Narrower than the message: the sender finishes only if the
+        // receiver reads on.
+        let (a, b) = duplex(4096);
+        let ((cr, cw), (rr, rw)) = (tokio::io::split(a), tokio::io::split(b));
+        let server = tokio::spawn(async move { accept(rr, rw, &relay, &hello()).await });
+        let (_creader, mut cwriter, _) = connect(cr, cw, &client, &relay_key).await.unwrap();
+        let (mut rreader, _rwriter, _) = server.await.unwrap().unwrap();
+        let msg = ByteBuf::from(vec![7u8; 200_000]);
+        let sending = tokio::spawn({
+            let msg = msg.clone();
+            async move {
+                cwriter.send(&msg).await.unwrap();
+                cwriter.flush().await.unwrap();
+            }
+        });
+        let (asked, asked_len) = tokio::sync::oneshot::channel::<usize>();
+        let (admit, admitted) = tokio::sync::oneshot::channel::<()>();
+        let receiving = tokio::spawn(async move {
+            let got = rreader
+                .recv_admitted::<ByteBuf, _, _, _>(|len| async move {
+                    let _ = asked.send(len);
+                    let _ = admitted.await;
+                    "token"
+                })
+                .await;
+            (got, rreader.plain.capacity())
+        });
+        // The encoded length: a 3-byte varint, then the bytes.
+        assert_eq!(asked_len.await.unwrap(), 200_003);
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!sending.is_finished(), "the rest was read before admission");
+        admit.send(()).unwrap();
+        let (got, plain) = receiving.await.unwrap();
+        assert_eq!(got.unwrap(), Some((msg, "token")));
+        assert_eq!(plain, 0, "a large message's buffer outlived its decoding");
+        sending.await.unwrap();
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use sotto_keys::PublicKey;
 
 use crate::blobs::BlobLimits;
+use crate::budget::{self, BufferLimits};
 use crate::limits::RateLimits;
 use crate::store::StoreLimits;
 
@@ -28,8 +29,22 @@ pub struct RelayConfig {
     pub data_dir: PathBuf,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
-    /// Handshakes in flight at once; a connection beyond this is closed.
+    /// Handshakes in flight at once (counted from a connection's first
+    /// handshake message); when all are taken, a newer one closes the
+    /// handshake that has run longest.
     pub max_handshakes: usize,
+    /// Connections from one source address (an IPv6 /64) that have not
+    /// finished their handshake, silent ones included; a newer one closes
+    /// that address's oldest.
+    pub max_handshakes_per_address: usize,
+    /// Authenticated connections of one key at once; one more is refused.
+    pub max_connections_per_key: usize,
+    /// Authenticated connections from one source address at once; one more
+    /// is refused.
+    pub max_connections_per_address: usize,
+    /// Time a new connection has to send its first handshake message; until
+    /// it has, it holds no handshake slot.
+    pub first_message_timeout: Duration,
     /// Time a new connection has to finish the Noise handshake.
     pub handshake_timeout: Duration,
     /// A connection silent for this long is closed (clients ping more often).
@@ -48,6 +63,9 @@ pub struct RelayConfig {
     pub files: BlobLimits,
     /// Rate limits per client key.
     pub rate: RateLimits,
+    /// Bytes held in memory for clients: per connection, key, address and
+    /// over the whole relay.
+    pub buffers: BufferLimits,
     /// If set, only these client keys may connect (a private relay).
     pub allow: Option<Vec<PublicKey>>,
 }
@@ -62,6 +80,10 @@ impl RelayConfig {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             max_connections: 16_384,
             max_handshakes: 512,
+            max_handshakes_per_address: 64,
+            max_connections_per_key: crate::occupancy::DEFAULT_MAX_PER_KEY,
+            max_connections_per_address: crate::occupancy::DEFAULT_MAX_PER_ADDRESS,
+            first_message_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             write_timeout: Duration::from_secs(60),
@@ -70,6 +92,7 @@ impl RelayConfig {
             mailbox: StoreLimits::default(),
             files: BlobLimits::default(),
             rate: RateLimits::default(),
+            buffers: BufferLimits::default(),
             allow: None,
         }
     }
@@ -138,6 +161,14 @@ struct FileConfig {
     data: Option<PathBuf>,
     max_connections: Option<usize>,
     max_handshakes: Option<usize>,
+    #[serde(default, deserialize_with = "at_least_one")]
+    max_handshakes_per_address: Option<usize>,
+    #[serde(default, deserialize_with = "at_least_one")]
+    max_connections_per_key: Option<usize>,
+    #[serde(default, deserialize_with = "at_least_one")]
+    max_connections_per_address: Option<usize>,
+    #[serde(default, deserialize_with = "longer_than_zero")]
+    first_message_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "longer_than_zero")]
     handshake_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "longer_than_zero")]
@@ -153,6 +184,8 @@ struct FileConfig {
     files: FilesFile,
     #[serde(default)]
     limits: LimitsFile,
+    #[serde(default)]
+    buffers: BuffersFile,
 }
 
 /// A timeout or interval setting (humantime, e.g. `"90s"`) that must not be
@@ -167,6 +200,43 @@ fn longer_than_zero<'de, D: serde::Deserializer<'de>>(
         return Err(serde::de::Error::custom("must be longer than zero"));
     }
     Ok(value)
+}
+
+/// A limit on connections that must let at least one in.
+fn at_least_one<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<usize>, D::Error> {
+    let value: Option<usize> = Option::deserialize(deserializer)?;
+    if value == Some(0) {
+        return Err(serde::de::Error::custom("must be at least 1"));
+    }
+    Ok(value)
+}
+
+/// A byte budget, which must hold the largest message twice over, or a
+/// connection could wait for room that never comes.
+fn a_budget<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    let value: Option<usize> = Option::deserialize(deserializer)?;
+    if value.is_some_and(|v| v < budget::MIN_BUDGET) {
+        return Err(serde::de::Error::custom(format!(
+            "must be at least {} (two of the largest messages)",
+            budget::MIN_BUDGET
+        )));
+    }
+    Ok(value)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuffersFile {
+    #[serde(default, deserialize_with = "a_budget")]
+    total: Option<usize>,
+    #[serde(default, deserialize_with = "a_budget")]
+    per_address: Option<usize>,
+    #[serde(default, deserialize_with = "a_budget")]
+    per_key: Option<usize>,
+    #[serde(default, deserialize_with = "a_budget")]
+    per_connection: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -228,6 +298,10 @@ impl FileConfig {
             self.data => cfg.data_dir,
             self.max_connections => cfg.max_connections,
             self.max_handshakes => cfg.max_handshakes,
+            self.max_handshakes_per_address => cfg.max_handshakes_per_address,
+            self.max_connections_per_key => cfg.max_connections_per_key,
+            self.max_connections_per_address => cfg.max_connections_per_address,
+            self.first_message_timeout => cfg.first_message_timeout,
             self.handshake_timeout => cfg.handshake_timeout,
             self.idle_timeout => cfg.idle_timeout,
             self.write_timeout => cfg.write_timeout,
@@ -249,6 +323,10 @@ impl FileConfig {
             self.limits.upload_bytes_per_second => cfg.rate.upload_bytes_per_second,
             self.limits.upload_burst_bytes => cfg.rate.upload_burst_bytes,
             self.limits.min_free_disk => cfg.mailbox.min_free_disk,
+            self.buffers.total => cfg.buffers.total,
+            self.buffers.per_address => cfg.buffers.per_address,
+            self.buffers.per_key => cfg.buffers.per_key,
+            self.buffers.per_connection => cfg.buffers.per_connection,
         }
         if let Some(budget) = self.limits.max_stored_bytes {
             cfg.mailbox.max_stored_bytes = Some(budget);
@@ -266,6 +344,7 @@ mod tests {
     #[test]
     fn zero_timeouts_and_intervals_are_refused_with_a_line() {
         for key in [
+            "first_message_timeout",
             "handshake_timeout",
             "idle_timeout",
             "write_timeout",
@@ -281,6 +360,39 @@ mod tests {
         let cfg =
             RelayConfig::from_toml("gc_interval = \"1s\"\n", Path::new("relay.toml")).unwrap();
         assert_eq!(cfg.gc_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn connection_limits_and_buffers_are_read_and_unusable_values_refused() {
+        let text = "max_connections_per_key = 3\nmax_connections_per_address = 40\n\
+                    max_handshakes_per_address = 7\nfirst_message_timeout = \"2s\"\n\
+                    [buffers]\ntotal = 33554432\nper_address = 8388608\n\
+                    per_key = 4194304\nper_connection = 1048576\n";
+        let cfg = RelayConfig::from_toml(text, Path::new("relay.toml")).unwrap();
+        assert_eq!(cfg.max_connections_per_key, 3);
+        assert_eq!(cfg.max_connections_per_address, 40);
+        assert_eq!(cfg.max_handshakes_per_address, 7);
+        assert_eq!(cfg.first_message_timeout, Duration::from_secs(2));
+        assert_eq!(
+            cfg.buffers,
+            BufferLimits {
+                total: 32 << 20,
+                per_address: 8 << 20,
+                per_key: 4 << 20,
+                per_connection: 1 << 20,
+            }
+        );
+        for (text, line, why) in [
+            ("\nmax_connections_per_key = 0\n", 2, "at least 1"),
+            ("max_handshakes_per_address = 0\n", 1, "at least 1"),
+            ("[buffers]\nper_connection = 1000\n", 2, "at least 524288"),
+        ] {
+            let err = RelayConfig::from_toml(text, Path::new("relay.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("relay.toml:{line}:")), "{err}");
+            assert!(err.contains(why), "{err}");
+        }
     }
 
     #[test]

@@ -8,8 +8,16 @@
 //! way a connection can end (clean close, idle, bad input, shutdown) ends here
 //! with one logged reason, and never affects another connection or the store.
 //!
-//! Everything bound for the client goes through one bounded queue to the
-//! writer, so a client that reads slowly slows down what is produced for it
+//! Before the handshake a connection waits for its first message without a
+//! handshake slot, and may be closed to make room for newer connections
+//! (`crate::half_open`); once authenticated it takes a seat of its key and
+//! its address (`crate::occupancy`) or is refused.
+//!
+//! Everything bound for the client goes through one queue to the writer, and
+//! every payload the connection holds (queued for the client, read ahead from
+//! the store or a blob, being received, waiting for a commit or the disk)
+//! holds its bytes of the connection's budget (`crate::budget`), so a client
+//! that reads slowly, or sends slowly, slows down what is done for it
 //! instead of growing the relay's memory.
 
 mod files;
@@ -21,41 +29,63 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde_bytes::ByteBuf;
-use sotto_crypto::link::{self, LinkReader, LinkWriter};
-use sotto_crypto::wire::{ClientMsg, ErrorCode, RelayMsg};
+use sotto_crypto::link::{self, LinkReader, LinkWriter, FIRST_MESSAGE_LEN, PREAMBLE_MAGIC};
+use sotto_crypto::wire::{self, ClientMsg, ErrorCode, RelayMsg};
 use sotto_crypto::LinkError;
 use sotto_keys::PublicKey;
+use tokio::io::{AsyncReadExt, Chain};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::budget::{self, Budget, Reservation};
+use crate::half_open::Eviction;
 use crate::limits::KeyLimit;
+use crate::occupancy::OverLimit;
 use crate::registry::Notices;
 use crate::server::Shared;
+use crate::source::Source;
 use crate::store::{Committing, StoreError};
 
 /// How many envelopes one store read hands to the delivery loop.
 const DELIVERY_BATCH: usize = 256;
-/// Messages queued for the writer before readers wait (backpressure).
+/// Bytes one store read of the delivery loop reserves (and reads at most),
+/// at least one largest envelope's charge.
+const DELIVERY_BYTES: usize = 256 * 1024;
+/// Bytes the first read of a catch-up reserves: a mailbox is most often
+/// empty or holds a few small envelopes, and a thousand connections that
+/// fetch at once should not each hold [`DELIVERY_BYTES`] to find that out.
+const FIRST_READ_BYTES: usize = 16 * 1024;
+/// Messages queued for the writer before readers wait (backpressure on
+/// answers; payloads are held back by the byte budget first).
 const OUTBOX: usize = 256;
 /// `Send`s and `Ack`s of one connection waiting for their commit before the
 /// connection reads on (see [`Session::send`]).
 const SENDS_IN_FLIGHT: usize = 64;
 
+/// The stream a link reads: the first message, read before the handshake
+/// took a slot, then the socket.
+type Inbound = Chain<std::io::Cursor<[u8; FIRST_MESSAGE_LEN]>, OwnedReadHalf>;
+
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
 enum Closed {
+    #[error("first handshake message not received within {0:?}")]
+    FirstMessageTimeout(std::time::Duration),
     #[error("handshake not finished within {0:?}")]
     HandshakeTimeout(std::time::Duration),
-    #[error("too many handshakes in flight")]
-    HandshakeBusy,
+    #[error("{0}")]
+    Evicted(Eviction),
     #[error("handshake failed: {0}")]
     Handshake(LinkError),
     #[error("{0} is not on the allow-list")]
     NotAllowed(PublicKey),
+    #[error("refused: {0}")]
+    OverLimit(OverLimit),
     #[error("idle for {0:?}")]
     Idle(std::time::Duration),
     #[error("the client took nothing of what was sent to it for {0:?}")]
@@ -71,6 +101,30 @@ enum Closed {
 }
 
 impl Closed {
+    /// The kind of closure, if it is one counted for the periodic summary
+    /// instead of being logged one by one: everything that can happen before
+    /// a connection is served, which a flood of sockets makes by the thousand.
+    fn tallied(&self) -> Option<&'static str> {
+        Some(match self {
+            Closed::FirstMessageTimeout(_) => "first message timeout",
+            Closed::HandshakeTimeout(_) => "handshake timeout",
+            Closed::Evicted(Eviction::Address(_)) => "evicted: address",
+            Closed::Evicted(Eviction::Handshakes(_)) => "evicted: handshakes",
+            Closed::Evicted(Eviction::Slots) => "evicted: slots",
+            Closed::Handshake(e) => match e {
+                LinkError::BadPreamble => "bad preamble",
+                LinkError::UnsupportedVersion { .. } => "unsupported version",
+                LinkError::RecordTooLarge { .. } => "record too large",
+                LinkError::Io(_) => "handshake i/o",
+                _ => "handshake failed",
+            },
+            Closed::NotAllowed(_) => "not allowed",
+            Closed::OverLimit(OverLimit::Key { .. }) => "over the key's limit",
+            Closed::OverLimit(OverLimit::Address { .. }) => "over the address's limit",
+            _ => return None,
+        })
+    }
+
     /// The last message for a client whose connection is closed for this
     /// reason, if it is one the client should be told.
     fn notice(&self) -> Option<RelayMsg> {
@@ -102,23 +156,29 @@ impl Closed {
     }
 }
 
-/// A message for the writer task. A download chunk carries its share of the
-/// connection's download budget until it is written, which is what bounds the
-/// chunks read ahead of a slow client.
+/// A message for the writer task. One that carries a payload (an envelope, a
+/// notice, a download chunk) holds its bytes of the connection's budget until
+/// it is written, which is what bounds what is queued for a slow client.
 /// The message is boxed: the queue's slots are allocated a block at a time
 /// whether used or not, and an idle connection should not pay for a block of
 /// whole messages.
-pub(crate) struct Outgoing {
-    msg: Box<RelayMsg>,
-    _budget: Option<OwnedSemaphorePermit>,
+pub(crate) struct Outgoing(Box<Out>);
+
+struct Out {
+    msg: RelayMsg,
+    held: Reservation,
+}
+
+impl Outgoing {
+    /// `msg`, holding `held` until it is written.
+    pub(crate) fn holding(msg: RelayMsg, held: Reservation) -> Self {
+        Self(Box::new(Out { msg, held }))
+    }
 }
 
 impl From<RelayMsg> for Outgoing {
     fn from(msg: RelayMsg) -> Self {
-        Self {
-            msg: Box::new(msg),
-            _budget: None,
-        }
+        Self::holding(msg, Reservation::default())
     }
 }
 
@@ -132,15 +192,22 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    match run(stream, &shared, &shutdown).await {
+    match run(stream, Source::from(addr.ip()), &shared, &shutdown).await {
         Ok(Some(client)) => debug!(%addr, client = %client.short(), "connection closed"),
         Ok(None) => debug!(%addr, "connection closed before the handshake"),
-        Err(e) => info!(%addr, "connection closed: {e}"),
+        Err(e) => match e.tallied() {
+            Some(kind) => {
+                debug!(%addr, "connection closed: {e}");
+                shared.tally.note(kind, &e);
+            }
+            None => info!(%addr, "connection closed: {e}"),
+        },
     }
 }
 
 async fn run(
     stream: TcpStream,
+    source: Source,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
 ) -> Result<Option<PublicKey>, Closed> {
@@ -148,43 +215,66 @@ async fn run(
     let peer = stream
         .peer_addr()
         .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |addr| addr.ip());
-    let (r, w) = stream.into_split();
-    let Ok(permit) = shared.handshakes.clone().try_acquire_owned() else {
-        return Err(Closed::HandshakeBusy);
+    let config = &shared.config;
+    let (mut r, w) = stream.into_split();
+    let mut ticket = shared.half_open.admit(source);
+    let accepted = Instant::now();
+    let handshake_timeout = config.handshake_timeout;
+    let first_timeout = config.first_message_timeout.min(handshake_timeout);
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(None),
+        why = ticket.evicted() => return Err(Closed::Evicted(why)),
+        r = tokio::time::timeout_at(accepted + first_timeout, first_message(&mut r)) => match r {
+            Err(_) if first_timeout < handshake_timeout => {
+                return Err(Closed::FirstMessageTimeout(first_timeout))
+            }
+            Err(_) => return Err(Closed::HandshakeTimeout(handshake_timeout)),
+            Ok(r) => match r? {
+                Some(first) => first,
+                None => return Ok(None),
+            },
+        },
     };
-    let timeout = shared.config.handshake_timeout;
+    ticket.handshaking();
+    let r: Inbound = std::io::Cursor::new(first).chain(r);
     // Boxed: the handshake's state is large and over once it is done; kept
     // inline it would size this task's allocation for its whole life.
     let handshake = Box::pin(link::accept(r, w, &shared.key, &shared.hello));
     let (mut reader, writer, client) = tokio::select! {
         _ = shutdown.cancelled() => return Ok(None),
-        r = tokio::time::timeout(timeout, handshake) => match r {
-            Err(_) => return Err(Closed::HandshakeTimeout(timeout)),
+        why = ticket.evicted() => return Err(Closed::Evicted(why)),
+        r = tokio::time::timeout_at(accepted + handshake_timeout, handshake) => match r {
+            Err(_) => return Err(Closed::HandshakeTimeout(handshake_timeout)),
             Ok(Err(LinkError::ClosedDuringHandshake)) => return Ok(None),
             Ok(Err(e)) => return Err(Closed::Handshake(e)),
             Ok(Ok(done)) => done,
         },
     };
-    drop(permit);
-    if let Some(allow) = &shared.config.allow {
+    drop(ticket);
+    if let Some(allow) = &config.allow {
         if !allow.contains(&client) {
-            let mut writer = writer;
-            let refusal = RelayMsg::Error {
-                req: 0,
-                code: ErrorCode::NotAllowed,
-                detail: "this is a private relay and your key is not on its allow-list".into(),
-            };
-            // Best effort: the client may already be gone.
-            if writer.send(&refusal).await.is_ok() {
-                let _ = writer.shutdown().await;
-            }
+            let detail = "this is a private relay and your key is not on its allow-list";
+            refuse(writer, ErrorCode::NotAllowed, detail.into(), config).await;
             return Err(Closed::NotAllowed(client));
         }
     }
+    let seat = match shared.occupancy.seat(client, source) {
+        Ok(seat) => seat,
+        Err(over) => {
+            refuse(writer, ErrorCode::RateLimited, over.for_client(), config).await;
+            return Err(Closed::OverLimit(over));
+        }
+    };
     debug!(client = %client.short(), "authenticated");
+    let budget = Budget::new(vec![
+        budget::pool(config.buffers.per_connection),
+        seat.key_budget(),
+        seat.source_budget(),
+        Arc::clone(&shared.buffers),
+    ]);
 
     let (tx, rx) = mpsc::channel(OUTBOX);
-    let writer = tokio::spawn(write_loop(writer, rx, shared.config.write_timeout));
+    let writer = tokio::spawn(write_loop(writer, rx, config.write_timeout));
     let mut session = Session {
         shared: shared.clone(),
         limit: shared.rate.connect(client),
@@ -193,7 +283,8 @@ async fn run(
         tx,
         delivery: None,
         shutdown: shutdown.child_token(),
-        files: files::Files::new(),
+        files: files::Files::new(budget.clone()),
+        budget,
         storing: VecDeque::new(),
     };
     let result = session.read_loop(&mut reader, shutdown).await;
@@ -224,11 +315,59 @@ async fn run(
     drop(session);
     // The writer ends once every queued message is written and flushed.
     let written = writer.await;
+    drop(seat);
     result?;
     match written {
         Ok(Err(e)) => Err(e),
         _ => Ok(Some(client)),
     }
+}
+
+/// Reads a client's first message: the preamble and Noise message 1, and
+/// not a byte more (the client sends nothing else before the relay
+/// answers). `None` if the client hangs up first. A stream that does not
+/// begin with the preamble's magic is refused as soon as that shows.
+async fn first_message(r: &mut OwnedReadHalf) -> Result<Option<[u8; FIRST_MESSAGE_LEN]>, Closed> {
+    let mut first = [0u8; FIRST_MESSAGE_LEN];
+    let mut have = 0;
+    while have < FIRST_MESSAGE_LEN {
+        let n = r
+            .read(&mut first[have..])
+            .await
+            .map_err(|e| Closed::Handshake(e.into()))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        have += n;
+        let magic = have.min(PREAMBLE_MAGIC.len());
+        if first[..magic] != PREAMBLE_MAGIC[..magic] {
+            return Err(Closed::Handshake(LinkError::BadPreamble));
+        }
+    }
+    Ok(Some(first))
+}
+
+/// Tells a client just authenticated why it is not served, and closes;
+/// best effort, and never for longer than the write timeout.
+async fn refuse<W>(
+    mut writer: LinkWriter<W>,
+    code: ErrorCode,
+    detail: String,
+    config: &crate::RelayConfig,
+) where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let refusal = RelayMsg::Error {
+        req: 0,
+        code,
+        detail,
+    };
+    let _ = tokio::time::timeout(config.write_timeout, async {
+        if writer.send(&refusal).await.is_ok() {
+            let _ = writer.shutdown().await;
+        }
+    })
+    .await;
 }
 
 struct Session {
@@ -243,23 +382,37 @@ struct Session {
     /// Cancelled when the connection ends: stops delivery and downloads.
     shutdown: CancellationToken,
     files: files::Files,
+    /// What this connection's buffers draw from.
+    budget: Budget,
     /// Sends and Acks handed to the store, oldest first, waiting for their
     /// commit.
-    storing: VecDeque<(u32, Landing)>,
+    storing: VecDeque<InFlight>,
+}
+
+/// A Send or Ack handed to the store, holding its message's bytes of the
+/// budget until its commit lands.
+struct InFlight {
+    req: u32,
+    landing: Landing,
+    _held: Reservation,
 }
 
 impl Session {
     async fn read_loop(
         &mut self,
-        reader: &mut LinkReader<OwnedReadHalf>,
+        reader: &mut LinkReader<Inbound>,
         shutdown: &CancellationToken,
     ) -> Result<(), Closed> {
         let idle = self.shared.config.idle_timeout;
         loop {
             let received = {
                 // One receive, kept across idle checks: dropping it part-way
-                // through a message would lose the bytes already read.
-                let recv = reader.recv::<ClientMsg>();
+                // through a message would lose the bytes already read. The
+                // rest of a message is read once its bytes are reserved.
+                let budget = self.budget.clone();
+                let recv = reader.recv_admitted::<ClientMsg, _, _, _>(move |len| async move {
+                    budget.reserve(budget::charge(len)).await
+                });
                 tokio::pin!(recv);
                 loop {
                     tokio::select! {
@@ -283,12 +436,12 @@ impl Session {
                     }
                 }
             };
-            let msg = match received {
+            let (msg, held) = match received {
                 Err(e) => return Err(e.into()),
                 Ok(None) => return Ok(()),
-                Ok(Some(msg)) => msg,
+                Ok(Some(received)) => received,
             };
-            if let Some(reply) = self.handle(msg).await? {
+            if let Some(reply) = self.handle(msg, held).await? {
                 if self.tx.send(reply.into()).await.is_err() {
                     return Ok(()); // the writer failed; it reports why
                 }
@@ -305,7 +458,13 @@ impl Session {
         }
     }
 
-    async fn handle(&mut self, msg: ClientMsg) -> Result<Option<RelayMsg>, Closed> {
+    /// Handles one request; `held` is its bytes of the budget, kept as long
+    /// as its payload is (until its commit, or until its chunk is on disk).
+    async fn handle(
+        &mut self,
+        msg: ClientMsg,
+        held: Reservation,
+    ) -> Result<Option<RelayMsg>, Closed> {
         Ok(Some(match msg {
             ClientMsg::Send { req, to, envelope } => {
                 if let Err(limited) = self.limit.envelope() {
@@ -315,7 +474,7 @@ impl Session {
                         detail: limited.to_string(),
                     }));
                 }
-                return self.send(req, to, envelope.into_vec()).await;
+                return self.send(req, to, envelope.into_vec(), held).await;
             }
             ClientMsg::Fetch { live } => {
                 if let Some(previous) = self.delivery.take() {
@@ -331,13 +490,16 @@ impl Session {
                 self.delivery = Some(tokio::spawn(deliver(
                     self.shared.clone(),
                     self.client,
-                    self.tx.clone(),
-                    live,
-                    self.shutdown.clone(),
+                    Delivery {
+                        tx: self.tx.clone(),
+                        budget: self.budget.clone(),
+                        live,
+                        shutdown: self.shutdown.clone(),
+                    },
                 )));
                 return Ok(None);
             }
-            ClientMsg::Ack { req, ids } => return self.ack(req, ids).await,
+            ClientMsg::Ack { req, ids } => return self.ack(req, ids, held).await,
             ClientMsg::Ping => RelayMsg::Pong,
             ClientMsg::UploadBegin {
                 req,
@@ -350,7 +512,8 @@ impl Session {
                 index,
                 data,
             } => {
-                self.upload_chunk(file_id, index, data.into_vec()).await?;
+                self.upload_chunk(file_id, index, data.into_vec(), held)
+                    .await?;
                 return Ok(None);
             }
             ClientMsg::UploadEnd { req, file_id } => {
@@ -405,13 +568,18 @@ impl Session {
         req: u32,
         to: PublicKey,
         envelope: Vec<u8>,
+        held: Reservation,
     ) -> Result<Option<RelayMsg>, Closed> {
         if !self.make_room().await? {
             return Ok(None);
         }
         match self.shared.store.enqueue_begin(to, envelope).await {
             Ok(committing) => {
-                self.storing.push_back((req, Landing::Stored(committing)));
+                self.storing.push_back(InFlight {
+                    req,
+                    landing: Landing::Stored(committing),
+                    _held: held,
+                });
                 Ok(None)
             }
             Err(e) => refusal(req, e).map(Some),
@@ -421,7 +589,12 @@ impl Session {
     /// `Ack`: hands the deletion to the store without waiting for its
     /// commit, like a Send, so a client that both receives and sends keeps
     /// its Sends flowing; `Acked` follows from the read loop.
-    async fn ack(&mut self, req: u32, ids: Vec<u64>) -> Result<Option<RelayMsg>, Closed> {
+    async fn ack(
+        &mut self,
+        req: u32,
+        ids: Vec<u64>,
+        held: Reservation,
+    ) -> Result<Option<RelayMsg>, Closed> {
         if ids.is_empty() {
             // Nothing to commit: answered at once.
             return Ok(Some(match self.shared.store.ack(self.client, ids).await {
@@ -434,7 +607,11 @@ impl Session {
         }
         match self.shared.store.ack_begin(self.client, ids).await {
             Ok(committing) => {
-                self.storing.push_back((req, Landing::Acked(committing)));
+                self.storing.push_back(InFlight {
+                    req,
+                    landing: Landing::Acked(committing),
+                    _held: held,
+                });
                 Ok(None)
             }
             Err(e) => refusal(req, e).map(Some),
@@ -484,12 +661,20 @@ enum Landed {
 /// The oldest request's outcome, once committed. The store's writer commits
 /// in the order it was handed work, so the oldest is always the next to land.
 /// Pending while there is none.
-async fn next_stored(storing: &mut VecDeque<(u32, Landing)>) -> (u32, Landed) {
+async fn next_stored(storing: &mut VecDeque<InFlight>) -> (u32, Landed) {
     let (req, result) = std::future::poll_fn(|cx| match storing.front_mut() {
-        Some((req, Landing::Stored(c))) => std::pin::Pin::new(c)
+        Some(InFlight {
+            req,
+            landing: Landing::Stored(c),
+            ..
+        }) => std::pin::Pin::new(c)
             .poll(cx)
             .map(|r| (*req, Landed::Stored(r))),
-        Some((req, Landing::Acked(c))) => std::pin::Pin::new(c)
+        Some(InFlight {
+            req,
+            landing: Landing::Acked(c),
+            ..
+        }) => std::pin::Pin::new(c)
             .poll(cx)
             .map(|r| (*req, Landed::Acked(r))),
         None => std::task::Poll::Pending,
@@ -543,22 +728,33 @@ fn refusal(req: u32, e: StoreError) -> Result<RelayMsg, Closed> {
     Ok(RelayMsg::Error { req, code, detail })
 }
 
+/// What a delivery task needs of its connection.
+struct Delivery {
+    tx: Outbox,
+    budget: Budget,
+    live: bool,
+    shutdown: CancellationToken,
+}
+
 /// Streams the mailbox in order, then (if `live`) forwards new envelopes as
 /// the store's writer hands them over (see `store::live`): from the feed while
 /// it keeps up, from the store after it lagged. `after` (the last id sent)
 /// drops anything seen twice, so ids reach the client strictly increasing.
-async fn deliver(
-    shared: Arc<Shared>,
-    client: PublicKey,
-    tx: Outbox,
-    live: bool,
-    shutdown: CancellationToken,
-) -> Result<(), Closed> {
-    let mut feed = shared.store.subscribe(client);
+/// Every envelope holds its bytes of the connection's budget from before it
+/// is read (or pushed) until it is written: a reader that does not keep up
+/// stops the reads from the store, and the feed lags instead of growing.
+async fn deliver(shared: Arc<Shared>, client: PublicKey, d: Delivery) -> Result<(), Closed> {
+    let Delivery {
+        tx,
+        budget,
+        live,
+        shutdown,
+    } = d;
+    let mut feed = shared.store.subscribe_within(client, budget.clone());
     let wake = feed.waker();
     // Notices only, and only for live delivery: envelopes come through the
     // store's feed.
-    let mut notices = live.then(|| shared.registry.subscribe(client));
+    let mut notices = live.then(|| shared.registry.subscribe(client, budget.clone()));
     let mut after = None;
     let mut drained = false;
     loop {
@@ -569,31 +765,32 @@ async fn deliver(
         woken.as_mut().enable();
 
         let taken = feed.take();
+        let mut held = taken.held;
         for m in taken.pushed {
-            if !forward(&tx, &mut after, m).await {
+            let part = held
+                .split(budget::charge(m.envelope.len()))
+                .unwrap_or_default();
+            if !forward(&tx, &mut after, m, part).await {
                 return Ok(());
             }
         }
+        drop(held);
         let mut lagged = taken.lagged;
         if lagged {
             // Read before the store, so that whatever is settled by then is
             // in the snapshot the read sees.
             let settled = feed.settled();
-            loop {
-                let batch = shared
-                    .store
-                    .pending(client, after, DELIVERY_BATCH)
-                    .await
-                    .map_err(Closed::Store)?;
-                let full = batch.len() == DELIVERY_BATCH;
-                for m in batch {
-                    if !forward(&tx, &mut after, m).await {
-                        return Ok(());
-                    }
-                }
-                if !full {
-                    break;
-                }
+            let mailbox = Mailbox {
+                shared: &shared,
+                client,
+                tx: &tx,
+                budget: &budget,
+                shutdown: &shutdown,
+            };
+            // Boxed: its state is large and lives only while catching up,
+            // whereas a live connection waits in the loop below for hours.
+            if !Box::pin(mailbox.send_after(&mut after)).await? {
+                return Ok(());
             }
             if !drained {
                 drained = true;
@@ -611,16 +808,16 @@ async fn deliver(
                 _ = &mut woken => {
                     // Notices queued before this wake-up were sent before
                     // the envelope that caused it: they go first.
-                    while let Some(envelope) = notices.as_mut().and_then(Notices::try_next) {
-                        if !forward_notice(&tx, envelope).await {
+                    while let Some(notice) = notices.as_mut().and_then(Notices::try_next) {
+                        if !forward_notice(&tx, notice).await {
                             return Ok(());
                         }
                     }
                     break;
                 }
                 _ = feed.settled_changed(), if lagged => break,
-                Some(envelope) = next_notice(&mut notices), if drained => {
-                    if !forward_notice(&tx, envelope).await {
+                Some(notice) = next_notice(&mut notices), if drained => {
+                    if !forward_notice(&tx, notice).await {
                         return Ok(());
                     }
                 }
@@ -629,8 +826,54 @@ async fn deliver(
     }
 }
 
+/// A delivery's reads of the mailbox from the store.
+struct Mailbox<'a> {
+    shared: &'a Shared,
+    client: PublicKey,
+    tx: &'a Outbox,
+    budget: &'a Budget,
+    shutdown: &'a CancellationToken,
+}
+
+impl Mailbox<'_> {
+    /// Sends every envelope after `after`, one budgeted read at a time (a
+    /// read reads only what its reservation covers); false once the
+    /// connection is gone.
+    async fn send_after(&self, after: &mut Option<u64>) -> Result<bool, Closed> {
+        let mut want = FIRST_READ_BYTES;
+        loop {
+            let mut room = tokio::select! {
+                room = self.budget.reserve(want) => room,
+                _ = self.shutdown.cancelled() => return Ok(false),
+                _ = self.tx.closed() => return Ok(false),
+            };
+            let (batch, more) = self
+                .shared
+                .store
+                .pending_within(self.client, *after, DELIVERY_BATCH, room.bytes())
+                .await
+                .map_err(Closed::Store)?;
+            for m in batch {
+                let charge = budget::charge(m.envelope.len());
+                let part = match room.split(charge) {
+                    Some(part) => part,
+                    None => self.budget.reserve(charge).await,
+                };
+                if !forward(self.tx, after, m, part).await {
+                    return Ok(false);
+                }
+            }
+            drop(room);
+            if !more {
+                return Ok(true);
+            }
+            want = DELIVERY_BYTES;
+        }
+    }
+}
+
 /// The next notice for a live connection; `None` at once for another.
-async fn next_notice(notices: &mut Option<Notices>) -> Option<Vec<u8>> {
+async fn next_notice(notices: &mut Option<Notices>) -> Option<crate::registry::Notice> {
     match notices {
         Some(n) => Some(n.next().await),
         None => None,
@@ -638,16 +881,21 @@ async fn next_notice(notices: &mut Option<Notices>) -> Option<Vec<u8>> {
 }
 
 /// Queues a notice for the client; false once the connection is gone.
-async fn forward_notice(tx: &Outbox, envelope: Vec<u8>) -> bool {
+async fn forward_notice(tx: &Outbox, notice: crate::registry::Notice) -> bool {
     let msg = RelayMsg::Notice {
-        envelope: ByteBuf::from(envelope),
+        envelope: ByteBuf::from(notice.envelope),
     };
-    tx.send(msg.into()).await.is_ok()
+    tx.send(Outgoing::holding(msg, notice.held)).await.is_ok()
 }
 
 /// Sends one envelope unless the client has had it already; `false` once the
 /// writer is gone.
-async fn forward(tx: &Outbox, after: &mut Option<u64>, m: crate::store::Stored) -> bool {
+async fn forward(
+    tx: &Outbox,
+    after: &mut Option<u64>,
+    m: crate::store::Stored,
+    held: Reservation,
+) -> bool {
     if after.is_some_and(|a| m.id <= a) {
         return true;
     }
@@ -657,7 +905,7 @@ async fn forward(tx: &Outbox, after: &mut Option<u64>, m: crate::store::Stored) 
         received_at: m.received_at,
         envelope: ByteBuf::from(m.envelope),
     };
-    tx.send(msg.into()).await.is_ok()
+    tx.send(Outgoing::holding(msg, held)).await.is_ok()
 }
 
 pin_project_lite::pin_project! {
@@ -715,12 +963,33 @@ async fn write_loop(
         }
     }
     while let Some(out) = rx.recv().await {
-        within(stall, w.send(&out.msg)).await?;
+        write_one(&mut w, out, stall).await?;
         // Everything already queued goes out with one flush.
         while let Ok(out) = rx.try_recv() {
-            within(stall, w.send(&out.msg)).await?;
+            write_one(&mut w, out, stall).await?;
         }
         within(stall, w.flush()).await?;
     }
     within(stall, w.shutdown()).await
+}
+
+/// Writes one message. The message is let go of once encoded, so that its
+/// payload is held once, not twice, while the write waits; its bytes of the
+/// budget are given back once it has gone into the link's buffer.
+async fn write_one(
+    w: &mut LinkWriter<OwnedWriteHalf>,
+    out: Outgoing,
+    stall: std::time::Duration,
+) -> Result<(), Closed> {
+    let Out { msg, held } = *out.0;
+    let bytes = wire::encode(&msg);
+    drop(msg);
+    Within {
+        write: w.send_bytes(&bytes),
+        stall,
+        timer: None,
+    }
+    .await?;
+    drop(held);
+    Ok(())
 }

@@ -4,6 +4,12 @@
 //!
 //! - [`config`]: embedded defaults, a TOML file, flags;
 //! - [`server`]: the accept loop, connection and handshake bounds, graceful shutdown;
+//! - `half_open`: connections not yet authenticated, and which of them make
+//!   room for newer ones;
+//! - `occupancy`: connections per key and per source address (`source`);
+//! - [`budget`]: the bytes held for clients, bounded per connection, key,
+//!   address and relay;
+//! - `tally`: rate-limited logging of connections closed before they are served;
 //! - `connection`: one client: handshake, requests, live delivery, file
 //!   uploads and downloads with bounded memory;
 //! - [`registry`]: which keys are waiting for live notices (envelopes reach
@@ -23,14 +29,19 @@
 #![forbid(unsafe_code)]
 
 pub mod blobs;
+pub mod budget;
 pub mod config;
 mod connection;
+mod half_open;
 pub mod limits;
+mod occupancy;
 pub mod registry;
 pub mod relay_key;
 pub mod server;
+mod source;
 pub mod space;
 pub mod store;
+mod tally;
 
 pub use config::RelayConfig;
 pub use server::{Collected, Maintenance, Relay, RelayError};

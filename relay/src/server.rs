@@ -1,7 +1,11 @@
 //! The accept loop and graceful shutdown.
 //!
 //! A connection permit is taken *before* `accept`, so a flood waits in the
-//! kernel's backlog instead of growing the relay's memory. Each connection runs
+//! kernel's backlog instead of growing the relay's memory. Connections that
+//! have not authenticated cannot hold the permits against newcomers: while
+//! fewer than `max_handshakes` permits are free (at most half of them), each
+//! new connection closes the oldest half-open one (see `crate::half_open`).
+//! Each connection runs
 //! in its own task, tracked so that shutdown can wait for in-flight work: on
 //! the shutdown signal the loop stops accepting, every connection is told to
 //! finish what it is doing (a `Send` being committed is committed and
@@ -23,12 +27,16 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::blobs::{BlobError, Blobs};
+use crate::budget;
 use crate::config::RelayConfig;
 use crate::connection;
+use crate::half_open::HalfOpen;
 use crate::limits::RateLimiter;
+use crate::occupancy::Occupancy;
 use crate::registry::Registry;
 use crate::relay_key::{self, RelayKeyError};
 use crate::store::{Store, StoreError};
+use crate::tally::{self, Tally};
 
 /// State shared by every connection.
 pub(crate) struct Shared {
@@ -38,7 +46,14 @@ pub(crate) struct Shared {
     pub blobs: Blobs,
     /// Live connections' queues of notices.
     pub registry: Arc<Registry>,
-    pub handshakes: Arc<Semaphore>,
+    /// Connections that have not authenticated yet.
+    pub half_open: Arc<HalfOpen>,
+    /// Authenticated connections per key and per address.
+    pub occupancy: Arc<Occupancy>,
+    /// The relay-wide byte budget every connection's buffers draw from.
+    pub buffers: Arc<Semaphore>,
+    /// Closures before a connection was served, for the periodic summary.
+    pub tally: Tally,
     pub rate: Arc<RateLimiter>,
     pub hello: RelayHello,
 }
@@ -115,7 +130,14 @@ impl Relay {
             max_envelope_len: u32::try_from(config.mailbox.max_envelope_len).unwrap_or(u32::MAX),
         };
         let shared = Arc::new(Shared {
-            handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
+            half_open: HalfOpen::new(config.max_handshakes, config.max_handshakes_per_address),
+            occupancy: Occupancy::new(
+                config.max_connections_per_key,
+                config.max_connections_per_address,
+                config.buffers,
+            ),
+            buffers: budget::pool(config.buffers.total),
+            tally: Tally::default(),
             rate: RateLimiter::new(config.rate),
             registry: Arc::new(Registry::default()),
             config,
@@ -159,13 +181,24 @@ impl Relay {
         let Self {
             listener, shared, ..
         } = self;
-        let connections = Arc::new(Semaphore::new(shared.config.max_connections));
+        let max_connections = shared.config.max_connections;
+        let connections = Arc::new(Semaphore::new(max_connections));
+        // Permits kept free for newcomers while half-open connections hold
+        // the others.
+        let reserve = shared
+            .config
+            .max_handshakes
+            .clamp(1, max_connections.div_ceil(2).max(1));
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         tracker.spawn(collect_garbage(shared.clone(), token.clone()));
+        tracker.spawn(report_closures(shared.clone(), token.clone()));
 
         tokio::pin!(shutdown);
         loop {
+            if connections.available_permits() < reserve {
+                shared.half_open.evict_oldest();
+            }
             let permit = tokio::select! {
                 _ = &mut shutdown => break,
                 p = connections.clone().acquire_owned() => match p {
@@ -196,9 +229,29 @@ impl Relay {
         {
             warn!("some connections did not finish within the shutdown grace period");
         }
+        log_closures(&shared.tally);
         shared.store.clone().close().await?;
         info!("stopped");
         Ok(())
+    }
+}
+
+/// Logs the summary of connections closed before they were served, once
+/// per interval in which there were any.
+async fn report_closures(shared: Arc<Shared>, token: CancellationToken) {
+    let mut tick = tokio::time::interval(tally::INTERVAL);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => log_closures(&shared.tally),
+        }
+    }
+}
+
+fn log_closures(tally: &Tally) {
+    if let Some(summary) = tally.take() {
+        info!("{summary}");
     }
 }
 

@@ -603,7 +603,14 @@ impl Store {
     /// handed over as soon as they have an id (before they are durable).
     /// See the `live` module for how a reader stays in order and gap-free.
     pub fn subscribe(&self, to: PublicKey) -> Feed {
-        self.inner.feeds.subscribe(*to.as_bytes())
+        self.inner.feeds.subscribe(*to.as_bytes(), None)
+    }
+
+    /// [`Store::subscribe`] for a connection with a byte budget: each
+    /// envelope pushed takes its room there until the connection lets go of
+    /// it, and one that finds none is skipped as if the feed had overflowed.
+    pub fn subscribe_within(&self, to: PublicKey, budget: crate::budget::Budget) -> Feed {
+        self.inner.feeds.subscribe(*to.as_bytes(), Some(budget))
     }
 
     /// `owner`'s envelopes with an id above `after` (all if `None`), oldest
@@ -614,20 +621,39 @@ impl Store {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Stored>, StoreError> {
+        let (found, _) = self.pending_within(owner, after, limit, usize::MAX).await?;
+        Ok(found)
+    }
+
+    /// [`Store::pending`], stopping before what the envelopes are charged
+    /// of a byte budget (`crate::budget::charge` of each length) would add
+    /// up to more than `max_charge`, even at the first; also says whether it
+    /// stopped at a limit, so that more may follow.
+    pub async fn pending_within(
+        &self,
+        owner: PublicKey,
+        after: Option<u64>,
+        limit: usize,
+        max_charge: usize,
+    ) -> Result<(Vec<Stored>, bool), StoreError> {
         let db = self.db()?;
         let Some(first) = after.map_or(Some(0), |after| after.checked_add(1)) else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         };
         if limit == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), true));
         }
         let owner = *owner.as_bytes();
         blocking(move || {
             let txn = db.begin_read()?;
             let messages = txn.open_table(MESSAGES)?;
             let mut out = Vec::new();
+            let mut charged = 0usize;
             for item in messages.range((owner, first)..=(owner, u64::MAX))? {
                 let (key, value) = item?;
+                if out.len() == limit {
+                    return Ok((out, true));
+                }
                 let (_, id) = key.value();
                 // A damaged row must not lock its owner out of the rest of the
                 // mailbox: it goes out empty, fails to open at the client, and
@@ -647,12 +673,13 @@ impl Store {
                         }
                     }
                 };
-                out.push(stored);
-                if out.len() == limit {
-                    break;
+                charged = charged.saturating_add(crate::budget::charge(stored.envelope.len()));
+                if charged > max_charge {
+                    return Ok((out, true));
                 }
+                out.push(stored);
             }
-            Ok(out)
+            Ok((out, false))
         })
         .await
     }

@@ -124,6 +124,16 @@ impl Relay {
         }
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A `kB` field of its `/proc/PID/status` (`VmRSS`, `VmHWM`), in KiB.
+    pub fn status_kib(&self, field: &str) -> Option<u64> {
+        proc_status_kib(self.pid()?, field)
+    }
+
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.addr
@@ -185,6 +195,19 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`), in KiB; `None`
+/// once the process is gone.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A client with its own temporary home.
@@ -546,8 +569,22 @@ pub mod raw {
     use sotto_crypto::link::{self, LinkReader, LinkWriter};
     use sotto_crypto::wire::{ClientMsg, RelayMsg};
     use sotto_keys::{RelayKey, SecretKey};
+    use std::net::{IpAddr, SocketAddr};
     use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-    use tokio::net::TcpStream;
+    use tokio::net::{TcpSocket, TcpStream};
+
+    /// A TCP connection to `addr` from the local address `from`.
+    pub async fn connect_tcp_from(from: IpAddr, addr: &str) -> Result<TcpStream, String> {
+        let to: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+        let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .map_err(|e| format!("bind {from}: {e}"))?;
+        socket
+            .connect(to)
+            .await
+            .map_err(|e| format!("connect from {from}: {e}"))
+    }
 
     /// An authenticated raw connection.
     pub struct Raw {
@@ -565,6 +602,24 @@ pub mod raw {
             let (r, w) = stream.into_split();
             let (reader, writer, _) = link::connect(r, w, me, &relay).await.expect("handshake");
             Self { reader, writer }
+        }
+
+        /// Connects from the local address `from` (any of 127/8 on Linux,
+        /// so that the relay sees another source address) and completes the
+        /// handshake as `me`; the error says how it failed.
+        pub async fn connect_from(
+            from: IpAddr,
+            addr: &str,
+            me: &SecretKey,
+            relay_key: &str,
+        ) -> Result<Self, String> {
+            let relay: RelayKey = relay_key.parse().map_err(|e| format!("relay key: {e}"))?;
+            let stream = connect_tcp_from(from, addr).await?;
+            let (r, w) = stream.into_split();
+            let (reader, writer, _) = link::connect(r, w, me, &relay)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            Ok(Self { reader, writer })
         }
 
         /// Sends one message and flushes.

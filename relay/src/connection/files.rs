@@ -12,10 +12,11 @@
 //! (hence the client, through TCP) waits. The disk task writes each chunk on
 //! the blocking pool, and every `checkpoint_bytes` (16 MiB) it starts a checkpoint
 //! (fsync, commit `have`, `UploadProgress`) that runs while the next chunks
-//! are written. Each download reads a few chunks per trip to the blocking pool
-//! and queues them for the writer; the chunks read ahead are bounded per
-//! connection by a semaphore whose permits travel with the chunks until they
-//! are written, so a slow reader holds at most [`DOWNLOAD_BUDGET`] chunks.
+//! are written. Each chunk received holds its bytes of the connection's budget
+//! (`crate::budget`) until it is on disk. Each download reads a few chunks per
+//! trip to the blocking pool and queues them for the writer; their bytes are
+//! reserved from the budget before the read and travel with the chunks until
+//! they are written, so a slow reader holds no more than the budget allows.
 //!
 //! When the connection ends, for whatever reason (including the relay's
 //! shutdown), every chunk already received is still written and checkpointed,
@@ -37,15 +38,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sotto_crypto::file::{chunk_count, sealed_chunk_len, FileId};
+use sotto_crypto::file::{chunk_count, sealed_chunk_len, FileId, SEALED_CHUNK_LEN};
 use sotto_crypto::wire::{ErrorCode, RelayMsg};
 use sotto_keys::PublicKey;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::{refusal, Closed, Outbox, Outgoing, Session};
 use crate::blobs::{Begun, BlobError, BlobReader, BlobWriter};
+use crate::budget::{self, Budget, Reservation};
 use crate::store::{QuotaOf, Window};
 
 /// Uploads in progress at once on one connection.
@@ -56,8 +58,6 @@ pub(super) const MAX_DOWNLOADS: usize = 16;
 const UPLOAD_QUEUE: usize = 8;
 /// Chunks read per trip to the blocking pool by a download.
 const READ_BATCH: u64 = 4;
-/// Download chunks read but not yet written to the client, per connection.
-const DOWNLOAD_BUDGET: u32 = 16;
 
 /// The file-drop state of one connection.
 pub(super) struct Files {
@@ -65,7 +65,7 @@ pub(super) struct Files {
     /// Every upload's disk task, including those finishing after `UploadEnd`.
     disk_tasks: JoinSet<()>,
     downloads: JoinSet<()>,
-    budget: Arc<Semaphore>,
+    budget: Budget,
 }
 
 /// An upload begun on this connection, as the reading task sees it.
@@ -86,20 +86,19 @@ struct Upload {
 }
 
 enum ToDisk {
-    Chunk(Vec<u8>),
+    /// A chunk, holding its bytes of the budget until it is written.
+    Chunk(Vec<u8>, Reservation),
     /// Every chunk has been queued: make the blob complete and answer `req`.
-    Finish {
-        req: u32,
-    },
+    Finish { req: u32 },
 }
 
 impl Files {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(budget: Budget) -> Self {
         Self {
             uploads: HashMap::new(),
             disk_tasks: JoinSet::new(),
             downloads: JoinSet::new(),
-            budget: Arc::new(Semaphore::new(DOWNLOAD_BUDGET as usize)),
+            budget,
         }
     }
 
@@ -270,6 +269,7 @@ impl Session {
         file_id: FileId,
         index: u64,
         data: Vec<u8>,
+        held: Reservation,
     ) -> Result<(), Closed> {
         let Some(upload) = self.files.uploads.get_mut(&file_id) else {
             return Err(Closed::Protocol(
@@ -315,7 +315,8 @@ impl Session {
                 _ = self.shutdown.cancelled() => {}
             }
         }
-        self.hand_to_disk(file_id, index, ToDisk::Chunk(data)).await
+        self.hand_to_disk(file_id, index, ToDisk::Chunk(data, held))
+            .await
     }
 
     /// Returns the answer, or `None` when the disk task will give it.
@@ -398,7 +399,7 @@ impl Session {
             reader,
             Download { req, file_id, from },
             self.tx.clone(),
-            Arc::clone(&self.files.budget),
+            self.files.budget.clone(),
             self.shutdown.clone(),
         ));
         None
@@ -689,11 +690,15 @@ impl Disk {
         chunks: &mut mpsc::Receiver<ToDisk>,
     ) -> Result<Option<u32>, BlobError> {
         let mut run = Vec::new();
+        let mut held = Vec::new();
         let mut finish = None;
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {
-                ToDisk::Chunk(data) => run.push(data),
+                ToDisk::Chunk(data, bytes) => {
+                    run.push(data);
+                    held.push(bytes);
+                }
                 ToDisk::Finish { req } => {
                     finish = Some(req);
                     break;
@@ -709,6 +714,7 @@ impl Disk {
                 return Err(e);
             }
         }
+        drop(held);
         Ok(finish)
     }
 
@@ -852,7 +858,7 @@ async fn stream_download(
     reader: BlobReader,
     ask: Download,
     out: Outbox,
-    budget: Arc<Semaphore>,
+    budget: Budget,
     stop: CancellationToken,
 ) {
     let Download { req, file_id, from } = ask;
@@ -871,12 +877,9 @@ async fn stream_download(
     while index < chunks {
         let n = (chunks - index).min(READ_BATCH);
         // `n` is at most READ_BATCH.
-        let permits = u32::try_from(n).unwrap_or(1);
-        let mut permits = tokio::select! {
-            permits = Arc::clone(&budget).acquire_many_owned(permits) => match permits {
-                Ok(permits) => permits,
-                Err(_) => return,
-            },
+        let most = usize::try_from(n).unwrap_or(1) * budget::charge(SEALED_CHUNK_LEN);
+        let mut room = tokio::select! {
+            room = budget.reserve(most) => room,
             _ = stop.cancelled() => return,
         };
         let read = match reader.read(index, n).await {
@@ -888,14 +891,15 @@ async fn stream_download(
             }
         };
         for data in read.chunks {
-            let msg = Outgoing {
-                msg: Box::new(RelayMsg::DownloadChunk {
+            let held = room.split(budget::charge(data.len())).unwrap_or_default();
+            let msg = Outgoing::holding(
+                RelayMsg::DownloadChunk {
                     file_id,
                     index,
                     data: serde_bytes::ByteBuf::from(data),
-                }),
-                _budget: permits.split(1),
-            };
+                },
+                held,
+            );
             if !send(msg).await {
                 return;
             }

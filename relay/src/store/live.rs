@@ -19,7 +19,12 @@
 //! last id assigned so far, which covers envelopes in flight when it subscribes.
 //!
 //! The store stays the source of truth; a feed is an in-memory shortcut that
-//! never holds more than [`FEED_DEPTH`] envelopes or [`FEED_BYTES`] bytes.
+//! never holds more than [`FEED_DEPTH`] envelopes or [`FEED_BYTES`] bytes,
+//! and each envelope in it holds its size of its connection's byte budget
+//! (`crate::budget`) until it is written to the client. The writer only
+//! ever tries that budget: a push that finds no room marks the feed lagged,
+//! as an overflow does, so a slow reader never makes the writer wait or
+//! buffer.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +34,7 @@ use tokio::sync::{watch, Notify};
 
 use super::codec::Recipient;
 use super::Stored;
+use crate::budget::{self, Budget, Reservation};
 
 /// Envelopes a feed holds before it is marked lagged.
 pub const FEED_DEPTH: usize = 256;
@@ -44,6 +50,9 @@ struct Entry {
     /// While lagged: the highest id skipped (or in flight when subscribed).
     need: u64,
     wake: Arc<Notify>,
+    /// What `queue` holds of its connection's budget (`None`: unbounded).
+    budget: Option<Budget>,
+    held: Reservation,
 }
 
 /// Every feed, by recipient; shared by the writer and the connections.
@@ -95,12 +104,23 @@ impl Feeds {
                 entry.need = item.id;
                 continue;
             }
-            if entry.queue.len() >= FEED_DEPTH || entry.bytes + item.envelope.len() > FEED_BYTES {
+            let room = if entry.queue.len() >= FEED_DEPTH
+                || entry.bytes + item.envelope.len() > FEED_BYTES
+            {
+                None
+            } else {
+                match &entry.budget {
+                    Some(b) => b.try_reserve(budget::charge(item.envelope.len())),
+                    None => Some(Reservation::default()),
+                }
+            };
+            let Some(room) = room else {
                 entry.lagged = true;
                 entry.need = item.id;
                 entry.wake.notify_one();
                 continue;
-            }
+            };
+            entry.held.merge(room);
             entry.bytes += item.envelope.len();
             entry.queue.push_back(item);
             entry.wake.notify_one();
@@ -119,8 +139,9 @@ impl Feeds {
         });
     }
 
-    /// Opens a feed for `to`; dropping it closes the feed.
-    pub(crate) fn subscribe(self: &Arc<Self>, to: Recipient) -> Feed {
+    /// Opens a feed for `to`, whose pushes take room in `budget` if given;
+    /// dropping it closes the feed.
+    pub(crate) fn subscribe(self: &Arc<Self>, to: Recipient, budget: Option<Budget>) -> Feed {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let wake = Arc::new(Notify::new());
         let mut subs = self.lock();
@@ -132,6 +153,8 @@ impl Feeds {
             lagged: true,
             need,
             wake: Arc::clone(&wake),
+            budget,
+            held: Reservation::default(),
         });
         drop(subs);
         Feed {
@@ -150,6 +173,8 @@ pub struct Taken {
     pub pushed: VecDeque<Stored>,
     /// Whether envelopes were skipped: read the store, then [`Feed::caught_up`].
     pub lagged: bool,
+    /// The budget `pushed` holds, `budget::charge` of each envelope's length.
+    pub held: Reservation,
 }
 
 /// One connection's live feed; see the module docs. Dropping it unsubscribes.
@@ -169,6 +194,7 @@ impl Feed {
             return Taken {
                 pushed: VecDeque::new(),
                 lagged: true,
+                held: Reservation::default(),
             };
         };
         entry.bytes = 0;
@@ -176,6 +202,7 @@ impl Feed {
         Taken {
             pushed,
             lagged: entry.lagged,
+            held: std::mem::take(&mut entry.held),
         }
     }
 

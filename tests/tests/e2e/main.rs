@@ -5,6 +5,7 @@ mod abuse;
 mod chat;
 mod cli;
 mod download_limits;
+mod exhaustion;
 mod faults;
 mod files;
 mod griefing;
