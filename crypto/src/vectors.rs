@@ -799,7 +799,11 @@ fn session_envelopes() {
 
     // Alice's first message to Bob starts a session: a kind 2 with the body.
     let first = session_body(&v, "init");
+    let i2r: [u8; 16] = v.array("initiator_to_responder_id");
+    let r2i: [u8; 16] = v.array("responder_to_initiator_id");
     session::fixed::push_id(id);
+    session::fixed::push_id(i2r);
+    session::fixed::push_id(r2i);
     session::fixed::push_ephemeral(v.array("initiator_ephemeral_secret"));
     let init = a
         .seal_to(&alice, &bob.public(), &first, now)
@@ -857,13 +861,13 @@ fn session_envelopes() {
         "the message does not open to `message.*`",
     );
 
-    let (i2r, r2i) = a.vector_split_keys(&bob.public()).expect("a session");
+    let (i2r_key, r2i_key) = a.vector_split_keys(&bob.public()).expect("a session");
     v.check(
-        b.vector_split_keys(&alice.public()) == Some((i2r, r2i)),
+        b.vector_split_keys(&alice.public()) == Some((i2r_key, r2i_key)),
         "the two sides hold different keys",
     );
-    v.expect_hex("initiator_key", &i2r);
-    v.expect_hex("responder_key", &r2i);
+    v.expect_hex("initiator_key", &i2r_key);
+    v.expect_hex("responder_key", &r2i_key);
 
     // The documented envelopes, read as PROTOCOL.md lays them out. Kind 2:
     // message 1 opens with Noise IK, the documented prologue and Bob's key.
@@ -892,8 +896,8 @@ fn session_envelopes() {
         .get(26..)
         .and_then(|msg1| responder.read_message(msg1, &mut payload).ok());
     v.check(
-        read.is_some_and(|n| payload[..n] == padded(Some(&first))),
-        "`init` message 1 does not open to the padded `init.*` body",
+        read.is_some_and(|n| payload[..n] == [&i2r[..], &r2i[..], &padded(Some(&first))].concat()),
+        "`init` message 1 does not open to the two direction ids and the padded `init.*` body",
     );
     v.check(
         responder.get_remote_static() == Some(alice.public().as_bytes().as_slice()),
@@ -910,15 +914,39 @@ fn session_envelopes() {
         doc_accept.len() > 66 && doc_reply.len() > 66 && doc_accept[18..66] == doc_reply[18..66];
     v.check(msg2_ok, "`accept` and `reply` carry different IK message 2");
     let cases = [
-        (&doc_accept, 3u8, 66usize, "accept_nonce", r2i, None),
-        (&doc_reply, 3, 66, "reply_nonce", r2i, Some(&second)),
-        (&doc_message, 4, 18, "message_nonce", i2r, Some(&third)),
+        (
+            &doc_accept,
+            3u8,
+            66usize,
+            "accept_nonce",
+            r2i_key,
+            r2i,
+            None,
+        ),
+        (
+            &doc_reply,
+            3,
+            66,
+            "reply_nonce",
+            r2i_key,
+            r2i,
+            Some(&second),
+        ),
+        (
+            &doc_message,
+            4,
+            18,
+            "message_nonce",
+            i2r_key,
+            i2r,
+            Some(&third),
+        ),
     ];
-    for (doc, kind, nonce_at, nonce_field, key, body) in cases {
+    for (doc, kind, nonce_at, nonce_field, key, wire_id, body) in cases {
         let nonce: [u8; 24] = v.array(nonce_field);
         let ok = doc.len() > nonce_at + 24
             && doc[..2] == [1, kind]
-            && doc[2..18] == id
+            && doc[2..18] == wire_id
             && doc[nonce_at..nonce_at + 24] == nonce
             && doc[nonce_at + 24..] == raw_xseal(&key, &nonce, &doc[..nonce_at], &padded(body));
         v.check(

@@ -5,7 +5,7 @@
 
 use super::noise::{MSG1_OVERHEAD, MSG2_LEN};
 use super::transport::{Nonce, NONCE_LEN, TAG_LEN};
-use super::SessionId;
+use super::{SessionId, INIT_IDS_LEN, MAX_INIT_BUCKET};
 use crate::envelope::{
     BUCKETS, ENVELOPE_VERSION, KIND_SESSION_ACCEPT, KIND_SESSION_INIT, KIND_SESSION_MESSAGE,
 };
@@ -120,7 +120,12 @@ pub(crate) fn finish(mut head: Vec<u8>, nonce: &Nonce, ciphertext: &[u8]) -> Vec
 pub(crate) fn parse_init(rest: &[u8]) -> Result<Init<'_>, EnvelopeError> {
     let (id, rest) = split_id(rest)?;
     let (created_at_ms, msg1) = split_u64(rest)?;
-    if !holds_a_bucket(msg1.len(), MSG1_OVERHEAD) {
+    // The direction ids and a bucket up to MAX_INIT_BUCKET; or a bucket
+    // alone, from a client of before direction ids.
+    let with_ids = msg1.len().checked_sub(INIT_IDS_LEN).is_some_and(|len| {
+        holds_a_bucket(len, MSG1_OVERHEAD) && len - MSG1_OVERHEAD <= MAX_INIT_BUCKET
+    });
+    if !with_ids && !holds_a_bucket(msg1.len(), MSG1_OVERHEAD) {
         return Err(EnvelopeError::Decrypt);
     }
     Ok(Init {

@@ -17,7 +17,7 @@
 //! ```text
 //! <- s                 pre-message: the responder's static key, from contacts
 //! ...
-//! -> e, es, s, ss      message 1, in a kind 2 envelope; payload: padded body or nothing
+//! -> e, es, s, ss      message 1, in a kind 2 envelope; payload: direction ids, padded body
 //! <- e, ee, se         message 2, in a kind 3 envelope; payload: empty
 //! ```
 //!
@@ -45,9 +45,9 @@
 //! # 2. Envelopes
 //!
 //! ```text
-//! kind 2, init:    01 02 | session id (16) | created_at_ms (u64 LE) | IK message 1 (96 + P)
-//! kind 3, accept:  01 03 | session id (16) | IK message 2 (48) | nonce (24) | transport (P + 16)
-//! kind 4, message: 01 04 | session id (16) | nonce (24) | transport (P + 16)
+//! kind 2, init:    01 02 | init id (16) | created_at_ms (u64 LE) | IK message 1 (128 + P)
+//! kind 3, accept:  01 03 | direction id (16) | IK message 2 (48) | nonce (24) | transport (P + 16)
+//! kind 4, message: 01 04 | direction id (16) | nonce (24) | transport (P + 16)
 //! ```
 //!
 //! `P` is a padded plaintext of PROTOCOL §7.3 (`u32 LE length | body | zeros`,
@@ -56,26 +56,34 @@
 //! layer. A padded plaintext of length 0 (`L = 0`, bucket 256) carries no body:
 //! a *bare* init or accept, which only moves the handshake on.
 //!
-//! - The **session id** is 16 random bytes chosen by the initiator; it names
-//!   the session in every envelope so the receiver finds its keys. It is in the
-//!   clear: the relay learns which envelopes belong to one session (it already
-//!   knows sender and recipient of each from the link).
+//! - **Ids.** A session has three names, 16 random bytes each, chosen by the
+//!   initiator: the *init id*, in the clear on its kind 2 only; and two
+//!   *direction ids*, sent encrypted at the front of message 1's payload
+//!   (`initiator-to-responder | responder-to-initiator`), which name the kind
+//!   3 and 4 envelopes of each direction. Nothing in the clear pairs what
+//!   reaches one mailbox with what reaches the other, so a relay that does
+//!   not see who delivers (sealed sender) cannot link the two sides of a
+//!   conversation by these ids. A message 1 payload that is a bucket
+//!   exactly comes from a client of before direction ids: its init id names
+//!   both directions. With the ids a kind 2 carries at most the 16,384
+//!   bucket (`MAX_INIT_BUCKET`); a longer body goes as a kind 1 beside a
+//!   bare init.
 //! - **created_at_ms** is the initiator's clock when it wrote the init, in
 //!   the clear like the id; both sides measure a session's age from it, and
 //!   their clocks must agree to within `init_lifetime / 2` for sessions to
 //!   start (otherwise messages still flow, as kinds 1 and 2).
 //! - The **transport** ciphertext is XChaCha20-Poly1305 `(k, nonce, ad, P)`,
 //!   `k` the sender's split key, `nonce` the envelope's 24 random bytes, `ad`
-//!   the envelope's bytes before the nonce (`01 03 | id | message 2`, or
-//!   `01 04 | id`). In a kind 3 envelope, message 2 is the responder's
+//!   the envelope's bytes before the nonce (`01 03 | direction id | message
+//!   2`, or `01 04 | direction id`). In a kind 3 envelope, message 2 is the responder's
 //!   handshake reply, the same 48 bytes in every kind 3 of a session (see §3).
 //! - Binding: version, session id and timestamp are in the prologue, so they
 //!   are bound into every key of the session; version, kind, session id and
 //!   (kind 3) message 2 are the associated data of each transport message, so
 //!   a transport message cannot be re-framed as another kind or session.
-//! - Sizes: kind 2 is `122 + P`, kind 3 `106 + P`, kind 4 `58 + P` bytes, so
-//!   the largest envelope is a kind 2 of 65,561 bytes
-//!   ([`crate::envelope::MAX_ENVELOPE_LEN`]).
+//! - Sizes: kind 2 is `154 + P`, kind 3 `106 + P`, kind 4 `58 + P` bytes, so
+//!   the largest session envelope is a kind 3 of 65,545 bytes, within
+//!   [`crate::envelope::MAX_ENVELOPE_LEN`].
 //!
 //! # 3. State machine, per peer
 //!
@@ -268,7 +276,7 @@ use sotto_keys::{PublicKey, SecretKey};
 use zeroize::Zeroizing;
 
 use crate::envelope::{
-    self, decode_body, pad_encoded, unpad, Body, ENVELOPE_VERSION, KIND_ONE_SHOT,
+    self, decode_body, pad_encoded, unpad, Body, BUCKETS, ENVELOPE_VERSION, KIND_ONE_SHOT,
     KIND_SESSION_ACCEPT, KIND_SESSION_INIT, KIND_SESSION_MESSAGE,
 };
 use crate::error::EnvelopeError;
@@ -373,8 +381,9 @@ impl Default for SessionConfig {
 pub struct Sealed {
     /// The envelope carrying the body.
     pub envelope: Vec<u8>,
-    /// A bare init starting the current session's successor, to send as well
-    /// (after `envelope`). Dropping it only delays renewal.
+    /// A bare init to send as well (after `envelope`): the start of the
+    /// current session's successor, or of a first session when the body was
+    /// too long to ride in an init. Dropping it only delays the session.
     pub renewal: Option<Vec<u8>>,
     /// Whether `envelope` is a session transport message (kind 3 or 4), whose
     /// content a later theft of the static keys will not reveal once the
@@ -403,9 +412,28 @@ pub struct Received {
     pub peer_went_back: bool,
 }
 
-/// A session's name in its envelopes: 16 random bytes chosen by the initiator.
+/// A name in session envelopes: 16 random bytes chosen by the initiator. A
+/// session has three: its init's (on the kind 2 only) and one per direction
+/// (on the kinds 3 and 4 that direction carries), so nothing in the clear
+/// pairs one mailbox's envelopes with another's (module documentation, §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub(crate) struct SessionId(pub(crate) [u8; 16]);
+
+/// The ids an initiator chooses for a session: `send` names what the
+/// initiator sends (initiator -> responder), `recv` what it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct InitIds {
+    init: SessionId,
+    send: SessionId,
+    recv: SessionId,
+}
+
+/// Largest padded body a kind 2 carries: with the two direction ids, the
+/// largest bucket would not fit in one Noise message (module documentation,
+/// §2); a longer body goes as a kind 1 beside a bare init.
+pub(crate) const MAX_INIT_BUCKET: usize = 16_384;
+/// The direction ids at the front of message 1's payload.
+pub(crate) const INIT_IDS_LEN: usize = 32;
 
 /// This side's part in a session's handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -418,7 +446,12 @@ pub(crate) enum Role {
 /// the transport's cipher objects, see `noise`).
 #[derive(Serialize, Deserialize)]
 struct Session {
+    /// The init's id: the session's name in this side's state.
     id: SessionId,
+    /// What this side's kind 3 and 4 envelopes are named by.
+    send_id: SessionId,
+    /// What the peer's kind 3 and 4 envelopes are named by.
+    recv_id: SessionId,
     role: Role,
     created_at_ms: u64,
     keys: SplitKeys,
@@ -441,9 +474,14 @@ struct Session {
 #[derive(Serialize, Deserialize)]
 struct PendingInit {
     id: SessionId,
+    /// The session's id initiator -> responder, also in `payload`.
+    send_id: SessionId,
+    /// The session's id responder -> initiator, also in `payload`.
+    recv_id: SessionId,
     created_at_ms: u64,
     ephemeral: CipherKey,
-    /// The padded payload of message 1, exactly as sent.
+    /// The payload of message 1, exactly as sent: the direction ids, then
+    /// the padded body (the padded body alone in a version 1 or 2 state).
     payload: Zeroizing<Vec<u8>>,
 }
 
@@ -516,14 +554,21 @@ fn bare_payload() -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
 
 impl Session {
     fn new(
-        id: SessionId,
+        ids: InitIds,
         role: Role,
         created_at_ms: u64,
         keys: SplitKeys,
         accept: [u8; MSG2_LEN],
     ) -> Self {
+        // The initiator sends under `ids.send`, the responder under `ids.recv`.
+        let (send_id, recv_id) = match role {
+            Role::Initiator => (ids.send, ids.recv),
+            Role::Responder => (ids.recv, ids.send),
+        };
         Self {
-            id,
+            id: ids.init,
+            send_id,
+            recv_id,
             role,
             created_at_ms,
             keys,
@@ -570,8 +615,8 @@ impl Session {
     fn seal(&mut self, padded: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
         let capacity = padded.len() + TAG_LEN;
         let head = match (self.role, self.confirmed_at_ms) {
-            (Role::Responder, None) => layout::accept_head(&self.id, &self.accept, capacity),
-            _ => layout::message_head(&self.id, capacity),
+            (Role::Responder, None) => layout::accept_head(&self.send_id, &self.accept, capacity),
+            _ => layout::message_head(&self.send_id, capacity),
         };
         let nonce = transport::fresh_nonce();
         let ciphertext = transport::seal(self.sending_key(), &nonce, &head, padded)?;
@@ -627,8 +672,13 @@ impl Peer {
     }
 
     fn knows(&self, id: &SessionId) -> bool {
-        self.sessions.iter().any(|s| s.id == *id)
-            || self.pending.iter().any(|p| p.id == *id)
+        self.sessions
+            .iter()
+            .any(|s| s.id == *id || s.send_id == *id || s.recv_id == *id)
+            || self
+                .pending
+                .iter()
+                .any(|p| p.id == *id || p.send_id == *id || p.recv_id == *id)
             || self.seen.iter().any(|s| s.id == *id)
             || self.erased.iter().any(|e| e.id == *id)
     }
@@ -648,7 +698,7 @@ impl Peer {
         self.sessions.push(session);
         if self.sessions.len() > MAX_SESSIONS_PER_PEER {
             let oldest = self.sessions.remove(0);
-            self.bury(oldest.id, now, config);
+            self.bury(oldest.recv_id, now, config);
         }
     }
 
@@ -718,7 +768,7 @@ impl Peer {
         self.sessions.retain(|s| {
             let keep = deadlines.next().is_some_and(|d| now < d);
             if !keep {
-                gone.push(s.id);
+                gone.push(s.recv_id);
             }
             keep
         });
@@ -771,7 +821,7 @@ impl SessionStore {
         self.peers.values().any(|p| p.knows(id))
     }
 
-    fn fresh_id(&self) -> SessionId {
+    fn fresh_id(&self, taken: &[SessionId]) -> SessionId {
         #[cfg(test)]
         if let Some(id) = fixed::id() {
             return SessionId(id);
@@ -779,10 +829,18 @@ impl SessionStore {
         loop {
             let mut id = SessionId([0; 16]);
             OsRng.fill_bytes(&mut id.0);
-            if !self.id_in_use(&id) {
+            if !self.id_in_use(&id) && !taken.contains(&id) {
                 return id;
             }
         }
+    }
+
+    /// Three fresh ids for a new init, unused and distinct.
+    fn fresh_ids(&self) -> InitIds {
+        let init = self.fresh_id(&[]);
+        let send = self.fresh_id(&[init]);
+        let recv = self.fresh_id(&[init, send]);
+        InitIds { init, send, recv }
     }
 
     /// Seals `body` for `peer` (see the module documentation, §3, for what is
@@ -800,7 +858,7 @@ impl SessionStore {
         let encoded =
             Zeroizing::new(postcard::to_stdvec(body).map_err(|_| EnvelopeError::Internal)?);
         let padded = Zeroizing::new(pad_encoded(&encoded)?);
-        let id = self.fresh_id();
+        let id = self.fresh_ids();
         let config = self.config.clone();
         let entry = self.peers.entry(*peer).or_default();
         let fresh_pending = entry.has_fresh_pending(now, &config);
@@ -819,14 +877,19 @@ impl SessionStore {
                 forward_secret: true,
             });
         }
-        let envelope = if fresh_pending {
-            envelope::seal(me, peer, body)?
+        let (envelope, renewal) = if fresh_pending {
+            (envelope::seal(me, peer, body)?, None)
+        } else if padded.len() > MAX_INIT_BUCKET {
+            // Too long for an init beside the direction ids: a one-shot
+            // carries it, and a bare init starts the session.
+            let init = start_init(entry, me, peer, id, now, bare_payload()?)?;
+            (envelope::seal(me, peer, body)?, Some(init))
         } else {
-            start_init(entry, me, peer, id, now, padded)?
+            (start_init(entry, me, peer, id, now, padded)?, None)
         };
         Ok(Sealed {
             envelope,
-            renewal: None,
+            renewal,
             forward_secret: false,
         })
     }
@@ -878,9 +941,10 @@ impl SessionStore {
         let init = layout::parse_init(rest)?;
         let read = noise::read_init(me, &init.id, init.created_at_ms, init.msg1)?;
         let sender = read.sender;
+        let (ids, padded) = split_init_payload(init.id, &read.payload)?;
         let mut received = Received {
             sender,
-            body: body_of(&read.payload)?,
+            body: body_of(padded)?,
             forward_secret: false,
             reply: None,
             peer_went_back: false,
@@ -893,8 +957,11 @@ impl SessionStore {
         }
         let lifetime = millis(self.config.init_lifetime);
         let stale = now.saturating_sub(init.created_at_ms) >= lifetime / 2;
-        // An id some other peer uses is refused a session: ids must name one session.
-        if stale || self.id_in_use(&init.id) {
+        // An id already in use is refused a session: ids must name one session.
+        let taken = [ids.init, ids.send, ids.recv]
+            .iter()
+            .any(|id| self.id_in_use(id));
+        if stale || taken {
             return Ok(received);
         }
         let owner_wins = self.owner < sender;
@@ -909,7 +976,7 @@ impl SessionStore {
             return Ok(received);
         }
         let (msg2, keys) = read.accept()?;
-        let mut session = Session::new(init.id, Role::Responder, init.created_at_ms, keys, msg2);
+        let mut session = Session::new(ids, Role::Responder, init.created_at_ms, keys, msg2);
         received.reply = Some(session.seal(&bare_payload()?)?);
         entry.push(session, now, &config);
         Ok(received)
@@ -924,7 +991,7 @@ impl SessionStore {
         let accept = layout::parse_accept(envelope)?;
         let config = self.config.clone();
         for (peer, entry) in self.peers.iter_mut() {
-            if let Some(at) = entry.sessions.iter().position(|s| s.id == accept.id) {
+            if let Some(at) = entry.sessions.iter().position(|s| s.recv_id == accept.id) {
                 // Only the responder sends kind 3, always with the message 2
                 // the session was completed with.
                 let session = &entry.sessions[at];
@@ -933,7 +1000,7 @@ impl SessionStore {
                 }
                 return open_on(*peer, entry, at, &accept.transport, now, &config);
             }
-            let Some(at) = entry.pending.iter().position(|p| p.id == accept.id) else {
+            let Some(at) = entry.pending.iter().position(|p| p.recv_id == accept.id) else {
                 continue;
             };
             let pending = &entry.pending[at];
@@ -946,8 +1013,13 @@ impl SessionStore {
                 &pending.payload,
                 accept.msg2,
             )?;
+            let ids = InitIds {
+                init: pending.id,
+                send: pending.send_id,
+                recv: pending.recv_id,
+            };
             let mut session = Session::new(
-                pending.id,
+                ids,
                 Role::Initiator,
                 pending.created_at_ms,
                 keys,
@@ -979,7 +1051,7 @@ impl SessionStore {
         let message = layout::parse_message(envelope)?;
         let config = self.config.clone();
         for (peer, entry) in self.peers.iter_mut() {
-            let Some(at) = entry.sessions.iter().position(|s| s.id == message.id) else {
+            let Some(at) = entry.sessions.iter().position(|s| s.recv_id == message.id) else {
                 continue;
             };
             return open_on(*peer, entry, at, &message.transport, now, &config);
@@ -1014,7 +1086,7 @@ impl SessionStore {
         self.check_owner(me)?;
         let now = now_ms(now);
         self.erase_expired_ms(now);
-        let id = self.fresh_id();
+        let id = self.fresh_ids();
         let config = self.config.clone();
         let entry = self.peers.entry(*peer).or_default();
         if entry.has_fresh_pending(now, &config) {
@@ -1086,19 +1158,64 @@ fn open_on(
     })
 }
 
-/// Writes a new init to `peer` carrying `payload`, and keeps it pending.
+/// Message 1's payload: the direction ids, then the padded body.
+fn init_payload(ids: &InitIds, padded: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut payload = Zeroizing::new(Vec::with_capacity(INIT_IDS_LEN + padded.len()));
+    payload.extend_from_slice(&ids.send.0);
+    payload.extend_from_slice(&ids.recv.0);
+    payload.extend_from_slice(padded);
+    payload
+}
+
+/// The ids and the padded body in message 1's payload. A payload that is a
+/// bucket exactly comes from a client of before direction ids: its one id
+/// names both directions.
+fn split_init_payload(init: SessionId, payload: &[u8]) -> Result<(InitIds, &[u8]), EnvelopeError> {
+    if BUCKETS.contains(&payload.len()) {
+        return Ok((
+            InitIds {
+                init,
+                send: init,
+                recv: init,
+            },
+            payload,
+        ));
+    }
+    let (send, rest) = payload
+        .split_first_chunk::<16>()
+        .ok_or(EnvelopeError::Decrypt)?;
+    let (recv, padded) = rest
+        .split_first_chunk::<16>()
+        .ok_or(EnvelopeError::Decrypt)?;
+    let ids = InitIds {
+        init,
+        send: SessionId(*send),
+        recv: SessionId(*recv),
+    };
+    // Three ids that must each name one thing.
+    if ids.send == ids.recv || ids.send == init || ids.recv == init {
+        return Err(EnvelopeError::Malformed("session ids used twice"));
+    }
+    Ok((ids, padded))
+}
+
+/// Writes a new init to `peer` carrying `padded`, and keeps it pending.
 fn start_init(
     entry: &mut Peer,
     me: &SecretKey,
     peer: &PublicKey,
-    id: SessionId,
+    ids: InitIds,
     now: u64,
-    payload: Zeroizing<Vec<u8>>,
+    padded: Zeroizing<Vec<u8>>,
 ) -> Result<Vec<u8>, EnvelopeError> {
     let ephemeral = noise::new_ephemeral();
+    let payload = init_payload(&ids, &padded);
+    let id = ids.init;
     let (_, msg1) = noise::write_init(me, peer, &id, now, &ephemeral, &payload)?;
     entry.pending.push(PendingInit {
         id,
+        send_id: ids.send,
+        recv_id: ids.recv,
         created_at_ms: now,
         ephemeral,
         payload,

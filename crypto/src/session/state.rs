@@ -7,11 +7,13 @@
 //! strings as varint length + bytes, `Option` as a 0/1 byte then the value).
 //! It holds every session key: sealed, it goes to disk; in the clear, nowhere.
 //!
-//! Version 1 was written by builds whose transport counted its nonces; its
-//! states are still read ([`legacy`]): every key, pending init and seen id is
-//! kept, the counters and replay windows are dropped (nonces are random now,
-//! and a replay the windows would have caught is still shown once, by message
-//! id). What is written is always the current version.
+//! Older versions are still read ([`legacy`]), every key, pending init and
+//! seen id kept: version 1 was written by builds whose transport counted its
+//! nonces (the counters and replay windows are dropped: nonces are random
+//! now, and a replay the windows would have caught is still shown once, by
+//! message id); version 2 by builds whose sessions had one id for both
+//! directions (such a session keeps its one id as both of its direction ids
+//! until it is renewed). What is written is always the current version.
 
 use std::collections::BTreeMap;
 
@@ -20,17 +22,19 @@ use sotto_keys::{PublicKey, SecretKey};
 use zeroize::Zeroizing;
 
 use super::{
-    Peer, SessionConfig, SessionStore, MAX_ERASED_PER_PEER, MAX_PENDING_PER_PEER,
-    MAX_SEEN_PER_PEER, MAX_SESSIONS_PER_PEER,
+    Peer, SessionConfig, SessionStore, INIT_IDS_LEN, MAX_ERASED_PER_PEER, MAX_INIT_BUCKET,
+    MAX_PENDING_PER_PEER, MAX_SEEN_PER_PEER, MAX_SESSIONS_PER_PEER,
 };
 use crate::at_rest::{AtRestError, AtRestKey};
 use crate::envelope::BUCKETS;
 use crate::error::SessionStateError;
 
 /// Format version of the encoded and the sealed state.
-pub const STATE_VERSION: u8 = 2;
+pub const STATE_VERSION: u8 = 3;
 /// The version before random transport nonces, still read.
-const LEGACY_VERSION: u8 = 1;
+const COUNTED_NONCES_VERSION: u8 = 1;
+/// The version before direction ids, still read.
+const ONE_ID_VERSION: u8 = 2;
 /// Largest encoded or sealed state accepted.
 pub const MAX_STATE_LEN: usize = 64 << 20;
 /// The first bytes of a sealed state.
@@ -104,7 +108,8 @@ impl SessionStore {
                 Ok((state, [])) => state,
                 _ => return Err(SessionStateError::Malformed("undecodable state")),
             },
-            LEGACY_VERSION => legacy::decode(rest)?,
+            COUNTED_NONCES_VERSION => legacy::decode_v1(rest)?,
+            ONE_ID_VERSION => legacy::decode_v2(rest)?,
             other => return Err(SessionStateError::UnsupportedVersion(other)),
         };
         let store = Self {
@@ -131,20 +136,36 @@ impl SessionStore {
             {
                 return Err(SessionStateError::Malformed("more entries than allowed"));
             }
+            let holds_a_payload = |len: usize| {
+                BUCKETS.contains(&len)
+                    || len
+                        .checked_sub(INIT_IDS_LEN)
+                        .is_some_and(|b| b <= MAX_INIT_BUCKET && BUCKETS.contains(&b))
+            };
             if peer
                 .pending
                 .iter()
-                .any(|p| !BUCKETS.contains(&p.payload.len()))
+                .any(|p| !holds_a_payload(p.payload.len()))
             {
                 return Err(SessionStateError::Malformed(
                     "pending payload off its bucket",
                 ));
             }
+            // A session of an older state has one id for both directions.
             let own = peer
                 .sessions
                 .iter()
-                .map(|s| s.id)
-                .chain(peer.pending.iter().map(|p| p.id));
+                .flat_map(|s| {
+                    let recv = (s.recv_id != s.id).then_some(s.recv_id);
+                    let send = (s.send_id != s.id).then_some(s.send_id);
+                    [Some(s.id), send, recv]
+                })
+                .chain(peer.pending.iter().flat_map(|p| {
+                    let recv = (p.recv_id != p.id).then_some(p.recv_id);
+                    let send = (p.send_id != p.id).then_some(p.send_id);
+                    [Some(p.id), send, recv]
+                }))
+                .flatten();
             for id in own {
                 if !ids.insert(id) {
                     return Err(SessionStateError::Malformed("session id used twice"));
@@ -191,7 +212,7 @@ impl SessionStore {
             return Err(SessionStateError::Decrypt);
         }
         let version = header[SEALED_MAGIC.len()];
-        if version != STATE_VERSION && version != LEGACY_VERSION {
+        if ![STATE_VERSION, ONE_ID_VERSION, COUNTED_NONCES_VERSION].contains(&version) {
             return Err(SessionStateError::UnsupportedVersion(version));
         }
         let plain = state_key(me)?.open(header, rest).map_err(|e| match e {
@@ -206,7 +227,7 @@ impl SessionStore {
     }
 }
 
-/// Version 1 of the state, as builds with counted transport nonces wrote it.
+/// The states of older versions.
 pub(super) mod legacy {
     use std::collections::BTreeMap;
 
@@ -218,15 +239,16 @@ pub(super) mod legacy {
     use crate::error::SessionStateError;
     use crate::session::noise::{CipherKey, SplitKeys, MSG2_LEN};
     use crate::session::replay::RecentNonces;
-    use crate::session::{Peer, Role, SeenInit, Session, SessionId};
+    use crate::session::{ErasedSession, Peer, PendingInit, Role, SeenInit, Session, SessionId};
 
     #[derive(Deserialize)]
     #[cfg_attr(test, derive(serde::Serialize))]
-    struct StateV1 {
+    struct StateV<P> {
         owner: PublicKey,
-        peers: BTreeMap<PublicKey, PeerV1>,
+        peers: BTreeMap<PublicKey, P>,
     }
 
+    /// Version 1: counted nonces and a replay window.
     #[derive(Deserialize)]
     #[cfg_attr(test, derive(serde::Serialize))]
     struct PeerV1 {
@@ -258,6 +280,8 @@ pub(super) mod legacy {
         _seen: [u64; 16],
     }
 
+    /// A pending init of versions 1 and 2: one id, a payload that is the
+    /// padded body alone.
     #[derive(Deserialize)]
     #[cfg_attr(test, derive(serde::Serialize))]
     struct PendingV1 {
@@ -267,42 +291,77 @@ pub(super) mod legacy {
         payload: Zeroizing<Vec<u8>>,
     }
 
-    pub(super) fn decode(bytes: &[u8]) -> Result<StateOwned, SessionStateError> {
-        let state: StateV1 = match postcard::take_from_bytes(bytes) {
-            Ok((state, [])) => state,
-            _ => return Err(SessionStateError::Malformed("undecodable state")),
-        };
+    /// Version 2: random nonces, one id for both directions.
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(serde::Serialize))]
+    struct PeerV2 {
+        sessions: Vec<SessionV2>,
+        pending: Vec<PendingV1>,
+        seen: Vec<SeenInit>,
+        erased: Vec<ErasedSession>,
+    }
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(serde::Serialize))]
+    struct SessionV2 {
+        id: SessionId,
+        role: Role,
+        created_at_ms: u64,
+        keys: SplitKeys,
+        #[serde(with = "serde_bytes")]
+        accept: [u8; MSG2_LEN],
+        sent: u64,
+        recent: RecentNonces,
+        peer_first_sent_ms: Option<u64>,
+        confirmed_at_ms: Option<u64>,
+        superseded_at_ms: Option<u64>,
+    }
+
+    fn pending(p: PendingV1) -> PendingInit {
+        PendingInit {
+            id: p.id,
+            send_id: p.id,
+            recv_id: p.id,
+            created_at_ms: p.created_at_ms,
+            ephemeral: p.ephemeral,
+            payload: p.payload,
+        }
+    }
+
+    fn take<P: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<StateV<P>, SessionStateError> {
+        match postcard::take_from_bytes(bytes) {
+            Ok((state, [])) => Ok(state),
+            _ => Err(SessionStateError::Malformed("undecodable state")),
+        }
+    }
+
+    pub(super) fn decode_v1(bytes: &[u8]) -> Result<StateOwned, SessionStateError> {
+        let state: StateV<PeerV1> = take(bytes)?;
         let peers = state
             .peers
             .into_iter()
             .map(|(key, p)| {
+                let sessions = p
+                    .sessions
+                    .into_iter()
+                    .map(|s| Session {
+                        id: s.id,
+                        send_id: s.id,
+                        recv_id: s.id,
+                        role: s.role,
+                        created_at_ms: s.created_at_ms,
+                        keys: s.keys,
+                        accept: s.accept,
+                        sent: s.sent,
+                        recent: RecentNonces::default(),
+                        peer_first_sent_ms: None,
+                        confirmed_at_ms: s.confirmed_at_ms,
+                        superseded_at_ms: s.superseded_at_ms,
+                    })
+                    .collect();
                 let peer = Peer {
-                    sessions: p
-                        .sessions
-                        .into_iter()
-                        .map(|s| Session {
-                            id: s.id,
-                            role: s.role,
-                            created_at_ms: s.created_at_ms,
-                            keys: s.keys,
-                            accept: s.accept,
-                            sent: s.sent,
-                            recent: RecentNonces::default(),
-                            peer_first_sent_ms: None,
-                            confirmed_at_ms: s.confirmed_at_ms,
-                            superseded_at_ms: s.superseded_at_ms,
-                        })
-                        .collect(),
-                    pending: p
-                        .pending
-                        .into_iter()
-                        .map(|i| crate::session::PendingInit {
-                            id: i.id,
-                            created_at_ms: i.created_at_ms,
-                            ephemeral: i.ephemeral,
-                            payload: i.payload,
-                        })
-                        .collect(),
+                    sessions,
+                    pending: p.pending.into_iter().map(pending).collect(),
                     seen: p.seen,
                     erased: Vec::new(),
                 };
@@ -315,8 +374,48 @@ pub(super) mod legacy {
         })
     }
 
+    pub(super) fn decode_v2(bytes: &[u8]) -> Result<StateOwned, SessionStateError> {
+        let state: StateV<PeerV2> = take(bytes)?;
+        let peers = state
+            .peers
+            .into_iter()
+            .map(|(key, p)| {
+                let sessions = p
+                    .sessions
+                    .into_iter()
+                    .map(|s| Session {
+                        id: s.id,
+                        send_id: s.id,
+                        recv_id: s.id,
+                        role: s.role,
+                        created_at_ms: s.created_at_ms,
+                        keys: s.keys,
+                        accept: s.accept,
+                        sent: s.sent,
+                        recent: s.recent,
+                        peer_first_sent_ms: s.peer_first_sent_ms,
+                        confirmed_at_ms: s.confirmed_at_ms,
+                        superseded_at_ms: s.superseded_at_ms,
+                    })
+                    .collect();
+                let peer = Peer {
+                    sessions,
+                    pending: p.pending.into_iter().map(pending).collect(),
+                    seen: p.seen,
+                    erased: p.erased,
+                };
+                (key, peer)
+            })
+            .collect();
+        Ok(StateOwned {
+            owner: state.owner,
+            peers,
+        })
+    }
+
     /// A store as a version 1 build would have encoded it (counters at 0,
-    /// empty windows), for the upgrade test.
+    /// empty windows), for the upgrade test: its sessions and pending inits
+    /// must have one id each (made by [`one_id`]).
     #[cfg(test)]
     pub(in crate::session) fn encode_v1(store: &crate::session::SessionStore) -> Vec<u8> {
         let peers = store
@@ -343,34 +442,102 @@ pub(super) mod legacy {
                             superseded_at_ms: s.superseded_at_ms,
                         })
                         .collect(),
-                    pending: p
-                        .pending
+                    pending: p.pending.iter().map(pending_v1).collect(),
+                    seen: p.seen.iter().map(seen).collect(),
+                };
+                (*key, peer)
+            })
+            .collect();
+        encode(
+            super::COUNTED_NONCES_VERSION,
+            &StateV {
+                owner: store.owner,
+                peers,
+            },
+        )
+    }
+
+    /// The same as a version 2 build would have encoded it.
+    #[cfg(test)]
+    pub(in crate::session) fn encode_v2(store: &crate::session::SessionStore) -> Vec<u8> {
+        let peers = store
+            .peers
+            .iter()
+            .map(|(key, p)| {
+                let peer = PeerV2 {
+                    sessions: p
+                        .sessions
                         .iter()
-                        .map(|i| PendingV1 {
-                            id: i.id,
-                            created_at_ms: i.created_at_ms,
-                            ephemeral: i.ephemeral.clone(),
-                            payload: i.payload.clone(),
+                        .map(|s| SessionV2 {
+                            id: s.id,
+                            role: s.role,
+                            created_at_ms: s.created_at_ms,
+                            keys: s.keys.clone(),
+                            accept: s.accept,
+                            sent: s.sent,
+                            recent: s.recent.clone(),
+                            peer_first_sent_ms: s.peer_first_sent_ms,
+                            confirmed_at_ms: s.confirmed_at_ms,
+                            superseded_at_ms: s.superseded_at_ms,
                         })
                         .collect(),
-                    seen: p
-                        .seen
+                    pending: p.pending.iter().map(pending_v1).collect(),
+                    seen: p.seen.iter().map(seen).collect(),
+                    erased: p
+                        .erased
                         .iter()
-                        .map(|s| SeenInit {
-                            id: s.id,
-                            forget_at_ms: s.forget_at_ms,
+                        .map(|e| ErasedSession {
+                            id: e.id,
+                            forget_at_ms: e.forget_at_ms,
                         })
                         .collect(),
                 };
                 (*key, peer)
             })
             .collect();
-        let state = StateV1 {
-            owner: store.owner,
-            peers,
-        };
-        let mut out = vec![super::LEGACY_VERSION];
-        out.extend(postcard::to_stdvec(&state).expect("encode"));
+        encode(
+            super::ONE_ID_VERSION,
+            &StateV {
+                owner: store.owner,
+                peers,
+            },
+        )
+    }
+
+    #[cfg(test)]
+    fn pending_v1(i: &PendingInit) -> PendingV1 {
+        PendingV1 {
+            id: i.id,
+            created_at_ms: i.created_at_ms,
+            ephemeral: i.ephemeral.clone(),
+            payload: i.payload.clone(),
+        }
+    }
+
+    #[cfg(test)]
+    fn seen(s: &SeenInit) -> SeenInit {
+        SeenInit {
+            id: s.id,
+            forget_at_ms: s.forget_at_ms,
+        }
+    }
+
+    #[cfg(test)]
+    fn encode<T: serde::Serialize>(version: u8, state: &T) -> Vec<u8> {
+        let mut out = vec![version];
+        out.extend(postcard::to_stdvec(state).expect("encode"));
         out
+    }
+
+    /// Makes every session and pending init of `store` use one id for both
+    /// directions, as the stores of older versions did.
+    #[cfg(test)]
+    pub(in crate::session) fn one_id(store: &mut crate::session::SessionStore) {
+        for peer in store.peers.values_mut() {
+            for s in &mut peer.sessions {
+                s.send_id = s.id;
+                s.recv_id = s.id;
+            }
+        }
     }
 }

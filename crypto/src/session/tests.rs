@@ -92,6 +92,25 @@ impl Party {
     fn current(&self, peer: &Party) -> SessionId {
         self.store.peers[&peer.public()].sessions.last().unwrap().id
     }
+
+    /// The session (its init's id) that an envelope's id names here, as
+    /// sent or received, if any.
+    fn session_of(&self, envelope: &[u8]) -> Option<SessionId> {
+        let wire = session_id(envelope);
+        self.store.peers.values().find_map(|p| {
+            let session = p
+                .sessions
+                .iter()
+                .find(|s| s.id == wire || s.send_id == wire || s.recv_id == wire)
+                .map(|s| s.id);
+            session.or_else(|| {
+                p.pending
+                    .iter()
+                    .find(|i| i.id == wire || i.send_id == wire || i.recv_id == wire)
+                    .map(|i| i.id)
+            })
+        })
+    }
 }
 
 /// a initiates, b answers with the bare accept, a confirms with a kind 4:
@@ -161,11 +180,19 @@ fn init_offline_then_accept_then_forward_secret_both_ways() {
     );
     assert_eq!(a.read(&b, &five.envelope, T0 + 3 * HOUR), "five");
 
-    // Every envelope of one session names it.
+    // Every envelope of one session names it, to both sides; but what the
+    // relay sees differs per direction: the init's id, one id on what a
+    // sends, another on what b sends.
     let id = session_id(&first.envelope);
     for e in [&accept, &three.envelope, &four.envelope, &five.envelope] {
-        assert_eq!(session_id(e), id);
+        assert_eq!(a.session_of(e), Some(id));
+        assert_eq!(b.session_of(e), Some(id));
     }
+    let from_a = session_id(&four.envelope);
+    let from_b = session_id(&five.envelope);
+    assert_eq!(session_id(&accept), from_b);
+    assert_eq!(session_id(&three.envelope), from_b);
+    assert!(id != from_a && id != from_b && from_a != from_b);
 }
 
 #[test]
@@ -223,8 +250,7 @@ fn restore_after_restart_continues_the_session_and_its_recent_nonces() {
     );
     assert_eq!(b.read(&a, &in_flight.envelope, now + 3), "in flight");
     let after = a.seal(&b, "after", now + 4);
-    let parsed = layout::parse_message(&after.envelope).unwrap();
-    assert_eq!(parsed.id, id);
+    assert_eq!(a.session_of(&after.envelope), Some(id));
     assert_eq!(b.read(&a, &after.envelope, now + 5), "after");
     let reply = b.seal(&a, "reply", now + 6);
     assert_eq!(kind(&reply.envelope), KIND_SESSION_MESSAGE);
@@ -295,14 +321,14 @@ fn a_peer_restored_to_before_a_renewal_is_answered_on_the_session_it_holds() {
     a.store = SessionStore::open_state(&a.key, &backup, config).unwrap();
     assert_eq!(a.current(&b), old);
     let m = a.seal(&b, "after the restore", now);
-    assert_eq!(session_id(&m.envelope), old);
+    assert_eq!(a.session_of(&m.envelope), Some(old));
     let got = b.open(&m.envelope, now).unwrap();
     assert!(got.peer_went_back);
     assert_eq!(b.current(&a), old);
     // b's answer opens on the restored side; a message on the newer session
     // would not.
     let answer = b.seal(&a, "answer", now + 1);
-    assert_eq!(session_id(&answer.envelope), old);
+    assert_eq!(b.session_of(&answer.envelope), Some(old));
     assert_eq!(a.read(&b, &answer.envelope, now + 2), "answer");
     // Going on, nothing more is flagged.
     let m = a.seal(&b, "and on", now + 3);
@@ -347,7 +373,7 @@ fn an_envelope_on_an_erased_session_names_its_peer_and_a_restart_recovers() {
     let config = a.store.config().clone();
     a.store = SessionStore::open_state(&a.key, &backup, config).unwrap();
     let lost = a.seal(&b, "sealed on an erased session", now);
-    assert_eq!(session_id(&lost.envelope), old);
+    assert_eq!(a.session_of(&lost.envelope), Some(old));
     assert_eq!(
         b.open(&lost.envelope, now),
         Err(EnvelopeError::ErasedSession { peer: a.public() })
@@ -380,7 +406,7 @@ fn an_envelope_on_an_erased_session_names_its_peer_and_a_restart_recovers() {
     }
     let m = a.seal(&b, "on the new session", now + 6);
     assert!(m.forward_secret);
-    assert_ne!(session_id(&m.envelope), old);
+    assert_ne!(a.session_of(&m.envelope), Some(old));
     assert_eq!(b.read(&a, &m.envelope, now + 7), "on the new session");
     let m = b.seal(&a, "and back", now + 8);
     assert_eq!(a.read(&b, &m.envelope, now + 9), "and back");
@@ -475,7 +501,7 @@ fn simultaneous_init(lower_first: bool) {
     let at_b = b.open(&from_a.envelope, T0 + 3).unwrap();
     assert!(matches!(&at_b.body, Some(Body { content: Content::Text(t), .. }) if t == "from a"));
     let reply = at_b.reply.expect("the loser answers the winner's init");
-    assert_eq!(session_id(&reply), session_id(&from_a.envelope));
+    assert_eq!(b.session_of(&reply), Some(session_id(&from_a.envelope)));
 
     assert_eq!(a.open(&reply, T0 + 4).unwrap().body, None);
     let x = a.seal(&b, "x", T0 + 5);
@@ -672,7 +698,7 @@ fn every_kind_pads_to_the_buckets_and_the_largest_fits() {
     let mut a = Party::new();
     let mut b = Party::new();
     let init = a.seal(&b, "hi", T0);
-    assert_eq!(init.envelope.len(), 122 + 256);
+    assert_eq!(init.envelope.len(), 154 + 256);
     let reply = b.open(&init.envelope, T0).unwrap().reply.unwrap();
     assert_eq!(reply.len(), 106 + 256);
     let three = b.seal(&a, &"y".repeat(300), T0);
@@ -683,10 +709,24 @@ fn every_kind_pads_to_the_buckets_and_the_largest_fits() {
 
     let overhead = postcard::to_stdvec(&text("")).unwrap().len() + 2;
     let largest = "a".repeat(MAX_BODY_LEN - overhead);
+    // The largest bucket does not fit an init beside its direction ids: a
+    // one-shot carries it, and a bare init starts the session.
     let mut c = Party::new();
-    let init = c.seal(&b, &largest, T0);
-    assert_eq!(init.envelope.len(), MAX_ENVELOPE_LEN);
-    assert!(b.open(&init.envelope, T0).is_ok());
+    let first = c.seal(&b, &largest, T0);
+    assert_eq!(kind(&first.envelope), KIND_ONE_SHOT);
+    assert!(first.envelope.len() <= MAX_ENVELOPE_LEN);
+    assert_eq!(b.read(&c, &first.envelope, T0), largest);
+    let bare = first.renewal.expect("a bare init beside it");
+    assert_eq!(kind(&bare), KIND_SESSION_INIT);
+    assert_eq!(bare.len(), 154 + 256);
+    assert_eq!(b.open(&bare, T0).unwrap().body, None);
+    // The largest init carries the largest bucket that fits.
+    let mut d = Party::new();
+    let big = "a".repeat(16_384 - overhead - 4);
+    let init = d.seal(&b, &big, T0);
+    assert_eq!(kind(&init.envelope), KIND_SESSION_INIT);
+    assert_eq!(init.envelope.len(), 154 + 16_384);
+    assert_eq!(b.read(&d, &init.envelope, T0), big);
     let four = a.seal(&b, &largest, T0);
     assert!(four.envelope.len() < MAX_ENVELOPE_LEN);
     assert_eq!(b.read(&a, &four.envelope, T0), largest);
@@ -723,7 +763,7 @@ fn renew(a: &mut Party, b: &mut Party, renewal: &[u8], now: u64) -> SessionId {
     a.open(&reply, now + 1).unwrap();
     assert_eq!(a.current(b), b.current(a));
     let confirm = a.seal(b, "on the new session", now + 2);
-    assert_eq!(session_id(&confirm.envelope), a.current(b));
+    assert_eq!(a.session_of(&confirm.envelope), Some(a.current(b)));
     assert_eq!(b.read(a, &confirm.envelope, now + 3), "on the new session");
     old
 }
@@ -923,19 +963,32 @@ fn state_round_trips_and_tampering_is_detected() {
     assert!(SessionStore::decode(&trailing, SessionConfig::default()).is_err());
 }
 
-/// A state written by a build whose transport counted nonces (version 1)
-/// still opens: its sessions go on, their keys unchanged.
+/// States written by older builds still open: version 1 (counted nonces)
+/// and version 2 (one session id for both directions). Their sessions go
+/// on, their keys unchanged.
 #[test]
-fn a_version_1_state_is_read_and_its_sessions_go_on() {
+fn older_states_are_read_and_their_sessions_go_on() {
+    for version in [1u8, 2] {
+        older_state_goes_on(version);
+    }
+}
+
+fn older_state_goes_on(version: u8) {
     let mut a = Party::new();
     let mut b = Party::new();
     let c = Party::new();
     let now = establish(&mut a, &mut b, T0);
+    // Both sides as those builds left them: one id per session.
+    state::legacy::one_id(&mut a.store);
+    state::legacy::one_id(&mut b.store);
     let _pending = a.seal(&c, "pending", now);
-    let v1 = state::legacy::encode_v1(&a.store);
-    assert_eq!(v1[0], 1);
+    let old = match version {
+        1 => state::legacy::encode_v1(&a.store),
+        _ => state::legacy::encode_v2(&a.store),
+    };
+    assert_eq!(old[0], version);
     let keys_before = a.store.vector_split_keys(&b.public());
-    a.store = SessionStore::decode(&v1, SessionConfig::default()).unwrap();
+    a.store = SessionStore::decode(&old, SessionConfig::default()).unwrap();
     assert_eq!(a.store.vector_split_keys(&b.public()), keys_before);
     assert_eq!(a.store.peers[&c.public()].pending.len(), 1);
     let m = a.seal(&b, "after the upgrade", now + 1);
@@ -1034,7 +1087,7 @@ fn after_erasure_both_static_keys_and_the_transcript_open_no_transport_message()
     transcript.push(m.envelope.clone());
     a.read(&b, &m.envelope, T0 + 22);
     let id = session_id(&init.envelope);
-    assert!(transcript.iter().all(|e| session_id(e) == id));
+    assert!(transcript.iter().all(|e| a.session_of(e) == Some(id)));
     let transport_messages: Vec<&Vec<u8>> = transcript[1..].iter().collect();
 
     // What the thief lacks, captured here only to show afterwards that it is
@@ -1084,15 +1137,20 @@ fn after_erasure_both_static_keys_and_the_transcript_open_no_transport_message()
     }
 
     // Route 1: the stolen states themselves.
+    // (Each side remembers the ids of what it received on an erased
+    // session; its own envelopes' ids it never expects to receive.)
     for e in &transport_messages {
-        assert_eq!(
-            stolen_a.open(&a.key, e, at(now), |_| true),
-            Err(EnvelopeError::ErasedSession { peer: b.public() })
-        );
-        assert_eq!(
-            stolen_b.open(&b.key, e, at(now), |_| true),
-            Err(EnvelopeError::ErasedSession { peer: a.public() })
-        );
+        for (stolen, key, peer) in [
+            (&mut stolen_a, &a.key, b.public()),
+            (&mut stolen_b, &b.key, a.public()),
+        ] {
+            let got = stolen.open(key, e, at(now), |_| true);
+            assert!(
+                got == Err(EnvelopeError::ErasedSession { peer })
+                    || got == Err(EnvelopeError::UnknownSession),
+                "{got:?}"
+            );
+        }
     }
 
     // Route 2: replay the handshake as the responder with b's static key. It
@@ -1102,7 +1160,8 @@ fn after_erasure_both_static_keys_and_the_transcript_open_no_transport_message()
     for _ in 0..3 {
         let read = noise::read_init(&b.key, &parsed.id, parsed.created_at_ms, parsed.msg1).unwrap();
         assert_eq!(read.sender, a.public());
-        let replayed = body_of(&read.payload).unwrap().unwrap();
+        let (_, padded) = split_init_payload(parsed.id, &read.payload).unwrap();
+        let replayed = body_of(padded).unwrap().unwrap();
         assert_eq!(
             replayed.content,
             Content::Text("init: sealed with es and ss only".into())
@@ -1184,10 +1243,15 @@ proptest! {
         let mut a = Party::new();
         let mut b = Party::new();
         let now = establish(&mut a, &mut b, T0);
-        let pending = a.seal(&Party::new(), "pending", now);
+        let _pending = a.seal(&Party::new(), "pending", now);
         let mut envelope = vec![ENVELOPE_VERSION, kind_byte];
         if keep_id {
-            let id = if kind_byte == KIND_SESSION_ACCEPT { session_id(&pending.envelope) } else { a.current(&b) };
+            // The ids a names its incoming kind 3 and 4 envelopes by.
+            let id = if kind_byte == KIND_SESSION_ACCEPT {
+                a.store.peers.values().flat_map(|p| p.pending.iter()).next().unwrap().recv_id
+            } else {
+                a.store.peers[&b.public()].sessions.last().unwrap().recv_id
+            };
             envelope.extend_from_slice(&id.0);
         }
         envelope.extend_from_slice(&bytes);
