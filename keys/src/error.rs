@@ -156,6 +156,13 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A delivery token string that could not be read (never echoed: it is a
+    /// capability).
+    #[error("invalid delivery token: {reason}")]
+    InvalidToken {
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Says which kind of access other users have, for [`Error::InsecurePermissions`].

@@ -11,6 +11,8 @@
 //! - [`relay_addr`]: relay addresses (`host:port`);
 //! - [`contacts`]: `contacts.toml`, names for keys, edited by people and by `sotto`;
 //! - [`safety`]: safety numbers that two people compare to verify each other's key;
+//! - [`token`]: delivery tokens, the capability to deliver to a mailbox
+//!   (`sottotoken1...`), zeroized, compared in constant time, never in `Debug`;
 //! - [`invite`]: one string bundling a key, a relay and the relay's key;
 //! - [`error`]: the error types.
 //!
@@ -31,6 +33,7 @@ pub mod public;
 pub mod relay_addr;
 pub mod safety;
 pub mod secret;
+pub mod token;
 
 pub use contacts::{Contact, ContactBook, ContactName, Group};
 pub use error::{Error, KeyStringError};
@@ -40,3 +43,4 @@ pub use public::{PublicKey, RelayKey, PUBLIC_KEY_LEN};
 pub use relay_addr::RelayAddr;
 pub use safety::{safety_number, SafetyNumber};
 pub use secret::SecretKey;
+pub use token::DeliveryToken;
