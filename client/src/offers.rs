@@ -20,23 +20,29 @@
 //! ([`crate::sessions`]), so `inbox`, `chat` and `receive-all` running at once
 //! never lose each other's changes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use sotto_crypto::at_rest::AtRestKey;
 use sotto_crypto::envelope::MessageId;
 use sotto_crypto::file::{FileId, FileOffer};
 use sotto_keys::{PublicKey, SecretKey};
 
+use crate::sealed_list::{Layout, SealedList};
+
 /// At most this many offers wait; the relay keeps at most 1,000 files per
 /// recipient by default, so this is far beyond what one relay sends.
 pub const MAX_OFFERS: usize = 10_000;
-/// Largest file accepted (each offer is well under 1 KiB).
-const MAX_FILE_LEN: u64 = 16 << 20;
-const MAGIC: &[u8; 16] = b"sotto-offers\0\0\0\0";
-const VERSION: u8 = 1;
-const KEY_LABEL: &[u8] = b"sotto offers key v1";
+
+static LAYOUT: Layout = Layout {
+    magic: b"sotto-offers\0\0\0\0",
+    version: 1,
+    key_label: b"sotto offers key v1",
+    // Each offer is well under 1 KiB.
+    max_file_len: 16 << 20,
+    max_entries: MAX_OFFERS,
+    what_is_lost: "the files it lists",
+};
 
 /// An offer waiting for its file to be downloaded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,49 +72,17 @@ pub enum Added {
 
 /// The offers of one home, as loaded.
 pub struct Offers {
-    path: PathBuf,
-    key: AtRestKey,
+    file: SealedList,
     list: Vec<StoredOffer>,
-}
-
-fn header() -> [u8; 17] {
-    let mut h = [0u8; 17];
-    h[..16].copy_from_slice(MAGIC);
-    h[16] = VERSION;
-    h
 }
 
 impl Offers {
     /// Loads the offers at `path` (none if there is no file) for `me`.
     /// Callers hold the session lock from here until after [`Offers::save`].
     pub fn load(path: &Path, me: &SecretKey) -> Result<Self> {
-        let key = AtRestKey::derive(me, KEY_LABEL)
-            .map_err(|e| anyhow!("cannot derive the key of {}: {e}", path.display()))?;
-        let mut offers = Self {
-            path: path.to_path_buf(),
-            key,
-            list: Vec::new(),
-        };
-        let Some(bytes) = crate::sessions::read_private(path, MAX_FILE_LEN)? else {
-            return Ok(offers);
-        };
-        let p = path.display();
-        let header = header();
-        let sealed = match bytes.strip_prefix(&header[..]) {
-            Some(sealed) => sealed,
-            None if bytes.starts_with(MAGIC) => bail!(
-                "{p} was written by another version of sotto; upgrade sotto to receive the files it lists"
-            ),
-            None => bail!("{p} is not a file of offers; move it away (the files it lists are lost)"),
-        };
-        let plain = offers.key.open(&header, sealed).map_err(|_| {
-            anyhow!("{p} is corrupt or was written with another identity key; move it away (the files it lists are lost)")
-        })?;
-        offers.list = match decode_list(&plain) {
-            Some(list) => list,
-            None => bail!("{p} does not decode; move it away (the files it lists are lost)"),
-        };
-        Ok(offers)
+        let file = SealedList::new(path, me, &LAYOUT)?;
+        let list = file.load()?;
+        Ok(Self { file, list })
     }
 
     /// Keeps `offer` unless it is kept already or too many wait.
@@ -141,39 +115,14 @@ impl Offers {
     /// Seals and writes the offers atomically (0600). With none left the
     /// file is removed.
     pub fn save(&self) -> Result<()> {
-        if self.list.is_empty() {
-            return match std::fs::remove_file(&self.path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => {
-                    Err(anyhow::Error::new(e)
-                        .context(format!("cannot remove {}", self.path.display())))
-                }
-            };
-        }
-        let plain = zeroize::Zeroizing::new(
-            postcard::to_stdvec(&self.list)
-                .map_err(|e| anyhow!("cannot encode the offers: {e}"))?,
-        );
-        let header = header();
-        let sealed = self
-            .key
-            .seal(&header, &plain)
-            .map_err(|e| anyhow!("cannot seal the offers: {e}"))?;
-        let mut out = Vec::with_capacity(header.len() + sealed.len());
-        out.extend_from_slice(&header);
-        out.extend_from_slice(&sealed);
-        crate::config::write_atomic(&self.path, &out)
+        self.file.save(&self.list)
     }
 }
 
 /// The list of offers in an opened file: postcard, nothing left over, at
 /// most [`MAX_OFFERS`].
 pub(crate) fn decode_list(plain: &[u8]) -> Option<Vec<StoredOffer>> {
-    match postcard::take_from_bytes::<Vec<StoredOffer>>(plain) {
-        Ok((list, [])) if list.len() <= MAX_OFFERS => Some(list),
-        _ => None,
-    }
+    crate::sealed_list::decode(plain, MAX_OFFERS)
 }
 
 #[cfg(test)]
