@@ -81,6 +81,12 @@ impl Home {
         self.dir.join("offers.sealed")
     }
 
+    /// Envelopes sealed but not yet stored by their relay (see
+    /// [`crate::undelivered`]).
+    pub fn undelivered(&self) -> PathBuf {
+        self.dir.join("undelivered.sealed")
+    }
+
     /// Messages sent and received, sealed with the identity, for `sotto
     /// history` (see [`crate::history`]).
     pub fn history(&self) -> PathBuf {

@@ -19,6 +19,11 @@
 //!   every change to it (and to the seen store and the offers) holds;
 //! - [`offers`]: offers of files not yet received, kept sealed until the
 //!   file is in place;
+//! - [`routes`]: where an envelope for someone is delivered (their relay,
+//!   its key, their token);
+//! - [`undelivered`]: envelopes sealed but not yet stored by their relay,
+//!   kept sealed until they are;
+//! - [`sealed_list`]: the sealed, atomically rewritten list file both use;
 //! - [`presence`]: which contacts are online, from their live-only notices;
 //! - [`display`]: neutralising control characters from the network, times;
 //! - [`history`]: the local record of messages sent and shown, sealed with
@@ -59,10 +64,13 @@ pub mod offers;
 pub mod presence;
 pub mod publish;
 pub mod relay_client;
+pub mod routes;
 pub mod safe_name;
 pub mod screen;
+pub mod sealed_list;
 pub mod seen;
 pub mod sessions;
+pub mod undelivered;
 pub mod upload;
 pub mod upload_state;
 
