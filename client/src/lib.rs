@@ -21,6 +21,8 @@
 //!   file is in place;
 //! - [`routes`]: where an envelope for someone is delivered (their relay,
 //!   its key, their token);
+//! - [`delivery_pool`]: the delivery links a client writes on, one per relay
+//!   and recipient, each with its queue, reconnecting on its own;
 //! - [`undelivered`]: envelopes sealed but not yet stored by their relay,
 //!   kept sealed until they are;
 //! - [`sealed_list`]: the sealed, atomically rewritten list file both use;
@@ -52,6 +54,7 @@ use clap::Parser;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod delivery_pool;
 pub mod display;
 pub mod download;
 pub mod download_limits;
