@@ -66,12 +66,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::chat_view::View;
-use super::contact::{list_lines, unknown_contact};
 use super::inbox::{self, Files, ShownMessage};
 use super::send::{check_text, explain, MAX_TEXT_LEN};
 use super::{note, say, warn, Ctx};
 use crate::cli::ChatArgs;
 use crate::config::{Config, RelayPin};
+use crate::contacts::{list_lines, unknown_contact};
 use crate::history::{self, History};
 use crate::identity;
 use crate::presence::Roster;
@@ -971,7 +971,7 @@ impl Chat {
             return;
         };
         let lines = off_runtime(|| self.history.read_all())
-            .and_then(|entries| super::history::lines_for(&self.book, target.name(), &entries));
+            .and_then(|entries| crate::history::lines_for(&self.book, target.name(), &entries));
         match lines {
             Ok(lines) if lines.is_empty() => {
                 note(&format!("no messages with {} yet", target.name()))

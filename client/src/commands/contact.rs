@@ -11,6 +11,7 @@ use sotto_keys::{safety_number, Contact, ContactBook, ContactName, Invite, Publi
 
 use super::{note, warn, Ctx, Out};
 use crate::config::Config;
+use crate::contacts::{list_lines, unknown_contact};
 use crate::display::sanitize;
 use crate::identity;
 
@@ -94,37 +95,6 @@ pub fn list(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// One line per contact (`NAME  KEY  verified|unchecked  RELAY|-`), then one
-/// per group (`NAME  group  MEMBER,MEMBER`), names padded to line up.
-pub(crate) fn list_lines(book: &ContactBook) -> Vec<String> {
-    let width = book
-        .contacts()
-        .map(|c| c.name.as_str().len())
-        .chain(book.groups().iter().map(|g| g.name.as_str().len()))
-        .max()
-        .unwrap_or(0);
-    let mut lines: Vec<String> = book
-        .contacts()
-        .map(|c| {
-            let mark = if c.verified { "verified" } else { "unchecked" };
-            let relay = c
-                .relay
-                .as_ref()
-                .map_or_else(|| "-".to_owned(), ToString::to_string);
-            format!("{:<width$}  {}  {mark:<9}  {relay}", c.name.as_str(), c.key)
-        })
-        .collect();
-    for group in book.groups() {
-        let members: Vec<&str> = group.members.iter().map(ContactName::as_str).collect();
-        lines.push(format!(
-            "{:<width$}  group  {}",
-            group.name.as_str(),
-            members.join(",")
-        ));
-    }
-    lines
-}
-
 /// Runs `sotto contact remove NAME`.
 pub fn remove(ctx: &Ctx, name: &str) -> Result<()> {
     let mut book = load_book(ctx)?;
@@ -166,17 +136,6 @@ pub fn verify(ctx: &Ctx, name: &str, confirm: bool) -> Result<()> {
     Ok(())
 }
 
-/// The error for a name that is not in the book, with the command to fix it.
-pub(crate) fn unknown_contact(name: &str) -> anyhow::Error {
-    match name.parse::<ContactName>() {
-        Ok(valid) => anyhow!("unknown contact '{valid}': add them first with `sotto contact add {valid} KEY`"),
-        Err(_) => anyhow!(
-            "unknown contact '{}': contact names use only A-Z a-z 0-9 . _ - (see `sotto contact list`)",
-            sanitize(name)
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,39 +171,5 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("invalid key: "));
-    }
-
-    #[test]
-    fn unknown_contact_message_names_the_fix() {
-        assert_eq!(
-            unknown_contact("bob").to_string(),
-            "unknown contact 'bob': add them first with `sotto contact add bob KEY`"
-        );
-        assert!(!unknown_contact("b\x1bob").to_string().contains('\x1b'));
-    }
-
-    #[test]
-    fn the_list_has_one_aligned_line_per_contact_then_groups() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut book = ContactBook::load(&dir.path().join("contacts.toml")).unwrap();
-        let alice = PublicKey::from_bytes([1; 32]);
-        let bob = PublicKey::from_bytes([2; 32]);
-        book.add(Contact::new(
-            "alice".parse().unwrap(),
-            alice,
-            Some("r.example:1".parse().unwrap()),
-        ))
-        .unwrap();
-        book.add(Contact::new("bo".parse().unwrap(), bob, None))
-            .unwrap();
-        book.set_verified("alice", true).unwrap();
-        let lines = list_lines(&book);
-        assert_eq!(
-            lines,
-            vec![
-                format!("alice  {alice}  verified   r.example:1"),
-                format!("bo     {bob}  unchecked  -"),
-            ]
-        );
     }
 }

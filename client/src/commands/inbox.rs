@@ -40,7 +40,7 @@ use sotto_keys::{ContactBook, PublicKey, SecretKey};
 
 use super::{block_on, note, warn, Ctx, Out};
 use crate::config::Config;
-use crate::display::{local_time_ms, message_line, sanitize};
+use crate::display::{group_label, local_time_ms, message_line, sanitize};
 use crate::history::{self, History};
 use crate::identity;
 use crate::offers::{Added, Offers, StoredOffer};
@@ -533,30 +533,6 @@ pub(crate) fn record_history(history: &History, entries: &[history::Entry]) {
             "the local history was not updated: {}",
             crate::error_line(&e)
         ));
-    }
-}
-
-/// Longest group name shown, in characters: it is chosen by the sender.
-const MAX_GROUP_LABEL: usize = 64;
-
-/// A group name from the network, safe to print: neutralised, without `/`
-/// or spaces (which would blur where the sender's name starts), bounded.
-pub(crate) fn group_label(group: &str) -> String {
-    let short: String = group
-        .chars()
-        .take(MAX_GROUP_LABEL)
-        .map(|c| {
-            if c == '/' || c.is_whitespace() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    if short.is_empty() {
-        "?".to_owned()
-    } else {
-        sanitize(&short)
     }
 }
 

@@ -28,6 +28,7 @@
 //! changes how history is shown, never what it says happened.
 
 mod legacy;
+mod lines;
 mod sealed;
 
 /// The history's decoders of bytes from the disk, for the fuzz targets
@@ -67,6 +68,7 @@ use crate::config::{write_atomic, Config};
 use crate::home::Home;
 use sealed::{scan, HeaderError, HistoryKey, HEADER_LEN};
 
+pub use lines::lines_for;
 pub use sealed::MAX_ENTRY_LEN;
 
 /// Which way a message went.
