@@ -8,7 +8,7 @@
 //! carries messages only. On a terminal the same chat runs behind the
 //! interactive screen ([`crate::screen`]): typed lines come through the same
 //! channel, and what line mode prints goes to the screen instead
-//! ([`super::chat_view`]).
+//! ([`view`]).
 //!
 //! The connection asks for the mailbox with `Fetch { live: true }`: what waited
 //! comes first, in order, then the relay pushes new envelopes as they arrive.
@@ -46,6 +46,7 @@
 
 mod file;
 mod presence;
+mod view;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, IsTerminal, Read};
@@ -65,7 +66,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::chat_view::View;
 use super::inbox::{self, Files, ShownMessage};
 use super::send::{check_text, explain, MAX_TEXT_LEN};
 use super::{note, say, warn, Ctx};
@@ -79,6 +79,7 @@ use crate::relay_client::{self, recv_from, refused, write_to, Delivery, RelayCon
 use crate::screen::{self, Link, Mark, MsgId, Screen};
 use crate::sessions::SessionFiles;
 use crate::upload_state::UploadStates;
+use view::View;
 
 /// How often a keepalive goes to the relay.
 pub const PING_EVERY: Duration = Duration::from_secs(30);

@@ -14,7 +14,6 @@ use crate::home::Home;
 
 mod bars;
 pub mod chat;
-mod chat_view;
 pub mod contact;
 pub mod history;
 pub mod id;
