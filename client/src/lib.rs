@@ -56,6 +56,7 @@ pub mod fuzzing;
 pub mod history;
 pub mod home;
 pub mod identity;
+pub mod notice;
 pub mod offers;
 pub mod presence;
 pub mod publish;

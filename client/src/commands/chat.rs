@@ -68,7 +68,7 @@ use tokio::time::Instant;
 
 use super::inbox::{self, Files, ShownMessage};
 use super::send::{check_text, explain, MAX_TEXT_LEN};
-use super::{note, say, warn, Ctx};
+use super::{note, say, tell, warn, Ctx};
 use crate::cli::ChatArgs;
 use crate::config::{Config, RelayPin};
 use crate::contacts::{list_lines, unknown_contact};
@@ -868,7 +868,9 @@ impl Chat {
         self.queue(to_send);
         self.send_pending(writer, addr).await?;
         // A disk write under the history's lock: off the runtime's threads.
-        off_runtime(|| inbox::record_history(&self.history, &outcome.messages));
+        if let Some(n) = off_runtime(|| self.history.record(&outcome.messages)) {
+            tell(&n);
+        }
         let noted = &mut self.noted_unknown;
         outcome.unknown_senders.retain(|k| noted.insert(*k));
         inbox::report(&outcome);
@@ -1053,7 +1055,9 @@ impl Chat {
         });
         match sealed {
             Ok((sealed, entry)) => {
-                off_runtime(|| inbox::record_history(&self.history, std::slice::from_ref(&entry)));
+                if let Some(n) = off_runtime(|| self.history.record(std::slice::from_ref(&entry))) {
+                    tell(&n);
+                }
                 let on_screen = self.view.sent(&entry);
                 if let Some(id) = sealed.iter().find_map(|s| s.message) {
                     let recipients: Vec<(PublicKey, String)> = sealed

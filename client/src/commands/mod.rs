@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 
 use crate::cli::{Cli, Command, ContactCommand, RelayCommand};
 use crate::home::Home;
+use crate::notice::Notice;
 
 mod bars;
 pub mod chat;
@@ -124,6 +125,14 @@ pub(crate) fn warn(msg: &str) {
         return;
     }
     let _ = writeln!(std::io::stderr(), "sotto: warning: {msg}");
+}
+
+/// Shows what the library had to say, as a note or a warning.
+pub(crate) fn tell(notice: &Notice) {
+    match notice {
+        Notice::Note(text) => note(text),
+        Notice::Warning(text) => warn(text),
+    }
 }
 
 /// A line of output for the person at the terminal, without the `sotto:`
