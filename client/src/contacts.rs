@@ -13,8 +13,12 @@ use sotto_keys::{ContactBook, ContactName};
 
 use crate::display::sanitize;
 
-/// One line per contact (`NAME  KEY  verified|unchecked  RELAY|-`), then one
+/// One line per contact (`NAME  KEY  verified|unchecked  REACHED`), then one
 /// per group (`NAME  group  MEMBER,MEMBER`), names padded to line up.
+///
+/// `REACHED` is where messages for them go: `HOST:PORT`, their own relay
+/// (its key pinned), or `via my relay`, with the address an older version
+/// noted without its key when there is one, so the user sees why it is unused.
 pub fn list_lines(book: &ContactBook) -> Vec<String> {
     let width = book
         .contacts()
@@ -26,10 +30,13 @@ pub fn list_lines(book: &ContactBook) -> Vec<String> {
         .contacts()
         .map(|c| {
             let mark = if c.verified { "verified" } else { "unchecked" };
-            let relay = c
-                .relay
-                .as_ref()
-                .map_or_else(|| "-".to_owned(), ToString::to_string);
+            let relay = match (c.delivery(), c.unpinned_relay()) {
+                (Some(delivery), _) => delivery.relay.to_string(),
+                (None, Some(noted)) => {
+                    format!("via my relay ({noted} {UNPINNED})")
+                }
+                (None, None) => "via my relay".to_owned(),
+            };
             format!("{:<width$}  {}  {mark:<9}  {relay}", c.name.as_str(), c.key)
         })
         .collect();
@@ -42,6 +49,27 @@ pub fn list_lines(book: &ContactBook) -> Vec<String> {
         ));
     }
     lines
+}
+
+/// What `contact list` marks a relay noted without its key with.
+pub const UNPINNED: &str = "noted without its relay_key";
+
+/// Why a contact marked [`UNPINNED`] is reached through my relay, and the fix;
+/// `None` when no contact is.
+pub fn unpinned_hint(book: &ContactBook) -> Option<String> {
+    let names: Vec<&str> = book
+        .contacts()
+        .filter(|c| c.unpinned_relay().is_some())
+        .map(|c| c.name.as_str())
+        .collect();
+    (!names.is_empty()).then(|| {
+        format!(
+            "{} {}: sotto delivers only to a relay whose key it has pinned, so they are reached through your own relay; to reach them on theirs, add relay_key = \"sottorelay1...\" to their entry in {}, or remove them and add their invite (`sotto id --invite`)",
+            names.join(", "),
+            if names.len() == 1 { "has a relay noted without its key" } else { "have relays noted without their keys" },
+            book.path().display()
+        )
+    })
 }
 
 /// The error for a name that is not in the book, with the command to fix it.
@@ -58,7 +86,7 @@ pub fn unknown_contact(name: &str) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sotto_keys::{Contact, PublicKey};
+    use sotto_keys::{Contact, Delivery, DeliveryToken, PublicKey, RelayKey};
 
     #[test]
     fn unknown_contact_message_names_the_fix() {
@@ -83,13 +111,26 @@ mod tests {
         .unwrap();
         book.add(Contact::new("bo".parse().unwrap(), bob, None))
             .unwrap();
+        let carol = PublicKey::from_bytes([3; 32]);
+        let theirs = Delivery {
+            relay: "c.example:2".parse().unwrap(),
+            relay_key: RelayKey::from_bytes([4; 32]),
+            token: Some(DeliveryToken::from_bytes([5; 16])),
+        };
+        book.add(Contact::with_delivery(
+            "carol".parse().unwrap(),
+            carol,
+            theirs,
+        ))
+        .unwrap();
         book.set_verified("alice", true).unwrap();
         let lines = list_lines(&book);
         assert_eq!(
             lines,
             vec![
-                format!("alice  {alice}  verified   r.example:1"),
-                format!("bo     {bob}  unchecked  -"),
+                format!("alice  {alice}  verified   via my relay (r.example:1 {UNPINNED})"),
+                format!("bo     {bob}  unchecked  via my relay"),
+                format!("carol  {carol}  unchecked  c.example:2"),
             ]
         );
     }

@@ -12,6 +12,7 @@ use sotto_keys::{keyfile, Error as KeysError, SecretKey};
 use super::{note, Ctx, Out};
 use crate::cli::InitArgs;
 use crate::config::{self, parse_pin};
+use crate::delivery_token;
 use crate::display::is_dangerous;
 use crate::identity;
 
@@ -46,6 +47,8 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {
             history: args.no_history.then_some(false),
         },
     )?;
+    // Before the key, like the config: a failed init run again keeps it.
+    delivery_token::load_or_create(&ctx.home)?;
     let key = SecretKey::generate();
     keyfile::write_new(&identity_path, &key, passphrase.as_ref()).map_err(|e| match e {
         KeysError::AlreadyExists { path } => anyhow::anyhow!(
