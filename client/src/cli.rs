@@ -60,6 +60,9 @@ pub enum Command {
     SendFile(SendFileArgs),
     /// Print pending messages and download every pending file into a directory.
     ReceiveAll(ReceiveAllArgs),
+    /// Your mailbox's delivery token (delivery.token).
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 /// `sotto init`.
@@ -101,7 +104,8 @@ pub enum RelayCommand {
 /// `sotto id`.
 #[derive(Debug, Args)]
 pub struct IdArgs {
-    /// Also print an invite (key + relay + relay key) as the second line.
+    /// Also print an invite (key + relay + relay key + delivery token) as the
+    /// second line.
     #[arg(long)]
     pub invite: bool,
     /// Also draw the invite (or, without a relay, the key) as a QR code.
@@ -113,14 +117,7 @@ pub struct IdArgs {
 #[derive(Debug, Subcommand)]
 pub enum ContactCommand {
     /// Add a contact from their key (sotto1...) or invite (sottoinvite1...).
-    Add {
-        /// Name to file them under (A-Z a-z 0-9 . _ -).
-        #[arg(value_name = "NAME")]
-        name: String,
-        /// Their key or invite.
-        #[arg(value_name = "KEY|INVITE")]
-        key: String,
-    },
+    Add(ContactAddArgs),
     /// List contacts and groups, one per line.
     List,
     /// Remove a contact.
@@ -138,6 +135,35 @@ pub enum ContactCommand {
         #[arg(long)]
         confirm: bool,
     },
+}
+
+/// `sotto contact add`.
+#[derive(Debug, Args)]
+pub struct ContactAddArgs {
+    /// Name to file them under (A-Z a-z 0-9 . _ -).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Their key or invite (an invite already holds relay, relay key and token).
+    #[arg(value_name = "KEY|INVITE")]
+    pub key: String,
+    /// The relay they read from (needs --relay-key); without it they are
+    /// reached through your own relay.
+    #[arg(long, value_name = "HOST:PORT", requires = "relay_key")]
+    pub relay: Option<String>,
+    /// That relay's public key, sottorelay1... (needs --relay).
+    #[arg(long, value_name = "KEY", requires = "relay")]
+    pub relay_key: Option<String>,
+    /// Their delivery token there, sottotoken1... (needs --relay).
+    #[arg(long, value_name = "TOKEN", requires = "relay")]
+    pub token: Option<String>,
+}
+
+/// `sotto token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Replace your mailbox's delivery token in this home; new invites carry
+    /// the new one.
+    Rotate,
 }
 
 /// `sotto send`.
@@ -364,5 +390,41 @@ mod tests {
         }
         assert!(parse(&["contact", "add", "bob"]).is_err());
         assert!(parse(&["relay", "set", "h:1"]).is_err());
+        assert!(matches!(
+            parse(&["token", "rotate"]).unwrap().command,
+            Command::Token(TokenCommand::Rotate)
+        ));
+    }
+
+    #[test]
+    fn contact_add_takes_a_relay_only_with_its_key() {
+        let add = |extra: &[&str]| {
+            let mut args = vec!["contact", "add", "bob", "sotto1k"];
+            args.extend_from_slice(extra);
+            parse(&args).map(|cli| match cli.command {
+                Command::Contact(ContactCommand::Add(a)) => a,
+                other => panic!("{other:?}"),
+            })
+        };
+        let a = add(&[]).unwrap();
+        assert_eq!((a.name.as_str(), a.key.as_str()), ("bob", "sotto1k"));
+        assert!(a.relay.is_none() && a.relay_key.is_none() && a.token.is_none());
+        let a = add(&["--relay", "h:1", "--relay-key", "rk", "--token", "t"]).unwrap();
+        assert_eq!(a.relay.as_deref(), Some("h:1"));
+        assert_eq!(a.relay_key.as_deref(), Some("rk"));
+        assert_eq!(a.token.as_deref(), Some("t"));
+        for alone in [
+            &["--relay", "h:1"][..],
+            &["--relay-key", "rk"],
+            &["--token", "t"],
+            &["--relay-key", "rk", "--token", "t"],
+        ] {
+            let err = add(alone).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{alone:?}"
+            );
+        }
     }
 }

@@ -69,6 +69,21 @@ pub struct RelayPin {
     pub key: RelayKey,
 }
 
+/// Parses a relay's address and key as typed (`init --relay --relay-key`,
+/// `relay set HOST:PORT KEY`), with what each should look like.
+pub fn parse_pin(addr: &str, key: &str) -> Result<RelayPin> {
+    let addr: RelayAddr = addr.parse().with_context(|| {
+        format!(
+            "`{}` is not a relay address",
+            crate::display::sanitize(addr)
+        )
+    })?;
+    let key: RelayKey = key.parse().map_err(anyhow::Error::new).context(
+        "invalid relay key (it should be the sottorelay1... key that sotto-relay prints)",
+    )?;
+    Ok(RelayPin { addr, key })
+}
+
 impl Config {
     /// Reads the config at `path`; a missing file is an empty config.
     pub fn load(path: &Path) -> Result<Self> {
@@ -362,5 +377,23 @@ mod tests {
         let err = update(&path, None, Some(&pin())).unwrap_err().to_string();
         assert!(err.contains("config.toml:"), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "name = [\n");
+    }
+
+    #[test]
+    fn relay_arguments_are_checked_with_a_hint() {
+        let key = RelayKey::from_bytes([3; 32]).to_string();
+        let pin = parse_pin("relay.example.org:7300", &key).unwrap();
+        assert_eq!(pin.addr.port(), 7300);
+        let err = format!("{:#}", parse_pin("nope", &key).unwrap_err());
+        assert!(
+            err.starts_with("`nope` is not a relay address: invalid relay address"),
+            "{err}"
+        );
+        let user = PublicKey::from_bytes([3; 32]).to_string();
+        let err = format!("{:#}", parse_pin("h:1", &user).unwrap_err());
+        assert!(
+            err.contains("this is a contact key, not a relay key"),
+            "{err}"
+        );
     }
 }

@@ -77,6 +77,30 @@ pub fn message_line(time: &str, who: &str, text: &str) -> String {
     format!("[{time}] {who}: {}", sanitize(text))
 }
 
+/// Longest group name shown, in characters: it is chosen by the sender.
+const MAX_GROUP_LABEL: usize = 64;
+
+/// A group name from the network, safe to print: neutralised, without `/`
+/// or spaces (which would blur where the sender's name starts), bounded.
+pub fn group_label(group: &str) -> String {
+    let short: String = group
+        .chars()
+        .take(MAX_GROUP_LABEL)
+        .map(|c| {
+            if c == '/' || c.is_whitespace() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if short.is_empty() {
+        "?".to_owned()
+    } else {
+        sanitize(&short)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +156,14 @@ mod tests {
             assert_eq!(sanitize(s), s);
         }
         assert_eq!(sanitize("a\tb"), "a\\tb");
+    }
+
+    #[test]
+    fn a_group_label_cannot_pose_as_a_sender_or_break_the_line() {
+        assert_eq!(group_label("team"), "team");
+        assert_eq!(group_label("team/alice\n\x1b"), "team_alice_\\x1b");
+        assert_eq!(group_label(""), "?");
+        assert_eq!(group_label(&"g".repeat(100)).len(), MAX_GROUP_LABEL);
     }
 
     #[test]

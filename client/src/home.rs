@@ -55,6 +55,11 @@ impl Home {
         self.dir.join("config.toml")
     }
 
+    /// My mailbox's delivery token (see [`crate::delivery_token`]).
+    pub fn delivery_token(&self) -> PathBuf {
+        self.dir.join("delivery.token")
+    }
+
     /// The contact book.
     pub fn contacts(&self) -> PathBuf {
         self.dir.join("contacts.toml")

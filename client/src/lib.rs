@@ -9,6 +9,8 @@
 //!   reconnecting, an outbox resent until stored);
 //! - [`home`]: where the files live (`$SOTTO_HOME`, else the config dir);
 //! - [`config`]: `config.toml`: name, relay address, pinned relay key;
+//! - [`delivery_token`]: my mailbox's delivery token (`delivery.token`),
+//!   made at `init` or on first use, rotated locally;
 //! - [`identity`]: loading the secret key and getting its passphrase;
 //! - [`relay_client`]: the connection to the relay, with time limits and
 //!   errors that say what to do;
@@ -54,7 +56,9 @@ use clap::Parser;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod contacts;
 pub mod delivery_pool;
+pub mod delivery_token;
 pub mod display;
 pub mod download;
 pub mod download_limits;
@@ -63,6 +67,7 @@ pub mod fuzzing;
 pub mod history;
 pub mod home;
 pub mod identity;
+pub mod notice;
 pub mod offers;
 pub mod presence;
 pub mod publish;

@@ -26,7 +26,9 @@ use std::task::{Context, Poll};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305};
 use serde_bytes::ByteBuf;
-use sotto_keys::{keyfile, safety_number, Invite, Passphrase, PublicKey, RelayKey, SecretKey};
+use sotto_keys::{
+    keyfile, safety_number, DeliveryToken, Invite, Passphrase, PublicKey, RelayKey, SecretKey,
+};
 use tokio::io::AsyncWrite;
 use zeroize::Zeroizing;
 
@@ -347,13 +349,25 @@ fn invite() {
         key: PublicKey::from_bytes(v.array("key")),
         relay: v.get("relay").parse().expect("a relay address"),
         relay_key: RelayKey::from_bytes(v.array("relay_key")),
+        token: Some(DeliveryToken::from_bytes(v.array("token"))),
     };
     let string = invite.to_string();
     v.expect("invite", &string);
     v.expect_hex("data", &bech32_data(&string));
     v.check(
-        v.get("invite").parse::<Invite>().ok() == Some(invite),
+        v.get("invite").parse::<Invite>().ok() == Some(invite.clone()),
         "`invite` does not parse back",
+    );
+    // Version 1 is only read now: it must read as the same contact, tokenless.
+    let v1 = v.get("invite_v1");
+    v.expect_hex("data_v1", &bech32_data(v1));
+    v.check(
+        v1.parse::<Invite>().ok()
+            == Some(Invite {
+                token: None,
+                ..invite
+            }),
+        "`invite_v1` does not read as the contact without a token",
     );
     v.finish();
 }

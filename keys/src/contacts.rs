@@ -18,6 +18,8 @@
 //! [contacts.alice]
 //! key = "sotto1..."                  # required: their public key
 //! relay = "relay.example.org:7300"   # optional: the relay they read from
+//! relay_key = "sottorelay1..."       # optional, only with relay: its key, pinned
+//! token = "sottotoken1..."           # optional, only with relay_key: their delivery token there
 //! verified = false                   # optional, default false
 //! added = "2026-11-22T10:00:00Z"     # optional: RFC 3339, UTC, seconds
 //!
@@ -26,6 +28,14 @@
 //! ```
 //!
 //! Two contacts may not share a key, and a group may only list contacts.
+//!
+//! A contact's relay is where to deliver to them only together with its key
+//! ([`Contact::delivery`]): the key is pinned, so a message never goes to a
+//! relay that cannot prove it. A `relay` alone is what versions before pinned
+//! keys wrote, a note of where they read; such a contact, like one without a
+//! relay, is reached through my own relay, as it always was. A `relay_key`
+//! without a `relay`, or a `token` without the `relay_key` it belongs to,
+//! is a mistake, reported with its line.
 //! Writes are atomic (a private temporary file renamed over the old one), so a
 //! crash leaves the old book or the new one, never half of each.
 
@@ -42,10 +52,12 @@ use std::time::SystemTime;
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use toml_edit::{Decor, DocumentMut, ImDocument, InlineTable, Item, Table, TableLike, Value};
 
+use crate::delivery::Delivery;
 use crate::error::Error;
 use crate::fsutil::{read_limited, write_atomic_private};
-use crate::public::PublicKey;
+use crate::public::{PublicKey, RelayKey};
 use crate::relay_addr::RelayAddr;
+use crate::token::DeliveryToken;
 
 /// Largest contacts file accepted, in bytes.
 pub const MAX_CONTACTS_FILE_LEN: usize = 1024 * 1024;
@@ -59,6 +71,8 @@ const NEW_FILE_HEADER: &str = "\
 # [contacts.NAME]        NAME: 1 to 32 of A-Z a-z 0-9 . _ - (not starting with . or -)
 # key = \"sotto1...\"      their public key (required)
 # relay = \"HOST:PORT\"    the relay they read from (optional)
+# relay_key = \"sottorelay1...\"   that relay's key, pinned (with relay)
+# token = \"sottotoken1...\"       their delivery token there (with relay_key)
 # verified = false       true once you have compared safety numbers (sotto contact verify NAME)
 # added = \"...\"          when the contact was added (RFC 3339, UTC)
 #
@@ -152,8 +166,13 @@ pub struct Contact {
     pub name: ContactName,
     /// Their public key.
     pub key: PublicKey,
-    /// The relay they read from, if known.
+    /// The relay they read from, as noted in the file. Where to deliver to
+    /// them is [`Contact::delivery`]: an address without its pinned key, as
+    /// versions before pinned keys wrote, is only a note.
     pub relay: Option<RelayAddr>,
+    /// Their relay with its pinned key and their token there, set and
+    /// replaced only as a whole ([`ContactBook::set_delivery`]).
+    delivery: Option<Delivery>,
     /// Whether the safety number has been compared with them.
     pub verified: bool,
     /// When the contact was added, RFC 3339 UTC to the second; empty if the
@@ -162,15 +181,46 @@ pub struct Contact {
 }
 
 impl Contact {
-    /// A new, unverified contact added now.
+    /// A new, unverified contact added now. A `relay` given here has no
+    /// pinned key: the contact is reached through my own relay (use
+    /// [`Contact::with_delivery`] for one reached on theirs).
     pub fn new(name: ContactName, key: PublicKey, relay: Option<RelayAddr>) -> Self {
         Self {
             name,
             key,
             relay,
+            delivery: None,
             verified: false,
             added: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         }
+    }
+
+    /// A new, unverified contact added now, reached on their own relay.
+    pub fn with_delivery(name: ContactName, key: PublicKey, delivery: Delivery) -> Self {
+        let mut contact = Self::new(name, key, None);
+        contact.set_delivery(delivery);
+        contact
+    }
+
+    /// Where to deliver to them: their relay, its pinned key and their token
+    /// there. `None` for a contact without a relay, or with only the address
+    /// that older versions noted: they are reached through my own relay.
+    pub fn delivery(&self) -> Option<&Delivery> {
+        self.delivery.as_ref()
+    }
+
+    /// A relay address noted without its key (by versions before pinned
+    /// keys): not a place to deliver to, but worth telling the user about.
+    pub fn unpinned_relay(&self) -> Option<&RelayAddr> {
+        match self.delivery {
+            Some(_) => None,
+            None => self.relay.as_ref(),
+        }
+    }
+
+    fn set_delivery(&mut self, delivery: Delivery) {
+        self.relay = Some(delivery.relay.clone());
+        self.delivery = Some(delivery);
     }
 }
 
@@ -386,6 +436,40 @@ impl ContactBook {
         Ok(())
     }
 
+    /// Changes where a contact is delivered to (they moved, or gave a new
+    /// token): `relay`, `relay_key` and `token` are rewritten in place, each
+    /// keeping its comment, and a `token` they no longer give is removed.
+    pub fn set_delivery(&mut self, name: &str, delivery: Delivery) -> Result<(), Error> {
+        let contact = self
+            .contacts
+            .get_mut(name)
+            .ok_or_else(|| Error::UnknownContact {
+                name: name.to_owned(),
+            })?;
+        let entry = self
+            .doc
+            .get_mut("contacts")
+            .and_then(Item::as_table_like_mut)
+            .and_then(|t| t.get_mut(name))
+            .and_then(Item::as_table_like_mut);
+        if let Some(entry) = entry {
+            set_value(entry, "relay", Value::from(delivery.relay.to_string()));
+            set_value(
+                entry,
+                "relay_key",
+                Value::from(delivery.relay_key.to_string()),
+            );
+            match &delivery.token {
+                Some(token) => set_value(entry, "token", Value::from(token.to_string())),
+                None => {
+                    entry.remove("token");
+                }
+            }
+        }
+        contact.set_delivery(delivery);
+        Ok(())
+    }
+
     /// Writes the book back to its file, atomically and with mode 0600,
     /// keeping comments and layout of everything that was not changed.
     pub fn save(&self) -> Result<(), Error> {
@@ -396,8 +480,18 @@ impl ContactBook {
 /// The fields written for a new contact, in file order.
 fn contact_fields(contact: &Contact) -> Vec<(&'static str, Value)> {
     let mut fields = vec![("key", Value::from(contact.key.to_string()))];
-    if let Some(relay) = &contact.relay {
-        fields.push(("relay", Value::from(relay.to_string())));
+    // The delivery's own address, so the file never pairs a key with another
+    // relay than the one it was pinned for.
+    match (&contact.delivery, &contact.relay) {
+        (Some(delivery), _) => {
+            fields.push(("relay", Value::from(delivery.relay.to_string())));
+            fields.push(("relay_key", Value::from(delivery.relay_key.to_string())));
+            if let Some(token) = &delivery.token {
+                fields.push(("token", Value::from(token.to_string())));
+            }
+        }
+        (None, Some(relay)) => fields.push(("relay", Value::from(relay.to_string()))),
+        (None, None) => {}
     }
     fields.push(("verified", Value::from(contact.verified)));
     if !contact.added.is_empty() {
@@ -606,6 +700,60 @@ fn read_contact(
         ),
     };
 
+    let relay_key = match fields.get("relay_key") {
+        None => None,
+        Some(item) => Some((
+            item.as_str()
+                .ok_or_else(|| {
+                    loc.error(
+                        item.span(),
+                        "`relay_key` must be a string \"sottorelay1...\"",
+                    )
+                })?
+                .parse::<RelayKey>()
+                .map_err(|e| loc.error(item.span(), format!("`relay_key` of `{name}`: {e}")))?,
+            item.span(),
+        )),
+    };
+
+    let token = match fields.get("token") {
+        None => None,
+        Some(item) => Some((
+            item.as_str()
+                .ok_or_else(|| {
+                    loc.error(item.span(), "`token` must be a string \"sottotoken1...\"")
+                })?
+                .parse::<DeliveryToken>()
+                .map_err(|e| loc.error(item.span(), format!("`token` of `{name}`: {e}")))?,
+            item.span(),
+        )),
+    };
+
+    let delivery = match (&relay, relay_key, token) {
+        (None, Some((_, span)), _) => {
+            return Err(loc.error(
+                span,
+                format!(
+                    "`relay_key` of `{name}` without a `relay`: add relay = \"HOST:PORT\" (the relay this key is of), or remove relay_key"
+                ),
+            ))
+        }
+        (_, None, Some((_, span))) => {
+            return Err(loc.error(
+                span,
+                format!(
+                    "`token` of `{name}` without a `relay_key`: a token is for one relay; add the relay_key of their relay, or remove the token"
+                ),
+            ))
+        }
+        (Some(relay), Some((relay_key, _)), token) => Some(Delivery {
+            relay: relay.clone(),
+            relay_key,
+            token: token.map(|(t, _)| t),
+        }),
+        (_, None, None) => None,
+    };
+
     let verified = match fields.get("verified") {
         None => false,
         Some(item) => item
@@ -631,6 +779,7 @@ fn read_contact(
         name,
         key,
         relay,
+        delivery,
         verified,
         added,
     })
@@ -797,6 +946,163 @@ mod tests {
         // Saving an unchanged book changes nothing.
         loaded.save().unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), text);
+    }
+
+    fn delivery(relay: &str, r: u8, token: Option<u8>) -> Delivery {
+        Delivery {
+            relay: relay.parse().unwrap(),
+            relay_key: RelayKey::from_bytes([r; 32]),
+            token: token.map(|t| DeliveryToken::from_bytes([t; 16])),
+        }
+    }
+
+    #[test]
+    fn a_delivery_round_trips_through_the_file() {
+        let (_dir, path) = tmp();
+        let mut book = ContactBook::load(&path).unwrap();
+        let with_token = delivery("b.example:7300", 8, Some(3));
+        let without = delivery("[::1]:7300", 9, None);
+        book.add(Contact::with_delivery(
+            name("bob"),
+            key(2),
+            with_token.clone(),
+        ))
+        .unwrap();
+        book.add(Contact::with_delivery(
+            name("carol"),
+            key(3),
+            without.clone(),
+        ))
+        .unwrap();
+        book.save().unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let token = DeliveryToken::from_bytes([3; 16]).to_string();
+        assert!(
+            text.contains(&format!(
+                "relay = \"b.example:7300\"\nrelay_key = \"{}\"\ntoken = \"{token}\"\n",
+                RelayKey::from_bytes([8; 32])
+            )),
+            "{text}"
+        );
+
+        let loaded = ContactBook::load(&path).unwrap();
+        let bob = loaded.get("bob").unwrap();
+        assert_eq!(bob.delivery(), Some(&with_token));
+        assert_eq!(bob.relay, Some(with_token.relay.clone()));
+        assert_eq!(bob.unpinned_relay(), None);
+        assert_eq!(loaded.get("carol").unwrap().delivery(), Some(&without));
+        assert_eq!(loaded.get("bob"), book.get("bob"));
+        // The token is a capability: the book's Debug never shows it.
+        assert!(!format!("{loaded:?}").contains(&token[11..]));
+    }
+
+    #[test]
+    fn an_old_relay_without_its_key_loads_as_reached_through_mine() {
+        let (_dir, path) = tmp();
+        let old = format!(
+            "[contacts.alice]\nkey = \"{}\"\nrelay = \"a.example:7300\"\n\n[contacts.bob]\nkey = \"{}\"\n",
+            key(1),
+            key(2)
+        );
+        fs::write(&path, &old).unwrap();
+        let book = ContactBook::load(&path).unwrap();
+        let alice = book.get("alice").unwrap();
+        assert_eq!(alice.delivery(), None);
+        assert_eq!(
+            alice.unpinned_relay(),
+            Some(&"a.example:7300".parse().unwrap())
+        );
+        let bob = book.get("bob").unwrap();
+        assert_eq!((bob.delivery(), bob.unpinned_relay()), (None, None));
+        // Loading and saving an old file leaves it as it was.
+        book.save().unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), old);
+    }
+
+    #[test]
+    fn set_delivery_rewrites_in_place_and_keeps_comments() {
+        let (_dir, path) = tmp();
+        let text = format!(
+            "# friends\n[contacts.alice]\nkey = \"{}\"\nrelay = \"old.example:1\"   # where she was\nverified = true\nnote = \"kept\"\n",
+            key(1)
+        );
+        fs::write(&path, &text).unwrap();
+        let mut book = ContactBook::load(&path).unwrap();
+        let moved = delivery("new.example:2", 8, Some(4));
+        book.set_delivery("alice", moved.clone()).unwrap();
+        book.save().unwrap();
+        let saved = fs::read_to_string(&path).unwrap();
+        assert!(saved.starts_with("# friends\n"), "{saved}");
+        assert!(
+            saved.contains("relay = \"new.example:2\"   # where she was\n"),
+            "{saved}"
+        );
+        assert!(saved.contains("note = \"kept\""), "{saved}");
+        let loaded = ContactBook::load(&path).unwrap();
+        let alice = loaded.get("alice").unwrap();
+        assert_eq!(alice.delivery(), Some(&moved));
+        assert!(alice.verified);
+
+        // A new delivery without a token drops the old token.
+        let mut book = loaded;
+        let untokened = delivery("new.example:2", 8, None);
+        book.set_delivery("alice", untokened.clone()).unwrap();
+        book.save().unwrap();
+        let saved = fs::read_to_string(&path).unwrap();
+        assert!(!saved.contains("token"), "{saved}");
+        let loaded = ContactBook::load(&path).unwrap();
+        assert_eq!(loaded.get("alice").unwrap().delivery(), Some(&untokened));
+
+        let mut book = loaded;
+        assert!(matches!(
+            book.set_delivery("nobody", untokened),
+            Err(Error::UnknownContact { .. })
+        ));
+    }
+
+    #[test]
+    fn delivery_fields_out_of_place_are_refused_with_file_line_and_contact() {
+        let (_dir, path) = tmp();
+        let k = key(1);
+        let rk = RelayKey::from_bytes([8; 32]);
+        let token = DeliveryToken::from_bytes([3; 16]);
+        for (body, line, says) in [
+            (
+                format!("relay_key = \"{rk}\"\n"),
+                3,
+                "`relay_key` of `alice` without a `relay`",
+            ),
+            (
+                format!("relay = \"r:1\"\ntoken = \"{token}\"\n"),
+                4,
+                "`token` of `alice` without a `relay_key`",
+            ),
+            (
+                format!("relay = \"r:1\"\nrelay_key = \"{k}\"\n"),
+                4,
+                "`relay_key` of `alice`: this is a contact key, not a relay key",
+            ),
+            (
+                "relay = \"r:1\"\nrelay_key = 7\n".to_owned(),
+                4,
+                "`relay_key` must be a string",
+            ),
+            (
+                format!("relay = \"r:1\"\nrelay_key = \"{rk}\"\ntoken = \"{k}\"\n"),
+                5,
+                "`token` of `alice`: invalid delivery token: this is a contact key",
+            ),
+        ] {
+            let text = format!("[contacts.alice]\nkey = \"{k}\"\n{body}");
+            let (l, _, message) = format_error(&path, &text);
+            assert_eq!(l, line, "{text}: {message}");
+            assert!(message.contains(says), "{text}: {message}");
+            let shown = ContactBook::load(&path).unwrap_err().to_string();
+            assert!(
+                shown.starts_with(&format!("{}:{line}:", path.display())),
+                "{shown}"
+            );
+        }
     }
 
     const HAND_WRITTEN: &str = r#"# My contacts, curated by hand.

@@ -9,11 +9,13 @@
 //! - [`keyfile`]: the key file on disk (0600, never overwritten, optionally
 //!   encrypted with Argon2id + ChaCha20-Poly1305);
 //! - [`relay_addr`]: relay addresses (`host:port`);
+//! - [`delivery`]: a contact's relay, its pinned key and their token there;
 //! - [`contacts`]: `contacts.toml`, names for keys, edited by people and by `sotto`;
 //! - [`safety`]: safety numbers that two people compare to verify each other's key;
 //! - [`token`]: delivery tokens, the capability to deliver to a mailbox
 //!   (`sottotoken1...`), zeroized, compared in constant time, never in `Debug`;
-//! - [`invite`]: one string bundling a key, a relay and the relay's key;
+//! - [`invite`]: one string bundling a key, a relay, the relay's key and a
+//!   delivery token;
 //! - [`error`]: the error types.
 //!
 //! The crate holds no network code and seals no messages; it is what both the
@@ -22,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod contacts;
+pub mod delivery;
 pub mod error;
 mod fsutil;
 #[doc(hidden)]
@@ -36,6 +39,7 @@ pub mod secret;
 pub mod token;
 
 pub use contacts::{Contact, ContactBook, ContactName, Group};
+pub use delivery::Delivery;
 pub use error::{Error, KeyStringError};
 pub use invite::Invite;
 pub use passphrase::Passphrase;

@@ -246,6 +246,7 @@ fn main() {
         key: alice.public(),
         relay: "relay.example.org:7300".parse::<RelayAddr>().unwrap(),
         relay_key,
+        token: Some(sotto_keys::DeliveryToken::from_bytes([0x55; 16])),
     };
     for (name, s) in [
         ("public", alice.public().to_string()),

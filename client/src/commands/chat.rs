@@ -8,7 +8,7 @@
 //! carries messages only. On a terminal the same chat runs behind the
 //! interactive screen ([`crate::screen`]): typed lines come through the same
 //! channel, and what line mode prints goes to the screen instead
-//! ([`super::chat_view`]).
+//! ([`view`]).
 //!
 //! The connection asks for the mailbox with `Fetch { live: true }`: what waited
 //! comes first, in order, then the relay pushes new envelopes as they arrive.
@@ -46,6 +46,7 @@
 
 mod file;
 mod presence;
+mod view;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, IsTerminal, Read};
@@ -65,13 +66,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::chat_view::View;
-use super::contact::{list_lines, unknown_contact};
 use super::inbox::{self, Files, ShownMessage};
 use super::send::{check_text, explain, MAX_TEXT_LEN};
-use super::{note, say, warn, Ctx};
+use super::{note, say, tell, warn, Ctx};
 use crate::cli::ChatArgs;
 use crate::config::{Config, RelayPin};
+use crate::contacts::{list_lines, unknown_contact};
 use crate::history::{self, History};
 use crate::identity;
 use crate::presence::Roster;
@@ -79,6 +79,7 @@ use crate::relay_client::{self, recv_from, refused, write_to, Delivery, RelayCon
 use crate::screen::{self, Link, Mark, MsgId, Screen};
 use crate::sessions::SessionFiles;
 use crate::upload_state::UploadStates;
+use view::View;
 
 /// How often a keepalive goes to the relay.
 pub const PING_EVERY: Duration = Duration::from_secs(30);
@@ -867,7 +868,9 @@ impl Chat {
         self.queue(to_send);
         self.send_pending(writer, addr).await?;
         // A disk write under the history's lock: off the runtime's threads.
-        off_runtime(|| inbox::record_history(&self.history, &outcome.messages));
+        if let Some(n) = off_runtime(|| self.history.record(&outcome.messages)) {
+            tell(&n);
+        }
         let noted = &mut self.noted_unknown;
         outcome.unknown_senders.retain(|k| noted.insert(*k));
         inbox::report(&outcome);
@@ -971,7 +974,7 @@ impl Chat {
             return;
         };
         let lines = off_runtime(|| self.history.read_all())
-            .and_then(|entries| super::history::lines_for(&self.book, target.name(), &entries));
+            .and_then(|entries| crate::history::lines_for(&self.book, target.name(), &entries));
         match lines {
             Ok(lines) if lines.is_empty() => {
                 note(&format!("no messages with {} yet", target.name()))
@@ -1052,7 +1055,9 @@ impl Chat {
         });
         match sealed {
             Ok((sealed, entry)) => {
-                off_runtime(|| inbox::record_history(&self.history, std::slice::from_ref(&entry)));
+                if let Some(n) = off_runtime(|| self.history.record(std::slice::from_ref(&entry))) {
+                    tell(&n);
+                }
                 let on_screen = self.view.sent(&entry);
                 if let Some(id) = sealed.iter().find_map(|s| s.message) {
                     let recipients: Vec<(PublicKey, String)> = sealed

@@ -6,11 +6,15 @@
 //! people compute independently and compare over another channel, so a relay
 //! (or whoever passed the key along) cannot have swapped it unnoticed.
 
-use anyhow::{anyhow, Result};
-use sotto_keys::{safety_number, Contact, ContactBook, ContactName, Invite, PublicKey};
+use anyhow::{anyhow, bail, Context, Result};
+use sotto_keys::{
+    safety_number, Contact, ContactBook, ContactName, Delivery, DeliveryToken, Invite, PublicKey,
+};
 
 use super::{note, warn, Ctx, Out};
-use crate::config::Config;
+use crate::cli::ContactAddArgs;
+use crate::config::{parse_pin, Config};
+use crate::contacts::{list_lines, unknown_contact, unpinned_hint};
 use crate::display::sanitize;
 use crate::identity;
 
@@ -19,7 +23,7 @@ use crate::identity;
 pub(crate) enum KeyOrInvite {
     /// A bare key.
     Key(PublicKey),
-    /// An invite: key, relay and relay key.
+    /// An invite: key, relay, relay key and (from version 2) token.
     Invite(Invite),
 }
 
@@ -45,29 +49,35 @@ fn load_book(ctx: &Ctx) -> Result<ContactBook> {
     Ok(ContactBook::load(&ctx.home.contacts())?)
 }
 
-/// Runs `sotto contact add NAME KEY|INVITE`.
-pub fn add(ctx: &Ctx, name: &str, key: &str) -> Result<()> {
+/// Runs `sotto contact add NAME KEY|INVITE [--relay HOST:PORT --relay-key KEY [--token TOKEN]]`.
+pub fn add(ctx: &Ctx, args: ContactAddArgs) -> Result<()> {
     let mut book = load_book(ctx)?;
-    let name: ContactName = name.parse()?;
-    let (key, invite) = match parse_key_or_invite(key)? {
-        KeyOrInvite::Key(key) => (key, None),
-        KeyOrInvite::Invite(invite) => (invite.key, Some(invite)),
+    let name: ContactName = args.name.parse()?;
+    let (key, delivery) = match parse_key_or_invite(&args.key)? {
+        KeyOrInvite::Invite(_) if args.relay.is_some() || args.relay_key.is_some() || args.token.is_some() => bail!(
+            "an invite already holds their relay, its key and their token; give the invite alone, or their key (sotto1...) with --relay and --relay-key"
+        ),
+        KeyOrInvite::Invite(invite) => (invite.key, Some(invite.delivery())),
+        KeyOrInvite::Key(key) => (key, delivery_from_flags(&args)?),
     };
-    let relay = invite.as_ref().map(|i| i.relay.clone());
-    book.add(Contact::new(name.clone(), key, relay))?;
+    let contact = match delivery.clone() {
+        Some(delivery) => Contact::with_delivery(name.clone(), key, delivery),
+        None => Contact::new(name.clone(), key, None),
+    };
+    book.add(contact)?;
     book.save()?;
     note(&format!("added {name} ({key})"));
 
-    if let Some(invite) = invite {
+    if let Some(delivery) = delivery {
         let config = Config::load(&ctx.home.config())?;
         match config.relay() {
             Err(_) => note(&format!(
                 "you have no relay yet; to read from the same relay as {name}, run `sotto relay set {} {}`",
-                invite.relay, invite.relay_key
+                delivery.relay, delivery.relay_key
             )),
-            Ok(mine) if mine.addr != invite.relay || mine.key != invite.relay_key => warn(&format!(
+            Ok(mine) if mine.addr != delivery.relay || mine.key != delivery.relay_key => warn(&format!(
                 "{name} reads from the relay at {}, yours is {}; sotto sends through your own relay, so {name} only gets your messages if they read from it too",
-                invite.relay, mine.addr
+                delivery.relay, mine.addr
             )),
             Ok(_) => {}
         }
@@ -76,6 +86,31 @@ pub fn add(ctx: &Ctx, name: &str, key: &str) -> Result<()> {
         "to make sure this is really {name}'s key, compare safety numbers: `sotto contact verify {name}`"
     ));
     Ok(())
+}
+
+/// Where to deliver to a contact added by key, from `--relay`, `--relay-key`
+/// and `--token` (clap already pairs them; this says why when they are not).
+fn delivery_from_flags(args: &ContactAddArgs) -> Result<Option<Delivery>> {
+    let pin = match (&args.relay, &args.relay_key) {
+        (Some(relay), Some(key)) => parse_pin(relay, key)?,
+        (None, None) if args.token.is_none() => return Ok(None),
+        (None, None) => bail!(
+            "--token is for their relay: give it with --relay HOST:PORT and --relay-key KEY"
+        ),
+        _ => bail!(
+            "--relay HOST:PORT and --relay-key KEY go together: a relay is reached only with its key pinned; give both, or neither to reach them through your own relay"
+        ),
+    };
+    let token = match &args.token {
+        // The error never echoes the string: it may be most of a valid token.
+        Some(token) => Some(token.parse::<DeliveryToken>().context("--token")?),
+        None => None,
+    };
+    Ok(Some(Delivery {
+        relay: pin.addr,
+        relay_key: pin.key,
+        token,
+    }))
 }
 
 /// Runs `sotto contact list`.
@@ -91,38 +126,10 @@ pub fn list(ctx: &Ctx) -> Result<()> {
         out.line(&line)?;
     }
     out.flush()?;
-    Ok(())
-}
-
-/// One line per contact (`NAME  KEY  verified|unchecked  RELAY|-`), then one
-/// per group (`NAME  group  MEMBER,MEMBER`), names padded to line up.
-pub(crate) fn list_lines(book: &ContactBook) -> Vec<String> {
-    let width = book
-        .contacts()
-        .map(|c| c.name.as_str().len())
-        .chain(book.groups().iter().map(|g| g.name.as_str().len()))
-        .max()
-        .unwrap_or(0);
-    let mut lines: Vec<String> = book
-        .contacts()
-        .map(|c| {
-            let mark = if c.verified { "verified" } else { "unchecked" };
-            let relay = c
-                .relay
-                .as_ref()
-                .map_or_else(|| "-".to_owned(), ToString::to_string);
-            format!("{:<width$}  {}  {mark:<9}  {relay}", c.name.as_str(), c.key)
-        })
-        .collect();
-    for group in book.groups() {
-        let members: Vec<&str> = group.members.iter().map(ContactName::as_str).collect();
-        lines.push(format!(
-            "{:<width$}  group  {}",
-            group.name.as_str(),
-            members.join(",")
-        ));
+    if let Some(hint) = unpinned_hint(&book) {
+        warn(&hint);
     }
-    lines
+    Ok(())
 }
 
 /// Runs `sotto contact remove NAME`.
@@ -166,17 +173,6 @@ pub fn verify(ctx: &Ctx, name: &str, confirm: bool) -> Result<()> {
     Ok(())
 }
 
-/// The error for a name that is not in the book, with the command to fix it.
-pub(crate) fn unknown_contact(name: &str) -> anyhow::Error {
-    match name.parse::<ContactName>() {
-        Ok(valid) => anyhow!("unknown contact '{valid}': add them first with `sotto contact add {valid} KEY`"),
-        Err(_) => anyhow!(
-            "unknown contact '{}': contact names use only A-Z a-z 0-9 . _ - (see `sotto contact list`)",
-            sanitize(name)
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +189,7 @@ mod tests {
             key,
             relay: "relay.example.org:7300".parse().unwrap(),
             relay_key: RelayKey::from_bytes([8; 32]),
+            token: Some(sotto_keys::DeliveryToken::from_bytes([9; 16])),
         };
         assert_eq!(
             parse_key_or_invite(&invite.to_string().to_uppercase()).unwrap(),
@@ -212,39 +209,5 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("invalid key: "));
-    }
-
-    #[test]
-    fn unknown_contact_message_names_the_fix() {
-        assert_eq!(
-            unknown_contact("bob").to_string(),
-            "unknown contact 'bob': add them first with `sotto contact add bob KEY`"
-        );
-        assert!(!unknown_contact("b\x1bob").to_string().contains('\x1b'));
-    }
-
-    #[test]
-    fn the_list_has_one_aligned_line_per_contact_then_groups() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut book = ContactBook::load(&dir.path().join("contacts.toml")).unwrap();
-        let alice = PublicKey::from_bytes([1; 32]);
-        let bob = PublicKey::from_bytes([2; 32]);
-        book.add(Contact::new(
-            "alice".parse().unwrap(),
-            alice,
-            Some("r.example:1".parse().unwrap()),
-        ))
-        .unwrap();
-        book.add(Contact::new("bo".parse().unwrap(), bob, None))
-            .unwrap();
-        book.set_verified("alice", true).unwrap();
-        let lines = list_lines(&book);
-        assert_eq!(
-            lines,
-            vec![
-                format!("alice  {alice}  verified   r.example:1"),
-                format!("bo     {bob}  unchecked  -"),
-            ]
-        );
     }
 }

@@ -1,8 +1,9 @@
 //! `sotto id`: my public key, and what to hand to a new contact.
 //!
 //! The first line of stdout is always the key alone, so scripts can take it
-//! with `head -1`. An invite bundles the key with the relay and its key, so
-//! a contact added from it can be reached without three separate pastes.
+//! with `head -1`. An invite bundles the key with the relay, its key and my
+//! mailbox's delivery token, so a contact added from it can deliver to me
+//! without four separate pastes.
 
 use anyhow::{Context, Result};
 use qrcode::render::unicode::Dense1x2;
@@ -11,6 +12,7 @@ use sotto_keys::Invite;
 
 use super::{Ctx, Out};
 use crate::config::Config;
+use crate::delivery_token;
 use crate::identity;
 
 /// Runs `sotto id`.
@@ -25,11 +27,15 @@ pub fn run(ctx: &Ctx, args: crate::cli::IdArgs) -> Result<()> {
         None
     };
     let key = identity::load(&ctx.home, ctx.passphrase_file.as_deref())?.public();
-    let invite = invite.map(|pin| Invite {
-        key,
-        relay: pin.addr,
-        relay_key: pin.key,
-    });
+    let invite = match invite {
+        Some(pin) => Some(Invite {
+            key,
+            relay: pin.addr,
+            relay_key: pin.key,
+            token: Some(delivery_token::load_or_create(&ctx.home)?),
+        }),
+        None => None,
+    };
 
     let mut out = Out::new();
     out.line(&key.to_string())?;

@@ -38,9 +38,9 @@ use sotto_crypto::session::SessionStore;
 use sotto_crypto::EnvelopeError;
 use sotto_keys::{ContactBook, PublicKey, SecretKey};
 
-use super::{block_on, note, warn, Ctx, Out};
+use super::{block_on, note, tell, warn, Ctx, Out};
 use crate::config::Config;
-use crate::display::{local_time_ms, message_line, sanitize};
+use crate::display::{group_label, local_time_ms, message_line, sanitize};
 use crate::history::{self, History};
 use crate::identity;
 use crate::offers::{Added, Offers, StoredOffer};
@@ -84,7 +84,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
                     &mut |line| out.line(line),
                     &|_| ReceiptState::Read,
                 )?;
-                record_history(&history, &result.0.messages);
+                if let Some(n) = history.record(&result.0.messages) {
+                    tell(&n);
+                }
                 Ok::<_, anyhow::Error>(result)
             })
             .await
@@ -523,41 +525,6 @@ pub(crate) fn more_waiting(command: &str) {
     super::note(&format!(
         "more is waiting on the relay than one run takes; run `{command}` again for the rest"
     ));
-}
-
-/// Appends shown messages to the local history. A failure is a warning:
-/// the messages were shown and must still be acknowledged.
-pub(crate) fn record_history(history: &History, entries: &[history::Entry]) {
-    if let Err(e) = history.append(entries) {
-        warn(&format!(
-            "the local history was not updated: {}",
-            crate::error_line(&e)
-        ));
-    }
-}
-
-/// Longest group name shown, in characters: it is chosen by the sender.
-const MAX_GROUP_LABEL: usize = 64;
-
-/// A group name from the network, safe to print: neutralised, without `/`
-/// or spaces (which would blur where the sender's name starts), bounded.
-pub(crate) fn group_label(group: &str) -> String {
-    let short: String = group
-        .chars()
-        .take(MAX_GROUP_LABEL)
-        .map(|c| {
-            if c == '/' || c.is_whitespace() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    if short.is_empty() {
-        "?".to_owned()
-    } else {
-        sanitize(&short)
-    }
 }
 
 fn received(sender: &PublicKey, group: Option<String>, at_ms: u64, text: String) -> history::Entry {

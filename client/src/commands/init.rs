@@ -6,12 +6,13 @@
 //! written, and the config is written before the key, so a failed `init` can
 //! simply be run again.
 
-use anyhow::{bail, Context, Result};
-use sotto_keys::{keyfile, Error as KeysError, RelayAddr, RelayKey, SecretKey};
+use anyhow::{bail, Result};
+use sotto_keys::{keyfile, Error as KeysError, SecretKey};
 
 use super::{note, Ctx, Out};
 use crate::cli::InitArgs;
-use crate::config::{self, RelayPin};
+use crate::config::{self, parse_pin};
+use crate::delivery_token;
 use crate::display::is_dangerous;
 use crate::identity;
 
@@ -46,6 +47,8 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {
             history: args.no_history.then_some(false),
         },
     )?;
+    // Before the key, like the config: a failed init run again keeps it.
+    delivery_token::load_or_create(&ctx.home)?;
     let key = SecretKey::generate();
     keyfile::write_new(&identity_path, &key, passphrase.as_ref()).map_err(|e| match e {
         KeysError::AlreadyExists { path } => anyhow::anyhow!(
@@ -81,20 +84,6 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {
     Ok(())
 }
 
-/// Parses `--relay` and `--relay-key` (or `relay set`'s arguments).
-pub(crate) fn parse_pin(addr: &str, key: &str) -> Result<RelayPin> {
-    let addr: RelayAddr = addr.parse().with_context(|| {
-        format!(
-            "`{}` is not a relay address",
-            crate::display::sanitize(addr)
-        )
-    })?;
-    let key: RelayKey = key.parse().map_err(anyhow::Error::new).context(
-        "invalid relay key (it should be the sottorelay1... key that sotto-relay prints)",
-    )?;
-    Ok(RelayPin { addr, key })
-}
-
 fn check_name(name: &str) -> Result<()> {
     if name.trim().is_empty() {
         bail!("--name is empty; give the name you go by, or leave --name out");
@@ -111,24 +100,6 @@ fn check_name(name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn relay_arguments_are_checked_with_a_hint() {
-        let key = RelayKey::from_bytes([3; 32]).to_string();
-        let pin = parse_pin("relay.example.org:7300", &key).unwrap();
-        assert_eq!(pin.addr.port(), 7300);
-        let err = format!("{:#}", parse_pin("nope", &key).unwrap_err());
-        assert!(
-            err.starts_with("`nope` is not a relay address: invalid relay address"),
-            "{err}"
-        );
-        let user = sotto_keys::PublicKey::from_bytes([3; 32]).to_string();
-        let err = format!("{:#}", parse_pin("h:1", &user).unwrap_err());
-        assert!(
-            err.contains("this is a contact key, not a relay key"),
-            "{err}"
-        );
-    }
 
     #[test]
     fn names_with_escapes_are_refused() {

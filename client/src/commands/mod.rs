@@ -9,12 +9,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::cli::{Cli, Command, ContactCommand, RelayCommand};
+use crate::cli::{Cli, Command, ContactCommand, RelayCommand, TokenCommand};
 use crate::home::Home;
+use crate::notice::Notice;
 
 mod bars;
 pub mod chat;
-mod chat_view;
 pub mod contact;
 pub mod history;
 pub mod id;
@@ -24,6 +24,7 @@ pub mod receive_all;
 pub mod relay;
 pub mod send;
 pub mod send_file;
+pub mod token;
 
 /// What every command may need from the global flags.
 #[derive(Debug, Clone)]
@@ -44,7 +45,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Init(args) => init::run(&ctx, args),
         Command::Relay(RelayCommand::Set { addr, key }) => relay::set(&ctx, &addr, &key),
         Command::Id(args) => id::run(&ctx, args),
-        Command::Contact(ContactCommand::Add { name, key }) => contact::add(&ctx, &name, &key),
+        Command::Contact(ContactCommand::Add(args)) => contact::add(&ctx, args),
         Command::Contact(ContactCommand::List) => contact::list(&ctx),
         Command::Contact(ContactCommand::Remove { name }) => contact::remove(&ctx, &name),
         Command::Contact(ContactCommand::Verify { name, confirm }) => {
@@ -56,6 +57,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::History(args) => history::run(&ctx, args),
         Command::SendFile(args) => send_file::run(&ctx, args),
         Command::ReceiveAll(args) => receive_all::run(&ctx, args),
+        Command::Token(TokenCommand::Rotate) => token::rotate(&ctx),
     }
 }
 
@@ -125,6 +127,14 @@ pub(crate) fn warn(msg: &str) {
         return;
     }
     let _ = writeln!(std::io::stderr(), "sotto: warning: {msg}");
+}
+
+/// Shows what the library had to say, as a note or a warning.
+pub(crate) fn tell(notice: &Notice) {
+    match notice {
+        Notice::Note(text) => note(text),
+        Notice::Warning(text) => warn(text),
+    }
 }
 
 /// A line of output for the person at the terminal, without the `sotto:`

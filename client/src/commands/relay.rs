@@ -6,9 +6,8 @@
 
 use anyhow::Result;
 
-use super::init::parse_pin;
 use super::{note, Ctx};
-use crate::config::{self, Config};
+use crate::config::{self, parse_pin, Config};
 
 /// Runs `sotto relay set HOST:PORT KEY`.
 pub fn set(ctx: &Ctx, addr: &str, key: &str) -> Result<()> {

@@ -13,11 +13,10 @@ use sotto_crypto::wire::ErrorCode;
 use sotto_keys::{Contact, ContactBook, RelayAddr};
 
 use super::chat::{resolve, seal_to, Target};
-use super::contact::unknown_contact;
-use super::inbox::record_history;
-use super::{block_on, note, warn, Ctx};
+use super::{block_on, note, tell, warn, Ctx};
 use crate::cli::SendArgs;
 use crate::config::Config;
+use crate::contacts::unknown_contact;
 use crate::history::History;
 use crate::identity;
 use crate::relay_client::{self, RelayError};
@@ -81,7 +80,9 @@ pub fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
         conn.close().await;
         Ok(())
     })??;
-    record_history(&history, &[entry]);
+    if let Some(n) = history.record(&[entry]) {
+        tell(&n);
+    }
     match &target {
         Target::Contact(contact) => {
             note(&format!(

@@ -28,6 +28,7 @@
 //! changes how history is shown, never what it says happened.
 
 mod legacy;
+mod lines;
 mod sealed;
 
 /// The history's decoders of bytes from the disk, for the fuzz targets
@@ -65,8 +66,10 @@ use sotto_keys::{PublicKey, SecretKey};
 use crate::commands::{note, warn};
 use crate::config::{write_atomic, Config};
 use crate::home::Home;
+use crate::notice::Notice;
 use sealed::{scan, HeaderError, HistoryKey, HEADER_LEN};
 
+pub use lines::lines_for;
 pub use sealed::MAX_ENTRY_LEN;
 
 /// Which way a message went.
@@ -201,6 +204,17 @@ impl History {
             return Ok(());
         }
         self.append_locked(entries)
+    }
+
+    /// Appends what was just shown or sent. A failure is a warning to show,
+    /// not an error: the messages were shown (or sent), and must still be
+    /// acknowledged (or said to be sent).
+    pub fn record(&self, entries: &[Entry]) -> Option<Notice> {
+        let e = self.append(entries).err()?;
+        Some(Notice::Warning(format!(
+            "the local history was not updated: {}",
+            crate::error_line(&e)
+        )))
     }
 
     /// Every readable entry, oldest first. With history off and nothing kept

@@ -262,3 +262,242 @@ fn the_largest_text_that_fits_in_one_envelope_goes_through() {
         .fails();
     assert!(err.contains("too long"), "{err}");
 }
+
+/// `relay`, `relay_key` and `token` of a contact, as a home's contacts.toml
+/// holds them (the delivery's, or a relay noted alone).
+fn contact_field(client: &Client, name: &str, field: &str) -> Option<String> {
+    let book = sotto_keys::ContactBook::load(&client.home().join("contacts.toml")).unwrap();
+    let contact = book.get(name).unwrap();
+    let delivery = contact.delivery();
+    match field {
+        "relay" => contact.relay.as_ref().map(ToString::to_string),
+        "relay_key" => delivery.map(|d| d.relay_key.to_string()),
+        "token" => delivery
+            .and_then(|d| d.token.as_ref())
+            .map(ToString::to_string),
+        other => panic!("{other}"),
+    }
+}
+
+fn token_file(client: &Client) -> sotto_keys::DeliveryToken {
+    let path = client.home().join("delivery.token");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+    let text = std::fs::read_to_string(path).unwrap();
+    let line = text.lines().find(|l| !l.starts_with('#')).unwrap();
+    line.parse().unwrap()
+}
+
+#[test]
+fn an_invite_carries_my_relay_its_key_and_my_token_into_contact_add() {
+    let (_d, relay) = relay();
+    let alice = Client::new(&relay);
+    let bob = Client::new(&relay);
+    let token = token_file(&alice);
+
+    let out = alice.run(&["id", "--invite"]).ok();
+    let invite: sotto_keys::Invite = out.lines().nth(1).unwrap().parse().unwrap();
+    assert_eq!(invite.key.to_string(), alice.key);
+    assert_eq!(invite.relay.to_string(), relay.addr);
+    assert_eq!(invite.relay_key.to_string(), relay.key);
+    assert_eq!(invite.token.as_ref(), Some(&token));
+    // The token is handed out only inside the invite, never on its own.
+    assert!(!out.contains(&token.to_string()));
+    assert_eq!(
+        alice.run(&["id", "--invite"]).ok(),
+        out,
+        "the same token each time"
+    );
+
+    bob.run(&["contact", "add", "alice", &invite.to_string()])
+        .ok();
+    assert_eq!(
+        contact_field(&bob, "alice", "relay"),
+        Some(relay.addr.clone())
+    );
+    assert_eq!(
+        contact_field(&bob, "alice", "relay_key"),
+        Some(relay.key.clone())
+    );
+    assert_eq!(
+        contact_field(&bob, "alice", "token"),
+        Some(token.to_string())
+    );
+    let list = bob.run(&["contact", "list"]).ok();
+    let line = list.lines().find(|l| l.starts_with("alice")).unwrap();
+    assert!(line.ends_with(&format!("  {}", relay.addr)), "{list}");
+
+    // A rotated token is what the next invite carries.
+    alice.run(&["token", "rotate"]).ok();
+    let rotated = token_file(&alice);
+    assert_ne!(rotated, token);
+    let out = alice.run(&["id", "--invite"]).ok();
+    let again: sotto_keys::Invite = out.lines().nth(1).unwrap().parse().unwrap();
+    assert_eq!(again.token, Some(rotated));
+}
+
+#[test]
+fn a_home_from_before_tokens_gets_one_when_it_first_makes_an_invite() {
+    let (_d, relay) = relay();
+    let alice = Client::new(&relay);
+    let path = alice.home().join("delivery.token");
+    std::fs::remove_file(&path).unwrap();
+    alice.run(&["id"]).ok();
+    assert!(!path.exists(), "a plain `id` makes no token");
+    let out = alice.run(&["id", "--invite"]).ok();
+    let invite: sotto_keys::Invite = out.lines().nth(1).unwrap().parse().unwrap();
+    assert_eq!(invite.token, Some(token_file(&alice)));
+}
+
+#[test]
+fn contact_add_takes_a_relay_with_its_key_and_token_and_says_what_is_wrong() {
+    let (_d, relay) = relay();
+    let bob = Client::new(&relay);
+    let carol = Client::new(&relay);
+    let theirs = sotto_keys::RelayKey::from_bytes([7; 32]).to_string();
+    let token = sotto_keys::DeliveryToken::from_bytes([9; 16]).to_string();
+
+    let err = bob
+        .run(&[
+            "contact",
+            "add",
+            "carol",
+            &carol.key,
+            "--relay",
+            "127.0.0.1:9",
+        ])
+        .fails();
+    assert!(err.contains("--relay-key"), "{err}");
+    let err = bob
+        .run(&["contact", "add", "carol", &carol.key, "--token", &token])
+        .fails();
+    assert!(err.contains("--relay"), "{err}");
+    let mut typo = token.clone();
+    typo.pop();
+    let err = bob
+        .run(&[
+            "contact",
+            "add",
+            "carol",
+            &carol.key,
+            "--relay",
+            "127.0.0.1:9",
+            "--relay-key",
+            &theirs,
+            "--token",
+            &typo,
+        ])
+        .fails();
+    assert!(err.contains("--token: invalid delivery token"), "{err}");
+    assert!(!err.contains(&typo[11..]), "the token is not echoed: {err}");
+    let err = bob
+        .run(&[
+            "contact",
+            "add",
+            "carol",
+            &carol.key,
+            "--relay",
+            "127.0.0.1:9",
+            "--relay-key",
+            &carol.key,
+        ])
+        .fails();
+    assert!(err.contains("relay key"), "{err}");
+    let invite = carol.run(&["id", "--invite"]).ok();
+    let invite = invite.lines().nth(1).unwrap();
+    let err = bob
+        .run(&[
+            "contact",
+            "add",
+            "carol",
+            invite,
+            "--relay",
+            "127.0.0.1:9",
+            "--relay-key",
+            &theirs,
+        ])
+        .fails();
+    assert!(err.contains("an invite already holds"), "{err}");
+    assert!(!bob.run(&["contact", "list"]).ok().contains("carol"));
+
+    bob.run(&[
+        "contact",
+        "add",
+        "carol",
+        &carol.key,
+        "--relay",
+        "127.0.0.1:9",
+        "--relay-key",
+        &theirs,
+        "--token",
+        &token,
+    ])
+    .ok();
+    assert_eq!(
+        contact_field(&bob, "carol", "relay").as_deref(),
+        Some("127.0.0.1:9")
+    );
+    assert_eq!(
+        contact_field(&bob, "carol", "relay_key"),
+        Some(theirs.clone())
+    );
+    assert_eq!(contact_field(&bob, "carol", "token"), Some(token));
+    // Without the flags, a contact is reached through my relay, as before.
+    let dave = Client::new(&relay);
+    bob.add_contact("dave", &dave);
+    assert_eq!(contact_field(&bob, "dave", "relay"), None);
+    let list = bob.run(&["contact", "list"]).ok();
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("carol") && l.ends_with("  127.0.0.1:9")),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("dave") && l.ends_with("  via my relay")),
+        "{list}"
+    );
+}
+
+#[test]
+fn an_old_contact_with_a_relay_but_no_key_is_listed_as_reached_through_mine() {
+    let (_d, relay) = relay();
+    let (alice, bob) = Client::pair(&relay);
+    let path = bob.home().join("contacts.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replacen(
+        &format!("key = \"{}\"\n", alice.key),
+        &format!("key = \"{}\"\nrelay = \"old.example:7300\"\n", alice.key),
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    let run = bob.run(&["contact", "list"]);
+    let list = run.ok();
+    assert!(
+        list.contains("via my relay (old.example:7300 noted without its relay_key)"),
+        "{list}"
+    );
+    let hint = run.stderr();
+    assert!(
+        hint.contains("alice has a relay noted without its key"),
+        "{hint}"
+    );
+    // And it is reached as it always was.
+    bob.run(&["send", "alice", "still here"]).ok();
+    assert!(alice.run(&["inbox"]).ok().contains("bob: still here"));
+
+    // A relay_key without its relay is a mistake, named with file, line and contact.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replacen(
+        "relay = \"old.example:7300\"\n",
+        &format!("relay_key = \"{}\"\n", relay.key),
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    let err = bob.run(&["contact", "list"]).fails();
+    assert!(err.contains("contacts.toml:"), "{err}");
+    assert!(
+        err.contains("`relay_key` of `alice` without a `relay`"),
+        "{err}"
+    );
+}

@@ -11,7 +11,7 @@ use std::io::Write;
 
 use sotto_keys::ContactBook;
 
-use super::inbox::group_label;
+use crate::display::group_label;
 use crate::history::{Direction, Entry};
 use crate::screen::{Link, Mark, MsgId, ScreenHandle, Who};
 
