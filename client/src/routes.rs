@@ -15,7 +15,7 @@
 //! token end to end ([`sotto_crypto::envelope::Reach`]).
 
 use serde::{Deserialize, Serialize};
-use sotto_keys::{DeliveryToken, PublicKey, RelayAddr, RelayKey};
+use sotto_keys::{Contact, DeliveryToken, PublicKey, RelayAddr, RelayKey};
 
 use crate::config::RelayPin;
 
@@ -53,6 +53,20 @@ impl Route {
             relay_key: pin.key,
             to,
             token,
+        }
+    }
+
+    /// The route to `contact`: on their relay if `contacts.toml` names it
+    /// with its key, else on `mine` (with no token: a first contact).
+    pub fn for_contact(contact: &Contact, mine: &RelayPin) -> Self {
+        match contact.delivery() {
+            Some(d) => Self {
+                relay: d.relay.clone(),
+                relay_key: d.relay_key,
+                to: contact.key,
+                token: d.token.clone(),
+            },
+            None => Self::new(mine, contact.key, None),
         }
     }
 
@@ -96,6 +110,29 @@ mod tests {
         assert_ne!(a.link(), Route::new(&pin(1), carol, None).link());
         assert_ne!(a.link(), Route::new(&pin(2), bob, None).link());
         assert_eq!(a.pin(), pin(1));
+    }
+
+    #[test]
+    fn a_contact_is_reached_on_their_relay_or_else_on_mine() {
+        let key = SecretKey::generate().public();
+        let name: sotto_keys::ContactName = "bob".parse().unwrap();
+        let token = DeliveryToken::generate();
+        let theirs = sotto_keys::Delivery {
+            relay: pin(7).addr,
+            relay_key: pin(7).key,
+            token: Some(token.clone()),
+        };
+        let bob = Contact::with_delivery(name.clone(), key, theirs);
+        assert_eq!(
+            Route::for_contact(&bob, &pin(1)),
+            Route::new(&pin(7), key, Some(token))
+        );
+        let old = Contact::new(name, key, Some(pin(7).addr));
+        assert_eq!(
+            Route::for_contact(&old, &pin(1)),
+            Route::new(&pin(1), key, None),
+            "an address without its key is not a place to deliver to"
+        );
     }
 
     #[test]
