@@ -10,6 +10,9 @@
 //! - [`home`]: where the files live (`$SOTTO_HOME`, else the config dir);
 //! - [`config`]: `config.toml`: name, relay address, pinned relay key;
 //! - [`identity`]: loading the secret key and getting its passphrase;
+//! - [`outbox`]: what I send: a name resolved to its recipients, one
+//!   envelope sealed per recipient, each routed to its relay
+//!   ([`outbox::relay_for`]) and delivered; files too ([`outbox::file`]);
 //! - [`relay_client`]: the connection to the relay, with time limits and
 //!   errors that say what to do;
 //! - [`screen`]: the interactive screen of `sotto chat` on a terminal
@@ -58,6 +61,7 @@ pub mod home;
 pub mod identity;
 pub mod notice;
 pub mod offers;
+pub mod outbox;
 pub mod presence;
 pub mod publish;
 pub mod relay_client;
