@@ -10,6 +10,9 @@
 //! - [`home`]: where the files live (`$SOTTO_HOME`, else the config dir);
 //! - [`config`]: `config.toml`: name, relay address, pinned relay key;
 //! - [`identity`]: loading the secret key and getting its passphrase;
+//! - [`inbound`]: what I receive: a batch from my mailbox opened,
+//!   deduplicated, shown, remembered, acknowledged and answered, for
+//!   `inbox`, `chat` and `receive-all` alike;
 //! - [`outbox`]: what I send: a name resolved to its recipients, one
 //!   envelope sealed per recipient, each routed to its relay
 //!   ([`outbox::relay_for`]) and delivered; files too ([`outbox::file`]);
@@ -59,6 +62,7 @@ pub mod fuzzing;
 pub mod history;
 pub mod home;
 pub mod identity;
+pub mod inbound;
 pub mod notice;
 pub mod offers;
 pub mod outbox;

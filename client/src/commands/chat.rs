@@ -14,7 +14,7 @@
 //! comes first, in order, then the relay pushes new envelopes as they arrive.
 //! Each is handled exactly as `sotto inbox` handles it (same opening,
 //! duplicate suppression, unknown-sender and neutralising rules, see
-//! [`super::inbox::process`]): printed, remembered, then acknowledged.
+//! [`crate::inbound`]): printed, remembered, then acknowledged.
 //!
 //! Sending: a typed message is sealed once (one envelope per recipient) and
 //! kept in an outbox until the relay answers `Stored`. When the connection
@@ -64,13 +64,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::inbox::{self, Files, ShownMessage};
 use super::{note, say, tell, warn, Ctx};
 use crate::cli::ChatArgs;
 use crate::config::{Config, RelayPin};
 use crate::contacts::list_lines;
 use crate::history::History;
 use crate::identity;
+use crate::inbound::{self, Files, ShownMessage};
 use crate::outbox::{self, explain, resolve, Sealed, Target, MAX_TEXT_LEN};
 use crate::presence::Roster;
 use crate::relay_client::{self, recv_from, refused, write_to, Delivery, RelayConn, RelayError};
@@ -684,10 +684,11 @@ impl Chat {
         let mut printer = self.view.printer();
         let partner = self.target.clone();
         let (mut outcome, to_send) = off_runtime(|| {
-            inbox::process_batch(
+            inbound::process_batch(
                 &self.me,
                 &self.book,
                 &self.sessions,
+                &self.pin,
                 deliveries,
                 Files::Announce,
                 &mut |line| printer.line(line),
@@ -727,7 +728,9 @@ impl Chat {
         }
         let noted = &mut self.noted_unknown;
         outcome.unknown_senders.retain(|k| noted.insert(*k));
-        inbox::report(&outcome);
+        for n in inbound::notices(&outcome) {
+            tell(&n);
+        }
         if let Some(e) = outcome.print_error.take() {
             return Err(Stop::Fatal(
                 anyhow::Error::new(e).context("cannot write to stdout"),
@@ -852,13 +855,12 @@ impl Chat {
     }
 
     /// Queues accepts and receipts, after the messages already waiting.
-    fn queue(&mut self, to_send: Vec<inbox::ToSend>) {
-        for t in to_send {
-            self.outbox.push(Outgoing {
-                sealed: Sealed::reply(&self.book, t.to, t.envelope, &self.pin),
-                req: None,
-            });
-        }
+    fn queue(&mut self, to_send: Vec<Sealed>) {
+        self.outbox.extend(
+            to_send
+                .into_iter()
+                .map(|sealed| Outgoing { sealed, req: None }),
+        );
     }
 
     /// The new partner's messages that were only delivered are now read.
@@ -872,12 +874,14 @@ impl Chat {
             return;
         }
         let sealed = off_runtime(|| {
-            let mut batch = self.sessions.lock(&self.me)?;
-            let out = inbox::seal_receipts(&self.me, &mut batch.store, &now_read, &|_| {
-                ReceiptState::Read
-            })?;
-            batch.save(&self.me)?;
-            Ok::<_, anyhow::Error>(out)
+            inbound::seal_receipts_and_save(
+                &self.me,
+                &self.book,
+                &self.sessions,
+                &self.pin,
+                &now_read,
+                &|_| ReceiptState::Read,
+            )
         });
         match sealed {
             Ok(to_send) => self.queue(to_send),
