@@ -200,3 +200,39 @@ fn a_contact_on_another_relay_is_warned_about() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn replies_go_over_the_link_only_when_it_is_their_relay() {
+    use crate::relay_client::test_relay::fake_relay;
+    use sotto_crypto::wire::{ClientMsg, RelayMsg};
+    let dir = tempfile::tempdir().unwrap();
+    let book = book_with(dir.path(), "");
+    let (here, elsewhere) = (
+        my_relay(),
+        RelayPin {
+            // Nothing listens there: best effort, so only a debug line.
+            addr: "127.0.0.1:1".parse().unwrap(),
+            key: RelayKey::from_bytes([2; 32]),
+        },
+    );
+    let key = SecretKey::generate().public();
+    let (tx, got) = tokio::sync::oneshot::channel();
+    let mut conn = fake_relay(|mut r, mut w| async move {
+        let mut got = Vec::new();
+        while let Ok(Some(ClientMsg::Send { req, envelope, .. })) = r.recv().await {
+            got.push(envelope.into_vec());
+            w.send(&RelayMsg::Stored { req }).await.unwrap();
+            w.flush().await.unwrap();
+        }
+        let _ = tx.send(got);
+    })
+    .await;
+    let replies = vec![
+        Sealed::reply(&book, key, vec![1], &here),
+        Sealed::reply(&book, key, vec![2], &elsewhere),
+        Sealed::reply(&book, key, vec![3], &here),
+    ];
+    send_replies(&mut conn, &here, &SecretKey::generate(), replies).await;
+    conn.close().await;
+    assert_eq!(got.await.unwrap(), [vec![1], vec![3]]);
+}
