@@ -16,14 +16,16 @@
 //! duplicate suppression, unknown-sender and neutralising rules, see
 //! [`crate::inbound`]): printed, remembered, then acknowledged.
 //!
-//! Sending: a typed message is sealed once (one envelope per recipient) and
-//! kept in an outbox until the relay answers `Stored`. When the connection
-//! drops, or the relay restarts, the client reconnects with a doubling backoff
-//! ([`BACKOFF_START`] to [`BACKOFF_MAX`]) and sends the outbox again, the
-//! same envelope bytes: if the relay had stored one already, the receiver's
-//! seen store shows it once. Lines typed while disconnected wait in the outbox.
-//! A keepalive `Ping` goes out every [`PING_EVERY`]; a relay not heard from for
-//! [`DEAD_AFTER`] counts as gone.
+//! Sending: a typed message is sealed once (one envelope per recipient,
+//! [`crate::outbox`]) and kept in an outbox until the relay answers `Stored`.
+//! Each envelope names the relay it goes to ([`crate::outbox::relay_for`]),
+//! today always mine, the one this connection reads from, so all go on it.
+//! When the connection drops, or the relay restarts, the client reconnects
+//! with a doubling backoff ([`BACKOFF_START`] to [`BACKOFF_MAX`]) and sends
+//! the outbox again, the same envelope bytes: if the relay had stored one
+//! already, the receiver's seen store shows it once. Lines typed while
+//! disconnected wait in the outbox. A keepalive `Ping` goes out every
+//! [`PING_EVERY`]; a relay not heard from for [`DEAD_AFTER`] counts as gone.
 //!
 //! Sessions and receipts: typed lines are sealed through the session state
 //! ([`crate::sessions`], one short locked batch per line, saved before it is

@@ -16,10 +16,10 @@
 //!    senders (best effort) before the connection closes.
 //!
 //! Steps 2 and 3 are the inbound pipeline that `chat` and `receive-all`
-//! share ([`crate::inbound`]). Opening goes through the forward-secret session state, loaded, changed and
-//! saved in one locked batch together with the seen store
-//! ([`crate::sessions`]); a receipt that arrives is not a message and is
-//! ignored here.
+//! share ([`crate::inbound`]). Opening goes through the forward-secret
+//! session state, loaded, changed and saved in one locked batch together
+//! with the seen store ([`crate::sessions`]); a receipt that arrives is not
+//! a message and is ignored here.
 //!
 //! A crash before 4 means the relay delivers again and the seen store hides
 //! what was already shown; a failure to print (a closed pipe) stops before the

@@ -1,9 +1,9 @@
 //! `sotto receive-all [--dir DIR]`: empty the mailbox, files included.
 //!
 //! 1. The mailbox is fetched once. Text messages are printed, remembered and
-//!    acknowledged exactly as `sotto inbox` does (the same code); file offers
-//!    are kept in the home's offers ([`crate::offers`]), with those that
-//!    `inbox` or `chat` kept earlier.
+//!    acknowledged exactly as `sotto inbox` does ([`crate::inbound`]); file
+//!    offers are kept in the home's offers ([`crate::offers`]), with those
+//!    that `inbox` or `chat` kept earlier.
 //! 2. Every file kept is downloaded, up to [`PARALLEL`] at once, each on its
 //!    own connection, into DIR ([`crate::download`]: chunk by chunk into a
 //!    temporary file, verified, published under a sanitised name that never
