@@ -12,6 +12,12 @@
 //! - [`delivery_token`]: my mailbox's delivery token (`delivery.token`),
 //!   made at `init` or on first use, rotated locally;
 //! - [`identity`]: loading the secret key and getting its passphrase;
+//! - [`inbound`]: what I receive: a batch from my mailbox opened,
+//!   deduplicated, shown, remembered, acknowledged and answered, for
+//!   `inbox`, `chat` and `receive-all` alike;
+//! - [`outbox`]: what I send: a name resolved to its recipients, one
+//!   envelope sealed per recipient, each routed to its relay
+//!   ([`outbox::relay_for`]) and delivered; files too ([`outbox::file`]);
 //! - [`relay_client`]: the connection to the relay, with time limits and
 //!   errors that say what to do;
 //! - [`screen`]: the interactive screen of `sotto chat` on a terminal
@@ -67,8 +73,10 @@ pub mod fuzzing;
 pub mod history;
 pub mod home;
 pub mod identity;
+pub mod inbound;
 pub mod notice;
 pub mod offers;
+pub mod outbox;
 pub mod presence;
 pub mod publish;
 pub mod relay_client;

@@ -14,16 +14,18 @@
 //! comes first, in order, then the relay pushes new envelopes as they arrive.
 //! Each is handled exactly as `sotto inbox` handles it (same opening,
 //! duplicate suppression, unknown-sender and neutralising rules, see
-//! [`super::inbox::process`]): printed, remembered, then acknowledged.
+//! [`crate::inbound`]): printed, remembered, then acknowledged.
 //!
-//! Sending: a typed message is sealed once (one envelope per recipient) and
-//! kept in an outbox until the relay answers `Stored`. When the connection
-//! drops, or the relay restarts, the client reconnects with a doubling backoff
-//! ([`BACKOFF_START`] to [`BACKOFF_MAX`]) and sends the outbox again, the
-//! same envelope bytes: if the relay had stored one already, the receiver's
-//! seen store shows it once. Lines typed while disconnected wait in the outbox.
-//! A keepalive `Ping` goes out every [`PING_EVERY`]; a relay not heard from for
-//! [`DEAD_AFTER`] counts as gone.
+//! Sending: a typed message is sealed once (one envelope per recipient,
+//! [`crate::outbox`]) and kept in an outbox until the relay answers `Stored`.
+//! Each envelope names the relay it goes to ([`crate::outbox::relay_for`]),
+//! today always mine, the one this connection reads from, so all go on it.
+//! When the connection drops, or the relay restarts, the client reconnects
+//! with a doubling backoff ([`BACKOFF_START`] to [`BACKOFF_MAX`]) and sends
+//! the outbox again, the same envelope bytes: if the relay had stored one
+//! already, the receiver's seen store shows it once. Lines typed while
+//! disconnected wait in the outbox. A keepalive `Ping` goes out every
+//! [`PING_EVERY`]; a relay not heard from for [`DEAD_AFTER`] counts as gone.
 //!
 //! Sessions and receipts: typed lines are sealed through the session state
 //! ([`crate::sessions`], one short locked batch per line, saved before it is
@@ -51,29 +53,27 @@ mod view;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, IsTerminal, Read};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use serde_bytes::ByteBuf;
-use sotto_crypto::envelope::{Body, Content, MessageId, Presence, ReceiptState};
+use sotto_crypto::envelope::{MessageId, Presence, ReceiptState};
 use sotto_crypto::link::{LinkReader, LinkWriter};
-use sotto_crypto::session::SessionStore;
 use sotto_crypto::wire::{ClientMsg, ErrorCode, RelayMsg};
-use sotto_crypto::EnvelopeError;
-use sotto_keys::{Contact, ContactBook, PublicKey, RelayAddr, SecretKey};
+use sotto_keys::{ContactBook, PublicKey, RelayAddr, SecretKey};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::inbox::{self, Files, ShownMessage};
-use super::send::{check_text, explain, MAX_TEXT_LEN};
 use super::{note, say, tell, warn, Ctx};
 use crate::cli::ChatArgs;
 use crate::config::{Config, RelayPin};
-use crate::contacts::{list_lines, unknown_contact};
-use crate::history::{self, History};
+use crate::contacts::list_lines;
+use crate::history::History;
 use crate::identity;
+use crate::inbound::{self, Files, ShownMessage};
+use crate::outbox::{self, explain, resolve, Sealed, Target, MAX_TEXT_LEN};
 use crate::presence::Roster;
 use crate::relay_client::{self, recv_from, refused, write_to, Delivery, RelayConn, RelayError};
 use crate::screen::{self, Link, Mark, MsgId, Screen};
@@ -102,150 +102,6 @@ const HELP: &[&str] = &[
     "/quit        leave once every message sent is stored (as end of input does)",
     "//text       send a line that starts with /",
 ];
-
-/// Who typed lines go to.
-#[derive(Debug, Clone)]
-pub(crate) enum Target {
-    /// One contact.
-    Contact(Contact),
-    /// A group: one envelope per member.
-    Group {
-        /// The group's name in my contacts.
-        name: String,
-        /// Its members.
-        members: Vec<Contact>,
-    },
-}
-
-impl Target {
-    /// Its name in my contacts.
-    pub(crate) fn name(&self) -> &str {
-        match self {
-            Target::Contact(c) => c.name.as_str(),
-            Target::Group { name, .. } => name,
-        }
-    }
-}
-
-/// The contact (first) or group called `name`; only a group when
-/// `group_only`.
-pub(crate) fn resolve(book: &ContactBook, name: &str, group_only: bool) -> Result<Target> {
-    if !group_only {
-        if let Some(c) = book.get(name) {
-            return Ok(Target::Contact(c.clone()));
-        }
-    }
-    if let Some(g) = book.group(name) {
-        let members: Vec<Contact> = g
-            .members
-            .iter()
-            .filter_map(|m| book.get(m.as_str()).cloned())
-            .collect();
-        if members.is_empty() {
-            bail!("the group '{name}' has no members; list them in contacts.toml under [groups.{name}] members = [...]");
-        }
-        return Ok(Target::Group {
-            name: g.name.to_string(),
-            members,
-        });
-    }
-    if group_only {
-        if book.get(name).is_some() {
-            bail!("'{name}' is a contact, not a group; leave out --group");
-        }
-        let name = crate::display::sanitize(name);
-        bail!("unknown group '{name}': define it in contacts.toml as [groups.{name}] members = [\"NAME\", ...]");
-    }
-    Err(unknown_contact(name))
-}
-
-/// One envelope for one recipient.
-#[derive(Debug, Clone)]
-pub(crate) struct Sealed {
-    /// The recipient's key (the relay's address for it).
-    pub to: PublicKey,
-    /// Their name in my contacts.
-    pub name: String,
-    /// The sealed envelope.
-    pub envelope: Vec<u8>,
-    /// The message it carries, if it carries one the sender follows (not
-    /// a session renewal, an accept or a receipt).
-    pub message: Option<MessageId>,
-}
-
-/// Seals `text` for `target`: one envelope per recipient (never to myself),
-/// all carrying the same body, so a group message has one id, each sealed
-/// through `sessions` (forward-secret once both sides have spoken), followed
-/// by a session renewal where one is due. Returns the envelopes and the
-/// history entry for the message. The caller saves `sessions` before sending.
-pub(crate) fn seal_to(
-    me: &SecretKey,
-    sessions: &mut SessionStore,
-    target: &Target,
-    text: String,
-) -> Result<(Vec<Sealed>, history::Entry)> {
-    check_text(&text)?;
-    let mine = me.public();
-    let (content, peer, group, recipients) = match target {
-        Target::Contact(c) => (
-            Content::Text(text.clone()),
-            Some(c.key),
-            None,
-            vec![c.clone()],
-        ),
-        Target::Group { name, members } => (
-            Content::GroupText {
-                group: name.clone(),
-                text: text.clone(),
-            },
-            None,
-            Some(name.clone()),
-            members.iter().filter(|c| c.key != mine).cloned().collect(),
-        ),
-    };
-    if recipients.is_empty() {
-        bail!(
-            "nobody to send to: you are the only member of '{}'",
-            target.name()
-        );
-    }
-    let body = Body::new(content);
-    let mut sealed = Vec::with_capacity(recipients.len());
-    for c in recipients {
-        let out = sessions
-            .seal_to(me, &c.key, &body, SystemTime::now())
-            .map_err(|e| match e {
-                // Only a group message can get here: its group name takes room.
-                EnvelopeError::TooLarge { .. } => anyhow!(
-                    "message too long: with the group name, at most about {} bytes of text fit in one message",
-                    MAX_TEXT_LEN.saturating_sub(target.name().len() + 3)
-                ),
-                other => anyhow!("cannot seal the message: {other}"),
-            })?;
-        sealed.push(Sealed {
-            to: c.key,
-            name: c.name.to_string(),
-            envelope: out.envelope,
-            message: Some(body.id),
-        });
-        if let Some(renewal) = out.renewal {
-            sealed.push(Sealed {
-                to: c.key,
-                name: c.name.to_string(),
-                envelope: renewal,
-                message: None,
-            });
-        }
-    }
-    let entry = history::Entry {
-        at_ms: body.sent_at_ms,
-        direction: history::Direction::Sent,
-        peer,
-        group,
-        text,
-    };
-    Ok((sealed, entry))
-}
 
 /// How far one of my messages got at one recipient, as the chat shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -830,10 +686,11 @@ impl Chat {
         let mut printer = self.view.printer();
         let partner = self.target.clone();
         let (mut outcome, to_send) = off_runtime(|| {
-            inbox::process_batch(
+            inbound::process_batch(
                 &self.me,
                 &self.book,
                 &self.sessions,
+                &self.pin,
                 deliveries,
                 Files::Announce,
                 &mut |line| printer.line(line),
@@ -873,7 +730,9 @@ impl Chat {
         }
         let noted = &mut self.noted_unknown;
         outcome.unknown_senders.retain(|k| noted.insert(*k));
-        inbox::report(&outcome);
+        for n in inbound::notices(&outcome) {
+            tell(&n);
+        }
         if let Some(e) = outcome.print_error.take() {
             return Err(Stop::Fatal(
                 anyhow::Error::new(e).context("cannot write to stdout"),
@@ -998,22 +857,12 @@ impl Chat {
     }
 
     /// Queues accepts and receipts, after the messages already waiting.
-    fn queue(&mut self, to_send: Vec<inbox::ToSend>) {
-        for t in to_send {
-            let name = match self.book.by_key(&t.to) {
-                Some(c) => c.name.to_string(),
-                None => t.to.to_string(),
-            };
-            self.outbox.push(Outgoing {
-                sealed: Sealed {
-                    to: t.to,
-                    name,
-                    envelope: t.envelope,
-                    message: None,
-                },
-                req: None,
-            });
-        }
+    fn queue(&mut self, to_send: Vec<Sealed>) {
+        self.outbox.extend(
+            to_send
+                .into_iter()
+                .map(|sealed| Outgoing { sealed, req: None }),
+        );
     }
 
     /// The new partner's messages that were only delivered are now read.
@@ -1027,12 +876,14 @@ impl Chat {
             return;
         }
         let sealed = off_runtime(|| {
-            let mut batch = self.sessions.lock(&self.me)?;
-            let out = inbox::seal_receipts(&self.me, &mut batch.store, &now_read, &|_| {
-                ReceiptState::Read
-            })?;
-            batch.save(&self.me)?;
-            Ok::<_, anyhow::Error>(out)
+            inbound::seal_receipts_and_save(
+                &self.me,
+                &self.book,
+                &self.sessions,
+                &self.pin,
+                &now_read,
+                &|_| ReceiptState::Read,
+            )
         });
         match sealed {
             Ok(to_send) => self.queue(to_send),
@@ -1046,29 +897,23 @@ impl Chat {
             warn("nobody to send to yet: type `/to NAME` first; the message was not sent");
             return;
         };
+        // Saved before anything sealed on it goes out.
         let sealed = off_runtime(|| {
-            let mut batch = self.sessions.lock(&self.me)?;
-            let out = seal_to(&self.me, &mut batch.store, target, text.clone())?;
-            // Saved before anything sealed on it goes out.
-            batch.save(&self.me)?;
-            Ok::<_, anyhow::Error>(out)
+            outbox::seal_and_save(&self.sessions, &self.me, target, text.clone(), &self.pin)
         });
         match sealed {
-            Ok((sealed, entry)) => {
-                if let Some(n) = off_runtime(|| self.history.record(std::slice::from_ref(&entry))) {
+            Ok(sealed) => {
+                if let Some(n) =
+                    off_runtime(|| self.history.record(std::slice::from_ref(&sealed.entry)))
+                {
                     tell(&n);
                 }
-                let on_screen = self.view.sent(&entry);
-                if let Some(id) = sealed.iter().find_map(|s| s.message) {
-                    let recipients: Vec<(PublicKey, String)> = sealed
-                        .iter()
-                        .filter(|s| s.message.is_some())
-                        .map(|s| (s.to, s.name.clone()))
-                        .collect();
-                    self.receipts.track(id, &text, &recipients, on_screen);
-                }
+                let on_screen = self.view.sent(&sealed.entry);
+                self.receipts
+                    .track(sealed.id, &text, &sealed.recipients(), on_screen);
                 self.outbox.extend(
                     sealed
+                        .sealed
                         .into_iter()
                         .map(|sealed| Outgoing { sealed, req: None }),
                 );
@@ -1161,10 +1006,11 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sotto_crypto::envelope::Body;
-    use sotto_crypto::session::SessionConfig;
+    use sotto_crypto::envelope::{Body, Content};
+    use sotto_crypto::session::{SessionConfig, SessionStore};
+    use std::time::SystemTime;
 
-    /// Opens what `seal_to` sealed, as the recipient's client would.
+    /// Opens what the chat sealed, as the recipient's client would.
     fn open_at(to: &SecretKey, envelope: &[u8]) -> (PublicKey, Body) {
         let mut store = SessionStore::new(to.public(), SessionConfig::default());
         let r = store
@@ -1177,61 +1023,6 @@ mod tests {
         let path = dir.join("contacts.toml");
         std::fs::write(&path, text).unwrap();
         ContactBook::load(&path).unwrap()
-    }
-
-    #[test]
-    fn a_group_message_is_sealed_once_per_member_but_never_to_myself() {
-        let dir = tempfile::tempdir().unwrap();
-        let me = SecretKey::generate();
-        let bob = SecretKey::generate();
-        let carol = SecretKey::generate();
-        let book = book_with(
-            dir.path(),
-            &format!(
-                "[contacts.bob]\nkey = \"{}\"\n[contacts.carol]\nkey = \"{}\"\n[contacts.self]\nkey = \"{}\"\n[groups.team]\nmembers = [\"bob\", \"carol\", \"self\"]\n",
-                bob.public(),
-                carol.public(),
-                me.public()
-            ),
-        );
-        let target = resolve(&book, "team", false).unwrap();
-        assert_eq!(target.name(), "team");
-        let mut sessions = SessionStore::new(me.public(), SessionConfig::default());
-        let (sealed, entry) = seal_to(&me, &mut sessions, &target, "hi all".into()).unwrap();
-        assert_eq!(
-            sealed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
-            ["bob", "carol"]
-        );
-        assert_eq!(entry.group.as_deref(), Some("team"));
-        assert_eq!(entry.peer, None);
-        let (sender, opened) = open_at(&carol, &sealed[1].envelope);
-        assert_eq!(sender, me.public());
-        assert_eq!(
-            opened.content,
-            Content::GroupText {
-                group: "team".into(),
-                text: "hi all".into()
-            }
-        );
-        // One body for all: one id.
-        let (_, at_bob) = open_at(&bob, &sealed[0].envelope);
-        assert_eq!(at_bob.id, opened.id);
-        assert!(sealed.iter().all(|s| s.message == Some(opened.id)));
-
-        assert!(resolve(&book, "bob", true).is_err());
-        assert!(matches!(
-            resolve(&book, "bob", false).unwrap(),
-            Target::Contact(_)
-        ));
-        let err = resolve(&book, "nobody", false).unwrap_err().to_string();
-        assert!(err.starts_with("unknown contact 'nobody'"), "{err}");
-        let err = resolve(&book, "nobody", true).unwrap_err().to_string();
-        assert!(err.starts_with("unknown group 'nobody'"), "{err}");
-        assert!(seal_to(&me, &mut sessions, &target, String::new()).is_err());
-        let err = seal_to(&me, &mut sessions, &target, "a".repeat(MAX_TEXT_LEN))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("with the group name"), "{err}");
     }
 
     fn test_chat(dir: &std::path::Path, bob: &SecretKey) -> Chat {

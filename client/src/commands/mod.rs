@@ -137,6 +137,13 @@ pub(crate) fn tell(notice: &Notice) {
     }
 }
 
+/// Says that one fetch could not hold the whole mailbox.
+pub(crate) fn more_waiting(command: &str) {
+    note(&format!(
+        "more is waiting on the relay than one run takes; run `{command}` again for the rest"
+    ));
+}
+
 /// A line of output for the person at the terminal, without the `sotto:`
 /// prefix, on stderr (on the chat's screen while it is up).
 pub(crate) fn say(line: &str) {

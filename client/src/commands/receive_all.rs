@@ -1,9 +1,9 @@
 //! `sotto receive-all [--dir DIR]`: empty the mailbox, files included.
 //!
 //! 1. The mailbox is fetched once. Text messages are printed, remembered and
-//!    acknowledged exactly as `sotto inbox` does (the same code); file offers
-//!    are kept in the home's offers ([`crate::offers`]), with those that
-//!    `inbox` or `chat` kept earlier.
+//!    acknowledged exactly as `sotto inbox` does ([`crate::inbound`]); file
+//!    offers are kept in the home's offers ([`crate::offers`]), with those
+//!    that `inbox` or `chat` kept earlier.
 //! 2. Every file kept is downloaded, up to [`PARALLEL`] at once, each on its
 //!    own connection, into DIR ([`crate::download`]: chunk by chunk into a
 //!    temporary file, verified, published under a sanitised name that never
@@ -28,15 +28,16 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::bars::Bars;
-use super::inbox::{process_batch, report, send_all, Files, Outcome};
-use super::{block_on, note, warn, AlreadyReported, Ctx, Out};
+use super::{block_on, more_waiting, note, tell, warn, AlreadyReported, Ctx, Out};
 use crate::cli::ReceiveAllArgs;
 use crate::config::{Config, RelayPin};
 use crate::display::{local_time_ms, sanitize};
 use crate::download::{self, DownloadError};
 use crate::download_limits::DownloadLimits;
 use crate::identity;
+use crate::inbound::{self, process_batch, Files, Outcome};
 use crate::offers::StoredOffer;
+use crate::outbox::send_replies;
 use crate::relay_client::{self, RelayError};
 use crate::sessions::SessionFiles;
 use sotto_crypto::envelope::ReceiptState;
@@ -63,18 +64,19 @@ pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
         let pending = fetched.deliveries;
         tracing::info!(count = pending.len(), "fetched");
         if fetched.more {
-            super::inbox::more_waiting("sotto receive-all");
+            more_waiting("sotto receive-all");
         }
         let (outcome, to_send) = if pending.is_empty() {
             (Outcome::default(), Vec::new())
         } else {
-            let (me, store, book) = (me.clone(), store.clone(), book.clone());
+            let (me, store, book, pin) = (me.clone(), store.clone(), book.clone(), pin.clone());
             tokio::task::spawn_blocking(move || {
                 let mut out = Out::new();
                 process_batch(
                     &me,
                     &book,
                     &store,
+                    &pin,
                     pending,
                     Files::Collect,
                     &mut |line| out.line(line),
@@ -89,9 +91,11 @@ pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
             let deleted = conn.ack(&outcome.ack).await?;
             tracing::info!(acked = outcome.ack.len(), deleted, "acknowledged");
         }
-        send_all(&mut conn, to_send).await;
+        send_replies(&mut conn, &pin, &me, to_send).await;
         conn.close().await;
-        report(&outcome);
+        for n in inbound::notices(&outcome) {
+            tell(&n);
+        }
         if let Some(e) = outcome.print_error {
             return Err(anyhow::Error::new(e).context("cannot write to stdout"));
         }

@@ -2,9 +2,9 @@
 //!
 //! The file goes to the current partner (to each member of a group, one
 //! upload each, as a group message is one envelope each) exactly as
-//! `sotto send-file` sends it ([`send_one`]: resumable upload, then the offer
+//! `sotto send-file` sends it ([`send_files`]: resumable upload, then the offer
 //! sealed end to end and stored in their mailbox), over a connection of its
-//! own in a task of its own, so typing and receiving go on meanwhile.
+//! own (one per relay, [`crate::outbox::relay_for`]) in a task of its own, so typing and receiving go on meanwhile.
 //! Progress comes as notices on stderr: the start, every quarter on a
 //! terminal, then done or failed with the reason. The chat does not end
 //! before its uploads have ended.
@@ -16,12 +16,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use sotto_keys::{Contact, SecretKey};
 
-use super::{Chat, Target};
-use crate::commands::send_file::{percent, send_one, Progress};
+use super::Chat;
 use crate::commands::{note, warn};
 use crate::config::RelayPin;
 use crate::display::sanitize;
-use crate::relay_client;
+use crate::outbox::file::{percent, send_files, Progress};
 use crate::sessions::SessionFiles;
 use crate::upload::Source;
 use crate::upload_state::UploadStates;
@@ -33,20 +32,13 @@ impl Chat {
             warn("nobody to send to yet: type `/to NAME` first; the file was not sent");
             return;
         };
-        let mine = self.me.public();
-        let recipients: Vec<Contact> = match target {
-            Target::Contact(c) => vec![c.clone()],
-            Target::Group { members, .. } => {
-                members.iter().filter(|c| c.key != mine).cloned().collect()
+        let recipients = match target.recipients(&self.me.public()) {
+            Ok(recipients) => recipients,
+            Err(e) => {
+                warn(&crate::error_line(&e));
+                return;
             }
         };
-        if recipients.is_empty() {
-            warn(&format!(
-                "nobody to send to: you are the only member of '{}'",
-                target.name()
-            ));
-            return;
-        }
         self.uploads.spawn(send_in_background(
             self.me.clone(),
             self.pin.clone(),
@@ -73,22 +65,16 @@ async fn send_in_background(
         let source = tokio::task::spawn_blocking(move || Source::inspect(&path))
             .await
             .context("the file task failed")??;
-        let mut conn = relay_client::connect(&pin, &me).await?;
-        for contact in &recipients {
-            let mut progress = Notices::new(contact.name.to_string());
-            send_one(
-                &mut conn,
-                &me,
-                &sessions,
-                contact,
-                &source,
-                &states,
-                &mut progress,
-            )
-            .await?;
-        }
-        conn.close().await;
-        Ok::<_, anyhow::Error>(())
+        send_files(
+            &me,
+            &pin,
+            &sessions,
+            &states,
+            &recipients,
+            std::slice::from_ref(&source),
+            &mut |contact| Box::new(Notices::new(contact.name.to_string())),
+        )
+        .await
     }
     .await;
     if let Err(e) = sent {

@@ -1,0 +1,270 @@
+//! Sending a file: the upload, then its offer, sealed end to end like a
+//! message and stored in the recipient's mailbox.
+//!
+//! Per file: a fresh id and key (or, for an upload that was interrupted, the
+//! saved ones, see [`crate::upload_state`]); the chunks the relay lacks are
+//! sealed and uploaded ([`crate::upload`]); once the relay holds the whole
+//! blob durably, the offer (id, key, name, size, hash) is sealed through the
+//! session state, saved, and stored in the contact's mailbox; only then is
+//! the resume state deleted. `sotto send-file` and the chat's `/file` send
+//! the same way and differ only in how they show progress ([`Progress`]).
+//!
+//! Each recipient's upload and offer go to [`relay_for`] them, like their
+//! messages ([`send_files`]).
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use sotto_crypto::envelope::{Body, Content};
+use sotto_crypto::file::FileOffer;
+use sotto_crypto::wire::ErrorCode;
+use sotto_keys::{Contact, SecretKey};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{explain, relay_for, seal_body_and_save};
+use crate::config::RelayPin;
+use crate::display::sanitize;
+use crate::relay_client::{self, RelayConn, RelayError};
+use crate::sessions::SessionFiles;
+use crate::upload::{self, bytes_in_chunks, Source, UploadError};
+use crate::upload_state::UploadStates;
+
+/// How one upload shows what it does: bars for `send-file`, notices in
+/// `sotto chat` (where the upload runs beside the conversation). The
+/// library says what happens; the command decides how it is shown.
+pub trait Progress: Send {
+    /// A line for the person at the terminal.
+    fn note(&mut self, msg: &str);
+    /// Sending `name` (`size` bytes) begins, `done` bytes already on the relay.
+    fn start(&mut self, name: &str, size: u64, done: u64);
+    /// `done` bytes are on the relay.
+    fn advance(&mut self, done: u64);
+    /// Sending ended, whichever way.
+    fn finish(&mut self);
+}
+
+/// Sends every file of `sources` to each of `recipients`, in order, each
+/// recipient's through a link to [`relay_for`] them (one link for a run of
+/// recipients on the same relay). `progress` gives how each recipient's
+/// sends are shown. The first failure stops.
+#[allow(clippy::too_many_arguments)]
+pub async fn send_files(
+    me: &Arc<SecretKey>,
+    mine: &RelayPin,
+    sessions: &SessionFiles,
+    states: &UploadStates,
+    recipients: &[Contact],
+    sources: &[Source],
+    progress: &mut (dyn FnMut(&Contact) -> Box<dyn Progress> + Send),
+) -> Result<()> {
+    let mut link: Option<(RelayPin, RelayConn<_, _>)> = None;
+    for contact in recipients {
+        let relay = relay_for(Some(contact), mine);
+        let conn = match &mut link {
+            Some((on, conn)) if *on == relay => conn,
+            _ => {
+                if let Some((_, old)) = link.take() {
+                    old.close().await;
+                }
+                let conn = relay_client::connect(&relay, me).await?;
+                &mut link.insert((relay, conn)).1
+            }
+        };
+        let mut shown = progress(contact);
+        for source in sources {
+            send_one(
+                conn,
+                me,
+                mine,
+                sessions,
+                contact,
+                source,
+                states,
+                &mut *shown,
+            )
+            .await?;
+        }
+    }
+    if let Some((_, conn)) = link {
+        conn.close().await;
+    }
+    Ok(())
+}
+
+/// Uploads `source` for `contact` (resuming an interrupted upload), then
+/// seals its offer to them and has the relay store it. `conn` is the link
+/// to [`relay_for`] them.
+#[allow(clippy::too_many_arguments)]
+pub async fn send_one<R, W>(
+    conn: &mut RelayConn<R, W>,
+    me: &Arc<SecretKey>,
+    mine: &RelayPin,
+    sessions: &SessionFiles,
+    contact: &Contact,
+    source: &Source,
+    states: &UploadStates,
+    progress: &mut dyn Progress,
+) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let file = sanitize(&source.name);
+    let name = contact.name.to_string();
+    let size = source.size();
+
+    let (state, resumed) = {
+        let (states, to, canonical, fingerprint) = (
+            states.clone(),
+            contact.key,
+            source.canonical.clone(),
+            source.fingerprint,
+        );
+        tokio::task::spawn_blocking(move || states.resume_or_start(&to, &canonical, fingerprint))
+            .await
+            .context("the upload state task failed")??
+    };
+    let have = upload::begin(conn, &contact.key, source, &state)
+        .await
+        .map_err(|e| explain_upload(e, &file, &name))?;
+    let done = bytes_in_chunks(size, have);
+    if resumed && have > 0 {
+        progress.note(&format!("resuming {file} at {}%", percent(done, size)));
+    }
+    tracing::info!(size, have, "uploading");
+
+    progress.start(&source.name, size, done);
+    let sent = upload::send(conn, source, &state, have, &mut |d, _| progress.advance(d)).await;
+    progress.finish();
+    let hash = sent.map_err(|e| explain_upload(e, &file, &name))?;
+
+    let offer = FileOffer {
+        file_id: state.file_id,
+        name: source.name.clone(),
+        size,
+        hash,
+        key: state.key.clone(),
+    };
+    // Sealed through the sessions, saved before it goes out.
+    let mut sealed = {
+        let (sessions, me, contact) = (sessions.clone(), me.clone(), contact.clone());
+        let mine = mine.clone();
+        tokio::task::spawn_blocking(move || {
+            let body = Body::new(Content::File(offer));
+            seal_body_and_save(&sessions, &me, &contact, &body, &mine)
+        })
+        .await
+        .context("the session task failed")?
+        .map_err(|e| anyhow!("{file}: {}", crate::error_line(&e)))?
+        .into_iter()
+    };
+    let Some(carrier) = sealed.next() else {
+        bail!("{file}: its offer was not sealed");
+    };
+    conn.send_envelope(&carrier.to, carrier.envelope)
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "{file} is on the relay, but its offer to {name} was not stored: {}; the same `sotto send-file` sends it without uploading again",
+                crate::error_line(&explain(e, &name))
+            )
+        })?;
+
+    let (states, to, canonical) = (states.clone(), contact.key, source.canonical.clone());
+    tokio::task::spawn_blocking(move || states.remove(&to, &canonical))
+        .await
+        .context("the upload state task failed")??;
+    for renewal in sealed {
+        if let Err(e) = conn.send_envelope(&renewal.to, renewal.envelope).await {
+            tracing::debug!(error = %e, "a session renewal was not stored");
+        }
+    }
+    progress.note(&format!("sent {file} to {name}: the relay has stored it"));
+    Ok(())
+}
+
+/// `done` as a whole percentage of `total` (rounded down).
+pub fn percent(done: u64, total: u64) -> u64 {
+    if total == 0 {
+        return 100;
+    }
+    (u128::from(done) * 100 / u128::from(total)) as u64
+}
+
+/// Says which file failed and what to do about it.
+fn explain_upload(e: UploadError, file: &str, name: &str) -> anyhow::Error {
+    match e {
+        UploadError::Relay(RelayError::Refused {
+            code: ErrorCode::QuotaExceeded,
+            detail,
+            ..
+        }) => {
+            let why = if detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({detail})")
+            };
+            anyhow!("no room on the relay for {file} to {name}{why}; try again once they have received their files, or send a smaller file")
+        }
+        UploadError::Relay(
+            e @ (RelayError::Closed { .. }
+            | RelayError::NoAnswer { .. }
+            | RelayError::Stalled { .. }
+            | RelayError::Link { .. }
+            | RelayError::Unreachable { .. }),
+        ) => {
+            let why = e.to_string();
+            let why = why.strip_suffix("; try again").unwrap_or(&why);
+            anyhow!(
+                "sending {file} was interrupted: {why}; the same `sotto send-file` resumes where it stopped"
+            )
+        }
+        UploadError::Relay(e) => anyhow!("cannot send {file}: {e}"),
+        other => other.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentages_round_down_and_empty_files_are_whole() {
+        assert_eq!(percent(0, 10), 0);
+        assert_eq!(percent(999, 1000), 99);
+        assert_eq!(percent(10, 10), 100);
+        assert_eq!(percent(0, 0), 100);
+        assert_eq!(percent(u64::MAX / 2, u64::MAX), 49);
+    }
+
+    #[test]
+    fn failures_name_the_file_and_the_fix() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let e = explain_upload(
+            UploadError::Relay(RelayError::Refused {
+                addr,
+                code: ErrorCode::QuotaExceeded,
+                detail: "quota".into(),
+            }),
+            "big.iso",
+            "bob",
+        );
+        assert_eq!(
+            e.to_string(),
+            "no room on the relay for big.iso to bob (quota); try again once they have received their files, or send a smaller file"
+        );
+        let e = explain_upload(
+            UploadError::Relay(RelayError::Closed {
+                addr: "127.0.0.1:1".parse().unwrap(),
+            }),
+            "big.iso",
+            "bob",
+        );
+        assert!(
+            e.to_string()
+                .starts_with("sending big.iso was interrupted: "),
+            "{e}"
+        );
+        assert!(e.to_string().ends_with("resumes where it stopped"), "{e}");
+    }
+}
