@@ -154,6 +154,12 @@ fn refusal(addr: &RelayAddr, code: ErrorCode, detail: &str) -> String {
         ErrorCode::NotAllowed => format!(
             "the relay at {addr} is private and does not serve your key{why}; ask its operator to add the key `sotto id` prints"
         ),
+        ErrorCode::WrongToken => format!(
+            "the relay at {addr} refused the delivery: the recipient's delivery token has changed{why}; ask them for a new invite"
+        ),
+        ErrorCode::FirstContactRefused => format!(
+            "the relay at {addr} refused the delivery: the recipient accepts messages only from contacts given their invite{why}"
+        ),
     }
 }
 
@@ -559,7 +565,8 @@ where
                 | RelayMsg::UploadDone { .. }
                 | RelayMsg::DownloadChunk { .. }
                 | RelayMsg::DownloadEnd { .. }
-                | RelayMsg::BlobDeleted { .. } => {
+                | RelayMsg::BlobDeleted { .. }
+                | RelayMsg::TokenSet { .. } => {
                     return Err(RelayError::Protocol {
                         addr: self.addr.clone(),
                         what: "an answer to a request that was not made, while fetching",
