@@ -47,6 +47,7 @@ use clap::Parser;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod delivery_link;
 pub mod display;
 pub mod download;
 pub mod download_limits;
