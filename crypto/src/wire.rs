@@ -352,6 +352,44 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, crate::LinkE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_owner_link_request_never_decodes_as_a_delivery() {
+        let file_id = FileId([9; 16]);
+        for msg in [
+            ClientMsg::Fetch { live: true },
+            ClientMsg::Fetch { live: false },
+            ClientMsg::Ack {
+                req: 1,
+                ids: vec![],
+            },
+            ClientMsg::Ack {
+                req: 300,
+                ids: vec![1, 2, 3],
+            },
+            ClientMsg::Download {
+                req: 4,
+                file_id,
+                from: 0,
+            },
+            ClientMsg::DeleteBlob { req: 5, file_id },
+            ClientMsg::SetDeliveryToken {
+                req: 6,
+                token_hash: TokenHash([1; 32]),
+                first_contact: true,
+            },
+        ] {
+            let bytes = encode(&msg);
+            assert!(decode::<DeliveryMsg>(&bytes).is_err(), "{msg:?}");
+        }
+        let send = DeliveryMsg::Send {
+            req: 1,
+            to: PublicKey::from_bytes([0xab; 32]),
+            token: Some(DeliveryToken::from_bytes([3; 16])),
+            envelope: ByteBuf::from(vec![1, 2, 3]),
+        };
+        assert_eq!(decode::<DeliveryMsg>(&encode(&send)).unwrap(), send);
+    }
     use proptest::prelude::*;
 
     #[test]
