@@ -168,10 +168,7 @@ mod tests {
         assert_eq!(s.len(), DELIVERY_TOKEN_STR_LEN);
         assert_eq!(s.parse::<DeliveryToken>().unwrap(), token);
         assert_eq!(s.to_uppercase().parse::<DeliveryToken>().unwrap(), token);
-        assert_eq!(
-            format!("  {s}\n").parse::<DeliveryToken>().unwrap(),
-            token
-        );
+        assert_eq!(format!("  {s}\n").parse::<DeliveryToken>().unwrap(), token);
     }
 
     #[test]
