@@ -63,6 +63,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod contacts;
+pub mod delivery_link;
 pub mod delivery_pool;
 pub mod delivery_token;
 pub mod display;

@@ -154,6 +154,12 @@ fn refusal(addr: &RelayAddr, code: ErrorCode, detail: &str) -> String {
         ErrorCode::NotAllowed => format!(
             "the relay at {addr} is private and does not serve your key{why}; ask its operator to add the key `sotto id` prints"
         ),
+        ErrorCode::WrongToken => format!(
+            "the relay at {addr} refused the delivery: the recipient's delivery token has changed{why}; ask them for a new invite"
+        ),
+        ErrorCode::FirstContactRefused => format!(
+            "the relay at {addr} refused the delivery: the recipient accepts messages only from contacts given their invite{why}"
+        ),
     }
 }
 
@@ -318,7 +324,7 @@ where
     })
 }
 
-fn handshake_error(addr: RelayAddr, e: LinkError) -> RelayError {
+pub(crate) fn handshake_error(addr: RelayAddr, e: LinkError) -> RelayError {
     match e {
         LinkError::RelayKeyMismatch { expected, got } => RelayError::KeyMismatch {
             addr,
@@ -392,10 +398,10 @@ pub(crate) async fn recv_from<R: AsyncRead + Unpin>(
 
 /// Queues one message on the link without flushing, within [`ANSWER_TIMEOUT`]:
 /// a relay that stops reading must not hang the client forever.
-pub(crate) async fn write_to<W: AsyncWrite + Unpin>(
+pub(crate) async fn write_to<W: AsyncWrite + Unpin, M: serde::Serialize>(
     writer: &mut LinkWriter<W>,
     addr: &RelayAddr,
-    msg: &ClientMsg,
+    msg: &M,
     flush: bool,
 ) -> Result<(), RelayError> {
     let write = async {
@@ -492,6 +498,26 @@ where
         }
     }
 
+    /// Registers my mailbox's delivery token with the relay, as its hash
+    /// ([`sotto_crypto::delivery::token_hash`]), and whether it accepts
+    /// deliveries without a token (first contact); returns once committed.
+    pub async fn set_delivery_token(
+        &mut self,
+        token_hash: sotto_crypto::delivery::TokenHash,
+        first_contact: bool,
+    ) -> Result<(), RelayError> {
+        let req = self.req();
+        let msg = ClientMsg::SetDeliveryToken {
+            req,
+            token_hash,
+            first_contact,
+        };
+        self.request(req, &msg, "TokenSet", |m| {
+            matches!(m, RelayMsg::TokenSet { req: r } if *r == req).then_some(())
+        })
+        .await
+    }
+
     /// Hands an envelope to the relay for `to`; returns once the relay has
     /// stored it durably (`Stored`).
     pub async fn send_envelope(
@@ -559,7 +585,8 @@ where
                 | RelayMsg::UploadDone { .. }
                 | RelayMsg::DownloadChunk { .. }
                 | RelayMsg::DownloadEnd { .. }
-                | RelayMsg::BlobDeleted { .. } => {
+                | RelayMsg::BlobDeleted { .. }
+                | RelayMsg::TokenSet { .. } => {
                     return Err(RelayError::Protocol {
                         addr: self.addr.clone(),
                         what: "an answer to a request that was not made, while fetching",

@@ -21,6 +21,10 @@ pub enum LinkError {
     /// The connection does not start with sotto's preamble.
     #[error("not a sotto client (bad preamble)")]
     BadPreamble,
+    /// The client opened a kind of link this side does not serve here (a
+    /// delivery link where only an owner link is accepted).
+    #[error("the client opened another kind of link than this side accepts")]
+    WrongLinkKind,
     /// The peer speaks another protocol version.
     #[error("unsupported protocol version {got} (this build speaks {ours})")]
     UnsupportedVersion {

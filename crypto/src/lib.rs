@@ -5,9 +5,14 @@
 //!
 //! - [`frame`]: the record layer on the TCP stream: a `u16` length and one Noise
 //!   message, so a record can never exceed Noise's 65,535-byte limit;
-//! - [`link`]: the client<->relay Noise `XX` handshake and the encrypted message
-//!   stream built on records (messages larger than one record span several);
+//! - [`link`]: the client<->relay handshakes (the owner link, Noise `XX`, where
+//!   the client proves its key; the delivery link, Noise `NX`, where it proves
+//!   none) and the encrypted message stream built on records (messages larger
+//!   than one record span several);
 //! - [`wire`]: the messages exchanged on the link, client->relay and relay->client;
+//! - [`delivery`]: what a delivery link presents instead of a key (a mailbox's
+//!   delivery token, an upload's resume secret) and the hashes the relay
+//!   keeps of them;
 //! - [`envelope`]: end-to-end envelopes client->client, sealed with Noise `X`
 //!   to the recipient's static key, padded to size buckets;
 //! - [`session`]: forward-secret sessions between two clients (envelope kinds
@@ -26,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod at_rest;
+pub mod delivery;
 pub mod envelope;
 pub mod error;
 pub mod file;

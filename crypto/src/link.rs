@@ -1,9 +1,9 @@
-//! The client<->relay link.
+//! The client<->relay link, in two kinds.
 //!
-//! `Noise_XX_25519_ChaChaPoly_BLAKE2s`, client as initiator:
+//! The **owner link**, `Noise_XX_25519_ChaChaPoly_BLAKE2s`, client as initiator:
 //!
 //! ```text
-//! client -> relay   preamble "sotto\0" | version u16 BE
+//! client -> relay   preamble "sotto" | 00 | version u16 BE
 //! client -> relay   -> e                       (no payload: message 1 is replayable)
 //! relay  -> client  <- e, ee, s, es            payload RelayHello
 //! client -> relay   -> s, se                   payload ClientHello
@@ -14,7 +14,25 @@
 //! wrong relay is named precisely ("expected X, the relay presented Y") instead
 //! of showing up as an unexplained failure, and a client's static key is only
 //! ever sent to the pinned relay. The client's static key, proven in message 3,
-//! is its address on the relay.
+//! is its address on the relay: the owner link reads, acknowledges, downloads
+//! and deletes its own mailbox.
+//!
+//! The **delivery link**, `Noise_NX_25519_ChaChaPoly_BLAKE2s`, client as
+//! initiator:
+//!
+//! ```text
+//! client -> relay   preamble "sotto" | 01 | version u16 BE
+//! client -> relay   -> e                       (no payload)
+//! relay  -> client  <- e, ee, s, es            payload RelayHello
+//! ```
+//!
+//! The relay proves the pinned key exactly as on the owner link (a wrong one
+//! is named before anything is sent), and the client proves nothing: it has
+//! no static key, only an ephemeral one drawn for this connection. So the
+//! relay cannot tell which key delivers what ("sealed sender"); the sender is
+//! authenticated to the recipient inside the end-to-end envelope instead.
+//! Its messages are [`crate::wire::DeliveryMsg`], which can express
+//! deliveries and nothing else.
 //!
 //! After the handshake the two directions are independent: each side keeps its
 //! own send counter and receive counter as the Noise nonce (snow's stateless
@@ -44,18 +62,54 @@ use crate::wire::{self, ClientHello, RelayHello};
 
 /// Link protocol version, in the preamble and both hellos.
 pub const LINK_VERSION: u16 = 1;
-/// The first bytes a client sends.
-pub const PREAMBLE_MAGIC: [u8; 6] = *b"sotto\0";
-/// The Noise protocol name of the link.
+/// The first bytes a client sends, before the link kind.
+pub const PREAMBLE_MAGIC: [u8; 5] = *b"sotto";
+/// The whole preamble: magic, link kind, version.
+pub const PREAMBLE_LEN: usize = 8;
+/// The Noise protocol name of the owner link.
 pub const LINK_NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
-/// The Noise prologue: binds the protocol name and version into the handshake hash.
+/// The owner link's Noise prologue: binds the protocol name and version
+/// into the handshake hash.
 pub const LINK_PROLOGUE: &[u8] = b"sotto link v1";
+/// The Noise protocol name of the delivery link.
+pub const DELIVERY_NOISE_PARAMS: &str = "Noise_NX_25519_ChaChaPoly_BLAKE2s";
+/// The delivery link's Noise prologue.
+pub const DELIVERY_PROLOGUE: &[u8] = b"sotto delivery link v1";
 /// Largest message on the link, in bytes (a file chunk with its headers fits).
 pub const MAX_MESSAGE_LEN: usize = 256 * 1024;
 
 /// What a client sends before the relay says anything: the preamble, then
-/// Noise message 1 (one ephemeral key) in its record.
-pub const FIRST_MESSAGE_LEN: usize = 8 + RECORD_HEADER + MSG1_LEN;
+/// Noise message 1 (one ephemeral key) in its record. The same for both
+/// link kinds.
+pub const FIRST_MESSAGE_LEN: usize = PREAMBLE_LEN + RECORD_HEADER + MSG1_LEN;
+
+/// Which link a client opens, told by the preamble's sixth byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkKind {
+    /// `XX`: the client proves its key; its own mailbox and files.
+    Owner,
+    /// `NX`: the client proves no key; deliveries to anyone's mailbox.
+    Delivery,
+}
+
+impl LinkKind {
+    /// The preamble byte of this kind.
+    pub const fn byte(self) -> u8 {
+        match self {
+            Self::Owner => 0,
+            Self::Delivery => 1,
+        }
+    }
+
+    /// The kind a preamble byte names, if any.
+    pub const fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            0 => Some(Self::Owner),
+            1 => Some(Self::Delivery),
+            _ => None,
+        }
+    }
+}
 
 const TAG_LEN: usize = 16;
 /// Message 1 is exactly one ephemeral key.
@@ -75,33 +129,37 @@ const WRITE_HIGH: usize = 2 * MAX_RECORD_LEN;
 /// released once drained, so a burst (a file) does not pin memory.
 const KEEP: usize = 4 * 1024;
 
-fn noise_builder<'a>() -> Result<snow::Builder<'a>, LinkError> {
-    let params = LINK_NOISE_PARAMS
-        .parse()
-        .map_err(|_| LinkError::Handshake)?;
-    snow::Builder::new(params)
-        .prologue(LINK_PROLOGUE)
-        .map_err(|_| LinkError::Handshake)
-}
-
-/// `fixed_ephemeral` is `Some` only in the known-answer tests; everywhere else
-/// snow draws a fresh ephemeral key for every handshake.
+/// The handshake of `kind`, with the static key `secret` if the side has
+/// one. `fixed_ephemeral` is `Some` only in the known-answer tests;
+/// everywhere else snow draws a fresh ephemeral key for every handshake.
 fn handshake_builder<'a>(
-    secret: &'a [u8; 32],
+    kind: LinkKind,
+    secret: Option<&'a [u8; 32]>,
     fixed_ephemeral: Option<&'a [u8; 32]>,
 ) -> Result<snow::Builder<'a>, LinkError> {
-    let builder = noise_builder()?
-        .local_private_key(secret)
+    let (params, prologue) = match kind {
+        LinkKind::Owner => (LINK_NOISE_PARAMS, LINK_PROLOGUE),
+        LinkKind::Delivery => (DELIVERY_NOISE_PARAMS, DELIVERY_PROLOGUE),
+    };
+    let params = params.parse().map_err(|_| LinkError::Handshake)?;
+    let mut builder = snow::Builder::new(params)
+        .prologue(prologue)
         .map_err(|_| LinkError::Handshake)?;
+    if let Some(secret) = secret {
+        builder = builder
+            .local_private_key(secret)
+            .map_err(|_| LinkError::Handshake)?;
+    }
     Ok(match fixed_ephemeral {
         Some(e) => builder.fixed_ephemeral_key_for_testing_only(e),
         None => builder,
     })
 }
 
-fn preamble() -> [u8; 8] {
-    let mut p = [0u8; 8];
-    p[..6].copy_from_slice(&PREAMBLE_MAGIC);
+fn preamble(kind: LinkKind) -> [u8; PREAMBLE_LEN] {
+    let mut p = [0u8; PREAMBLE_LEN];
+    p[..5].copy_from_slice(&PREAMBLE_MAGIC);
+    p[5] = kind.byte();
     p[6..].copy_from_slice(&LINK_VERSION.to_be_bytes());
     p
 }
@@ -154,39 +212,11 @@ where
     let mut r = Inbound::new(r);
     let mut w = w;
     let secret = me.to_bytes();
-    let mut hs = handshake_builder(&secret, fixed_ephemeral)?
+    let mut hs = handshake_builder(LinkKind::Owner, Some(&secret), fixed_ephemeral)?
         .build_initiator()
         .map_err(|_| LinkError::Handshake)?;
     let mut buf = vec![0u8; MSG23_MAX];
-
-    // -> e
-    let n = hs
-        .write_message(&[], &mut buf)
-        .map_err(|_| LinkError::Handshake)?;
-    let mut first = preamble().to_vec();
-    first.extend_from_slice(&record(&buf[..n])?);
-    w.write_all(&first).await?;
-    w.flush().await?;
-
-    // <- e, ee, s, es
-    let rec = r.handshake_record(MSG23_MAX).await?;
-    let n = hs
-        .read_message(r.slice(rec), &mut buf)
-        .map_err(|_| LinkError::Handshake)?;
-    let got = remote_static(&hs)?;
-    if got != *relay.as_bytes() {
-        return Err(LinkError::RelayKeyMismatch {
-            expected: *relay,
-            got: RelayKey::from_bytes(got),
-        });
-    }
-    let hello: RelayHello = wire::decode(&buf[..n])?;
-    if hello.version != LINK_VERSION {
-        return Err(LinkError::UnsupportedVersion {
-            got: hello.version,
-            ours: LINK_VERSION,
-        });
-    }
+    let hello = open_relay_hello(&mut hs, &mut r, &mut w, LinkKind::Owner, relay, &mut buf).await?;
 
     // -> s, se
     let payload = wire::encode(&ClientHello {
@@ -202,7 +232,132 @@ where
     Ok((reader, writer, hello))
 }
 
-/// Runs the relay side of the handshake; returns the client's proven key.
+/// Sends the preamble of `kind` and message 1 (`-> e`), then reads message 2
+/// (`<- e, ee, s, es`): checks that the relay proved `relay` before decoding
+/// anything it says, and returns its hello.
+async fn open_relay_hello<R, W>(
+    hs: &mut HandshakeState,
+    r: &mut Inbound<R>,
+    w: &mut W,
+    kind: LinkKind,
+    relay: &RelayKey,
+    buf: &mut [u8],
+) -> Result<RelayHello, LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // -> e
+    let n = hs
+        .write_message(&[], buf)
+        .map_err(|_| LinkError::Handshake)?;
+    let mut first = preamble(kind).to_vec();
+    first.extend_from_slice(&record(&buf[..n])?);
+    w.write_all(&first).await?;
+    w.flush().await?;
+
+    // <- e, ee, s, es
+    let rec = r.handshake_record(MSG23_MAX).await?;
+    let n = hs
+        .read_message(r.slice(rec), buf)
+        .map_err(|_| LinkError::Handshake)?;
+    let got = remote_static(hs)?;
+    if got != *relay.as_bytes() {
+        return Err(LinkError::RelayKeyMismatch {
+            expected: *relay,
+            got: RelayKey::from_bytes(got),
+        });
+    }
+    let hello: RelayHello = wire::decode(&buf[..n])?;
+    if hello.version != LINK_VERSION {
+        return Err(LinkError::UnsupportedVersion {
+            got: hello.version,
+            ours: LINK_VERSION,
+        });
+    }
+    Ok(hello)
+}
+
+/// Opens a delivery link on a fresh connection: the relay proves `relay`,
+/// the client proves nothing (its only key is this handshake's ephemeral).
+///
+/// Fails with [`LinkError::RelayKeyMismatch`] before anything is sent past
+/// message 1 if the relay proves any key but `relay`.
+pub async fn connect_delivery<R, W>(
+    r: R,
+    w: W,
+    relay: &RelayKey,
+) -> Result<(LinkReader<R>, LinkWriter<W>, RelayHello), LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    connect_delivery_inner(r, w, relay, None).await
+}
+
+/// [`connect_delivery`] with a chosen ephemeral key, for the known-answer
+/// vectors of docs/PROTOCOL.md. An ephemeral key must never be chosen
+/// outside a test.
+#[cfg(test)]
+pub(crate) async fn connect_delivery_with_ephemeral<R, W>(
+    r: R,
+    w: W,
+    relay: &RelayKey,
+    ephemeral: &[u8; 32],
+) -> Result<(LinkReader<R>, LinkWriter<W>, RelayHello), LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    connect_delivery_inner(r, w, relay, Some(ephemeral)).await
+}
+
+async fn connect_delivery_inner<R, W>(
+    r: R,
+    w: W,
+    relay: &RelayKey,
+    fixed_ephemeral: Option<&[u8; 32]>,
+) -> Result<(LinkReader<R>, LinkWriter<W>, RelayHello), LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut r = Inbound::new(r);
+    let mut w = w;
+    let mut hs = handshake_builder(LinkKind::Delivery, None, fixed_ephemeral)?
+        .build_initiator()
+        .map_err(|_| LinkError::Handshake)?;
+    let mut buf = vec![0u8; MSG23_MAX];
+    let hello =
+        open_relay_hello(&mut hs, &mut r, &mut w, LinkKind::Delivery, relay, &mut buf).await?;
+    // NX ends with message 2: the client's first request follows at once.
+    let (reader, writer) = split(hs, r, w)?;
+    Ok((reader, writer, hello))
+}
+
+/// A link the relay accepted, of either kind.
+pub enum Accepted<R, W> {
+    /// An owner link: the client proved `client`.
+    Owner {
+        /// The receiving half.
+        reader: LinkReader<R>,
+        /// The sending half.
+        writer: LinkWriter<W>,
+        /// The client's proven key.
+        client: PublicKey,
+    },
+    /// A delivery link: the client proved nothing.
+    Delivery {
+        /// The receiving half.
+        reader: LinkReader<R>,
+        /// The sending half.
+        writer: LinkWriter<W>,
+    },
+}
+
+/// Runs the relay side of an owner link's handshake; returns the client's
+/// proven key. A client that opens a delivery link is refused
+/// ([`LinkError::WrongLinkKind`]).
 pub async fn accept<R, W>(
     r: R,
     w: W,
@@ -213,7 +368,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    accept_inner(r, w, me, hello, None).await
+    owner_only(accept_inner(r, w, me, hello, None, Some(LinkKind::Owner)).await?)
 }
 
 /// [`accept`] with a chosen ephemeral key, for the known-answer vectors of
@@ -230,16 +385,63 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    accept_inner(r, w, me, hello, Some(ephemeral)).await
+    owner_only(accept_inner(r, w, me, hello, Some(ephemeral), Some(LinkKind::Owner)).await?)
 }
 
+fn owner_only<R, W>(
+    accepted: Accepted<R, W>,
+) -> Result<(LinkReader<R>, LinkWriter<W>, PublicKey), LinkError> {
+    match accepted {
+        Accepted::Owner {
+            reader,
+            writer,
+            client,
+        } => Ok((reader, writer, client)),
+        Accepted::Delivery { .. } => Err(LinkError::WrongLinkKind),
+    }
+}
+
+/// Runs the relay side of the handshake of whichever link kind the client's
+/// preamble names.
+pub async fn accept_link<R, W>(
+    r: R,
+    w: W,
+    me: &SecretKey,
+    hello: &RelayHello,
+) -> Result<Accepted<R, W>, LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    accept_inner(r, w, me, hello, None, None).await
+}
+
+/// [`accept_link`] with a chosen ephemeral key, for the known-answer vectors
+/// of docs/PROTOCOL.md. An ephemeral key must never be chosen outside a test.
+#[cfg(test)]
+pub(crate) async fn accept_link_with_ephemeral<R, W>(
+    r: R,
+    w: W,
+    me: &SecretKey,
+    hello: &RelayHello,
+    ephemeral: &[u8; 32],
+) -> Result<Accepted<R, W>, LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    accept_inner(r, w, me, hello, Some(ephemeral), None).await
+}
+
+/// Reads the preamble and runs the handshake it names (only `want`, if given).
 async fn accept_inner<R, W>(
     r: R,
     w: W,
     me: &SecretKey,
     hello: &RelayHello,
     fixed_ephemeral: Option<&[u8; 32]>,
-) -> Result<(LinkReader<R>, LinkWriter<W>, PublicKey), LinkError>
+    want: Option<LinkKind>,
+) -> Result<Accepted<R, W>, LinkError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -247,15 +449,18 @@ where
     let mut r = Inbound::new(r);
     let mut w = w;
 
-    let pre = match r.take(8).await {
+    let pre = match r.take(PREAMBLE_LEN).await {
         Ok(Some(pre)) => pre,
         Ok(None) | Err(LinkError::UnexpectedEof) => return Err(LinkError::ClosedDuringHandshake),
         Err(e) => return Err(e),
     };
     let pre = r.slice(pre);
-    if pre[..6] != PREAMBLE_MAGIC {
+    if pre[..5] != PREAMBLE_MAGIC {
         return Err(LinkError::BadPreamble);
     }
+    let Some(kind) = LinkKind::from_byte(pre[5]) else {
+        return Err(LinkError::BadPreamble);
+    };
     let version = u16::from_be_bytes([pre[6], pre[7]]);
     if version != LINK_VERSION {
         return Err(LinkError::UnsupportedVersion {
@@ -263,9 +468,12 @@ where
             ours: LINK_VERSION,
         });
     }
+    if want.is_some_and(|want| want != kind) {
+        return Err(LinkError::WrongLinkKind);
+    }
 
     let secret = me.to_bytes();
-    let mut hs = handshake_builder(&secret, fixed_ephemeral)?
+    let mut hs = handshake_builder(kind, Some(&secret), fixed_ephemeral)?
         .build_responder()
         .map_err(|_| LinkError::Handshake)?;
     let mut buf = vec![0u8; MSG23_MAX];
@@ -285,6 +493,12 @@ where
     w.write_all(&record(&buf[..n])?).await?;
     w.flush().await?;
 
+    if kind == LinkKind::Delivery {
+        // NX is complete: the client has no static key to prove.
+        let (reader, writer) = split(hs, r, w)?;
+        return Ok(Accepted::Delivery { reader, writer });
+    }
+
     // -> s, se
     let rec = r.handshake_record(MSG23_MAX).await?;
     let n = hs
@@ -303,7 +517,11 @@ where
         return Err(LinkError::Handshake);
     }
     let (reader, writer) = split(hs, r, w)?;
-    Ok((reader, writer, peer))
+    Ok(Accepted::Owner {
+        reader,
+        writer,
+        client: peer,
+    })
 }
 
 /// One record (its length field and body) as bytes, for the handshake.
@@ -898,6 +1116,87 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_delivery_link_proves_the_relay_and_nothing_of_the_client() {
+        let relay = SecretKey::generate();
+        let relay_key = RelayKey::from(relay.public());
+        let ((cr, cw), (rr, rw)) = pipes();
+        let server = tokio::spawn(async move { accept_link(rr, rw, &relay, &hello()).await });
+        let (mut creader, mut cwriter, h) = connect_delivery(cr, cw, &relay_key).await.unwrap();
+        assert_eq!(h, hello());
+        let Ok(Accepted::Delivery {
+            mut reader,
+            mut writer,
+        }) = server.await.unwrap()
+        else {
+            panic!("a delivery preamble must give a delivery link");
+        };
+        cwriter.send(&crate::wire::DeliveryMsg::Ping).await.unwrap();
+        cwriter.flush().await.unwrap();
+        assert_eq!(
+            reader.recv::<crate::wire::DeliveryMsg>().await.unwrap(),
+            Some(crate::wire::DeliveryMsg::Ping)
+        );
+        writer.send(&RelayMsg::Pong).await.unwrap();
+        writer.flush().await.unwrap();
+        assert_eq!(
+            creader.recv::<RelayMsg>().await.unwrap(),
+            Some(RelayMsg::Pong)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_same_relay_accepts_an_owner_link_with_its_client_key() {
+        let client = SecretKey::generate();
+        let relay = SecretKey::generate();
+        let relay_key = RelayKey::from(relay.public());
+        let ((cr, cw), (rr, rw)) = pipes();
+        let server = tokio::spawn(async move { accept_link(rr, rw, &relay, &hello()).await });
+        connect(cr, cw, &client, &relay_key).await.unwrap();
+        match server.await.unwrap() {
+            Ok(Accepted::Owner { client: got, .. }) => assert_eq!(got, client.public()),
+            _ => panic!("an owner preamble must give an owner link"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_delivery_link_to_another_relay_is_named() {
+        let impostor = SecretKey::generate();
+        let pinned = RelayKey::from(SecretKey::generate().public());
+        let impostor_key = RelayKey::from(impostor.public());
+        let ((cr, cw), (rr, rw)) = pipes();
+        let _server = tokio::spawn(async move { accept_link(rr, rw, &impostor, &hello()).await });
+        match connect_delivery(cr, cw, &pinned).await.err().unwrap() {
+            LinkError::RelayKeyMismatch { expected, got } => {
+                assert_eq!(expected, pinned);
+                assert_eq!(got, impostor_key);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_owner_only_accept_refuses_a_delivery_link_and_unknown_kinds() {
+        let relay = SecretKey::generate();
+        let relay_key = RelayKey::from(relay.public());
+        let ((cr, cw), (rr, rw)) = pipes();
+        let server = tokio::spawn(async move { accept(rr, rw, &relay, &hello()).await });
+        assert!(connect_delivery(cr, cw, &relay_key).await.is_err());
+        assert!(matches!(
+            server.await.unwrap(),
+            Err(LinkError::WrongLinkKind)
+        ));
+
+        let relay = SecretKey::generate();
+        let (mut c, s) = duplex(1 << 16);
+        let (sr, sw) = tokio::io::split(s);
+        let mut bad = preamble(LinkKind::Owner);
+        bad[5] = 2;
+        c.write_all(&bad).await.unwrap();
+        let err = accept_link(sr, sw, &relay, &hello()).await.err().unwrap();
+        assert!(matches!(err, LinkError::BadPreamble));
+    }
+
+    #[tokio::test]
     async fn garbage_and_oversized_first_messages_are_refused() {
         let relay = SecretKey::generate();
         let (mut c, s) = duplex(1 << 16);
@@ -908,7 +1207,7 @@ mod tests {
 
         let (mut c, s) = duplex(1 << 16);
         let (sr, sw) = tokio::io::split(s);
-        c.write_all(&preamble()).await.unwrap();
+        c.write_all(&preamble(LinkKind::Owner)).await.unwrap();
         c.write_all(&0xFFFFu16.to_be_bytes()).await.unwrap();
         let err = accept(sr, sw, &relay, &hello()).await.err().unwrap();
         assert!(matches!(err, LinkError::RecordTooLarge { len: 65535, .. }));

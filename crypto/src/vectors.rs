@@ -32,16 +32,18 @@ use sotto_keys::{
 use tokio::io::AsyncWrite;
 use zeroize::Zeroizing;
 
+use crate::delivery;
 use crate::envelope::{self, Body, Content, MessageId};
 use crate::file::{self, ChunkCipher, ContentHash, FileId, FileKey, FileOffer};
 use crate::link::{self, LINK_VERSION};
 use crate::session::{self, SessionConfig, SessionId, SessionStore};
-use crate::wire::{self, ClientHello, ClientMsg, ErrorCode, RelayHello, RelayMsg};
+use crate::wire::{self, ClientHello, ClientMsg, DeliveryMsg, ErrorCode, RelayHello, RelayMsg};
 
 const PROTOCOL_MD: &str = include_str!("../../docs/PROTOCOL.md");
 
 /// Every vector block the document must contain, and nothing else.
-const VECTORS: [&str; 11] = [
+const VECTORS: [&str; 12] = [
+    "delivery-link-handshake",
     "envelope",
     "file-chunks",
     "file-layout",
@@ -1111,6 +1113,100 @@ async fn link_handshake() {
     v.expect_hex(
         "r2c_0_plaintext",
         &message_plaintext(&wire::encode(&RelayMsg::Pong)),
+    );
+    v.expect_hex("r2c_0", &from_relay[1]);
+    v.finish();
+}
+
+#[tokio::test]
+async fn delivery_link_handshake() {
+    let v = Vector::load("delivery-link-handshake");
+    let relay = v.secret("relay_secret");
+    let client_e: [u8; 32] = v.array("client_ephemeral_secret");
+    let relay_e: [u8; 32] = v.array("relay_ephemeral_secret");
+    let relay_key = RelayKey::from(relay.public());
+    v.expect("relay_key", relay_key.to_string());
+    v.expect_hex(
+        "client_ephemeral_public",
+        SecretKey::from_bytes(Zeroizing::new(client_e))
+            .public()
+            .as_bytes(),
+    );
+    let token: DeliveryToken = v.get("token").parse().expect("the vector's token");
+    v.expect_hex("token_hash", &delivery::token_hash(&token).0);
+    let to = PublicKey::from_bytes(v.array("to"));
+    let hello = RelayHello {
+        version: LINK_VERSION,
+        max_envelope_len: v.number("max_envelope_len"),
+    };
+    let send = DeliveryMsg::Send {
+        req: 1,
+        to,
+        token: Some(token),
+        envelope: ByteBuf::from(vec![1, 2, 3]),
+    };
+
+    let client_wire = Arc::new(Mutex::new(Vec::new()));
+    let relay_wire = Arc::new(Mutex::new(Vec::new()));
+    let (c, r) = tokio::io::duplex(1 << 16);
+    let (cr, cw) = tokio::io::split(c);
+    let (rr, rw) = tokio::io::split(r);
+    let relay_tap = Tap {
+        inner: rw,
+        seen: relay_wire.clone(),
+    };
+    let relay_hello = hello.clone();
+    let relay_side = tokio::spawn(async move {
+        let accepted =
+            link::accept_link_with_ephemeral(rr, relay_tap, &relay, &relay_hello, &relay_e)
+                .await
+                .expect("the relay side of the handshake");
+        let link::Accepted::Delivery {
+            mut reader,
+            mut writer,
+        } = accepted
+        else {
+            panic!("a delivery preamble accepted as an owner link");
+        };
+        let request: DeliveryMsg = reader.recv().await.expect("recv").expect("a message");
+        writer
+            .send(&RelayMsg::Stored { req: 1 })
+            .await
+            .expect("send");
+        writer.flush().await.expect("flush");
+        request
+    });
+    let client_tap = Tap {
+        inner: cw,
+        seen: client_wire.clone(),
+    };
+    let (mut reader, mut writer, got_hello) =
+        link::connect_delivery_with_ephemeral(cr, client_tap, &relay_key, &client_e)
+            .await
+            .expect("the client side of the handshake");
+    writer.send(&send).await.expect("send");
+    writer.flush().await.expect("flush");
+    let answer: RelayMsg = reader.recv().await.expect("recv").expect("a message");
+    let request = relay_side.await.expect("the relay task");
+    assert_eq!(got_hello, hello);
+    assert_eq!(request, send);
+    assert_eq!(answer, RelayMsg::Stored { req: 1 });
+
+    let client_bytes = client_wire.lock().expect("tap lock").clone();
+    let relay_bytes = relay_wire.lock().expect("tap lock").clone();
+    let (preamble, rest) = client_bytes.split_at(8);
+    v.expect_hex("preamble", preamble);
+    let from_client = records(rest);
+    let from_relay = records(&relay_bytes);
+    assert_eq!(from_client.len(), 2, "msg1, one transport record");
+    assert_eq!(from_relay.len(), 2, "msg2, one transport record");
+    v.expect_hex("msg1", &from_client[0]);
+    v.expect_hex("msg2", &from_relay[0]);
+    v.expect_hex("c2r_0_plaintext", &message_plaintext(&wire::encode(&send)));
+    v.expect_hex("c2r_0", &from_client[1]);
+    v.expect_hex(
+        "r2c_0_plaintext",
+        &message_plaintext(&wire::encode(&RelayMsg::Stored { req: 1 })),
     );
     v.expect_hex("r2c_0", &from_relay[1]);
     v.finish();

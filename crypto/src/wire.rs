@@ -8,12 +8,21 @@
 //! Requests that expect an answer carry a `req` number chosen by the client; the
 //! relay echoes it. The relay also pushes `Deliver` messages on its own once the
 //! client has asked for its mailbox.
+//!
+//! Each link kind has its own client -> relay enum: [`ClientMsg`] on the owner
+//! link (the client's key is proven: its mailbox, its files), [`DeliveryMsg`]
+//! on the delivery link (no key is proven: deliveries only). Reading,
+//! acknowledging, downloading and deleting are not variants of
+//! `DeliveryMsg`, so a delivery link cannot even express them. The relay
+//! answers both with [`RelayMsg`].
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use sotto_keys::PublicKey;
 
+pub use crate::delivery::{ResumeSecret, TokenHash};
 use crate::file::FileId;
+pub use sotto_keys::DeliveryToken;
 
 /// The relay's handshake payload (in Noise message 2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +127,84 @@ pub enum ClientMsg {
         /// Sealed end-to-end envelope, opaque to the relay.
         envelope: ByteBuf,
     },
+    /// Registers my mailbox's delivery token, as its hash (the relay never
+    /// holds the token itself), and whether deliveries that present no token
+    /// ("first contact") are accepted. A new hash replaces the previous one,
+    /// which stays valid for the relay's grace period. Answered by
+    /// `TokenSet` once committed.
+    SetDeliveryToken {
+        /// Request number, echoed.
+        req: u32,
+        /// [`crate::delivery::token_hash`] of the new token.
+        token_hash: TokenHash,
+        /// Accept token-less deliveries, under the relay's tighter limits.
+        first_contact: bool,
+    },
+}
+
+/// Client -> relay on the delivery link, where the client proves no key: the
+/// messages that hand something to someone's mailbox, and nothing else.
+///
+/// `token` is the recipient mailbox's delivery token, `None` for a first
+/// contact (a sender that has only the recipient's key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryMsg {
+    /// Store `envelope` in `to`'s mailbox. Answered by `Stored` once durable.
+    Send {
+        /// Request number, echoed.
+        req: u32,
+        /// Recipient.
+        to: PublicKey,
+        /// The recipient mailbox's token.
+        token: Option<DeliveryToken>,
+        /// Sealed end-to-end envelope, opaque to the relay.
+        envelope: ByteBuf,
+    },
+    /// A live-only notice for `to`, as [`ClientMsg::Notify`]: never stored,
+    /// never answered.
+    Notify {
+        /// Recipient.
+        to: PublicKey,
+        /// The recipient mailbox's token.
+        token: Option<DeliveryToken>,
+        /// Sealed end-to-end envelope, opaque to the relay.
+        envelope: ByteBuf,
+    },
+    /// Keepalive; answered by `Pong`.
+    Ping,
+    /// Begin, or resume, uploading the sealed file `file_id` for `to`, as
+    /// [`ClientMsg::UploadBegin`]; only a presenter of the same `resume`
+    /// secret may resume it. Answered by `UploadState`.
+    UploadBegin {
+        /// Request number, echoed.
+        req: u32,
+        /// The file's random id.
+        file_id: FileId,
+        /// Recipient.
+        to: PublicKey,
+        /// The recipient mailbox's token.
+        token: Option<DeliveryToken>,
+        /// Plaintext size.
+        size: u64,
+        /// The upload's resume secret ([`ResumeSecret::for_file`]).
+        resume: ResumeSecret,
+    },
+    /// One sealed chunk of an upload begun on this connection, in order.
+    UploadChunk {
+        /// The file.
+        file_id: FileId,
+        /// Chunk index.
+        index: u64,
+        /// The sealed chunk.
+        data: ByteBuf,
+    },
+    /// Every chunk has been sent. Answered by `UploadDone`.
+    UploadEnd {
+        /// Request number, echoed.
+        req: u32,
+        /// The file.
+        file_id: FileId,
+    },
 }
 
 /// Why the relay refused a request.
@@ -140,6 +227,14 @@ pub enum ErrorCode {
     /// The relay's disk is (nearly) full: nothing was stored. Reads and
     /// deletions still work; retry once space has been freed.
     OutOfSpace,
+    /// The delivery presented a token that is not the recipient mailbox's
+    /// (nor its previous one, within the grace period): the sender's copy
+    /// is out of date and a new invite is needed. Nothing was stored.
+    WrongToken,
+    /// The delivery presented no token and the recipient's mailbox (or the
+    /// relay) accepts no first contact: only senders given its token may
+    /// deliver. Nothing was stored.
+    FirstContactRefused,
 }
 
 /// Relay -> client.
@@ -231,6 +326,11 @@ pub enum RelayMsg {
         /// The sealed envelope.
         envelope: ByteBuf,
     },
+    /// `SetDeliveryToken` `req` is committed.
+    TokenSet {
+        /// Echoed request number.
+        req: u32,
+    },
 }
 
 /// Encodes a message.
@@ -252,6 +352,44 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, crate::LinkE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_owner_link_request_never_decodes_as_a_delivery() {
+        let file_id = FileId([9; 16]);
+        for msg in [
+            ClientMsg::Fetch { live: true },
+            ClientMsg::Fetch { live: false },
+            ClientMsg::Ack {
+                req: 1,
+                ids: vec![],
+            },
+            ClientMsg::Ack {
+                req: 300,
+                ids: vec![1, 2, 3],
+            },
+            ClientMsg::Download {
+                req: 4,
+                file_id,
+                from: 0,
+            },
+            ClientMsg::DeleteBlob { req: 5, file_id },
+            ClientMsg::SetDeliveryToken {
+                req: 6,
+                token_hash: TokenHash([1; 32]),
+                first_contact: true,
+            },
+        ] {
+            let bytes = encode(&msg);
+            assert!(decode::<DeliveryMsg>(&bytes).is_err(), "{msg:?}");
+        }
+        let send = DeliveryMsg::Send {
+            req: 1,
+            to: PublicKey::from_bytes([0xab; 32]),
+            token: Some(DeliveryToken::from_bytes([3; 16])),
+            envelope: ByteBuf::from(vec![1, 2, 3]),
+        };
+        assert_eq!(decode::<DeliveryMsg>(&encode(&send)).unwrap(), send);
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -12,6 +12,7 @@ use sotto_keys::PublicKey;
 
 use crate::blobs::BlobLimits;
 use crate::budget::{self, BufferLimits};
+use crate::delivery::DeliveryLimits;
 use crate::limits::RateLimits;
 use crate::store::StoreLimits;
 
@@ -66,7 +67,11 @@ pub struct RelayConfig {
     /// Bytes held in memory for clients: per connection, key, address and
     /// over the whole relay.
     pub buffers: BufferLimits,
-    /// If set, only these client keys may connect (a private relay).
+    /// What delivery links (no key proven) may do: first contact, token
+    /// grace, rates per connection, address and first-contact recipient.
+    pub delivery: DeliveryLimits,
+    /// If set, only these client keys may open owner links (a private
+    /// relay): who owns a mailbox here, not who delivers to one.
     pub allow: Option<Vec<PublicKey>>,
 }
 
@@ -93,6 +98,7 @@ impl RelayConfig {
             files: BlobLimits::default(),
             rate: RateLimits::default(),
             buffers: BufferLimits::default(),
+            delivery: DeliveryLimits::default(),
             allow: None,
         }
     }
@@ -186,6 +192,27 @@ struct FileConfig {
     limits: LimitsFile,
     #[serde(default)]
     buffers: BuffersFile,
+    #[serde(default)]
+    delivery: DeliveryFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveryFile {
+    first_contact: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    token_grace: Option<Duration>,
+    first_contact_max_messages: Option<u64>,
+    first_contact_per_second: Option<u32>,
+    first_contact_burst: Option<u32>,
+    envelopes_per_second: Option<u32>,
+    envelope_burst: Option<u32>,
+    upload_bytes_per_second: Option<u64>,
+    upload_burst_bytes: Option<u64>,
+    address_envelopes_per_second: Option<u32>,
+    address_envelope_burst: Option<u32>,
+    address_upload_bytes_per_second: Option<u64>,
+    address_upload_burst_bytes: Option<u64>,
 }
 
 /// A timeout or interval setting (humantime, e.g. `"90s"`) that must not be
@@ -327,6 +354,19 @@ impl FileConfig {
             self.buffers.per_address => cfg.buffers.per_address,
             self.buffers.per_key => cfg.buffers.per_key,
             self.buffers.per_connection => cfg.buffers.per_connection,
+            self.delivery.first_contact => cfg.delivery.first_contact,
+            self.delivery.token_grace => cfg.delivery.token_grace,
+            self.delivery.first_contact_max_messages => cfg.delivery.first_contact_max_messages,
+            self.delivery.first_contact_per_second => cfg.delivery.first_contact_rate.envelopes_per_second,
+            self.delivery.first_contact_burst => cfg.delivery.first_contact_rate.envelope_burst,
+            self.delivery.envelopes_per_second => cfg.delivery.per_connection.envelopes_per_second,
+            self.delivery.envelope_burst => cfg.delivery.per_connection.envelope_burst,
+            self.delivery.upload_bytes_per_second => cfg.delivery.per_connection.upload_bytes_per_second,
+            self.delivery.upload_burst_bytes => cfg.delivery.per_connection.upload_burst_bytes,
+            self.delivery.address_envelopes_per_second => cfg.delivery.per_address.envelopes_per_second,
+            self.delivery.address_envelope_burst => cfg.delivery.per_address.envelope_burst,
+            self.delivery.address_upload_bytes_per_second => cfg.delivery.per_address.upload_bytes_per_second,
+            self.delivery.address_upload_burst_bytes => cfg.delivery.per_address.upload_burst_bytes,
         }
         if let Some(budget) = self.limits.max_stored_bytes {
             cfg.mailbox.max_stored_bytes = Some(budget);
@@ -340,6 +380,41 @@ impl FileConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_delivery_section_is_read_and_unknown_keys_refused_with_a_line() {
+        let cfg = RelayConfig::from_toml(
+            "[delivery]\nfirst_contact = false\ntoken_grace = \"1h\"\nfirst_contact_max_messages = 3\nfirst_contact_per_second = 2\nfirst_contact_burst = 4\nenvelopes_per_second = 5\nenvelope_burst = 6\nupload_bytes_per_second = 7\nupload_burst_bytes = 8\naddress_envelopes_per_second = 9\naddress_envelope_burst = 10\naddress_upload_bytes_per_second = 11\naddress_upload_burst_bytes = 12\n",
+            Path::new("relay.toml"),
+        )
+        .unwrap();
+        let d = cfg.delivery;
+        assert!(!d.first_contact);
+        assert_eq!(d.token_grace, Duration::from_secs(3600));
+        assert_eq!(d.first_contact_max_messages, 3);
+        assert_eq!(
+            (
+                d.first_contact_rate.envelopes_per_second,
+                d.first_contact_rate.envelope_burst
+            ),
+            (2, 4)
+        );
+        let rates = |r: RateLimits| {
+            (
+                r.envelopes_per_second,
+                r.envelope_burst,
+                r.upload_bytes_per_second,
+                r.upload_burst_bytes,
+            )
+        };
+        assert_eq!(rates(d.per_connection), (5, 6, 7, 8));
+        assert_eq!(rates(d.per_address), (9, 10, 11, 12));
+        let err = RelayConfig::from_toml("[delivery]\n\nsender_key = 1\n", Path::new("relay.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("relay.toml:3:"), "{err}");
+        assert_eq!(RelayConfig::defaults().delivery, DeliveryLimits::default());
+    }
 
     #[test]
     fn zero_timeouts_and_intervals_are_refused_with_a_line() {

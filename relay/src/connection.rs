@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use serde_bytes::ByteBuf;
 use sotto_crypto::link::{self, LinkReader, LinkWriter, FIRST_MESSAGE_LEN, PREAMBLE_MAGIC};
-use sotto_crypto::wire::{self, ClientMsg, ErrorCode, RelayMsg};
+use sotto_crypto::wire::{self, ClientMsg, DeliveryMsg, ErrorCode, RelayMsg};
 use sotto_crypto::LinkError;
 use sotto_keys::PublicKey;
 use tokio::io::{AsyncReadExt, Chain};
@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::budget::{self, Budget, Reservation};
+use crate::delivery::{Admitted, ConnectionRates};
 use crate::half_open::Eviction;
 use crate::limits::KeyLimit;
 use crate::occupancy::OverLimit;
@@ -84,6 +85,8 @@ enum Closed {
     Handshake(LinkError),
     #[error("{0} is not on the allow-list")]
     NotAllowed(PublicKey),
+    #[error("a delivery link sent {0}, which only an owner link may")]
+    NotOnDeliveryLink(&'static str),
     #[error("refused: {0}")]
     OverLimit(OverLimit),
     #[error("idle for {0:?}")]
@@ -193,7 +196,10 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     match run(stream, Source::from(addr.ip()), &shared, &shutdown).await {
-        Ok(Some(client)) => debug!(%addr, client = %client.short(), "connection closed"),
+        Ok(Some(Some(client))) => debug!(%addr, client = %client.short(), "connection closed"),
+        // A delivery link names nobody, and nothing is logged of whom it
+        // delivered to.
+        Ok(Some(None)) => debug!(%addr, "delivery connection closed"),
         Ok(None) => debug!(%addr, "connection closed before the handshake"),
         Err(e) => match e.tallied() {
             Some(kind) => {
@@ -210,7 +216,7 @@ async fn run(
     source: Source,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
-) -> Result<Option<PublicKey>, Closed> {
+) -> Result<Option<Option<PublicKey>>, Closed> {
     // Upload limits count by address too; an unknown one is counted with the others.
     let peer = stream
         .peer_addr()
@@ -239,8 +245,8 @@ async fn run(
     let r: Inbound = std::io::Cursor::new(first).chain(r);
     // Boxed: the handshake's state is large and over once it is done; kept
     // inline it would size this task's allocation for its whole life.
-    let handshake = Box::pin(link::accept(r, w, &shared.key, &shared.hello));
-    let (mut reader, writer, client) = tokio::select! {
+    let handshake = Box::pin(link::accept_link(r, w, &shared.key, &shared.hello));
+    let accepted = tokio::select! {
         _ = shutdown.cancelled() => return Ok(None),
         why = ticket.evicted() => return Err(Closed::Evicted(why)),
         r = tokio::time::timeout_at(accepted + handshake_timeout, handshake) => match r {
@@ -251,34 +257,58 @@ async fn run(
         },
     };
     drop(ticket);
-    if let Some(allow) = &config.allow {
-        if !allow.contains(&client) {
-            let detail = "this is a private relay and your key is not on its allow-list";
-            refuse(writer, ErrorCode::NotAllowed, detail.into(), config).await;
-            return Err(Closed::NotAllowed(client));
+    let (mut reader, writer, who, seat) = match accepted {
+        link::Accepted::Owner {
+            reader,
+            writer,
+            client,
+        } => {
+            // The allow-list bounds who owns a mailbox here; deliverers
+            // holding a token come over delivery links and are not on it.
+            if let Some(allow) = &config.allow {
+                if !allow.contains(&client) {
+                    let detail = "this is a private relay and your key is not on its allow-list";
+                    refuse(writer, ErrorCode::NotAllowed, detail.into(), config).await;
+                    return Err(Closed::NotAllowed(client));
+                }
+            }
+            let seat = match shared.occupancy.seat(client, source) {
+                Ok(seat) => seat,
+                Err(over) => {
+                    refuse(writer, ErrorCode::RateLimited, over.for_client(), config).await;
+                    return Err(Closed::OverLimit(over));
+                }
+            };
+            debug!(client = %client.short(), "authenticated");
+            let limit = shared.rate.connect(client);
+            (reader, writer, Who::Owner { client, limit }, seat)
         }
-    }
-    let seat = match shared.occupancy.seat(client, source) {
-        Ok(seat) => seat,
-        Err(over) => {
-            refuse(writer, ErrorCode::RateLimited, over.for_client(), config).await;
-            return Err(Closed::OverLimit(over));
+        link::Accepted::Delivery { reader, writer } => {
+            let seat = match shared.occupancy.seat_delivery(source) {
+                Ok(seat) => seat,
+                Err(over) => {
+                    refuse(writer, ErrorCode::RateLimited, over.for_client(), config).await;
+                    return Err(Closed::OverLimit(over));
+                }
+            };
+            debug!("delivery link");
+            let rates = shared.delivery_rate.connect(source);
+            (reader, writer, Who::Delivery { rates }, seat)
         }
     };
-    debug!(client = %client.short(), "authenticated");
-    let budget = Budget::new(vec![
-        budget::pool(config.buffers.per_connection),
-        seat.key_budget(),
-        seat.source_budget(),
-        Arc::clone(&shared.buffers),
-    ]);
+    let client = who.client();
+    let mut levels = vec![budget::pool(config.buffers.per_connection)];
+    levels.extend(seat.key_budget());
+    levels.push(seat.source_budget());
+    levels.push(Arc::clone(&shared.buffers));
+    let budget = Budget::new(levels);
 
     let (tx, rx) = mpsc::channel(OUTBOX);
     let writer = tokio::spawn(write_loop(writer, rx, config.write_timeout));
     let mut session = Session {
         shared: shared.clone(),
-        limit: shared.rate.connect(client),
-        client,
+        who,
+        resumes: Vec::new(),
         peer,
         tx,
         delivery: None,
@@ -287,7 +317,14 @@ async fn run(
         budget,
         storing: VecDeque::new(),
     };
-    let result = session.read_loop(&mut reader, shutdown).await;
+    let result = match session.who {
+        Who::Owner { .. } => session.read_loop::<ClientMsg>(&mut reader, shutdown).await,
+        Who::Delivery { .. } => {
+            session
+                .read_loop::<DeliveryMsg>(&mut reader, shutdown)
+                .await
+        }
+    };
     // Sends already handed to the store are answered, whatever ended the loop.
     session.answer_stored().await;
     session.shutdown.cancel();
@@ -370,13 +407,42 @@ async fn refuse<W>(
     .await;
 }
 
+/// Who is at the other end of a connection, and the rate limits that follow.
+enum Who {
+    /// An owner link: `client` proved its key.
+    Owner {
+        client: PublicKey,
+        /// The key's rate limits, shared with its other connections.
+        limit: KeyLimit,
+    },
+    /// A delivery link: nobody the relay can name.
+    Delivery {
+        /// This connection's and its address's buckets.
+        rates: ConnectionRates,
+    },
+}
+
+impl Who {
+    fn client(&self) -> Option<PublicKey> {
+        match self {
+            Who::Owner { client, .. } => Some(*client),
+            Who::Delivery { .. } => None,
+        }
+    }
+}
+
+/// How many uploads a delivery connection remembers having begun (for an
+/// `UploadEnd` of one that turned out complete).
+const RESUMES_KEPT: usize = 64;
+
 struct Session {
     shared: Arc<Shared>,
-    client: PublicKey,
+    who: Who,
+    /// Uploads begun on this delivery link, with the proof that stands for
+    /// their uploader, newest last.
+    resumes: Vec<(sotto_crypto::file::FileId, PublicKey)>,
     /// The client's IP address, for the limits on uploads in progress.
     peer: std::net::IpAddr,
-    /// The key's rate limits, shared with its other connections.
-    limit: KeyLimit,
     tx: Outbox,
     delivery: Option<JoinHandle<Result<(), Closed>>>,
     /// Cancelled when the connection ends: stops delivery and downloads.
@@ -397,8 +463,39 @@ struct InFlight {
     _held: Reservation,
 }
 
+/// The requests of one link kind: what its read loop decodes and how each
+/// is handled. A delivery link decodes [`DeliveryMsg`], which cannot express
+/// reading, acknowledging, downloading or deleting.
+trait Requests: serde::de::DeserializeOwned + Send {
+    fn handle(
+        self,
+        session: &mut Session,
+        held: Reservation,
+    ) -> impl Future<Output = Result<Option<RelayMsg>, Closed>> + Send;
+}
+
+impl Requests for ClientMsg {
+    fn handle(
+        self,
+        session: &mut Session,
+        held: Reservation,
+    ) -> impl Future<Output = Result<Option<RelayMsg>, Closed>> + Send {
+        session.handle(self, held)
+    }
+}
+
+impl Requests for DeliveryMsg {
+    fn handle(
+        self,
+        session: &mut Session,
+        held: Reservation,
+    ) -> impl Future<Output = Result<Option<RelayMsg>, Closed>> + Send {
+        session.handle_delivery(self, held)
+    }
+}
+
 impl Session {
-    async fn read_loop(
+    async fn read_loop<M: Requests>(
         &mut self,
         reader: &mut LinkReader<Inbound>,
         shutdown: &CancellationToken,
@@ -410,7 +507,7 @@ impl Session {
                 // through a message would lose the bytes already read. The
                 // rest of a message is read once its bytes are reserved.
                 let budget = self.budget.clone();
-                let recv = reader.recv_admitted::<ClientMsg, _, _, _>(move |len| async move {
+                let recv = reader.recv_admitted::<M, _, _, _>(move |len| async move {
                     budget.reserve(budget::charge(len)).await
                 });
                 tokio::pin!(recv);
@@ -441,7 +538,7 @@ impl Session {
                 Ok(None) => return Ok(()),
                 Ok(Some(received)) => received,
             };
-            if let Some(reply) = self.handle(msg, held).await? {
+            if let Some(reply) = msg.handle(self, held).await? {
                 if self.tx.send(reply.into()).await.is_err() {
                     return Ok(()); // the writer failed; it reports why
                 }
@@ -470,9 +567,13 @@ impl Session {
         msg: ClientMsg,
         held: Reservation,
     ) -> Result<Option<RelayMsg>, Closed> {
+        let Some(client) = self.who.client() else {
+            // Not reached: a delivery link decodes `DeliveryMsg` only.
+            return Err(Closed::NotOnDeliveryLink("an owner link's request"));
+        };
         Ok(Some(match msg {
             ClientMsg::Send { req, to, envelope } => {
-                if let Err(limited) = self.limit.envelope() {
+                if let Err(limited) = self.envelope_token() {
                     return Ok(Some(RelayMsg::Error {
                         req,
                         code: ErrorCode::RateLimited,
@@ -494,7 +595,7 @@ impl Session {
                 }
                 self.delivery = Some(tokio::spawn(deliver(
                     self.shared.clone(),
-                    self.client,
+                    client,
                     Delivery {
                         tx: self.tx.clone(),
                         budget: self.budget.clone(),
@@ -504,14 +605,14 @@ impl Session {
                 )));
                 return Ok(None);
             }
-            ClientMsg::Ack { req, ids } => return self.ack(req, ids, held).await,
+            ClientMsg::Ack { req, ids } => return self.ack(client, req, ids, held).await,
             ClientMsg::Ping => RelayMsg::Pong,
             ClientMsg::UploadBegin {
                 req,
                 file_id,
                 to,
                 size,
-            } => Box::pin(self.upload_begin(req, file_id, to, size)).await,
+            } => Box::pin(self.upload_begin(req, file_id, client, to, size)).await,
             ClientMsg::UploadChunk {
                 file_id,
                 index,
@@ -521,26 +622,210 @@ impl Session {
                 return Ok(None);
             }
             ClientMsg::UploadEnd { req, file_id } => {
-                return Ok(Box::pin(self.upload_end(req, file_id)).await);
+                return Ok(Box::pin(self.upload_end(req, file_id, Some(client))).await);
             }
             ClientMsg::Download { req, file_id, from } => {
-                return Ok(Box::pin(self.download(req, file_id, from)).await);
+                return Ok(Box::pin(self.download(req, file_id, from, client)).await);
             }
             ClientMsg::DeleteBlob { req, file_id } => {
-                Box::pin(self.delete_blob(req, file_id)).await
+                Box::pin(self.delete_blob(req, file_id, client)).await
             }
             ClientMsg::Notify { to, envelope } => {
                 // A notice takes a token like a `Send`; one over the rate is
                 // dropped, as a notice nobody is there for would be (a
                 // notice is never answered).
-                if self.limit.envelope().is_err() {
-                    debug!(client = %self.client.short(), "a notice over the rate limit dropped");
+                if self.envelope_token().is_err() {
+                    debug!(client = %client.short(), "a notice over the rate limit dropped");
                     return Ok(None);
                 }
                 self.notice(to, &envelope)?;
                 return Ok(None);
             }
+            ClientMsg::SetDeliveryToken {
+                req,
+                token_hash,
+                first_contact,
+            } => match self
+                .shared
+                .store
+                .set_delivery_token(client, token_hash, first_contact)
+                .await
+            {
+                Ok(()) => RelayMsg::TokenSet { req },
+                Err(e) => refusal(req, e)?,
+            },
         }))
+    }
+
+    /// Handles one request of a delivery link. Each names its mailbox and
+    /// presents its token (or none); nothing here is logged with the
+    /// recipient, and there is no sender to log.
+    async fn handle_delivery(
+        &mut self,
+        msg: DeliveryMsg,
+        held: Reservation,
+    ) -> Result<Option<RelayMsg>, Closed> {
+        Ok(Some(match msg {
+            DeliveryMsg::Send {
+                req,
+                to,
+                token,
+                envelope,
+            } => {
+                if let Err(refused) = self.admit(to, token.as_ref(), req).await? {
+                    return Ok(Some(refused));
+                }
+                return self.send(req, to, envelope.into_vec(), held).await;
+            }
+            DeliveryMsg::Notify {
+                to,
+                token,
+                envelope,
+            } => {
+                // Never answered, refused or not: a sender must not learn
+                // from the relay whether `to` is connected.
+                if let Ok(Ok(())) = self.admit(to, token.as_ref(), 0).await {
+                    self.notice(to, &envelope)?;
+                }
+                return Ok(None);
+            }
+            DeliveryMsg::Ping => RelayMsg::Pong,
+            DeliveryMsg::UploadBegin {
+                req,
+                file_id,
+                to,
+                token,
+                size,
+                resume,
+            } => {
+                if let Err(refused) = self.admit_upload(to, token.as_ref(), req).await? {
+                    return Ok(Some(refused));
+                }
+                // The proof stands where an owner link's upload keeps its
+                // uploader's key: only the same secret resumes it.
+                let uploader = PublicKey::from_bytes(resume.proof().0);
+                if self.resumes.len() >= RESUMES_KEPT {
+                    self.resumes.remove(0);
+                }
+                self.resumes.retain(|(id, _)| *id != file_id);
+                self.resumes.push((file_id, uploader));
+                Box::pin(self.upload_begin(req, file_id, uploader, to, size)).await
+            }
+            DeliveryMsg::UploadChunk {
+                file_id,
+                index,
+                data,
+            } => {
+                Box::pin(self.upload_chunk(file_id, index, data.into_vec(), held)).await?;
+                return Ok(None);
+            }
+            DeliveryMsg::UploadEnd { req, file_id } => {
+                let uploader = self
+                    .resumes
+                    .iter()
+                    .find(|(id, _)| *id == file_id)
+                    .map(|(_, proof)| *proof);
+                return Ok(Box::pin(self.upload_end(req, file_id, uploader)).await);
+            }
+        }))
+    }
+
+    /// Takes a token of this connection's envelope buckets.
+    fn envelope_token(&self) -> Result<(), crate::limits::Limited> {
+        match &self.who {
+            Who::Owner { limit, .. } => limit.envelope(),
+            Who::Delivery { rates } => rates.envelope(),
+        }
+    }
+
+    /// Accounts for `len` upload bytes; how long to stop reading.
+    fn upload_pause(&self, len: usize) -> std::time::Duration {
+        match &self.who {
+            Who::Owner { limit, .. } => limit.upload(len),
+            Who::Delivery { rates } => rates.upload(len),
+        }
+    }
+
+    /// Decides on a delivery's token and takes its rate tokens: `Ok(Err)`
+    /// is the answer refusing it, `Err` a store failure that ends the
+    /// connection.
+    async fn admit(
+        &self,
+        to: PublicKey,
+        token: Option<&sotto_keys::DeliveryToken>,
+        req: u32,
+    ) -> Result<Result<(), RelayMsg>, Closed> {
+        let refused = |code, detail: String| Ok(Err(RelayMsg::Error { req, code, detail }));
+        let admitted = match self.check_token(to, token).await? {
+            Ok(admitted) => admitted,
+            Err(refused) => return Ok(Err(refused.into_answer(req))),
+        };
+        if let Err(limited) = self.envelope_token() {
+            return refused(ErrorCode::RateLimited, limited.to_string());
+        }
+        if admitted == Admitted::FirstContact {
+            if let Err(limited) = self.shared.delivery_rate.first_contact(to) {
+                return refused(
+                    ErrorCode::RateLimited,
+                    format!("deliveries without the recipient's token: {limited}"),
+                );
+            }
+            let max = self.shared.config.delivery.first_contact_max_messages;
+            let (messages, _) = self.shared.store.usage(to).await.map_err(Closed::Store)?;
+            if messages >= max {
+                return refused(
+                    ErrorCode::QuotaExceeded,
+                    format!(
+                        "the recipient's mailbox holds {max} messages or more, the most it takes from senders without its token"
+                    ),
+                );
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// [`Session::admit`] for an upload: the token decides, and a first
+    /// contact is held to its rate (the file quotas apply as to anyone).
+    async fn admit_upload(
+        &self,
+        to: PublicKey,
+        token: Option<&sotto_keys::DeliveryToken>,
+        req: u32,
+    ) -> Result<Result<(), RelayMsg>, Closed> {
+        match self.check_token(to, token).await? {
+            Err(refused) => Ok(Err(refused.into_answer(req))),
+            Ok(Admitted::Contact) => Ok(Ok(())),
+            Ok(Admitted::FirstContact) => match self.shared.delivery_rate.first_contact(to) {
+                Ok(()) => Ok(Ok(())),
+                Err(limited) => Ok(Err(RelayMsg::Error {
+                    req,
+                    code: ErrorCode::RateLimited,
+                    detail: format!("deliveries without the recipient's token: {limited}"),
+                })),
+            },
+        }
+    }
+
+    async fn check_token(
+        &self,
+        to: PublicKey,
+        token: Option<&sotto_keys::DeliveryToken>,
+    ) -> Result<Result<Admitted, crate::delivery::Refused>, Closed> {
+        let row = self
+            .shared
+            .store
+            .delivery_token(to)
+            .await
+            .map_err(Closed::Store)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ok(crate::delivery::admit(
+            &self.shared.config.delivery,
+            row.as_ref(),
+            token,
+            now,
+        ))
     }
 }
 
@@ -597,13 +882,14 @@ impl Session {
     /// its Sends flowing; `Acked` follows from the read loop.
     async fn ack(
         &mut self,
+        client: PublicKey,
         req: u32,
         ids: Vec<u64>,
         held: Reservation,
     ) -> Result<Option<RelayMsg>, Closed> {
         if ids.is_empty() {
             // Nothing to commit: answered at once.
-            return Ok(Some(match self.shared.store.ack(self.client, ids).await {
+            return Ok(Some(match self.shared.store.ack(client, ids).await {
                 Ok(_) => RelayMsg::Acked { req, deleted: 0 },
                 Err(e) => refusal(req, e)?,
             }));
@@ -611,7 +897,7 @@ impl Session {
         if !self.make_room().await? {
             return Ok(None);
         }
-        match self.shared.store.ack_begin(self.client, ids).await {
+        match self.shared.store.ack_begin(client, ids).await {
             Ok(committing) => {
                 self.storing.push_back(InFlight {
                     req,

@@ -32,6 +32,7 @@ pub mod blobs;
 pub mod budget;
 pub mod config;
 mod connection;
+pub mod delivery;
 mod half_open;
 pub mod limits;
 mod occupancy;

@@ -20,6 +20,7 @@
 //! seen in the last few seconds.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -141,17 +142,19 @@ struct KeyState {
     upload_bytes: Bucket,
 }
 
-/// The buckets of every key connected recently.
+/// The buckets of every key connected recently. Keyed by client key on
+/// owner links; on delivery links, which prove no key, by source address
+/// and by connection (see `crate::delivery`).
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct RateLimiter<K = PublicKey> {
     limits: RateLimits,
     // A std mutex: held for a few arithmetic operations, never across an await.
-    keys: Mutex<Keys>,
+    keys: Mutex<Keys<K>>,
 }
 
-#[derive(Debug, Default)]
-struct Keys {
-    by_key: HashMap<PublicKey, KeyState>,
+#[derive(Debug)]
+struct Keys<K> {
+    by_key: HashMap<K, KeyState>,
     joins: u64,
 }
 
@@ -167,61 +170,88 @@ pub struct Limited {
     pub retry_ms: u64,
 }
 
-impl RateLimiter {
+impl<K: Copy + Eq + Hash> RateLimiter<K> {
     /// A limiter with these rates.
     pub fn new(limits: RateLimits) -> Arc<Self> {
         Arc::new(Self {
             limits,
-            keys: Mutex::new(Keys::default()),
+            keys: Mutex::new(Keys {
+                by_key: HashMap::new(),
+                joins: 0,
+            }),
         })
     }
 
     /// Registers a connection of `key`; its buckets are shared with the key's
     /// other connections.
-    pub fn connect(self: &Arc<Self>, key: PublicKey) -> KeyLimit {
-        let now = Instant::now();
-        let limits = self.limits;
-        let mut keys = self.lock();
-        keys.joins = keys.joins.wrapping_add(1);
-        if keys.joins.is_multiple_of(SWEEP_EVERY) {
-            keys.by_key.retain(|_, s| {
-                s.connections > 0 || !(s.envelopes.full(now) && s.upload_bytes.full(now))
-            });
-        }
-        keys.by_key
-            .entry(key)
-            .or_insert_with(|| KeyState {
-                connections: 0,
-                envelopes: Bucket::new(
-                    f64::from(limits.envelopes_per_second),
-                    f64::from(limits.envelope_burst),
-                    now,
-                ),
-                upload_bytes: Bucket::new(
-                    limits.upload_bytes_per_second as f64,
-                    limits.upload_burst_bytes as f64,
-                    now,
-                ),
-            })
-            .connections += 1;
+    pub fn connect(self: &Arc<Self>, key: K) -> KeyLimit<K> {
+        self.lock().state(key, self.limits).connections += 1;
         KeyLimit {
             limiter: Arc::clone(self),
             key,
         }
     }
 
+    /// Takes a token for one envelope from `key`'s bucket, which need not
+    /// have a connection (a recipient's bucket of first-contact deliveries).
+    pub fn envelope_for(&self, key: K) -> Result<(), Limited> {
+        let limits = self.limits;
+        let now = Instant::now();
+        self.lock()
+            .state(key, limits)
+            .envelopes
+            .try_take(1.0, now)
+            .map_err(|wait| limited(limits, wait))
+    }
+}
+
+fn limited(limits: RateLimits, wait: Duration) -> Limited {
+    Limited {
+        per_second: limits.envelopes_per_second,
+        burst: limits.envelope_burst,
+        retry_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
+    }
+}
+
+impl<K: Copy + Eq + Hash> Keys<K> {
+    /// `key`'s buckets, made full if it has none; sweeps now and then.
+    fn state(&mut self, key: K, limits: RateLimits) -> &mut KeyState {
+        let now = Instant::now();
+        self.joins = self.joins.wrapping_add(1);
+        if self.joins.is_multiple_of(SWEEP_EVERY) {
+            self.by_key.retain(|_, s| {
+                s.connections > 0 || !(s.envelopes.full(now) && s.upload_bytes.full(now))
+            });
+        }
+        self.by_key.entry(key).or_insert_with(|| KeyState {
+            connections: 0,
+            envelopes: Bucket::new(
+                f64::from(limits.envelopes_per_second),
+                f64::from(limits.envelope_burst),
+                now,
+            ),
+            upload_bytes: Bucket::new(
+                limits.upload_bytes_per_second as f64,
+                limits.upload_burst_bytes as f64,
+                now,
+            ),
+        })
+    }
+}
+
+impl<K: Copy + Eq + Hash> RateLimiter<K> {
     /// Keys with buckets kept (for tests).
     #[cfg(test)]
     fn tracked(&self) -> usize {
         self.lock().by_key.len()
     }
 
-    fn with<T>(&self, key: &PublicKey, f: impl FnOnce(&mut KeyState, Instant) -> T) -> Option<T> {
+    fn with<T>(&self, key: &K, f: impl FnOnce(&mut KeyState, Instant) -> T) -> Option<T> {
         let now = Instant::now();
         self.lock().by_key.get_mut(key).map(|s| f(s, now))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Keys> {
+    fn lock(&self) -> MutexGuard<'_, Keys<K>> {
         // Every update leaves the map consistent, so a panic elsewhere while
         // holding the lock does not matter.
         self.keys.lock().unwrap_or_else(PoisonError::into_inner)
@@ -231,23 +261,19 @@ impl RateLimiter {
 /// One connection's handle on its key's buckets; dropping it ends the
 /// connection's share.
 #[derive(Debug)]
-pub struct KeyLimit {
-    limiter: Arc<RateLimiter>,
-    key: PublicKey,
+pub struct KeyLimit<K: Copy + Eq + Hash = PublicKey> {
+    limiter: Arc<RateLimiter<K>>,
+    key: K,
 }
 
-impl KeyLimit {
+impl<K: Copy + Eq + Hash> KeyLimit<K> {
     /// Takes a token for one `Send`, or says why not.
     pub fn envelope(&self) -> Result<(), Limited> {
         let limits = self.limiter.limits;
         self.limiter
             .with(&self.key, |s, now| s.envelopes.try_take(1.0, now))
             .unwrap_or(Ok(()))
-            .map_err(|wait| Limited {
-                per_second: limits.envelopes_per_second,
-                burst: limits.envelope_burst,
-                retry_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
-            })
+            .map_err(|wait| limited(limits, wait))
     }
 
     /// Accounts for `len` upload bytes; returns how long to pause reading.
@@ -260,7 +286,7 @@ impl KeyLimit {
     }
 }
 
-impl Drop for KeyLimit {
+impl<K: Copy + Eq + Hash> Drop for KeyLimit<K> {
     fn drop(&mut self) {
         let mut keys = self.limiter.lock();
         if let Some(state) = keys.by_key.get_mut(&self.key) {

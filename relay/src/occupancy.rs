@@ -85,9 +85,11 @@ struct Tenant {
 /// One authenticated connection's place; dropping it gives the place back.
 pub(crate) struct Seat {
     occupancy: Arc<Occupancy>,
-    key: PublicKey,
+    /// `None` for a delivery link, which proves no key: it counts only
+    /// against its address.
+    key: Option<PublicKey>,
     source: Source,
-    key_budget: Arc<Semaphore>,
+    key_budget: Option<Arc<Semaphore>>,
     source_budget: Arc<Semaphore>,
 }
 
@@ -134,9 +136,29 @@ impl Occupancy {
         let source_budget = enter(&mut t.sources, source, self.address_bytes);
         Ok(Seat {
             occupancy: Arc::clone(self),
-            key,
+            key: Some(key),
             source,
-            key_budget,
+            key_budget: Some(key_budget),
+            source_budget,
+        })
+    }
+
+    /// Seats a delivery connection from `source`: it shares its address's
+    /// count and budget with the owner links from there.
+    pub(crate) fn seat_delivery(self: &Arc<Self>, source: Source) -> Result<Seat, OverLimit> {
+        let mut t = self.lock();
+        if count(&t.sources, &source) >= self.max_per_address {
+            return Err(OverLimit::Address {
+                address: source,
+                max: self.max_per_address,
+            });
+        }
+        let source_budget = enter(&mut t.sources, source, self.address_bytes);
+        Ok(Seat {
+            occupancy: Arc::clone(self),
+            key: None,
+            source,
+            key_budget: None,
             source_budget,
         })
     }
@@ -165,9 +187,9 @@ fn leave<K: Hash + Eq>(table: &mut HashMap<K, Tenant>, k: &K) {
 }
 
 impl Seat {
-    /// The budget shared by the connections of this key.
-    pub(crate) fn key_budget(&self) -> Arc<Semaphore> {
-        Arc::clone(&self.key_budget)
+    /// The budget shared by the connections of this key, if it has one.
+    pub(crate) fn key_budget(&self) -> Option<Arc<Semaphore>> {
+        self.key_budget.clone()
     }
 
     /// The budget shared by the connections from this address.
@@ -179,7 +201,9 @@ impl Seat {
 impl Drop for Seat {
     fn drop(&mut self) {
         let mut t = self.occupancy.lock();
-        leave(&mut t.keys, &self.key);
+        if let Some(key) = &self.key {
+            leave(&mut t.keys, key);
+        }
         leave(&mut t.sources, &self.source);
     }
 }
@@ -201,7 +225,10 @@ mod tests {
         );
         let a1 = occ.seat(alice, from(1)).unwrap();
         let a2 = occ.seat(alice, from(2)).unwrap();
-        assert!(Arc::ptr_eq(&a1.key_budget(), &a2.key_budget()));
+        assert!(Arc::ptr_eq(
+            &a1.key_budget().unwrap(),
+            &a2.key_budget().unwrap()
+        ));
         assert!(!Arc::ptr_eq(&a1.source_budget(), &a2.source_budget()));
         let over = occ.seat(alice, from(3)).err().unwrap();
         assert!(matches!(over, OverLimit::Key { max: 2, .. }), "{over}");

@@ -55,6 +55,9 @@ pub(crate) struct Shared {
     /// Closures before a connection was served, for the periodic summary.
     pub tally: Tally,
     pub rate: Arc<RateLimiter>,
+    /// The delivery links' buckets: per connection, address and
+    /// first-contact recipient.
+    pub delivery_rate: crate::delivery::Rates,
     pub hello: RelayHello,
 }
 
@@ -139,6 +142,7 @@ impl Relay {
             buffers: budget::pool(config.buffers.total),
             tally: Tally::default(),
             rate: RateLimiter::new(config.rate),
+            delivery_rate: crate::delivery::Rates::new(&config.delivery),
             registry: Arc::new(Registry::default()),
             config,
             key,

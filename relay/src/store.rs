@@ -41,6 +41,7 @@ mod codec;
 pub mod fuzzing;
 mod holds;
 mod live;
+mod tokens;
 mod writer;
 
 #[cfg(test)]
@@ -67,6 +68,7 @@ use writer::{Change, Clock, Request, Writer, COMMIT_INTERVAL, MAX_BATCH, QUEUE_D
 
 pub use holds::{HoldToken, SourceAddr};
 pub use live::{Feed, Taken};
+pub use tokens::TokenRow;
 
 /// Default for [`StoreLimits::max_messages_per_recipient`].
 pub const DEFAULT_MAX_MESSAGES_PER_RECIPIENT: u64 = 10_000;
@@ -728,6 +730,39 @@ impl Store {
         answer.await.map_err(|_| StoreError::Crashed)?
     }
 
+    /// Registers `hash` as the delivery token of `owner`'s mailbox (the one
+    /// it replaces stays in the row, with when), and whether token-less
+    /// deliveries are accepted there. Returns once committed.
+    pub async fn set_delivery_token(
+        &self,
+        owner: PublicKey,
+        hash: sotto_crypto::delivery::TokenHash,
+        first_contact: bool,
+    ) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::Change(Change::SetToken {
+            owner: *owner.as_bytes(),
+            hash,
+            first_contact,
+            reply,
+        }))
+        .await?;
+        answer.await.map_err(|_| StoreError::Crashed)?
+    }
+
+    /// What `owner` registered of its delivery token, if anything.
+    pub async fn delivery_token(&self, owner: PublicKey) -> Result<Option<TokenRow>, StoreError> {
+        let db = self.db()?;
+        let owner = *owner.as_bytes();
+        blocking(move || {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(tokens::TOKENS)?;
+            let row = table.get(&owner)?;
+            row.map(|g| TokenRow::decode(g.value())).transpose()
+        })
+        .await
+    }
+
     /// `(messages, bytes)` pending for `owner`.
     pub async fn usage(&self, owner: PublicKey) -> Result<(u64, u64), StoreError> {
         let db = self.db()?;
@@ -869,6 +904,7 @@ pub(super) fn prepare(db: &Database) -> Result<u64, StoreError> {
         txn.open_table(BLOBS)?;
         txn.open_table(BLOB_USAGE)?;
         txn.open_table(BLOB_SHARES)?;
+        txn.open_table(tokens::TOKENS)?;
         let accounting = meta
             .get(META_BLOB_ACCOUNTING)?
             .map(|guard| decode_u64("blob accounting", guard.value()))

@@ -28,7 +28,7 @@ use sotto_crypto::file::{
 use sotto_crypto::frame::{read_record, write_record, MAX_RECORD_LEN};
 use sotto_crypto::link::MAX_MESSAGE_LEN;
 use sotto_crypto::session::{SessionConfig, SessionStore};
-use sotto_crypto::wire::{self, ClientHello, ClientMsg, RelayHello, RelayMsg};
+use sotto_crypto::wire::{self, ClientHello, ClientMsg, DeliveryMsg, RelayHello, RelayMsg};
 use sotto_crypto::{fuzzing as cf, EnvelopeError};
 use sotto_keys::fuzzing::{self as kf, KeyFile};
 use sotto_keys::{
@@ -183,9 +183,11 @@ pub fn link_framing(mut data: &[u8]) {
     assert!(matches!(ready(reader.recv_bytes()), Ok(None)));
 }
 
-/// A decrypted client -> relay message, as the relay decodes it.
+/// A decrypted client -> relay message, as the relay decodes it on either
+/// link kind (`ClientMsg` on an owner link, `DeliveryMsg` on a delivery link).
 pub fn wire_client(data: &[u8]) {
     let _ = postcard_round_trip::<ClientMsg>(data);
+    let _ = postcard_round_trip::<DeliveryMsg>(data);
     let _ = postcard_round_trip::<ClientHello>(data);
 }
 

@@ -70,6 +70,10 @@ pub(super) struct Files {
 
 /// An upload begun on this connection, as the reading task sees it.
 struct Upload {
+    /// Whose upload it is: the client's key on an owner link, the
+    /// [`sotto_crypto::delivery::ResumeProof`] of its secret on a delivery
+    /// link.
+    uploader: PublicKey,
     to: PublicKey,
     size: u64,
     /// The index the next chunk must have.
@@ -124,6 +128,7 @@ impl Session {
         &mut self,
         req: u32,
         file_id: FileId,
+        uploader: PublicKey,
         to: PublicKey,
         size: u64,
     ) -> RelayMsg {
@@ -142,7 +147,7 @@ impl Session {
         let writer = match self
             .shared
             .blobs
-            .begin(self.client, self.peer, file_id, to, size)
+            .begin(uploader, self.peer, file_id, to, size)
             .await
         {
             Ok(Begun::Complete { chunks }) => {
@@ -160,6 +165,7 @@ impl Session {
         self.files.uploads.insert(
             file_id,
             Upload {
+                uploader,
                 to,
                 size,
                 next: have,
@@ -233,7 +239,7 @@ impl Session {
             let resumed = self
                 .shared
                 .blobs
-                .resume_idle(self.client, self.peer, file_id, upload.to, upload.size)
+                .resume_idle(upload.uploader, self.peer, file_id, upload.to, upload.size)
                 .await;
             match resumed {
                 Ok(Begun::Upload(writer)) if writer.have() == next => {
@@ -308,7 +314,7 @@ impl Session {
         }
         // Over the key's upload rate: stop reading for a while, which slows
         // the client down through TCP.
-        let pause = self.limit.upload(data.len());
+        let pause = self.upload_pause(data.len());
         if !pause.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
@@ -320,12 +326,19 @@ impl Session {
     }
 
     /// Returns the answer, or `None` when the disk task will give it.
-    pub(super) async fn upload_end(&mut self, req: u32, file_id: FileId) -> Option<RelayMsg> {
+    /// `uploader` is who may hear that an upload not in progress here is
+    /// complete already.
+    pub(super) async fn upload_end(
+        &mut self,
+        req: u32,
+        file_id: FileId,
+        uploader: Option<PublicKey>,
+    ) -> Option<RelayMsg> {
         let Some(upload) = self.files.uploads.remove(&file_id) else {
             // Not in progress here: it may be finished already (the client
             // lost the connection before it heard `UploadDone`).
             return Some(match self.shared.store.blob(file_id).await {
-                Ok(Some(meta)) if meta.uploader == self.client && meta.complete => {
+                Ok(Some(meta)) if Some(meta.uploader) == uploader && meta.complete => {
                     RelayMsg::UploadDone { req, file_id }
                 }
                 Ok(_) => RelayMsg::Error {
@@ -373,6 +386,7 @@ impl Session {
         req: u32,
         file_id: FileId,
         from: u64,
+        client: PublicKey,
     ) -> Option<RelayMsg> {
         if self.files.downloading() && self.files.downloads.len() >= MAX_DOWNLOADS {
             return Some(RelayMsg::Error {
@@ -381,7 +395,7 @@ impl Session {
                 detail: format!("at most {MAX_DOWNLOADS} downloads at once on one connection"),
             });
         }
-        let reader = match self.shared.blobs.open_download(self.client, file_id).await {
+        let reader = match self.shared.blobs.open_download(client, file_id).await {
             Ok(reader) => reader,
             Err(e) => return Some(blob_refusal(req, &e)),
         };
@@ -405,8 +419,13 @@ impl Session {
         None
     }
 
-    pub(super) async fn delete_blob(&mut self, req: u32, file_id: FileId) -> RelayMsg {
-        match self.shared.blobs.delete(self.client, file_id).await {
+    pub(super) async fn delete_blob(
+        &mut self,
+        req: u32,
+        file_id: FileId,
+        client: PublicKey,
+    ) -> RelayMsg {
+        match self.shared.blobs.delete(client, file_id).await {
             Ok(deleted) => RelayMsg::BlobDeleted { req, deleted },
             Err(e) => blob_refusal(req, &e),
         }

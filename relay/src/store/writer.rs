@@ -127,6 +127,13 @@ pub(super) enum Change {
         updated_at_or_before: Option<u64>,
         reply: oneshot::Sender<Result<Vec<BlobId>, StoreError>>,
     },
+    /// The owner of `owner`'s mailbox registers its delivery token's hash.
+    SetToken {
+        owner: Recipient,
+        hash: sotto_crypto::delivery::TokenHash,
+        first_contact: bool,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// An upload beginning or resuming, as the writer is asked for it.
@@ -192,6 +199,7 @@ impl Next {
             Next::Change(Change::BlobBegin { reply, .. }) => tell(reply, err),
             Next::Change(Change::BlobUpdate { reply, .. }) => tell(reply, err),
             Next::Change(Change::BlobDelete { reply, .. }) => tell(reply, err),
+            Next::Change(Change::SetToken { reply, .. }) => tell(reply, err),
         }
     }
 }
@@ -692,6 +700,7 @@ impl Writer {
             let totals = count_totals(&txn.open_table(USAGE)?, &txn.open_table(BLOB_USAGE)?)?;
             self.totals = Some(totals);
         }
+        let mut tokens_set = false;
         let changed = {
             let mut batch = Batch::open(
                 &txn,
@@ -744,6 +753,18 @@ impl Writer {
                         updated_at_or_before,
                         reply,
                     }) => settle(batch.blob_delete(ids, owner, updated_at_or_before), reply),
+                    Next::Change(Change::SetToken {
+                        owner,
+                        hash,
+                        first_contact,
+                        reply,
+                    }) => {
+                        tokens_set = true;
+                        settle(
+                            super::tokens::set(&txn, owner, hash, first_contact, now),
+                            reply,
+                        )
+                    }
                 };
                 answers.push(answer);
                 if let Some(err) = fatal {
@@ -751,7 +772,7 @@ impl Writer {
                 }
             }
             // Every envelope of the batch, written or taken out, had an id.
-            batch.finish(write_id, counts != (0, 0))?
+            batch.finish(write_id, counts != (0, 0))? || tokens_set
         };
         if let Some(id) = write_id.filter(|_| changed) {
             self.written_next_id = id;
