@@ -11,8 +11,10 @@
 //! checks against the hash they registered. Without one a delivery is a
 //! first contact, which the relay may take under tighter limits or refuse.
 //!
-//! A link is opened per relay and may carry deliveries to any number of
-//! mailboxes there. The same limits and error words as the owner link
+//! A link may carry deliveries to any number of mailboxes of its relay, but
+//! the client opens one per relay *and recipient* ([`crate::delivery_pool`]),
+//! so that no connection shows a relay two of its mailboxes with a
+//! correspondent in common. The same limits and error words as the owner link
 //! apply (time limits, the relay's words neutralised).
 
 use std::fmt;
@@ -30,8 +32,8 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use crate::relay_client::{
-    describe_io, handshake_error, recv_from, refused, write_to, RelayError, SealedChunk, UploadEnd,
-    ANSWER_TIMEOUT, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT,
+    describe_io, handshake_error, recv_from, refused, stream_upload, write_to, RelayError,
+    SealedChunk, Upload, UploadEnd, ANSWER_TIMEOUT, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT,
 };
 
 /// A delivery link to one relay.
@@ -244,76 +246,73 @@ where
         size: u64,
         from: u64,
         chunks: &mut mpsc::Receiver<SealedChunk>,
+        on_sent: &mut (dyn FnMut(u64) + Send),
     ) -> Result<UploadEnd, RelayError> {
-        let total = file::chunk_count(size);
         let end_req = self.req();
-        let addr = self.addr.clone();
-        let reader = &mut self.reader;
-        let writer = &mut self.writer;
-        let send_all = async {
-            let mut next = from;
-            while next < total {
-                let Some(chunk) = chunks.recv().await else {
-                    return Ok(false);
-                };
-                if chunk.index != next {
-                    return Err(RelayError::Protocol {
-                        addr: addr.clone(),
-                        what: "a chunk out of order from the local reader",
-                    });
-                }
-                let msg = DeliveryMsg::UploadChunk {
-                    file_id,
-                    index: chunk.index,
-                    data: ByteBuf::from(chunk.data),
-                };
-                write_to(writer, &addr, &msg, chunks.is_empty()).await?;
-                next += 1;
-            }
-            let end = DeliveryMsg::UploadEnd {
+        let upload = Upload {
+            file_id,
+            size,
+            from,
+            end_req,
+        };
+        stream_upload(
+            &mut self.reader,
+            &mut self.writer,
+            &self.addr,
+            &upload,
+            chunks,
+            on_sent,
+            |index, data| DeliveryMsg::UploadChunk {
+                file_id,
+                index,
+                data,
+            },
+            DeliveryMsg::UploadEnd {
                 req: end_req,
                 file_id,
-            };
-            write_to(writer, &addr, &end, true).await?;
-            Ok::<bool, RelayError>(true)
-        };
-        let read_all = async {
-            loop {
-                match recv_from(reader, &addr, None).await? {
-                    RelayMsg::UploadDone { req, file_id: f } if req == end_req && f == file_id => {
-                        return Ok::<(), RelayError>(());
-                    }
-                    RelayMsg::Error { code, detail, .. } => {
-                        return Err(refused(&addr, code, &detail))
-                    }
-                    _ => {}
-                }
-            }
-        };
-        tokio::pin!(send_all);
-        tokio::pin!(read_all);
-        tokio::select! {
-            sent = &mut send_all => {
-                if !sent? {
-                    return Ok(UploadEnd::SourceEnded);
-                }
-                match timeout(ANSWER_TIMEOUT, &mut read_all).await {
-                    Err(_) => Err(RelayError::NoAnswer { addr: addr.clone() }),
-                    Ok(r) => r.map(|()| UploadEnd::Done),
-                }
-            }
-            done = &mut read_all => {
-                done?;
-                Err(RelayError::Protocol {
-                    addr: addr.clone(),
-                    what: "UploadDone before the upload was complete",
-                })
-            }
-        }
+            },
+        )
+        .await
     }
 
     /// Closes the link (best effort).
     pub async fn close(mut self) {
         let _ = timeout(ANSWER_TIMEOUT, self.writer.shutdown()).await;
+    }
+}
+
+/// The delivery links of [`crate::delivery_pool`]: real ones, over TCP.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeliveryLinks;
+
+impl crate::delivery_pool::Connect for DeliveryLinks {
+    type Link = DeliveryConn<OwnedReadHalf, OwnedWriteHalf>;
+
+    async fn connect(&self, pin: &crate::config::RelayPin) -> Result<Self::Link, RelayError> {
+        connect_delivery(&pin.addr, &pin.key).await
+    }
+}
+
+impl<R, W> crate::delivery_pool::Deliver for DeliveryConn<R, W>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    async fn send(
+        &mut self,
+        to: &PublicKey,
+        token: Option<&DeliveryToken>,
+        envelope: &[u8],
+    ) -> Result<(), RelayError> {
+        self.send_envelope(to, token, envelope.to_vec()).await
+    }
+
+    async fn notify(
+        &mut self,
+        to: &PublicKey,
+        token: Option<&DeliveryToken>,
+        envelope: &[u8],
+    ) -> Result<(), RelayError> {
+        DeliveryConn::notify(self, to, token, envelope.to_vec()).await
     }
 }

@@ -86,6 +86,12 @@ impl Home {
         self.dir.join("offers.sealed")
     }
 
+    /// Whom I told where to reach me, and what contacts told me (see
+    /// [`crate::reach`]).
+    pub fn reach(&self) -> PathBuf {
+        self.dir.join("reach.sealed")
+    }
+
     /// Envelopes sealed but not yet stored by their relay (see
     /// [`crate::undelivered`]).
     pub fn undelivered(&self) -> PathBuf {

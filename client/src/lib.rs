@@ -31,6 +31,8 @@
 //!   its key, their token);
 //! - [`delivery_pool`]: the delivery links a client writes on, one per relay
 //!   and recipient, each with its queue, reconnecting on its own;
+//! - [`reach`]: telling contacts where to reach me (relay, key, token) and
+//!   taking what they tell me;
 //! - [`undelivered`]: envelopes sealed but not yet stored by their relay,
 //!   kept sealed until they are;
 //! - [`sealed_list`]: the sealed, atomically rewritten list file both use;
@@ -80,6 +82,7 @@ pub mod offers;
 pub mod outbox;
 pub mod presence;
 pub mod publish;
+pub mod reach;
 pub mod relay_client;
 pub mod routes;
 pub mod safe_name;

@@ -396,6 +396,114 @@ pub(crate) async fn recv_from<R: AsyncRead + Unpin>(
     }
 }
 
+/// One upload's numbers, for [`stream_upload`].
+pub(crate) struct Upload {
+    /// The file.
+    pub file_id: FileId,
+    /// Its plaintext size.
+    pub size: u64,
+    /// The first chunk to send.
+    pub from: u64,
+    /// The request number of its `UploadEnd`.
+    pub end_req: u32,
+}
+
+/// Sends the sealed chunks `from..` of an upload as `chunks` yields them,
+/// then `end`, and returns once the relay answers `UploadDone`; the same on
+/// the owner link and the delivery link, which differ only in the messages
+/// (`chunk_msg`, `end`). A source that closes early leaves the upload
+/// unfinished ([`UploadEnd::SourceEnded`]). `on_sent(n)` is called once
+/// chunks up to `n` are written.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn stream_upload<R, W, M>(
+    reader: &mut LinkReader<R>,
+    writer: &mut LinkWriter<W>,
+    addr: &RelayAddr,
+    upload: &Upload,
+    chunks: &mut mpsc::Receiver<SealedChunk>,
+    on_sent: &mut (dyn FnMut(u64) + Send),
+    chunk_msg: impl Fn(u64, ByteBuf) -> M,
+    end: M,
+) -> Result<UploadEnd, RelayError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    M: serde::Serialize,
+{
+    let Upload {
+        file_id,
+        size,
+        from,
+        end_req,
+    } = *upload;
+    let total = file::chunk_count(size);
+    let send_all = async {
+        let mut next = from;
+        while next < total {
+            let Some(chunk) = chunks.recv().await else {
+                return Ok(false);
+            };
+            if chunk.index != next {
+                return Err(RelayError::Protocol {
+                    addr: addr.clone(),
+                    what: "a chunk out of order from the local reader",
+                });
+            }
+            let msg = chunk_msg(chunk.index, ByteBuf::from(chunk.data));
+            // Flushed only when nothing else is ready: a burst of chunks
+            // goes out in as few writes as the buffer allows.
+            write_to(writer, addr, &msg, chunks.is_empty()).await?;
+            next += 1;
+            on_sent(next);
+        }
+        write_to(writer, addr, &end, true).await?;
+        Ok::<bool, RelayError>(true)
+    };
+
+    // Runs for the whole upload, so that a refusal or a dropped connection
+    // is noticed while chunks are still going out. No time limit while
+    // sending: checkpoints can be minutes apart on a slow link, and a
+    // stalled relay shows up as a stalled write instead.
+    let read_all = async {
+        loop {
+            match recv_from(reader, addr, None).await? {
+                RelayMsg::UploadProgress { file_id: f, have } if f == file_id => {
+                    tracing::debug!(have, "durable on the relay");
+                }
+                RelayMsg::UploadDone { req, file_id: f } if req == end_req && f == file_id => {
+                    return Ok::<(), RelayError>(());
+                }
+                // Nothing else is outstanding on this connection: any
+                // refusal is about this upload.
+                RelayMsg::Error { code, detail, .. } => return Err(refused(addr, code, &detail)),
+                RelayMsg::Pong => {}
+                other => tracing::debug!(?other, "ignoring a message during an upload"),
+            }
+        }
+    };
+
+    tokio::pin!(send_all);
+    tokio::pin!(read_all);
+    tokio::select! {
+        sent = &mut send_all => {
+            if !sent? {
+                return Ok(UploadEnd::SourceEnded);
+            }
+            match timeout(ANSWER_TIMEOUT, &mut read_all).await {
+                Err(_) => Err(RelayError::NoAnswer { addr: addr.clone() }),
+                Ok(r) => r.map(|()| UploadEnd::Done),
+            }
+        }
+        done = &mut read_all => {
+            done?;
+            Err(RelayError::Protocol {
+                addr: addr.clone(),
+                what: "UploadDone before the upload was complete",
+            })
+        }
+    }
+}
+
 /// Queues one message on the link without flushing, within [`ANSWER_TIMEOUT`]:
 /// a relay that stops reading must not hang the client forever.
 pub(crate) async fn write_to<W: AsyncWrite + Unpin, M: serde::Serialize>(
@@ -669,92 +777,31 @@ where
         chunks: &mut mpsc::Receiver<SealedChunk>,
         on_sent: &mut (dyn FnMut(u64) + Send),
     ) -> Result<UploadEnd, RelayError> {
-        let total = file::chunk_count(size);
         let end_req = self.req();
-        let addr = self.addr.clone();
-        let reader = &mut self.reader;
-        let writer = &mut self.writer;
-
-        let send_all = async {
-            let mut next = from;
-            while next < total {
-                let Some(chunk) = chunks.recv().await else {
-                    return Ok(false);
-                };
-                if chunk.index != next {
-                    return Err(RelayError::Protocol {
-                        addr: addr.clone(),
-                        what: "a chunk out of order from the local reader",
-                    });
-                }
-                let msg = ClientMsg::UploadChunk {
-                    file_id,
-                    index: chunk.index,
-                    data: ByteBuf::from(chunk.data),
-                };
-                // Flushed only when nothing else is ready: a burst of chunks
-                // goes out in as few writes as the buffer allows.
-                write_to(writer, &addr, &msg, chunks.is_empty()).await?;
-                next += 1;
-                on_sent(next);
-            }
-            write_to(
-                writer,
-                &addr,
-                &ClientMsg::UploadEnd {
-                    req: end_req,
-                    file_id,
-                },
-                true,
-            )
-            .await?;
-            Ok::<bool, RelayError>(true)
+        let upload = Upload {
+            file_id,
+            size,
+            from,
+            end_req,
         };
-
-        // Runs for the whole upload, so that a refusal or a dropped connection
-        // is noticed while chunks are still going out. No time limit while
-        // sending: checkpoints can be minutes apart on a slow link, and a
-        // stalled relay shows up as a stalled write instead.
-        let read_all = async {
-            loop {
-                match recv_from(reader, &addr, None).await? {
-                    RelayMsg::UploadProgress { file_id: f, have } if f == file_id => {
-                        tracing::debug!(have, "durable on the relay");
-                    }
-                    RelayMsg::UploadDone { req, file_id: f } if req == end_req && f == file_id => {
-                        return Ok::<(), RelayError>(());
-                    }
-                    // Nothing else is outstanding on this connection: any
-                    // refusal is about this upload.
-                    RelayMsg::Error { code, detail, .. } => {
-                        return Err(refused(&addr, code, &detail))
-                    }
-                    RelayMsg::Pong => {}
-                    other => tracing::debug!(?other, "ignoring a message during an upload"),
-                }
-            }
-        };
-
-        tokio::pin!(send_all);
-        tokio::pin!(read_all);
-        tokio::select! {
-            sent = &mut send_all => {
-                if !sent? {
-                    return Ok(UploadEnd::SourceEnded);
-                }
-                match timeout(ANSWER_TIMEOUT, &mut read_all).await {
-                    Err(_) => Err(RelayError::NoAnswer { addr: addr.clone() }),
-                    Ok(r) => r.map(|()| UploadEnd::Done),
-                }
-            }
-            done = &mut read_all => {
-                done?;
-                Err(RelayError::Protocol {
-                    addr: addr.clone(),
-                    what: "UploadDone before the upload was complete",
-                })
-            }
-        }
+        stream_upload(
+            &mut self.reader,
+            &mut self.writer,
+            &self.addr,
+            &upload,
+            chunks,
+            on_sent,
+            |index, data| ClientMsg::UploadChunk {
+                file_id,
+                index,
+                data,
+            },
+            ClientMsg::UploadEnd {
+                req: end_req,
+                file_id,
+            },
+        )
+        .await
     }
 
     /// Streams the sealed chunks of file `file_id` (addressed to me) from

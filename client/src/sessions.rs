@@ -39,7 +39,9 @@ use sotto_keys::SecretKey;
 
 use crate::home::Home;
 use crate::offers::Offers;
+use crate::reach::ReachBook;
 use crate::seen::SeenStore;
+use crate::undelivered::Undelivered;
 
 /// The test-only environment knob described in the module documentation.
 pub const MAX_AGE_ENV: &str = "SOTTO_SESSION_MAX_AGE";
@@ -70,6 +72,8 @@ pub struct SessionFiles {
     lock: PathBuf,
     seen: PathBuf,
     offers: PathBuf,
+    reach: PathBuf,
+    undelivered: PathBuf,
 }
 
 impl SessionFiles {
@@ -80,7 +84,37 @@ impl SessionFiles {
             lock: home.sessions_lock(),
             seen: home.seen(),
             offers: home.offers(),
+            reach: home.reach(),
+            undelivered: home.undelivered(),
         }
+    }
+
+    /// Runs `f` on the envelopes waiting for their relay under the lock,
+    /// without loading the session state; `f` saves what it changes.
+    pub fn with_undelivered<T>(
+        &self,
+        me: &SecretKey,
+        f: impl FnOnce(&mut Undelivered) -> Result<T>,
+    ) -> Result<T> {
+        let lock = open_lock(&self.lock)?;
+        lock.lock()
+            .with_context(|| format!("cannot lock {}", self.lock.display()))?;
+        let mut list = Undelivered::load(&self.undelivered, me)?;
+        f(&mut list)
+    }
+
+    /// Runs `f` on what contacts were told and told me of where to reach
+    /// them, under the lock; `f` saves what it changes.
+    pub fn with_reach<T>(
+        &self,
+        me: &SecretKey,
+        f: impl FnOnce(&mut ReachBook) -> Result<T>,
+    ) -> Result<T> {
+        let lock = open_lock(&self.lock)?;
+        lock.lock()
+            .with_context(|| format!("cannot lock {}", self.lock.display()))?;
+        let mut book = ReachBook::load(&self.reach, me)?;
+        f(&mut book)
     }
 
     /// Runs `f` on the offers of files not yet received under the lock,
@@ -144,6 +178,12 @@ impl Batch {
     /// batch; save them before the batch ends.
     pub fn offers(&self, me: &SecretKey) -> Result<Offers> {
         Offers::load(&self.files.offers, me)
+    }
+
+    /// Loads what contacts were told of where to reach me, for the length
+    /// of this batch; save it before the batch ends.
+    pub fn reach(&self, me: &SecretKey) -> Result<ReachBook> {
+        ReachBook::load(&self.files.reach, me)
     }
 
     /// Seals and writes the state atomically; the lock is still held.

@@ -33,7 +33,13 @@ use sotto_keys::PublicKey;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
+use std::future::Future;
+
+use sotto_crypto::delivery::ResumeSecret;
+
+use crate::delivery_link::DeliveryConn;
 use crate::relay_client::{describe_io, RelayConn, RelayError, SealedChunk, UploadEnd};
+use crate::routes::Route;
 use crate::upload_state::{Fingerprint, UploadState};
 
 /// Sealed chunks queued between the reading thread and the connection.
@@ -160,21 +166,90 @@ where
     Ok(conn.upload_begin(state.file_id, to, source.size()).await?)
 }
 
-/// Sends the chunks the relay lacks (from `have`, as [`begin`] answered) and
-/// returns the BLAKE3 hash of the whole file once the relay holds all of it
-/// durably. `progress(done, total)` is called with bytes, first with what the
-/// relay already had.
-pub async fn send<R, W>(
-    conn: &mut RelayConn<R, W>,
+/// A link an upload's chunks go over: the delivery link (in use, so the
+/// relay does not learn who uploads) or the owner link (older relays).
+pub trait UploadLink: Send {
+    /// Sends chunks `from..` as `chunks` yields them, then the end.
+    fn upload_chunks(
+        &mut self,
+        file_id: sotto_crypto::file::FileId,
+        size: u64,
+        from: u64,
+        chunks: &mut mpsc::Receiver<SealedChunk>,
+        on_sent: &mut (dyn FnMut(u64) + Send),
+    ) -> impl Future<Output = Result<UploadEnd, RelayError>> + Send;
+}
+
+impl<R, W> UploadLink for RelayConn<R, W>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    fn upload_chunks(
+        &mut self,
+        file_id: sotto_crypto::file::FileId,
+        size: u64,
+        from: u64,
+        chunks: &mut mpsc::Receiver<SealedChunk>,
+        on_sent: &mut (dyn FnMut(u64) + Send),
+    ) -> impl Future<Output = Result<UploadEnd, RelayError>> + Send {
+        RelayConn::upload_chunks(self, file_id, size, from, chunks, on_sent)
+    }
+}
+
+impl<R, W> UploadLink for DeliveryConn<R, W>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    fn upload_chunks(
+        &mut self,
+        file_id: sotto_crypto::file::FileId,
+        size: u64,
+        from: u64,
+        chunks: &mut mpsc::Receiver<SealedChunk>,
+        on_sent: &mut (dyn FnMut(u64) + Send),
+    ) -> impl Future<Output = Result<UploadEnd, RelayError>> + Send {
+        DeliveryConn::upload_chunks(self, file_id, size, from, chunks, on_sent)
+    }
+}
+
+/// [`begin`] over a delivery link along `route`: the relay is shown the
+/// recipient's token and the upload's resume secret (derived from the
+/// file's key, so the same on every attempt), never my key.
+pub async fn begin_delivery<R, W>(
+    conn: &mut DeliveryConn<R, W>,
+    route: &Route,
     source: &Source,
     state: &UploadState,
-    have: u64,
-    progress: &mut (dyn FnMut(u64, u64) + Send),
-) -> Result<[u8; 32], UploadError>
+) -> Result<u64, UploadError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let resume = ResumeSecret::for_file(&state.key, state.file_id);
+    Ok(conn
+        .upload_begin(
+            state.file_id,
+            &route.to,
+            route.token.as_ref(),
+            source.size(),
+            &resume,
+        )
+        .await?)
+}
+
+/// Sends the chunks the relay lacks (from `have`, as [`begin`] answered) and
+/// returns the BLAKE3 hash of the whole file once the relay holds all of it
+/// durably. `progress(done, total)` is called with bytes, first with what the
+/// relay already had.
+pub async fn send<L: UploadLink>(
+    conn: &mut L,
+    source: &Source,
+    state: &UploadState,
+    have: u64,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<[u8; 32], UploadError> {
     let size = source.size();
     let chunks = chunk_count(size);
     progress(bytes_in_chunks(size, have), size);

@@ -18,7 +18,7 @@
 
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
-use sotto_keys::{PublicKey, SecretKey};
+use sotto_keys::{DeliveryToken, PublicKey, RelayAddr, RelayKey, SecretKey};
 
 use crate::error::EnvelopeError;
 
@@ -97,6 +97,27 @@ pub enum Content {
     /// A presence notice, sent live-only (`Notify`) to each contact; never
     /// a message: not shown as one, not kept. Appended last, after `Receipt`.
     Presence(Presence),
+    /// Where to reach me from now on: sent end to end to each contact when
+    /// my relay, its key or my mailbox's delivery token changes, and to a
+    /// contact who has not been told yet. Only the sender's own contact
+    /// entry is ever updated from it. Appended last, after `Presence`.
+    Reach(Reach),
+}
+
+/// The sender's relay, that relay's key, and the delivery token of the
+/// sender's mailbox there: everything a contact needs to deliver to them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reach {
+    /// Counts the sender's changes: a receiver keeps the highest it has
+    /// seen, so an older notice arriving late (from a relay being drained,
+    /// say) never undoes a newer one.
+    pub seq: u64,
+    /// The relay the sender reads from.
+    pub relay: RelayAddr,
+    /// That relay's key, pinned by whoever delivers there.
+    pub relay_key: RelayKey,
+    /// The sender's mailbox token on that relay.
+    pub token: DeliveryToken,
 }
 
 /// What a presence notice says. Only contacts are told, end to end; the
@@ -402,6 +423,31 @@ mod tests {
         let env = seal(&alice, &bob.public(), &body).unwrap();
         assert_eq!(env.len(), HEADER_LEN + NOISE_OVERHEAD + 256);
         assert_eq!(open(&bob, &env).unwrap().body, body);
+    }
+
+    #[test]
+    fn reach_is_appended_and_its_encoding_is_fixed() {
+        // Variant 5 of `Content`; docs/PROTOCOL.md quotes these bytes.
+        let reach = Content::Reach(Reach {
+            seq: 2,
+            relay: "relay.example:7300".parse().unwrap(),
+            relay_key: RelayKey::from_bytes([1; 32]),
+            token: DeliveryToken::from_bytes([3; 16]),
+        });
+        let bytes = postcard::to_stdvec(&reach).unwrap();
+        let mut expected = vec![5, 2, 18];
+        expected.extend_from_slice(b"relay.example:7300");
+        expected.extend_from_slice(&[1; 32]);
+        expected.extend_from_slice(&[3; 16]);
+        assert_eq!(bytes, expected);
+        let alice = SecretKey::generate();
+        let bob = SecretKey::generate();
+        let body = Body::new(reach);
+        let env = seal(&alice, &bob.public(), &body).unwrap();
+        assert_eq!(env.len(), HEADER_LEN + NOISE_OVERHEAD + 256);
+        let opened = open(&bob, &env).unwrap();
+        assert_eq!(opened.body, body);
+        assert_eq!(opened.sender, alice.public());
     }
 
     #[test]

@@ -64,6 +64,7 @@ pub struct Relay {
     /// Its data dir.
     pub data: PathBuf,
     config: Option<PathBuf>,
+    rust_log: String,
     stderr: Option<std::thread::JoinHandle<String>>,
 }
 
@@ -76,14 +77,20 @@ impl Relay {
             std::fs::write(&path, text).expect("write relay config");
             path
         });
-        Self::spawn(data, "127.0.0.1:0", config)
+        Self::spawn(data, "127.0.0.1:0", config, "info")
     }
 
-    fn spawn(data: &Path, listen: &str, config: Option<PathBuf>) -> Self {
+    /// Starts a relay as [`Relay::start`] does, logging at `level`
+    /// (`RUST_LOG`), for tests that read what it logs.
+    pub fn start_logging(data: &Path, level: &str) -> Self {
+        Self::spawn(data, "127.0.0.1:0", None, level)
+    }
+
+    fn spawn(data: &Path, listen: &str, config: Option<PathBuf>, level: &str) -> Self {
         let mut cmd = Command::new(bin("sotto-relay"));
         cmd.args(["--listen", listen, "--data"])
             .arg(data)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", level)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -120,6 +127,7 @@ impl Relay {
             key: key.unwrap_or_default(),
             data: data.to_owned(),
             config,
+            rust_log: level.to_owned(),
             stderr: Some(stderr),
         }
     }
@@ -185,7 +193,7 @@ impl Relay {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let next = Self::spawn(&self.data, &listen, self.config.clone());
+        let next = Self::spawn(&self.data, &listen, self.config.clone(), &self.rust_log);
         assert_eq!(next.key, self.key, "the relay key must survive a restart");
         *self = next;
     }

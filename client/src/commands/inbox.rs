@@ -37,6 +37,7 @@ use crate::history::History;
 use crate::identity;
 use crate::inbound::{self, process_batch, Files};
 use crate::outbox::send_replies;
+use crate::reach;
 use crate::relay_client;
 use crate::sessions::SessionFiles;
 
@@ -47,10 +48,13 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let book = ContactBook::load(&ctx.home.contacts())?;
     let me = identity::load(&ctx.home, ctx.passphrase_file.as_deref())?;
     let sessions = SessionFiles::of(&ctx.home);
+    let mine = reach::mine(&ctx.home, &pin)?;
+    let registering = sessions.clone();
     let history = History::open(&ctx.home, &me)?;
 
     let outcome = block_on(async move {
         let mut conn = relay_client::connect(&pin, &me).await?;
+        reach::register(&mut conn, &registering, &me, &mine).await?;
         let fetched = conn.fetch_pending().await?;
         let pending = fetched.deliveries;
         tracing::info!(count = pending.len(), "fetched");
@@ -87,7 +91,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         };
         let deleted = conn.ack(&outcome.ack).await?;
         tracing::info!(acked = outcome.ack.len(), deleted, "acknowledged");
-        send_replies(&mut conn, &pin, &me, to_send).await;
+        send_replies(to_send).await;
         conn.close().await;
         Ok(Some(outcome))
     })??;

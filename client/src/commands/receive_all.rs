@@ -38,6 +38,7 @@ use crate::identity;
 use crate::inbound::{self, process_batch, Files, Outcome};
 use crate::offers::StoredOffer;
 use crate::outbox::send_replies;
+use crate::reach;
 use crate::relay_client::{self, RelayError};
 use crate::sessions::SessionFiles;
 use sotto_crypto::envelope::ReceiptState;
@@ -55,11 +56,14 @@ pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
     let book = Arc::new(ContactBook::load(&ctx.home.contacts())?);
     let me = Arc::new(identity::load(&ctx.home, ctx.passphrase_file.as_deref())?);
     let store = Arc::new(SessionFiles::of(&ctx.home));
+    let mine = reach::mine(&ctx.home, &pin)?;
+    let registering = (*store).clone();
     let bars = Bars::new(args.quiet);
     let dir = args.dir;
 
     block_on(async move {
         let mut conn = relay_client::connect(&pin, &me).await?;
+        reach::register(&mut conn, &registering, &me, &mine).await?;
         let fetched = conn.fetch_pending().await?;
         let pending = fetched.deliveries;
         tracing::info!(count = pending.len(), "fetched");
@@ -91,7 +95,7 @@ pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
             let deleted = conn.ack(&outcome.ack).await?;
             tracing::info!(acked = outcome.ack.len(), deleted, "acknowledged");
         }
-        send_replies(&mut conn, &pin, &me, to_send).await;
+        send_replies(to_send).await;
         conn.close().await;
         for n in inbound::notices(&outcome) {
             tell(&n);

@@ -1,13 +1,17 @@
-//! `sotto send NAME TEXT`: seal a text message and hand it to the relay.
+//! `sotto send NAME TEXT`: seal a text message and hand it to the relay of
+//! each recipient.
 //!
-//! Success (exit 0) means the relay answered `Stored`, which it does only after
-//! a durable commit: a script can rely on a message it was told was sent not
-//! being lost by the relay. Everything that can be checked locally (contact,
-//! text, size) is checked before the passphrase is asked or the network used.
+//! Success (exit 0) means every recipient's relay answered `Stored`, which it
+//! does only after a durable commit: a script can rely on a message it was
+//! told was sent not being lost by the relay. A relay that cannot be reached
+//! makes the command fail, and the sealed message is kept in the home
+//! (`undelivered.sealed`) and delivered by the next `send` or `chat`, which
+//! say so. Everything that can be checked locally (contact, text, size) is
+//! checked before the passphrase is asked or the network used.
 
 use std::io::Read;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use sotto_keys::ContactBook;
 
 use super::{block_on, note, tell, Ctx};
@@ -15,7 +19,8 @@ use crate::cli::SendArgs;
 use crate::config::Config;
 use crate::history::History;
 use crate::identity;
-use crate::outbox::{self, check_text, deliver, other_relays, Target, MAX_TEXT_LEN};
+use crate::outbox::{self, check_text, deliver, deliver_undelivered, Target, MAX_TEXT_LEN};
+use crate::reach;
 use crate::sessions::SessionFiles;
 
 /// Runs `sotto send`.
@@ -36,13 +41,31 @@ pub fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
     let pin = Config::load(&ctx.home.config())?.relay()?;
 
     let me = identity::load(&ctx.home, ctx.passphrase_file.as_deref())?;
+    let mine = reach::mine(&ctx.home, &pin)?;
     let history = History::open(&ctx.home, &me)?;
+    let sessions = SessionFiles::of(&ctx.home);
+    let earlier = block_on(deliver_undelivered(&sessions, &me))??;
+    if earlier > 0 {
+        note(&format!(
+            "delivered {earlier} message(s) kept from before, when their relay could not be reached"
+        ));
+    }
     // A group message is one body sealed once per member, all in one batch
     // of the session state, saved before anything goes out.
-    let sealed = outbox::seal_and_save(&SessionFiles::of(&ctx.home), &me, &target, text, &pin)?;
-    block_on(deliver(&me, sealed.sealed))??;
+    let sealed = outbox::seal_and_save(&sessions, &me, &target, text, &pin, Some(&mine))?;
+    let done = block_on(deliver(&sessions, &me, sealed.sealed))??;
     if let Some(n) = history.record(&[sealed.entry]) {
         tell(&n);
+    }
+    if let Some(first) = done.refused.into_iter().next() {
+        return Err(first);
+    }
+    if done.kept > 0 {
+        bail!(
+            "{}; the message is kept and goes with the next `sotto send` or `sotto chat`",
+            done.kept_because
+                .unwrap_or_else(|| "a relay could not be reached".into())
+        );
     }
     match &target {
         Target::Contact(contact) => note(&format!(
@@ -52,9 +75,6 @@ pub fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
         Target::Group { name, .. } => note(&format!(
             "sent to the group {name}: the relay has stored it for each member"
         )),
-    }
-    for n in other_relays(&target, &me.public(), &pin.addr) {
-        tell(&n);
     }
     Ok(())
 }

@@ -15,12 +15,12 @@ use anyhow::Result;
 use sotto_keys::ContactBook;
 
 use super::bars::Bars;
-use super::{block_on, note, tell, Ctx};
+use super::{block_on, note, Ctx};
 use crate::cli::SendFileArgs;
 use crate::config::Config;
 use crate::identity;
 use crate::outbox::file::{send_files, Progress};
-use crate::outbox::{other_relay, recipient};
+use crate::outbox::recipient;
 use crate::sessions::SessionFiles;
 use crate::upload::Source;
 use crate::upload_state::{UploadStates, STATE_RETENTION};
@@ -56,9 +56,6 @@ pub fn run(ctx: &Ctx, args: SendFileArgs) -> Result<()> {
             })
         },
     ))??;
-    if let Some(n) = other_relay(&contact, &pin.addr) {
-        tell(&n);
-    }
     Ok(())
 }
 

@@ -31,7 +31,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use sotto_crypto::envelope::{
-    Body, Content, MessageId, ReceiptState, KIND_ONE_SHOT, MAX_RECEIPT_IDS,
+    Body, Content, MessageId, Reach, ReceiptState, KIND_ONE_SHOT, MAX_RECEIPT_IDS,
 };
 use sotto_crypto::file::FileOffer;
 use sotto_crypto::session::SessionStore;
@@ -44,6 +44,7 @@ use crate::history;
 use crate::notice::Notice;
 use crate::offers::{Added, Offers, StoredOffer};
 use crate::outbox::Sealed;
+use crate::reach::ReachBook;
 use crate::relay_client::Delivery;
 use crate::seen::{self, SeenId, SeenStore};
 use crate::sessions::SessionFiles;
@@ -95,6 +96,11 @@ pub struct Outcome {
     pub receipts: Vec<ReceiptIn>,
     /// Bare session accepts to send back.
     pub replies: Vec<ToSend>,
+    /// Where contacts said to reach them, in the order received.
+    pub reaches: Vec<(PublicKey, Reach)>,
+    /// Contacts (as named) whose relay or token changed in contacts.toml
+    /// by this batch, with their relay.
+    pub moved: Vec<(String, String)>,
 }
 
 /// A message from a contact that was shown, for receipts.
@@ -241,6 +247,16 @@ pub fn process(
             outcome.ack.push(delivery.id);
             continue;
         }
+        if let Content::Reach(reach) = body.content {
+            if is_contact(&sender) {
+                outcome.reaches.push((sender, reach));
+            } else {
+                tracing::debug!(id = delivery.id, "a stranger's relay notice ignored");
+            }
+            outcome.replies.extend(reply);
+            outcome.ack.push(delivery.id);
+            continue;
+        }
         let seen_id = SeenId::new(sender, body.id);
         if in_batch.contains(&seen_id) || store.contains(&seen_id)? {
             tracing::debug!(id = delivery.id, "duplicate message dropped");
@@ -266,7 +282,7 @@ pub fn process(
         let (group, text) = match body.content {
             Content::Text(text) => (None, text),
             Content::GroupText { group, text } => (Some(group), text),
-            Content::Receipt { .. } => continue,
+            Content::Receipt { .. } | Content::Reach(_) => continue,
             // Presence travels live-only (`Notify`); one stored in a mailbox
             // is not a message: dropped unseen.
             Content::Presence(_) => {
@@ -418,6 +434,11 @@ pub fn process_batch(
         print,
     )?;
     drop(seen);
+    if !outcome.reaches.is_empty() {
+        let mut reach = batch.reach(me)?;
+        outcome.moved = take_reaches(book, &mut reach, &outcome.reaches)?;
+        reach.save()?;
+    }
     let mut to_send = std::mem::take(&mut outcome.replies);
     to_send.extend(seal_receipts(
         me,
@@ -444,6 +465,43 @@ pub fn seal_receipts_and_save(
     let to_send = seal_receipts(me, &mut batch.store, shown, state_of)?;
     batch.save(me)?;
     Ok(addressed(book, to_send, mine))
+}
+
+/// Writes into `contacts.toml` where each contact said to reach them,
+/// unless an equal or newer word from them was taken before; returns who
+/// moved (name, relay). Only the sender's own entry is ever changed.
+fn take_reaches(
+    book: &ContactBook,
+    taken: &mut ReachBook,
+    reaches: &[(PublicKey, Reach)],
+) -> Result<Vec<(String, String)>> {
+    let mut edited = ContactBook::load(book.path())?;
+    let mut moved = Vec::new();
+    for (from, reach) in reaches {
+        if !taken.take(from, reach.seq) {
+            tracing::debug!("an older relay notice ignored");
+            continue;
+        }
+        let Some(contact) = edited.by_key(from).cloned() else {
+            continue;
+        };
+        let delivery = sotto_keys::Delivery {
+            relay: reach.relay.clone(),
+            relay_key: reach.relay_key,
+            token: Some(reach.token.clone()),
+        };
+        if contact.delivery() == Some(&delivery) {
+            continue;
+        }
+        let relay_changed = contact.delivery().map(|d| (&d.relay, &d.relay_key))
+            != Some((&delivery.relay, &delivery.relay_key));
+        edited.set_delivery(contact.name.as_str(), delivery)?;
+        if relay_changed {
+            moved.push((contact.name.to_string(), reach.relay.to_string()));
+        }
+    }
+    edited.save()?;
+    Ok(moved)
 }
 
 /// Envelopes to send back, each named and routed like any other.
@@ -493,6 +551,11 @@ pub fn notices(outcome: &Outcome) -> Vec<Notice> {
         );
         warn(&mut out, format!(
             "{what}: if this home was restored from a backup or copied from another machine, ask your contacts to send again what they sent since"
+        ));
+    }
+    for (who, relay) in &outcome.moved {
+        note(&mut out, format!(
+            "{who} now reads from the relay at {relay}; contacts.toml is updated and messages to {who} go there"
         ));
     }
     for who in &outcome.went_back {

@@ -9,8 +9,9 @@
 //! the resume state deleted. `sotto send-file` and the chat's `/file` send
 //! the same way and differ only in how they show progress ([`Progress`]).
 //!
-//! Each recipient's upload and offer go to [`relay_for`] them, like their
-//! messages ([`send_files`]).
+//! Each recipient's upload and offer go to their relay ([`route_for`]), like
+//! their messages, over a delivery link: the relay is shown their token and
+//! the upload's resume secret, never my key ([`send_files`]).
 
 use std::sync::Arc;
 
@@ -21,10 +22,12 @@ use sotto_crypto::wire::ErrorCode;
 use sotto_keys::{Contact, SecretKey};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{explain, relay_for, seal_body_and_save};
+use super::{explain, route_for, seal_body_and_save};
 use crate::config::RelayPin;
+use crate::delivery_link::{connect_delivery, DeliveryConn};
 use crate::display::sanitize;
-use crate::relay_client::{self, RelayConn, RelayError};
+use crate::relay_client::RelayError;
+use crate::routes::Route;
 use crate::sessions::SessionFiles;
 use crate::upload::{self, bytes_in_chunks, Source, UploadError};
 use crate::upload_state::UploadStates;
@@ -44,9 +47,9 @@ pub trait Progress: Send {
 }
 
 /// Sends every file of `sources` to each of `recipients`, in order, each
-/// recipient's through a link to [`relay_for`] them (one link for a run of
-/// recipients on the same relay). `progress` gives how each recipient's
-/// sends are shown. The first failure stops.
+/// recipient's over a delivery link to their relay ([`route_for`]).
+/// `progress` gives how each recipient's sends are shown. The first
+/// failure stops.
 #[allow(clippy::too_many_arguments)]
 pub async fn send_files(
     me: &Arc<SecretKey>,
@@ -57,23 +60,14 @@ pub async fn send_files(
     sources: &[Source],
     progress: &mut (dyn FnMut(&Contact) -> Box<dyn Progress> + Send),
 ) -> Result<()> {
-    let mut link: Option<(RelayPin, RelayConn<_, _>)> = None;
     for contact in recipients {
-        let relay = relay_for(Some(contact), mine);
-        let conn = match &mut link {
-            Some((on, conn)) if *on == relay => conn,
-            _ => {
-                if let Some((_, old)) = link.take() {
-                    old.close().await;
-                }
-                let conn = relay_client::connect(&relay, me).await?;
-                &mut link.insert((relay, conn)).1
-            }
-        };
+        let route = route_for(Some(contact), contact.key, mine);
+        let mut conn = connect_delivery(&route.relay, &route.relay_key).await?;
         let mut shown = progress(contact);
         for source in sources {
             send_one(
-                conn,
+                &mut conn,
+                &route,
                 me,
                 mine,
                 sessions,
@@ -84,19 +78,18 @@ pub async fn send_files(
             )
             .await?;
         }
-    }
-    if let Some((_, conn)) = link {
         conn.close().await;
     }
     Ok(())
 }
 
 /// Uploads `source` for `contact` (resuming an interrupted upload), then
-/// seals its offer to them and has the relay store it. `conn` is the link
-/// to [`relay_for`] them.
+/// seals its offer to them and has their relay store it. `conn` is the
+/// delivery link along `route`.
 #[allow(clippy::too_many_arguments)]
 pub async fn send_one<R, W>(
-    conn: &mut RelayConn<R, W>,
+    conn: &mut DeliveryConn<R, W>,
+    route: &Route,
     me: &Arc<SecretKey>,
     mine: &RelayPin,
     sessions: &SessionFiles,
@@ -106,8 +99,8 @@ pub async fn send_one<R, W>(
     progress: &mut dyn Progress,
 ) -> Result<()>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
 {
     let file = sanitize(&source.name);
     let name = contact.name.to_string();
@@ -124,7 +117,7 @@ where
             .await
             .context("the upload state task failed")??
     };
-    let have = upload::begin(conn, &contact.key, source, &state)
+    let have = upload::begin_delivery(conn, route, source, &state)
         .await
         .map_err(|e| explain_upload(e, &file, &name))?;
     let done = bytes_in_chunks(size, have);
@@ -161,7 +154,7 @@ where
     let Some(carrier) = sealed.next() else {
         bail!("{file}: its offer was not sealed");
     };
-    conn.send_envelope(&carrier.to, carrier.envelope)
+    conn.send_envelope(&carrier.to, route.token.as_ref(), carrier.envelope)
         .await
         .map_err(|e| {
             anyhow!(
@@ -175,7 +168,10 @@ where
         .await
         .context("the upload state task failed")??;
     for renewal in sealed {
-        if let Err(e) = conn.send_envelope(&renewal.to, renewal.envelope).await {
+        if let Err(e) = conn
+            .send_envelope(&renewal.to, route.token.as_ref(), renewal.envelope)
+            .await
+        {
             tracing::debug!(error = %e, "a session renewal was not stored");
         }
     }

@@ -10,19 +10,25 @@
 //!    group (never myself among a group's recipients);
 //! 2. [`check_text`], then [`seal_to`] (or [`seal_and_save`], which holds the
 //!    session lock): one body, so one message id, sealed once per recipient,
-//!    each envelope with the relay it is delivered to ([`Sealed::relay`]) and,
-//!    for the local history, the [`history::Entry`] of what was sent;
-//! 3. [`deliver`]: each relay gets the envelopes for it, and is done once it
-//!    has stored them all (the chat, which resends until stored, keeps its own
-//!    queue of the same [`Sealed`] envelopes).
+//!    each envelope with the [`Route`] it is delivered along ([`Sealed::route`])
+//!    and, for the local history, the [`history::Entry`] of what was sent; a
+//!    recipient not yet told where to reach me gets a `Reach` first
+//!    ([`crate::reach`]);
+//! 3. [`deliver`]: each envelope goes to its recipient's relay over a
+//!    delivery link ([`crate::delivery_pool`]), which proves no key of mine;
+//!    it is done once each relay has stored what it was given, and what a
+//!    relay that cannot be reached was given is kept in the home
+//!    ([`crate::undelivered`]) for the next command that sends (the chat,
+//!    which keeps trying, holds its own queue of the same [`Sealed`]
+//!    envelopes).
 //!
-//! Where an envelope goes is decided once, in [`relay_for`]: today every
-//! envelope goes through my own relay, and a recipient known to read from
-//! another one is warned about after the fact ([`other_relays`]). Files go
-//! the same way ([`file`]): the upload, then the offer sealed like a message.
+//! Where an envelope goes is decided once, in [`route_for`]: the relay the
+//! recipient reads from, as `contacts.toml` says, else mine. Files go the
+//! same way ([`file`]): the upload, then the offer sealed like a message.
 
 pub mod file;
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Result};
@@ -30,15 +36,18 @@ use sotto_crypto::envelope::{Body, Content, MessageId, MAX_BODY_LEN};
 use sotto_crypto::session::SessionStore;
 use sotto_crypto::wire::ErrorCode;
 use sotto_crypto::EnvelopeError;
-use sotto_keys::{Contact, ContactBook, PublicKey, RelayAddr, SecretKey};
-use tokio::io::{AsyncRead, AsyncWrite};
+use sotto_keys::{Contact, ContactBook, PublicKey, SecretKey};
 
 use crate::config::RelayPin;
 use crate::contacts::unknown_contact;
+use crate::delivery_link::DeliveryLinks;
+use crate::delivery_pool::{Event, Policy, Pool};
 use crate::history;
-use crate::notice::Notice;
-use crate::relay_client::{self, RelayConn, RelayError};
+use crate::reach::{self, Mine, ReachBook};
+use crate::relay_client::RelayError;
+use crate::routes::Route;
 use crate::sessions::SessionFiles;
+use crate::undelivered::Pending;
 
 /// Most bytes a body adds around the text: a 16-byte id, a varint timestamp
 /// (at most 10 bytes), the content tag (1) and the text's varint length (at
@@ -149,17 +158,15 @@ pub fn recipient(book: &ContactBook, name: &str) -> Result<Contact> {
     }
 }
 
-/// The relay that delivers to `contact` (`None`: a key that is not a
-/// contact, such as a stranger whose session init is answered), `mine`
-/// being the one I read from. Every envelope, upload and offer is routed
-/// here and nowhere else.
-///
-/// A contact's relay is known only by its address, with no key pinned for
-/// it, and a link to a relay whose key is not pinned is a link to whoever
-/// answers at that address; so every envelope goes through mine, and
-/// [`other_relays`] says which recipients will not find it there.
-pub fn relay_for(_contact: Option<&Contact>, mine: &RelayPin) -> RelayPin {
-    mine.clone()
+/// Where what is sealed for `to` is delivered: `contact`'s relay if
+/// `contacts.toml` names it with its key, else mine (`None`: a key that is
+/// not a contact, such as a stranger whose session init is answered). Every
+/// envelope, upload and offer is routed here and nowhere else.
+pub fn route_for(contact: Option<&Contact>, to: PublicKey, mine: &RelayPin) -> Route {
+    match contact {
+        Some(c) => Route::for_contact(c, mine),
+        None => Route::new(mine, to, None),
+    }
 }
 
 /// One envelope for one recipient.
@@ -169,12 +176,12 @@ pub struct Sealed {
     pub to: PublicKey,
     /// Their name in my contacts (their key when they are not a contact).
     pub name: String,
-    /// The relay it is delivered to.
-    pub relay: RelayPin,
+    /// Where it is delivered.
+    pub route: Route,
     /// The sealed envelope.
     pub envelope: Vec<u8>,
     /// The message it carries, if it carries one the sender follows (not
-    /// a session renewal, an accept or a receipt).
+    /// a session renewal, an accept, a receipt or a `Reach`).
     pub message: Option<MessageId>,
 }
 
@@ -186,11 +193,30 @@ impl Sealed {
         Sealed {
             to,
             name: contact.map_or_else(|| to.to_string(), |c| c.name.to_string()),
-            relay: relay_for(contact, mine),
+            route: route_for(contact, to, mine),
             envelope,
             message: None,
         }
     }
+
+    /// It as an entry of the undelivered list (a fresh local id).
+    pub fn pending(&self) -> Pending {
+        Pending::new(
+            self.route.clone(),
+            self.envelope.clone(),
+            self.message,
+            &self.name,
+        )
+    }
+}
+
+/// Where to reach me, and the book of whom I told it, while sealing: each
+/// recipient not yet told gets a `Reach` before the message.
+pub struct Telling<'a> {
+    /// My relay, its key and my token.
+    pub mine: &'a Mine,
+    /// Whom I told what.
+    pub book: &'a mut ReachBook,
 }
 
 /// A text sealed for everyone it is for.
@@ -220,14 +246,17 @@ impl SealedMessage {
 /// Seals `text` for `target`: one envelope per recipient (never to myself),
 /// all carrying the same body, so a group message has one id, each sealed
 /// through `sessions` (forward-secret once both sides have spoken), followed
-/// by a session renewal where one is due. `mine` is the relay I read from.
-/// The caller saves `sessions` before anything is sent.
+/// by a session renewal where one is due. `mine` is the relay I read from;
+/// with `telling`, a recipient not told where to reach me gets a `Reach`
+/// first. The caller saves `sessions` (and the reach book) before anything
+/// is sent.
 pub fn seal_to(
     me: &SecretKey,
     sessions: &mut SessionStore,
     target: &Target,
     text: String,
     mine: &RelayPin,
+    mut telling: Option<Telling<'_>>,
 ) -> Result<SealedMessage> {
     check_text(&text)?;
     let recipients = target.recipients(&me.public())?;
@@ -245,6 +274,10 @@ pub fn seal_to(
     let body = Body::new(content);
     let mut sealed = Vec::with_capacity(recipients.len());
     for c in &recipients {
+        if let Some(t) = telling.as_mut() {
+            tell_where(me, sessions, c, t, mine, &mut sealed)
+                .map_err(|e| anyhow!("cannot seal the message: {e}"))?;
+        }
         seal_for(me, sessions, c, &body, mine, &mut sealed).map_err(|e| match e {
             // Only a group message can get here: its group name takes room.
             EnvelopeError::TooLarge { .. } => anyhow!(
@@ -268,6 +301,29 @@ pub fn seal_to(
     })
 }
 
+/// Seals a `Reach` for `contact` first if they were not told where to
+/// reach me, and notes them as told.
+fn tell_where(
+    me: &SecretKey,
+    sessions: &mut SessionStore,
+    contact: &Contact,
+    telling: &mut Telling<'_>,
+    mine: &RelayPin,
+    out: &mut Vec<Sealed>,
+) -> Result<(), EnvelopeError> {
+    if !telling.book.must_tell(&contact.key, telling.mine) {
+        return Ok(());
+    }
+    let body = Body::new(Content::Reach(telling.mine.reach(reach::seq_now())));
+    let start = out.len();
+    seal_for(me, sessions, contact, &body, mine, out)?;
+    for s in &mut out[start..] {
+        s.message = None;
+    }
+    telling.book.told(&contact.key, telling.mine);
+    Ok(())
+}
+
 /// Seals `body` for `contact` through `sessions` and pushes the envelope
 /// onto `out`, followed by a session renewal where one is due.
 fn seal_for(
@@ -279,11 +335,11 @@ fn seal_for(
     out: &mut Vec<Sealed>,
 ) -> Result<(), EnvelopeError> {
     let sealed = sessions.seal_to(me, &contact.key, body, SystemTime::now())?;
-    let relay = relay_for(Some(contact), mine);
+    let route = route_for(Some(contact), contact.key, mine);
     out.push(Sealed {
         to: contact.key,
         name: contact.name.to_string(),
-        relay: relay.clone(),
+        route: route.clone(),
         envelope: sealed.envelope,
         message: Some(body.id),
     });
@@ -291,7 +347,7 @@ fn seal_for(
         out.push(Sealed {
             to: contact.key,
             name: contact.name.to_string(),
-            relay,
+            route,
             envelope: renewal,
             message: None,
         });
@@ -307,10 +363,18 @@ pub fn seal_and_save(
     target: &Target,
     text: String,
     mine: &RelayPin,
+    reach_me: Option<&Mine>,
 ) -> Result<SealedMessage> {
     let mut batch = sessions.lock(me)?;
-    let sealed = seal_to(me, &mut batch.store, target, text, mine)?;
+    let mut book = reach_me.map(|_| batch.reach(me)).transpose()?;
+    let telling = reach_me
+        .zip(book.as_mut())
+        .map(|(mine, book)| Telling { mine, book });
+    let sealed = seal_to(me, &mut batch.store, target, text, mine, telling)?;
     batch.save(me)?;
+    if let Some(book) = book {
+        book.save()?;
+    }
     Ok(sealed)
 }
 
@@ -332,70 +396,143 @@ pub fn seal_body_and_save(
     Ok(sealed)
 }
 
-/// Hands every envelope to its relay, one connection per relay, in order,
-/// and returns once each relay has answered `Stored` for all it was given
-/// (a relay stores durably before it answers). The first failure stops.
-pub async fn deliver(me: &SecretKey, sealed: Vec<Sealed>) -> Result<()> {
-    for (relay, sealed) in by_relay(sealed) {
-        let mut conn = relay_client::connect(&relay, me).await?;
-        if let Some(big) = sealed
-            .iter()
-            .find(|s| s.envelope.len() > conn.max_envelope_len())
-        {
-            bail!(
-                "the message is too long for the relay at {}: sealed it is {} bytes, the relay accepts at most {}; send a shorter message",
-                relay.addr,
-                big.envelope.len(),
-                conn.max_envelope_len()
-            );
-        }
-        for s in sealed {
-            tracing::info!(envelope_len = s.envelope.len(), "sending");
-            conn.send_envelope(&s.to, s.envelope)
-                .await
-                .map_err(|e| explain(e, &s.name))?;
-        }
-        conn.close().await;
-    }
-    Ok(())
+/// What [`deliver`] did.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// Envelopes whose relay could not be reached now: kept in the home,
+    /// for the next command that sends.
+    pub kept: usize,
+    /// Why the first of them could not go.
+    pub kept_because: Option<String>,
+    /// Refusals for good (too large, a wrong token), each named.
+    pub refused: Vec<anyhow::Error>,
 }
 
-/// The envelopes of each relay, relays in the order they first appear.
-fn by_relay(sealed: Vec<Sealed>) -> Vec<(RelayPin, Vec<Sealed>)> {
-    let mut out: Vec<(RelayPin, Vec<Sealed>)> = Vec::new();
-    for s in sealed {
-        match out.iter_mut().find(|(relay, _)| *relay == s.relay) {
-            Some((_, batch)) => batch.push(s),
-            None => out.push((s.relay.clone(), vec![s])),
-        }
-    }
-    out
-}
-
-/// Sends session accepts and receipts, best effort: those for the relay
-/// `conn` is linked to (`on`) over it, any other through a link of its
-/// own. A lost accept only delays the session (the next message completes
-/// it), a lost receipt only leaves the sender unsure.
-pub async fn send_replies<R, W>(
-    conn: &mut RelayConn<R, W>,
-    on: &RelayPin,
+/// Hands every envelope to its recipient's relay over delivery links (one
+/// per relay and recipient, all at once), each link in order, and returns
+/// once every relay has answered for all it was given (a relay stores
+/// durably before it answers `Stored`). What could not be delivered for now
+/// is added to the undelivered list of `sessions`' home.
+pub async fn deliver(
+    sessions: &SessionFiles,
     me: &SecretKey,
     sealed: Vec<Sealed>,
-) where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let (here, elsewhere): (Vec<Sealed>, Vec<Sealed>) =
-        sealed.into_iter().partition(|s| s.relay == *on);
-    for s in here {
-        if let Err(e) = conn.send_envelope(&s.to, s.envelope).await {
-            tracing::debug!(error = %e, "an accept or receipt was not stored");
+) -> Result<Delivered> {
+    let pending: Vec<Pending> = sealed.iter().map(Sealed::pending).collect();
+    let (delivered, later) = deliver_pending(pending).await;
+    if !later.is_empty() {
+        let (sessions, me) = (sessions.clone(), me.clone());
+        tokio::task::spawn_blocking(move || {
+            sessions.with_undelivered(&me, |list| {
+                list.add(later)?;
+                list.save()
+            })
+        })
+        .await
+        .map_err(|e| anyhow!("the undelivered list task failed: {e}"))??;
+    }
+    Ok(delivered)
+}
+
+/// Delivers what earlier commands could not, then drops from the list what
+/// was stored (or refused for good). Best effort: returns how many of the
+/// messages among them went.
+pub async fn deliver_undelivered(sessions: &SessionFiles, me: &SecretKey) -> Result<usize> {
+    let waiting = {
+        let (sessions, me) = (sessions.clone(), me.clone());
+        tokio::task::spawn_blocking(move || {
+            sessions.with_undelivered(&me, |list| Ok(list.list().to_vec()))
+        })
+        .await
+        .map_err(|e| anyhow!("the undelivered list task failed: {e}"))??
+    };
+    if waiting.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<u64> = waiting.iter().map(|p| p.id).collect();
+    let messages: Vec<u64> = waiting
+        .iter()
+        .filter(|p| p.message.is_some())
+        .map(|p| p.id)
+        .collect();
+    let (delivered, later) = deliver_pending(waiting).await;
+    for e in &delivered.refused {
+        tracing::warn!(error = %e, "a kept message was refused");
+    }
+    let still: Vec<u64> = later.iter().map(|p| p.id).collect();
+    let gone: Vec<u64> = ids.into_iter().filter(|id| !still.contains(id)).collect();
+    let n = messages.iter().filter(|id| gone.contains(id)).count();
+    let (sessions, me) = (sessions.clone(), me.clone());
+    tokio::task::spawn_blocking(move || {
+        sessions.with_undelivered(&me, |list| {
+            list.remove(&gone);
+            list.save()
+        })
+    })
+    .await
+    .map_err(|e| anyhow!("the undelivered list task failed: {e}"))??;
+    Ok(n)
+}
+
+/// Delivers `pending` through a one-shot pool; returns what happened and
+/// the entries to keep for later.
+async fn deliver_pending(pending: Vec<Pending>) -> (Delivered, Vec<Pending>) {
+    let (mut pool, mut events) = Pool::new(DeliveryLinks, Policy::ONCE);
+    let mut by_id: HashMap<u64, Pending> = HashMap::new();
+    for p in pending {
+        by_id.insert(p.id, p.clone());
+        pool.send(p);
+    }
+    pool.finish().await;
+    let mut delivered = Delivered::default();
+    let mut later = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        let Event::Failed { id, error, retry } = event else {
+            continue;
+        };
+        let Some(p) = by_id.remove(&id) else {
+            continue;
+        };
+        if retry {
+            delivered.kept += 1;
+            delivered
+                .kept_because
+                .get_or_insert_with(|| error.to_string());
+            later.push(p);
+        } else {
+            delivered.refused.push(explain_shared(&error, &p.name));
         }
     }
-    for (_, batch) in by_relay(elsewhere) {
-        if let Err(e) = deliver(me, batch).await {
-            tracing::debug!(error = %e, "accepts or receipts were not stored");
-        }
+    later.sort_by_key(|p| p.queued_at);
+    (delivered, later)
+}
+
+/// Sends session accepts and receipts, best effort, each to its
+/// recipient's relay. A lost accept only delays the session (the next
+/// message completes it), a lost receipt only leaves the sender unsure.
+pub async fn send_replies(sealed: Vec<Sealed>) {
+    let pending = sealed.iter().map(Sealed::pending).collect();
+    let (delivered, later) = deliver_pending(pending).await;
+    for e in delivered.refused {
+        tracing::debug!(error = %e, "an accept or receipt was refused");
+    }
+    if !later.is_empty() {
+        tracing::debug!(n = later.len(), "accepts or receipts were not delivered");
+    }
+}
+
+/// [`explain`] for an error several envelopes share.
+pub fn explain_shared(err: &RelayError, name: &str) -> anyhow::Error {
+    match err {
+        RelayError::Refused { addr, code, detail } => explain(
+            RelayError::Refused {
+                addr: addr.clone(),
+                code: *code,
+                detail: detail.clone(),
+            },
+            name,
+        ),
+        other => anyhow!("{other}"),
     }
 }
 
@@ -412,29 +549,6 @@ pub fn explain(err: RelayError, name: &str) -> anyhow::Error {
             ..
         } => anyhow!("the relay at {addr} refused the message to {name} as too large; send a shorter message"),
         other => other.into(),
-    }
-}
-
-/// The warning for a contact who reads from another relay than `ours`,
-/// through which what I send goes. Said after the fact, so a failure stays
-/// a single line on stderr.
-pub fn other_relay(contact: &Contact, ours: &RelayAddr) -> Option<Notice> {
-    let theirs = contact.relay.as_ref().filter(|r| *r != ours)?;
-    Some(Notice::Warning(format!(
-        "{} reads from the relay at {theirs}, but messages go through yours at {ours}; they only get it if they read from it too",
-        contact.name
-    )))
-}
-
-/// [`other_relay`] for each recipient of `target` but me (`mine`).
-pub fn other_relays(target: &Target, mine: &PublicKey, ours: &RelayAddr) -> Vec<Notice> {
-    match target {
-        Target::Contact(c) => other_relay(c, ours).into_iter().collect(),
-        Target::Group { members, .. } => members
-            .iter()
-            .filter(|m| m.key != *mine)
-            .filter_map(|m| other_relay(m, ours))
-            .collect(),
     }
 }
 

@@ -84,7 +84,7 @@ fn a_group_message_is_sealed_once_per_member_but_never_to_myself() {
     assert_eq!(target.name(), "team");
     let mut sessions = SessionStore::new(me.public(), SessionConfig::default());
     let mine = my_relay();
-    let out = seal_to(&me, &mut sessions, &target, "hi all".into(), &mine).unwrap();
+    let out = seal_to(&me, &mut sessions, &target, "hi all".into(), &mine, None).unwrap();
     assert_eq!(
         out.sealed
             .iter()
@@ -92,7 +92,10 @@ fn a_group_message_is_sealed_once_per_member_but_never_to_myself() {
             .collect::<Vec<_>>(),
         ["bob", "carol"]
     );
-    assert!(out.sealed.iter().all(|s| s.relay == mine));
+    assert!(out
+        .sealed
+        .iter()
+        .all(|s| s.route == Route::new(&mine, s.to, None)));
     assert_eq!(
         out.recipients(),
         [
@@ -128,10 +131,17 @@ fn a_group_message_is_sealed_once_per_member_but_never_to_myself() {
     assert!(err.starts_with("unknown group 'nobody'"), "{err}");
     let err = recipient(&book, "team").unwrap_err().to_string();
     assert!(err.contains("sotto send --group team"), "{err}");
-    assert!(seal_to(&me, &mut sessions, &target, String::new(), &mine).is_err());
-    let err = seal_to(&me, &mut sessions, &target, "a".repeat(MAX_TEXT_LEN), &mine)
-        .unwrap_err()
-        .to_string();
+    assert!(seal_to(&me, &mut sessions, &target, String::new(), &mine, None).is_err());
+    let err = seal_to(
+        &me,
+        &mut sessions,
+        &target,
+        "a".repeat(MAX_TEXT_LEN),
+        &mine,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("with the group name"), "{err}");
 
     // A group of myself alone has nobody to send to.
@@ -139,7 +149,7 @@ fn a_group_message_is_sealed_once_per_member_but_never_to_myself() {
         name: "me".into(),
         members: vec![book.get("self").unwrap().clone()],
     };
-    let err = seal_to(&me, &mut sessions, &alone, "x".into(), &mine)
+    let err = seal_to(&me, &mut sessions, &alone, "x".into(), &mine, None)
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("nobody to send to"), "{err}");
@@ -154,85 +164,8 @@ fn replies_are_named_by_the_book_and_go_where_messages_go() {
     let mine = my_relay();
     let to_bob = Sealed::reply(&book, bob, vec![1], &mine);
     assert_eq!((to_bob.name.as_str(), to_bob.message), ("bob", None));
-    assert_eq!(to_bob.relay, relay_for(book.get("bob"), &mine));
+    assert_eq!(to_bob.route, route_for(book.get("bob"), bob, &mine));
     let to_stranger = Sealed::reply(&book, stranger, vec![2], &mine);
     assert_eq!(to_stranger.name, stranger.to_string());
-    assert_eq!(to_stranger.relay, relay_for(None, &mine));
-}
-
-#[test]
-fn envelopes_are_grouped_per_relay_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let book = book_with(dir.path(), "");
-    let (a, b) = (
-        my_relay(),
-        RelayPin {
-            addr: "127.0.0.1:2".parse().unwrap(),
-            key: RelayKey::from_bytes([2; 32]),
-        },
-    );
-    let key = SecretKey::generate().public();
-    let at = |relay: &RelayPin, byte: u8| Sealed {
-        relay: relay.clone(),
-        ..Sealed::reply(&book, key, vec![byte], relay)
-    };
-    let grouped = by_relay(vec![at(&a, 1), at(&b, 2), at(&a, 3)]);
-    let shape: Vec<(RelayPin, Vec<u8>)> = grouped
-        .into_iter()
-        .map(|(r, s)| (r, s.into_iter().map(|s| s.envelope[0]).collect()))
-        .collect();
-    assert_eq!(shape, [(a, vec![1, 3]), (b, vec![2])]);
-}
-
-#[test]
-fn a_contact_on_another_relay_is_warned_about() {
-    let key = SecretKey::generate().public();
-    let ours: RelayAddr = "127.0.0.1:1".parse().unwrap();
-    let theirs: RelayAddr = "127.0.0.1:2".parse().unwrap();
-    let here = Contact::new("bob".parse().unwrap(), key, Some(ours.clone()));
-    assert_eq!(other_relay(&here, &ours), None);
-    let away = Contact::new("bob".parse().unwrap(), key, Some(theirs));
-    let Some(Notice::Warning(text)) = other_relay(&away, &ours) else {
-        panic!("no warning")
-    };
-    assert!(
-        text.starts_with("bob reads from the relay at 127.0.0.1:2"),
-        "{text}"
-    );
-}
-
-#[tokio::test]
-async fn replies_go_over_the_link_only_when_it_is_their_relay() {
-    use crate::relay_client::test_relay::fake_relay;
-    use sotto_crypto::wire::{ClientMsg, RelayMsg};
-    let dir = tempfile::tempdir().unwrap();
-    let book = book_with(dir.path(), "");
-    let (here, elsewhere) = (
-        my_relay(),
-        RelayPin {
-            // Nothing listens there: best effort, so only a debug line.
-            addr: "127.0.0.1:1".parse().unwrap(),
-            key: RelayKey::from_bytes([2; 32]),
-        },
-    );
-    let key = SecretKey::generate().public();
-    let (tx, got) = tokio::sync::oneshot::channel();
-    let mut conn = fake_relay(|mut r, mut w| async move {
-        let mut got = Vec::new();
-        while let Ok(Some(ClientMsg::Send { req, envelope, .. })) = r.recv().await {
-            got.push(envelope.into_vec());
-            w.send(&RelayMsg::Stored { req }).await.unwrap();
-            w.flush().await.unwrap();
-        }
-        let _ = tx.send(got);
-    })
-    .await;
-    let replies = vec![
-        Sealed::reply(&book, key, vec![1], &here),
-        Sealed::reply(&book, key, vec![2], &elsewhere),
-        Sealed::reply(&book, key, vec![3], &here),
-    ];
-    send_replies(&mut conn, &here, &SecretKey::generate(), replies).await;
-    conn.close().await;
-    assert_eq!(got.await.unwrap(), [vec![1], vec![3]]);
+    assert_eq!(to_stranger.route, Route::new(&mine, stranger, None));
 }

@@ -7,6 +7,7 @@ mod cli;
 mod download_limits;
 mod exhaustion;
 mod faults;
+mod federation;
 mod files;
 mod griefing;
 mod history;

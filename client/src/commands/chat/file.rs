@@ -4,7 +4,7 @@
 //! upload each, as a group message is one envelope each) exactly as
 //! `sotto send-file` sends it ([`send_files`]: resumable upload, then the offer
 //! sealed end to end and stored in their mailbox), over a connection of its
-//! own (one per relay, [`crate::outbox::relay_for`]) in a task of its own, so typing and receiving go on meanwhile.
+//! own (to each recipient's relay, [`crate::outbox::route_for`]) in a task of its own, so typing and receiving go on meanwhile.
 //! Progress comes as notices on stderr: the start, every quarter on a
 //! terminal, then done or failed with the reason. The chat does not end
 //! before its uploads have ended.

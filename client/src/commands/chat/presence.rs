@@ -4,25 +4,22 @@
 //! Once the waiting mailbox is shown, the chat sends `Online { reply: true }`
 //! to every contact, then `Online { reply: false }` every [`PRESENCE_EVERY`],
 //! and `Offline` when it ends cleanly. Each notice is an ordinary one-shot
-//! envelope, sealed to one contact and sent with `Notify`, which the relay
-//! pushes to that contact's live chats and never stores or answers. What the
+//! envelope, sealed to one contact and sent with `Notify` on the delivery
+//! link to that contact's relay, which pushes it to their live chats and
+//! never stores or answers it. What the
 //! notices mean is kept by [`Roster`]; here they are opened, checked to come
 //! from a contact, and turned into notices on stderr. Presence never reaches
 //! stdout, the history or the seen store.
 
 use std::time::Instant;
 
-use serde_bytes::ByteBuf;
 use sotto_crypto::envelope::{self, Body, Content, Presence};
-use sotto_crypto::link::LinkWriter;
-use sotto_crypto::wire::ClientMsg;
-use sotto_keys::{ContactBook, PublicKey, RelayAddr, SecretKey};
-use tokio::io::AsyncWrite;
+use sotto_keys::{ContactBook, PublicKey, SecretKey};
 
-use super::{Chat, Stop};
+use super::Chat;
 use crate::commands::note;
+use crate::outbox::route_for;
 use crate::presence::Change;
-use crate::relay_client::write_to;
 
 pub(super) use crate::presence::PRESENCE_EVERY;
 
@@ -62,60 +59,40 @@ fn now_ms() -> u64 {
 }
 
 impl Chat {
-    /// Tells every contact `presence`, live-only.
-    pub(super) async fn announce<W: AsyncWrite + Unpin>(
-        &self,
-        presence: Presence,
-        writer: &mut LinkWriter<W>,
-        addr: &RelayAddr,
-    ) -> Result<(), Stop> {
+    /// Tells every contact `presence`, live-only, each on the link to their
+    /// own relay.
+    pub(super) fn announce(&mut self, presence: Presence) {
         let keys = contact_keys(&self.book);
-        self.notify(seal_notices(&self.me, &keys, presence), writer, addr)
-            .await
+        self.notify(seal_notices(&self.me, &keys, presence));
     }
 
-    async fn notify<W: AsyncWrite + Unpin>(
-        &self,
-        notices: Vec<(PublicKey, Vec<u8>)>,
-        writer: &mut LinkWriter<W>,
-        addr: &RelayAddr,
-    ) -> Result<(), Stop> {
-        let count = notices.len();
-        for (i, (to, envelope)) in notices.into_iter().enumerate() {
-            let msg = ClientMsg::Notify {
-                to,
-                envelope: ByteBuf::from(envelope),
-            };
-            write_to(writer, addr, &msg, i + 1 == count).await?;
+    fn notify(&mut self, notices: Vec<(PublicKey, Vec<u8>)>) {
+        for (to, envelope) in notices {
+            let route = route_for(self.book.by_key(&to), to, &self.pin);
+            self.pool.notify(route, envelope);
         }
-        Ok(())
     }
 
     /// A `Notice` from the relay: a presence notice, if it is one from a
     /// contact and fresh; anything else is dropped (debug log).
-    pub(super) async fn on_notice<W: AsyncWrite + Unpin>(
-        &mut self,
-        envelope: &[u8],
-        writer: &mut LinkWriter<W>,
-        addr: &RelayAddr,
-    ) -> Result<(), Stop> {
+    pub(super) fn on_notice(&mut self, envelope: &[u8]) {
         let opened = match envelope::open(&self.me, envelope) {
             Ok(opened) => opened,
             Err(e) => {
                 tracing::debug!(error = %e, "a notice failed to open");
-                return Ok(());
+                return;
             }
         };
         let Content::Presence(presence) = opened.body.content else {
             tracing::debug!("a notice that is not presence was ignored");
-            return Ok(());
+            return;
         };
         let sender = opened.sender;
         let name = match self.book.by_key(&sender) {
             Some(c) if sender != self.me.public() => c.name.to_string(),
             _ => {
                 tracing::debug!("presence from someone not in my contacts was ignored");
-                return Ok(());
+                return;
             }
         };
         let taken = self.roster.take(
@@ -130,7 +107,7 @@ impl Chat {
             Ok(outcome) => outcome,
             Err(why) => {
                 tracing::debug!(%why, "a presence notice was refused");
-                return Ok(());
+                return;
             }
         };
         match outcome.change {
@@ -140,9 +117,8 @@ impl Chat {
         }
         if outcome.reply {
             let answer = seal_notices(&self.me, [&sender], Presence::Online { reply: false });
-            self.notify(answer, writer, addr).await?;
+            self.notify(answer);
         }
-        Ok(())
     }
 
     /// Says which contacts went silent for too long.
