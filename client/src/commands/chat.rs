@@ -1189,6 +1189,13 @@ mod tests {
         let (_typing, mut inputs) = mpsc::channel(1);
         let (tx, pings) = tokio::sync::oneshot::channel();
         let conn = fake_relay(|mut r, mut w| async move {
+            // The chat registers its token first, then asks for its mailbox.
+            let Ok(Some(ClientMsg::SetDeliveryToken { req, .. })) = r.recv::<ClientMsg>().await
+            else {
+                panic!("expected the token first")
+            };
+            w.send(&RelayMsg::TokenSet { req }).await.unwrap();
+            w.flush().await.unwrap();
             let _fetch = r.recv::<ClientMsg>().await;
             w.send(&RelayMsg::Drained).await.unwrap();
             w.flush().await.unwrap();
