@@ -36,6 +36,9 @@ const HEADER: &str = "\
 #             removes it.
 # max_download_size = largest file `sotto receive-all` downloads, in bytes
 #             (default 17179869184, 16 GiB); a larger offer waits on the relay.
+# draining  = relays read from before `sotto relay set` moved to another, as
+#             [{ relay = \"HOST:PORT\", relay_key = \"sottorelay1...\" }]: still
+#             read by `inbox`, `chat` and `receive-all` until they are empty.
 ";
 
 /// Default for `max_download_size`: 16 GiB, twice the largest file a relay
@@ -58,6 +61,29 @@ pub struct Config {
     pub history: Option<bool>,
     /// Largest file `receive-all` downloads, in bytes.
     pub max_download_size: Option<NonZeroU64>,
+    /// Relays read from before a move, read until they are empty.
+    #[serde(default)]
+    pub draining: Vec<OldRelay>,
+}
+
+/// A relay read from before `sotto relay set` moved to another one.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OldRelay {
+    /// Where it listens.
+    pub relay: RelayAddr,
+    /// Its pinned key.
+    pub relay_key: RelayKey,
+}
+
+impl OldRelay {
+    /// It as a pin.
+    pub fn pin(&self) -> RelayPin {
+        RelayPin {
+            addr: self.relay.clone(),
+            key: self.relay_key,
+        }
+    }
 }
 
 /// A relay and its pinned key.
@@ -151,6 +177,7 @@ pub fn update(path: &Path, name: Option<&str>, relay: Option<&RelayPin>) -> Resu
             name,
             relay,
             history: None,
+            draining: None,
         },
     )
 }
@@ -164,6 +191,8 @@ pub struct Changes<'a> {
     pub relay: Option<&'a RelayPin>,
     /// `history`.
     pub history: Option<bool>,
+    /// `draining`, replaced whole (an empty list removes it).
+    pub draining: Option<&'a [RelayPin]>,
 }
 
 /// Sets `changes` in `config.toml` as [`update`] does.
@@ -172,6 +201,7 @@ pub fn apply(path: &Path, changes: &Changes<'_>) -> Result<()> {
         name,
         relay,
         history,
+        draining,
     } = *changes;
     let text = read_text(path)?;
     let mut doc = match &text {
@@ -193,6 +223,20 @@ pub fn apply(path: &Path, changes: &Changes<'_>) -> Result<()> {
     }
     if let Some(keep) = history {
         doc["history"] = toml_edit::value(keep);
+    }
+    if let Some(old) = draining {
+        if old.is_empty() {
+            doc.remove("draining");
+        } else {
+            let mut list = toml_edit::Array::new();
+            for pin in old {
+                let mut t = toml_edit::InlineTable::new();
+                t.insert("relay", pin.addr.to_string().into());
+                t.insert("relay_key", pin.key.to_string().into());
+                list.push(t);
+            }
+            doc["draining"] = toml_edit::value(list);
+        }
     }
     let mut out = doc.to_string();
     if text.is_none() {
@@ -300,6 +344,38 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("# my own note"), "{text}");
         assert!(text.contains("relay_key = \"sottorelay1"), "{text}");
+    }
+
+    #[test]
+    fn old_relays_are_kept_until_drained_and_then_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        update(&path, Some("alice"), Some(&pin())).unwrap();
+        let other = RelayPin {
+            addr: "127.0.0.1:9".parse().unwrap(),
+            key: RelayKey::from(PublicKey::from_bytes([5; 32])),
+        };
+        let both = [pin(), other.clone()];
+        let changes = Changes {
+            draining: Some(&both),
+            ..Changes::default()
+        };
+        apply(&path, &changes).unwrap();
+        let c = Config::load(&path).unwrap();
+        let pins: Vec<RelayPin> = c.draining.iter().map(OldRelay::pin).collect();
+        assert_eq!(pins, both);
+        assert_eq!(c.relay().unwrap(), pin(), "the pin itself is unchanged");
+        let changes = Changes {
+            draining: Some(&[]),
+            ..Changes::default()
+        };
+        apply(&path, &changes).unwrap();
+        assert!(Config::load(&path).unwrap().draining.is_empty());
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("draining"));
+        let err = Config::parse("draining = [{ relay = \"h:1\" }]\n", &path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("relay_key"), "{err}");
     }
 
     #[test]

@@ -457,14 +457,19 @@ impl Chat {
                 tokio::select! {
                     r = &mut attempt => break r,
                     input = inputs.recv(), if !self.input_done => self.on_input(input),
-                    Some(event) = self.events.recv() => self.on_event(event),
+                    // Said once connected: a relay that cannot be reached at
+                    // the start is the one line on stderr.
+                    Some(event) = self.events.recv(), if connected_once => self.on_event(event),
                 }
             };
             let conn = match conn {
                 Ok(conn) => conn,
                 // The first connection says at once whether the relay is
                 // there at all, as every other command does.
-                Err(e) if !connected_once || is_fatal(&e) => return Err(e.into()),
+                Err(e) if !connected_once || is_fatal(&e) => {
+                    self.keep_unsent();
+                    return Err(e.into());
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "reconnecting failed");
                     self.view.link(Link::Reconnecting);
@@ -492,8 +497,14 @@ impl Chat {
             delay = BACKOFF_START;
             match self.session(conn, &mut inputs).await {
                 Ok(()) => return Ok(()),
-                Err(Stop::Fatal(e)) => return Err(e),
-                Err(Stop::Link(e)) if is_fatal(&e) => return Err(e.into()),
+                Err(Stop::Fatal(e)) => {
+                    self.keep_unsent();
+                    return Err(e);
+                }
+                Err(Stop::Link(e)) if is_fatal(&e) => {
+                    self.keep_unsent();
+                    return Err(e.into());
+                }
                 Err(Stop::Link(e)) => {
                     self.view.link(Link::Reconnecting);
                     note(&format!(
@@ -679,6 +690,34 @@ impl Chat {
         });
         if let Err(e) = done {
             tracing::debug!(error = %e, "a delivered message stays in the undelivered list");
+        }
+    }
+
+    /// Ending early: what is not yet stored is kept in the home, for the
+    /// next `chat` or `send` to deliver.
+    fn keep_unsent(&mut self) {
+        let keep: Vec<_> = self
+            .outbox
+            .iter_mut()
+            .filter(|o| !o.kept)
+            .map(|o| {
+                o.kept = true;
+                let mut p = o.sealed.pending();
+                p.id = o.id;
+                p
+            })
+            .collect();
+        if keep.is_empty() {
+            return;
+        }
+        let kept = off_runtime(|| {
+            self.sessions.with_undelivered(&self.me, |list| {
+                list.add(keep)?;
+                list.save()
+            })
+        });
+        if let Err(e) = kept {
+            tracing::warn!(error = %e, "messages not yet stored could not be kept");
         }
     }
 

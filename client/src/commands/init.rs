@@ -45,6 +45,7 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {
             name: args.name.as_deref(),
             relay: pin.as_ref(),
             history: args.no_history.then_some(false),
+            draining: None,
         },
     )?;
     // Before the key, like the config: a failed init run again keeps it.

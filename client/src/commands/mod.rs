@@ -152,3 +152,51 @@ pub(crate) fn say(line: &str) {
     }
     let _ = writeln!(std::io::stderr(), "{line}");
 }
+
+/// Registers my token with my relay `pin` and tells every contact where
+/// to reach me now (after `relay set` moved me, or `token rotate`).
+pub(crate) fn tell_contacts(
+    ctx: &Ctx,
+    pin: &crate::config::RelayPin,
+    book: &sotto_keys::ContactBook,
+) -> Result<()> {
+    let me = crate::identity::load(&ctx.home, ctx.passphrase_file.as_deref())?;
+    let mine = crate::reach::mine(&ctx.home, pin)?;
+    let sessions = crate::sessions::SessionFiles::of(&ctx.home);
+    let registered = {
+        let (pin, me, mine, sessions) = (pin.clone(), me.clone(), mine.clone(), sessions.clone());
+        block_on(async move {
+            let mut conn = crate::relay_client::connect(&pin, &me).await?;
+            crate::reach::register(&mut conn, &sessions, &me, &mine).await?;
+            conn.close().await;
+            Ok::<(), crate::relay_client::RelayError>(())
+        })?
+    };
+    if let Err(e) = registered {
+        warn(&format!(
+            "{}; your token is registered there by the next `sotto inbox` or `chat`",
+            crate::error_line(&anyhow::Error::new(e))
+        ));
+    }
+    let sealed = crate::outbox::seal_reach_for_all(&sessions, &me, book, pin, &mine)?;
+    let told = sealed
+        .iter()
+        .map(|s| s.to)
+        .collect::<std::collections::HashSet<_>>();
+    let done = block_on(crate::outbox::deliver(&sessions, &me, sealed))??;
+    for e in &done.refused {
+        warn(&crate::error_line(e));
+    }
+    note(&format!(
+        "told {} contact(s) end to end where to reach you now",
+        told.len()
+    ));
+    if done.kept > 0 {
+        warn(&format!(
+            "{}; the rest are kept and go with the next `sotto send` or `chat`",
+            done.kept_because
+                .unwrap_or_else(|| "some contacts' relays could not be reached".into())
+        ));
+    }
+    Ok(())
+}

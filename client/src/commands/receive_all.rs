@@ -53,6 +53,9 @@ pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
     check_dir(&args.dir)?;
     let config = Config::load(&ctx.home.config())?;
     let (pin, limits) = (config.relay()?, DownloadLimits::from_config(&config));
+    // Files offered before a move may still be on the old relays.
+    let mut holders = vec![pin.clone()];
+    holders.extend(config.draining.iter().map(crate::config::OldRelay::pin));
     let book = Arc::new(ContactBook::load(&ctx.home.contacts())?);
     let me = Arc::new(identity::load(&ctx.home, ctx.passphrase_file.as_deref())?);
     let store = Arc::new(SessionFiles::of(&ctx.home));
@@ -121,7 +124,7 @@ pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
             .into_iter()
             .map(|offer| Waiting::new(offer, &book))
             .collect();
-        receive_files(&pin, &me, &store, &dir, &limits, files, &bars).await
+        receive_files(&holders, &me, &store, &dir, &limits, files, &bars).await
     })?
 }
 
@@ -171,7 +174,7 @@ struct Received {
 }
 
 async fn receive_files(
-    pin: &RelayPin,
+    holders: &[RelayPin],
     me: &Arc<SecretKey>,
     store: &Arc<SessionFiles>,
     dir: &Path,
@@ -189,7 +192,12 @@ async fn receive_files(
     let permits = Arc::new(Semaphore::new(PARALLEL));
     let mut tasks = JoinSet::new();
     for file in files {
-        let (pin, me, store, dir) = (pin.clone(), me.clone(), store.clone(), dir.to_path_buf());
+        let (holders, me, store, dir) = (
+            holders.to_vec(),
+            me.clone(),
+            store.clone(),
+            dir.to_path_buf(),
+        );
         let limits = limits.clone();
         let (bars, total, permits) = (bars.clone(), total.clone(), permits.clone());
         tasks.spawn(async move {
@@ -212,7 +220,8 @@ async fn receive_files(
                 }
                 last = done;
             };
-            let result = receive_one(&pin, &me, &store, &dir, &limits, &file, &mut progress).await;
+            let result =
+                receive_one(&holders, &me, &store, &dir, &limits, &file, &mut progress).await;
             bar.finish_and_clear();
             (file, result)
         });
@@ -304,10 +313,11 @@ fn error_line(file: &str, who: &str, e: &DownloadError) {
     );
 }
 
-/// Downloads one file and, once it is in place, drops its offer from the
-/// home and deletes its blob from the relay.
+/// Downloads one file from the first of `holders` (my relay, then relays
+/// being drained after a move) that has it and, once it is in place, drops
+/// its offer from the home and deletes its blob from that relay.
 async fn receive_one(
-    pin: &RelayPin,
+    holders: &[RelayPin],
     me: &Arc<SecretKey>,
     store: &Arc<SessionFiles>,
     dir: &Path,
@@ -315,13 +325,36 @@ async fn receive_one(
     file: &Waiting,
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<Received, DownloadError> {
+    let (last, earlier) = holders.split_last().ok_or(DownloadError::Cancelled)?;
+    for pin in earlier {
+        match receive_from(pin, me, store, dir, limits, file, progress, false).await {
+            Err(e) if is_gone(&e) => continue,
+            other => return other,
+        }
+    }
+    receive_from(last, me, store, dir, limits, file, progress, true).await
+}
+
+/// [`receive_one`] from one relay; `last`: no other relay may hold it, so
+/// an answer that the file is gone drops its offer.
+#[allow(clippy::too_many_arguments)]
+async fn receive_from(
+    pin: &RelayPin,
+    me: &Arc<SecretKey>,
+    store: &Arc<SessionFiles>,
+    dir: &Path,
+    limits: &DownloadLimits,
+    file: &Waiting,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+    last: bool,
+) -> Result<Received, DownloadError> {
     let offer = &file.offer.offer;
     let mut conn = relay_client::connect(pin, me).await?;
     let path = match download::download(&mut conn, dir, offer, limits, progress).await {
         Ok(path) => path,
         Err(e) => {
             conn.close().await;
-            if is_gone(&e) {
+            if is_gone(&e) && last {
                 // Nothing can fetch it any more: the offer goes, once said.
                 if let Err(forget) = forget(me, store, offer.file_id).await {
                     tracing::warn!(error = %crate::error_line(&forget), "an offer of a file gone from the relay stays");

@@ -378,6 +378,35 @@ pub fn seal_and_save(
     Ok(sealed)
 }
 
+/// A `Reach` sealed for every contact, told before or not (my relay or my
+/// token just changed), in one locked batch of the session state, saved
+/// with the reach book before this returns.
+pub fn seal_reach_for_all(
+    sessions: &SessionFiles,
+    me: &SecretKey,
+    book: &ContactBook,
+    mine: &RelayPin,
+    reach_me: &Mine,
+) -> Result<Vec<Sealed>> {
+    let mut batch = sessions.lock(me)?;
+    let mut told = batch.reach(me)?;
+    let mut sealed = Vec::new();
+    let seq = reach::seq_now();
+    for contact in book.contacts().filter(|c| c.key != me.public()) {
+        let body = Body::new(Content::Reach(reach_me.reach(seq)));
+        let start = sealed.len();
+        seal_for(me, &mut batch.store, contact, &body, mine, &mut sealed)
+            .map_err(|e| anyhow!("cannot seal where to reach you for {}: {e}", contact.name))?;
+        for s in &mut sealed[start..] {
+            s.message = None;
+        }
+        told.told(&contact.key, reach_me);
+    }
+    batch.save(me)?;
+    told.save()?;
+    Ok(sealed)
+}
+
 /// `body` (a file offer) sealed for `contact` alone in one locked batch of
 /// the session state, saved before this returns: the envelope carrying it
 /// first, then the renewal, if one is due.

@@ -182,6 +182,33 @@ fn a_group_spans_three_relays() {
 }
 
 #[test]
+fn a_file_upload_to_another_relay_cut_mid_way_resumes() {
+    use sotto_tests::proxy::{OnLimit, Proxy};
+    let w = relays(2);
+    let alice = Client::new(&w.relays[0]);
+    let bob = Client::new(&w.relays[1]);
+    introduce(&alice, "alice", &bob, "bob");
+    // Alice reaches bob's relay through a proxy that cuts the upload.
+    let proxy = Proxy::start(&w.relays[1].addr);
+    let contacts = alice.home().join("contacts.toml");
+    let text = std::fs::read_to_string(&contacts).unwrap();
+    std::fs::write(&contacts, text.replace(&w.relays[1].addr, &proxy.addr)).unwrap();
+    let data: Vec<u8> = (0..(40u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let src = alice.home().join("big.bin");
+    std::fs::write(&src, &data).unwrap();
+    proxy.limit(24 << 20, OnLimit::Cut);
+    let first = alice.run(&["send-file", "bob", src.to_str().unwrap()]);
+    assert!(!first.out.status.success(), "the cut upload must fail");
+    proxy.unlimited();
+    let again = said(alice.run(&["send-file", "bob", src.to_str().unwrap()]));
+    assert!(again.contains("resuming"), "{again}");
+    let out = tempfile::tempdir().unwrap();
+    bob.run(&["receive-all", "--dir", out.path().to_str().unwrap()])
+        .ok();
+    assert!(std::fs::read(out.path().join("big.bin")).unwrap() == data);
+}
+
+#[test]
 fn a_file_crosses_relays_byte_exact() {
     let w = relays(2);
     let alice = Client::new(&w.relays[0]);
@@ -255,4 +282,109 @@ fn a_message_kept_for_a_relay_that_was_down_goes_with_the_next_send() {
     let first = got.find("kept for later").expect("the kept message");
     let second = got.find("and this").expect("the new one");
     assert!(first < second, "in the order written: {got}");
+}
+
+#[test]
+fn a_live_chat_across_relays_shows_presence_and_receipts() {
+    let w = relays(2);
+    let alice = Client::new(&w.relays[0]);
+    let bob = Client::new(&w.relays[1]);
+    introduce(&alice, "alice", &bob, "bob");
+    let mut a = alice.spawn(&["chat", "--plain", "bob"]);
+    a.wait_stderr("connected", 1);
+    let mut b = bob.spawn(&["chat", "--plain", "alice"]);
+    // Each is told the other is online, each notice through the other's relay.
+    b.wait_stderr("sotto: alice is online", 1);
+    a.wait_stderr("sotto: bob is online", 1);
+    a.type_line("across relays");
+    let line = b.next_line(std::time::Duration::from_secs(60));
+    assert!(
+        line.as_deref()
+            .is_some_and(|l| l.ends_with("alice: across relays")),
+        "{line:?}"
+    );
+    // Stored on B, then read by bob: both said to alice.
+    a.wait_stderr("bob: stored \"across relays\"", 1);
+    a.wait_stderr("bob: read \"across relays\"", 1);
+    b.type_line("and back");
+    let line = a.next_line(std::time::Duration::from_secs(60));
+    assert!(
+        line.as_deref()
+            .is_some_and(|l| l.ends_with("bob: and back")),
+        "{line:?}"
+    );
+    b.close_stdin();
+    assert!(b.finish().0);
+    a.wait_stderr("sotto: bob went offline", 1);
+    a.close_stdin();
+    assert!(a.finish().0);
+}
+
+#[test]
+fn bob_moves_to_another_relay_and_nothing_in_flight_is_lost() {
+    let w = relays(3);
+    let (a_relay, b_relay, d_relay) = (&w.relays[0], &w.relays[1], &w.relays[2]);
+    let alice = Client::new(a_relay);
+    let bob = Client::new(b_relay);
+    introduce(&alice, "alice", &bob, "bob");
+    alice.run(&["send", "bob", "before the move"]).ok();
+    assert!(bob.run(&["inbox"]).ok().contains("alice: before the move"));
+
+    let moved = said(bob.run(&["relay", "set", &d_relay.addr, &d_relay.key]));
+    assert!(moved.contains("told 1 contact(s)"), "{moved}");
+    // Alice has not read bob's notice yet: this one goes to B.
+    alice.run(&["send", "bob", "in flight to B"]).ok();
+    let read = alice.run(&["inbox"]);
+    let told = read.stderr();
+    read.ok();
+    assert!(
+        told.contains(&format!("bob now reads from the relay at {}", d_relay.addr)),
+        "{told}"
+    );
+    let contacts = std::fs::read_to_string(alice.home().join("contacts.toml")).unwrap();
+    assert!(contacts.contains(&d_relay.key), "{contacts}");
+    alice.run(&["send", "bob", "after the move"]).ok();
+
+    // Bob reads D and, until it is empty, B: both arrive, once each.
+    let got = inbox_until(&bob, "after the move");
+    let got = got + &bob.run(&["inbox"]).ok();
+    assert_eq!(got.matches("alice: in flight to B").count(), 1, "{got}");
+    assert_eq!(got.matches("alice: after the move").count(), 1, "{got}");
+    let config = std::fs::read_to_string(bob.home().join("config.toml")).unwrap();
+    assert!(
+        !config.contains(&b_relay.addr),
+        "B is dropped once empty: {config}"
+    );
+}
+
+#[test]
+fn a_rotated_token_reaches_contacts_and_shuts_out_old_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_relay = Relay::start(
+        &dir.path().join("a"),
+        Some("[delivery]\ntoken_grace = \"0s\"\n"),
+    );
+    let w = relays(1);
+    let alice = Client::new(&a_relay);
+    let bob = Client::new(&w.relays[0]);
+    let mallory = Client::new(&w.relays[0]);
+    introduce(&alice, "alice", &bob, "bob");
+    // Mallory got alice's invite somewhere she should not have.
+    mallory
+        .run(&["contact", "add", "alice", &invite(&alice)])
+        .ok();
+    alice.run(&["inbox"]).ok(); // registers the first token
+    mallory
+        .run(&["send", "alice", "with the leaked token"])
+        .ok();
+
+    let rotated = said(alice.run(&["token", "rotate"]));
+    assert!(rotated.contains("told 1 contact(s)"), "{rotated}");
+    bob.run(&["inbox"]).ok(); // takes alice's new token
+    bob.run(&["send", "alice", "with the new token"]).ok();
+    let err = mallory.run(&["send", "alice", "leaked again"]).fails();
+    assert!(err.contains("delivery token has changed"), "{err}");
+    let got = alice.run(&["inbox"]).ok();
+    assert!(got.contains("bob: with the new token"), "{got}");
+    assert!(!got.contains("leaked again"), "{got}");
 }
