@@ -42,7 +42,7 @@ use crate::wire::{self, ClientHello, ClientMsg, DeliveryMsg, ErrorCode, RelayHel
 const PROTOCOL_MD: &str = include_str!("../../docs/PROTOCOL.md");
 
 /// Every vector block the document must contain, and nothing else.
-const VECTORS: [&str; 12] = [
+const VECTORS: [&str; 13] = [
     "delivery-link-handshake",
     "envelope",
     "file-chunks",
@@ -52,6 +52,7 @@ const VECTORS: [&str; 12] = [
     "key-file",
     "key-strings",
     "link-handshake",
+    "reach-body",
     "safety-number",
     "session",
     "wire",
@@ -769,6 +770,35 @@ fn file_offer() {
     v.check(
         from_hex(v.get("body")).and_then(|b| envelope::decode_body(&b).ok()) == Some(body),
         "`body` does not decode to the offer",
+    );
+    v.expect(
+        "bucket",
+        envelope::padded_len(encoded.len())
+            .expect("a bucket")
+            .to_string(),
+    );
+    v.finish();
+}
+
+#[test]
+fn reach_body() {
+    let v = Vector::load("reach-body");
+    let reach = envelope::Reach {
+        seq: v.number("seq"),
+        relay: v.get("relay").parse().expect("a relay address"),
+        relay_key: v.get("relay_key").parse().expect("a relay key"),
+        token: v.get("token").parse().expect("a delivery token"),
+    };
+    let body = Body {
+        id: MessageId(v.array("id")),
+        sent_at_ms: v.number("sent_at_ms"),
+        content: Content::Reach(reach),
+    };
+    let encoded = postcard::to_stdvec(&body).expect("encode a body");
+    v.expect_hex("body", &encoded);
+    v.check(
+        from_hex(v.get("body")).and_then(|b| envelope::decode_body(&b).ok()) == Some(body),
+        "`body` does not decode to the Reach",
     );
     v.expect(
         "bucket",
