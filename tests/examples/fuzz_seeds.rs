@@ -63,6 +63,19 @@ fn bodies() -> Vec<(&'static str, Body)> {
                 },
             },
         ),
+        (
+            "reach",
+            Body {
+                id: MessageId([2; 16]),
+                sent_at_ms: 1_767_225_600_000,
+                content: Content::Reach(envelope::Reach {
+                    seq: 1_767_225_600_000,
+                    relay: "relay.example:7300".parse().unwrap(),
+                    relay_key: sotto_keys::RelayKey::from_bytes([1; 32]),
+                    token: sotto_keys::DeliveryToken::from_bytes([3; 16]),
+                }),
+            },
+        ),
     ]
 }
 
