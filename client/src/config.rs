@@ -371,7 +371,8 @@ mod tests {
         };
         apply(&path, &changes).unwrap();
         assert!(Config::load(&path).unwrap().draining.is_empty());
-        assert!(!std::fs::read_to_string(&path).unwrap().contains("draining"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.lines().any(|l| l.starts_with("draining")), "{text}");
         let err = Config::parse("draining = [{ relay = \"h:1\" }]\n", &path)
             .unwrap_err()
             .to_string();
