@@ -47,6 +47,10 @@
 //! online` / `went offline` on stderr, and `/online` lists who is. `/file
 //! PATH` sends a file in the background ([`file`]).
 //!
+//! After a move (`sotto relay set`), the relays read from before are read
+//! once, when the mailbox has been shown, so what contacts sent there before
+//! they heard of the move is shown too (`inbox` drops them once empty).
+//!
 //! End: EOF on stdin or `/quit`, once the waiting mailbox has been shown,
 //! every send has been stored, every acknowledgement answered and every file
 //! sent with `/file` has ended.
@@ -72,7 +76,7 @@ use tokio::time::Instant;
 
 use super::{note, say, tell, warn, Ctx};
 use crate::cli::ChatArgs;
-use crate::config::{Config, RelayPin};
+use crate::config::{Config, OldRelay, RelayPin};
 use crate::contacts::list_lines;
 use crate::delivery_link::DeliveryLinks;
 use crate::delivery_pool::{Event, Policy, Pool};
@@ -246,7 +250,9 @@ pub fn run(ctx: &Ctx, args: ChatArgs) -> Result<()> {
         None if args.group => bail!("--group needs the group's NAME"),
         None => None,
     };
-    let pin = Config::load(&ctx.home.config())?.relay()?;
+    let config = Config::load(&ctx.home.config())?;
+    let pin = config.relay()?;
+    let draining = config.draining.iter().map(OldRelay::pin).collect();
     let me = identity::load(&ctx.home, ctx.passphrase_file.as_deref())?;
     let sessions = SessionFiles::of(&ctx.home);
 
@@ -287,6 +293,7 @@ pub fn run(ctx: &Ctx, args: ChatArgs) -> Result<()> {
         pool,
         events,
         mine,
+        draining,
         acks_pending: HashSet::new(),
         next_req: 1,
         input_done: false,
@@ -410,6 +417,8 @@ struct Chat {
     events: mpsc::UnboundedReceiver<Event>,
     /// Where contacts reach me.
     mine: Mine,
+    /// Relays read from before a move, read once when the chat starts.
+    draining: Vec<RelayPin>,
     /// `Ack` requests on the current connection not yet answered.
     acks_pending: HashSet<u32>,
     next_req: u32,
@@ -784,6 +793,7 @@ impl Chat {
             RelayMsg::Drained => {
                 if !self.drained {
                     self.drained = true;
+                    self.drain_old().await?;
                     self.announce(Presence::Online { reply: true });
                 }
             }
@@ -820,6 +830,27 @@ impl Chat {
             return Ok(());
         }
         let ids: Vec<u64> = deliveries.iter().map(|d| d.id).collect();
+        let ack = self.take_batch(deliveries)?;
+        // What is not acknowledged stays on the relay and comes again on
+        // every connection: a file offer (already announced), or the rest of
+        // a batch that could not be printed (which ends the chat anyway).
+        for id in ids {
+            if !ack.contains(&id) {
+                self.announced.insert(id);
+            }
+        }
+        if !ack.is_empty() {
+            let req = self.req();
+            let msg = ClientMsg::Ack { req, ids: ack };
+            write_to(writer, addr, &msg, true).await?;
+            self.acks_pending.insert(req);
+        }
+        Ok(())
+    }
+
+    /// Shows, remembers and answers a batch of deliveries, as `inbox`
+    /// does; returns the relay ids that may be acknowledged.
+    fn take_batch(&mut self, deliveries: Vec<Delivery>) -> Result<Vec<u64>, Stop> {
         let mut printer = self.view.printer();
         let partner = self.target.clone();
         let (mut outcome, to_send) = off_runtime(|| {
@@ -841,14 +872,6 @@ impl Chat {
             )
         })?;
         self.view.received(&self.book, &outcome.messages, printer);
-        // What is not acknowledged stays on the relay and comes again on
-        // every connection: a file offer (already announced), or the rest of
-        // a batch that could not be printed (which ends the chat anyway).
-        for id in ids {
-            if !outcome.ack.contains(&id) {
-                self.announced.insert(id);
-            }
-        }
         for m in std::mem::take(&mut outcome.shown_ids) {
             if !is_partner(self.target.as_ref(), &m) {
                 self.unread.push(m);
@@ -881,14 +904,44 @@ impl Chat {
                 anyhow::Error::new(e).context("cannot write to stdout"),
             ));
         }
-        if !outcome.ack.is_empty() {
-            let req = self.req();
-            let msg = ClientMsg::Ack {
-                req,
-                ids: std::mem::take(&mut outcome.ack),
+        Ok(std::mem::take(&mut outcome.ack))
+    }
+
+    /// Reads, once, each relay I read from before a move (`draining` in
+    /// `config.toml`): what contacts sent there before they heard of it is
+    /// shown like any delivery and acknowledged there. An old relay that
+    /// cannot be reached is said and left for the next time.
+    async fn drain_old(&mut self) -> Result<(), Stop> {
+        for old in std::mem::take(&mut self.draining) {
+            let mut conn = match relay_client::connect(&old, &self.me).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    warn(&format!(
+                        "the old relay at {} was not read: {}",
+                        old.addr,
+                        crate::error_line(&anyhow::Error::new(e))
+                    ));
+                    continue;
+                }
             };
-            write_to(writer, addr, &msg, true).await?;
-            self.acks_pending.insert(req);
+            let fetched = match conn.fetch_pending().await {
+                Ok(fetched) => fetched,
+                Err(e) => {
+                    warn(&format!(
+                        "the old relay at {} was not read: {}",
+                        old.addr,
+                        crate::error_line(&anyhow::Error::new(e))
+                    ));
+                    continue;
+                }
+            };
+            if !fetched.deliveries.is_empty() {
+                let ack = self.take_batch(fetched.deliveries)?;
+                if let Err(e) = conn.ack(&ack).await {
+                    tracing::debug!(error = %e, "the old relay did not take the acknowledgement");
+                }
+            }
+            conn.close().await;
         }
         Ok(())
     }
@@ -1208,6 +1261,7 @@ mod tests {
             pool,
             events,
             mine,
+            draining: Vec::new(),
             acks_pending: HashSet::new(),
             next_req: 1,
             input_done: false,

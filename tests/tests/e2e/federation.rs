@@ -388,3 +388,24 @@ fn a_rotated_token_reaches_contacts_and_shuts_out_old_copies() {
     assert!(got.contains("bob: with the new token"), "{got}");
     assert!(!got.contains("leaked again"), "{got}");
 }
+
+#[test]
+fn a_chat_after_a_move_shows_what_waited_on_the_old_relay() {
+    let w = relays(3);
+    let (b_relay, d_relay) = (&w.relays[1], &w.relays[2]);
+    let alice = Client::new(&w.relays[0]);
+    let bob = Client::new(b_relay);
+    introduce(&alice, "alice", &bob, "bob");
+    bob.run(&["relay", "set", &d_relay.addr, &d_relay.key]).ok();
+    // Alice has not read bob's notice: this goes to B.
+    alice.run(&["send", "bob", "waiting on B"]).ok();
+    let mut chat = bob.spawn(&["chat", "--plain", "alice"]);
+    let line = chat.next_line(std::time::Duration::from_secs(60));
+    assert!(
+        line.as_deref()
+            .is_some_and(|l| l.ends_with("alice: waiting on B")),
+        "{line:?}"
+    );
+    chat.close_stdin();
+    assert!(chat.finish().0);
+}
