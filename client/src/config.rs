@@ -36,6 +36,9 @@ const HEADER: &str = "\
 #             removes it.
 # max_download_size = largest file `sotto receive-all` downloads, in bytes
 #             (default 17179869184, 16 GiB); a larger offer waits on the relay.
+# first_contact = false refuses messages from anyone not given your token
+#             (in an invite, or with your first message to them); default
+#             true: taken, under the relay's tighter limits for strangers.
 # draining  = relays read from before `sotto relay set` moved to another, as
 #             [{ relay = \"HOST:PORT\", relay_key = \"sottorelay1...\" }]: still
 #             read by `inbox`, `chat` and `receive-all` until they are empty.
@@ -64,6 +67,9 @@ pub struct Config {
     /// Relays read from before a move, read until they are empty.
     #[serde(default)]
     pub draining: Vec<OldRelay>,
+    /// Whether my relay takes deliveries from senders without my token
+    /// (default: yes, under the relay's tighter first-contact limits).
+    pub first_contact: Option<bool>,
 }
 
 /// A relay read from before `sotto relay set` moved to another one.
@@ -139,6 +145,11 @@ impl Config {
             ),
             _ => Ok(config),
         }
+    }
+
+    /// Whether deliveries without my token are taken (first contacts).
+    pub fn accepts_first_contact(&self) -> bool {
+        self.first_contact.unwrap_or(true)
     }
 
     /// Whether messages are kept in the local history.

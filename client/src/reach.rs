@@ -75,8 +75,8 @@ enum Entry {
     Told { to: PublicKey, mine: Mine },
     /// The highest `seq` taken from `from`.
     Taken { from: PublicKey, seq: u64 },
-    /// My token was registered with my relay.
-    Registered { mine: Mine },
+    /// My token was registered with my relay, taking first contacts or not.
+    Registered { mine: Mine, first_contact: bool },
 }
 
 /// What contacts were told and what they told me, as loaded.
@@ -126,19 +126,24 @@ impl ReachBook {
         newer
     }
 
-    /// Whether `mine`'s token is registered with `mine`'s relay.
-    pub fn registered(&self, mine: &Mine) -> bool {
-        self.entries
-            .iter()
-            .any(|e| matches!(e, Entry::Registered { mine: m } if m == mine))
+    /// Whether `mine`'s token is registered with `mine`'s relay, with
+    /// `first_contact` as its policy.
+    pub fn registered(&self, mine: &Mine, first_contact: bool) -> bool {
+        self.entries.iter().any(|e| {
+            matches!(e, Entry::Registered { mine: m, first_contact: f }
+                if m == mine && *f == first_contact)
+        })
     }
 
     /// Notes that `mine`'s token is registered with its relay (replacing
-    /// what was noted for another relay or token).
-    pub fn set_registered(&mut self, mine: &Mine) {
+    /// what was noted for another relay, token or policy).
+    pub fn set_registered(&mut self, mine: &Mine, first_contact: bool) {
         self.entries
             .retain(|e| !matches!(e, Entry::Registered { .. }));
-        self.push(Entry::Registered { mine: mine.clone() });
+        self.push(Entry::Registered {
+            mine: mine.clone(),
+            first_contact,
+        });
     }
 
     fn push(&mut self, entry: Entry) {
@@ -166,11 +171,14 @@ pub fn mine(home: &crate::home::Home, pin: &RelayPin) -> Result<Mine> {
 /// present it are served as contacts, not first contacts. A relay that
 /// does not know the request (an older one) serves everyone as a first
 /// contact, and is let be; any other failure is the link's, and returned.
+/// `first_contact` says whether deliveries without the token are taken
+/// (config.toml's `first_contact`).
 pub async fn register<R, W>(
     conn: &mut crate::relay_client::RelayConn<R, W>,
     sessions: &crate::sessions::SessionFiles,
     me: &SecretKey,
     mine: &Mine,
+    first_contact: bool,
 ) -> Result<(), crate::relay_client::RelayError>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -179,7 +187,7 @@ where
     let noted = {
         let (sessions, me, mine) = (sessions.clone(), me.clone(), mine.clone());
         tokio::task::spawn_blocking(move || {
-            sessions.with_reach(&me, |book| Ok(book.registered(&mine)))
+            sessions.with_reach(&me, |book| Ok(book.registered(&mine, first_contact)))
         })
         .await
     };
@@ -187,7 +195,7 @@ where
         return Ok(());
     }
     let hash = sotto_crypto::delivery::token_hash(&mine.token);
-    match conn.set_delivery_token(hash, true).await {
+    match conn.set_delivery_token(hash, first_contact).await {
         Ok(()) => {}
         Err(crate::relay_client::RelayError::Refused {
             code: sotto_crypto::wire::ErrorCode::BadRequest,
@@ -201,7 +209,7 @@ where
     let (sessions, me, mine) = (sessions.clone(), me.clone(), mine.clone());
     let saved = tokio::task::spawn_blocking(move || {
         sessions.with_reach(&me, |book| {
-            book.set_registered(&mine);
+            book.set_registered(&mine, first_contact);
             book.save()
         })
     })
@@ -251,11 +259,15 @@ mod tests {
         book.told(&bob, &mine(2));
         assert!(!book.must_tell(&bob, &mine(2)));
         assert!(book.must_tell(&bob, &mine(1)));
-        assert!(!book.registered(&mine(2)));
-        book.set_registered(&mine(2));
-        assert!(book.registered(&mine(2)) && !book.registered(&mine(1)));
-        book.set_registered(&mine(1));
-        assert!(!book.registered(&mine(2)), "one relay at a time");
+        assert!(!book.registered(&mine(2), true));
+        book.set_registered(&mine(2), true);
+        assert!(book.registered(&mine(2), true) && !book.registered(&mine(1), true));
+        assert!(
+            !book.registered(&mine(2), false),
+            "a new policy registers again"
+        );
+        book.set_registered(&mine(1), true);
+        assert!(!book.registered(&mine(2), true), "one relay at a time");
     }
 
     #[test]

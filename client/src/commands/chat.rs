@@ -294,6 +294,7 @@ pub fn run(ctx: &Ctx, args: ChatArgs) -> Result<()> {
         events,
         mine,
         draining,
+        first_contact: config.accepts_first_contact(),
         acks_pending: HashSet::new(),
         next_req: 1,
         input_done: false,
@@ -419,6 +420,8 @@ struct Chat {
     mine: Mine,
     /// Relays read from before a move, read once when the chat starts.
     draining: Vec<RelayPin>,
+    /// Whether my relay takes first contacts (config.toml).
+    first_contact: bool,
     /// `Ack` requests on the current connection not yet answered.
     acks_pending: HashSet<u32>,
     next_req: u32,
@@ -550,7 +553,14 @@ impl Chat {
         W: AsyncWrite + Unpin,
     {
         let mut conn = conn;
-        reach::register(&mut conn, &self.sessions, &self.me, &self.mine).await?;
+        reach::register(
+            &mut conn,
+            &self.sessions,
+            &self.me,
+            &self.mine,
+            self.first_contact,
+        )
+        .await?;
         let (reader, mut writer, addr) = conn.into_parts();
         let (tx, mut from_relay) = mpsc::channel(16);
         let _reader = AbortOnDrop(tokio::spawn(read_loop(reader, addr.clone(), tx)));
@@ -1262,6 +1272,7 @@ mod tests {
             events,
             mine,
             draining: Vec::new(),
+            first_contact: true,
             acks_pending: HashSet::new(),
             next_req: 1,
             input_done: false,

@@ -55,7 +55,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let history = Arc::new(History::open(&ctx.home, &me)?);
     let mine = reach::mine(&ctx.home, &pin)?;
 
-    let mut outcome = read(ctx, &pin, Some(&mine), &me, &sessions, &history)?;
+    let registering = Some((&mine, config.accepts_first_contact()));
+    let mut outcome = read(ctx, &pin, registering, &me, &sessions, &history)?;
     let mut drained = Vec::new();
     for old in &config.draining {
         let old = old.pin();
@@ -100,12 +101,12 @@ pub fn run(ctx: &Ctx) -> Result<()> {
 
 /// Reads the mailbox on relay `pin` once: fetched, shown, remembered,
 /// acknowledged, answered. `None` if it was empty. `mine` (my current
-/// relay) registers my token there first; an old relay being drained gets
-/// none.
+/// relay, and whether it takes first contacts) registers my token there
+/// first; an old relay being drained gets none.
 fn read(
     ctx: &Ctx,
     pin: &RelayPin,
-    mine: Option<&Mine>,
+    mine: Option<(&Mine, bool)>,
     me: &Arc<SecretKey>,
     sessions: &SessionFiles,
     history: &Arc<History>,
@@ -113,15 +114,16 @@ fn read(
     let book = ContactBook::load(&ctx.home.contacts())?;
     let (pin, mine, me, sessions, history) = (
         pin.clone(),
-        mine.cloned(),
+        mine.map(|(m, f)| (m.clone(), f)),
         me.clone(),
         sessions.clone(),
         history.clone(),
     );
     block_on(async move {
         let mut conn = relay_client::connect(&pin, &me).await?;
-        if let Some(mine) = &mine {
-            reach::register(&mut conn, &sessions, &me, mine).await?;
+        if let Some((mine, first_contact)) = &mine {
+            let first_contact = *first_contact;
+            reach::register(&mut conn, &sessions, &me, mine, first_contact).await?;
         }
         let fetched = conn.fetch_pending().await?;
         let pending = fetched.deliveries;

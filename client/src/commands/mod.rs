@@ -163,11 +163,12 @@ pub(crate) fn tell_contacts(
     let me = crate::identity::load(&ctx.home, ctx.passphrase_file.as_deref())?;
     let mine = crate::reach::mine(&ctx.home, pin)?;
     let sessions = crate::sessions::SessionFiles::of(&ctx.home);
+    let first_contact = crate::config::Config::load(&ctx.home.config())?.accepts_first_contact();
     let registered = {
         let (pin, me, mine, sessions) = (pin.clone(), me.clone(), mine.clone(), sessions.clone());
         block_on(async move {
             let mut conn = crate::relay_client::connect(&pin, &me).await?;
-            crate::reach::register(&mut conn, &sessions, &me, &mine).await?;
+            crate::reach::register(&mut conn, &sessions, &me, &mine, first_contact).await?;
             conn.close().await;
             Ok::<(), crate::relay_client::RelayError>(())
         })?

@@ -53,6 +53,7 @@ pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
     check_dir(&args.dir)?;
     let config = Config::load(&ctx.home.config())?;
     let (pin, limits) = (config.relay()?, DownloadLimits::from_config(&config));
+    let first_contact = config.accepts_first_contact();
     // Files offered before a move may still be on the old relays.
     let mut holders = vec![pin.clone()];
     holders.extend(config.draining.iter().map(crate::config::OldRelay::pin));
@@ -66,7 +67,7 @@ pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
 
     block_on(async move {
         let mut conn = relay_client::connect(&pin, &me).await?;
-        reach::register(&mut conn, &registering, &me, &mine).await?;
+        reach::register(&mut conn, &registering, &me, &mine, first_contact).await?;
         let fetched = conn.fetch_pending().await?;
         let pending = fetched.deliveries;
         tracing::info!(count = pending.len(), "fetched");

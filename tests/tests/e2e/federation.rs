@@ -409,3 +409,37 @@ fn a_chat_after_a_move_shows_what_waited_on_the_old_relay() {
     chat.close_stdin();
     assert!(chat.finish().0);
 }
+
+#[test]
+fn a_mailbox_can_refuse_first_contacts_and_still_hear_from_contacts() {
+    let w = relays(2);
+    let alice = Client::new(&w.relays[0]);
+    let bob = Client::new(&w.relays[1]);
+    let stranger = Client::new(&w.relays[0]);
+    introduce(&alice, "alice", &bob, "bob");
+    // A stranger who has only bob's key, and his relay from somewhere.
+    stranger
+        .run(&[
+            "contact",
+            "add",
+            "bob",
+            &bob.key,
+            "--relay",
+            &w.relays[1].addr,
+            "--relay-key",
+            &w.relays[1].key,
+        ])
+        .ok();
+    let config = bob.home().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}first_contact = false\n")).unwrap();
+    bob.run(&["inbox"]).ok(); // registers the policy with the token
+    let err = stranger
+        .run(&["send", "bob", "hello, stranger here"])
+        .fails();
+    assert!(err.contains("only from contacts"), "{err}");
+    alice.run(&["send", "bob", "from a contact"]).ok();
+    let got = bob.run(&["inbox"]).ok();
+    assert!(got.contains("alice: from a contact"), "{got}");
+    assert!(!got.contains("stranger here"), "{got}");
+}
