@@ -869,6 +869,7 @@ impl Chat {
                 &self.book,
                 &self.sessions,
                 &self.pin,
+                Some(&self.mine),
                 deliveries,
                 Files::Announce,
                 &mut |line| printer.line(line),

@@ -145,6 +145,7 @@ fn read(
                     &book,
                     &sessions,
                     &pin,
+                    mine.as_ref().map(|(m, _)| m),
                     pending,
                     Files::Announce,
                     &mut |line| out.line(line),

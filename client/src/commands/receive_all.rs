@@ -85,6 +85,7 @@ pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
                     &book,
                     &store,
                     &pin,
+                    Some(&mine),
                     pending,
                     Files::Collect,
                     &mut |line| out.line(line),

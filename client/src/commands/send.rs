@@ -4,10 +4,13 @@
 //! Success (exit 0) means every recipient's relay answered `Stored`, which it
 //! does only after a durable commit: a script can rely on a message it was
 //! told was sent not being lost by the relay. A relay that cannot be reached
-//! makes the command fail, and the sealed message is kept in the home
-//! (`undelivered.sealed`) and delivered by the next `send` or `chat`, which
-//! say so. Everything that can be checked locally (contact, text, size) is
-//! checked before the passphrase is asked or the network used.
+//! makes the command fail. If it stored the message for nobody, nothing was
+//! sent and sending it again is safe; if it did for some members of a group,
+//! what the others' relays missed is kept in the home and goes with the next
+//! `send` or `chat`, and the error says not to send it again (either way a
+//! `Reach` sealed with it is kept, so the contact still learns my token).
+//! Everything that can be checked locally (contact, text, size) is checked
+//! before the passphrase is asked or the network used.
 
 use std::io::Read;
 
@@ -19,7 +22,9 @@ use crate::cli::SendArgs;
 use crate::config::Config;
 use crate::history::History;
 use crate::identity;
-use crate::outbox::{self, check_text, deliver, deliver_undelivered, Target, MAX_TEXT_LEN};
+use crate::outbox::{
+    self, check_text, deliver, deliver_undelivered, forget_kept, Target, MAX_TEXT_LEN,
+};
 use crate::reach;
 use crate::sessions::SessionFiles;
 
@@ -53,19 +58,27 @@ pub fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
     // A group message is one body sealed once per member, all in one batch
     // of the session state, saved before anything goes out.
     let sealed = outbox::seal_and_save(&sessions, &me, &target, text, &pin, Some(&mine))?;
+    let messages = sealed.sealed.iter().filter(|s| s.message.is_some()).count();
     let done = block_on(deliver(&sessions, &me, sealed.sealed))??;
     if let Some(n) = history.record(&[sealed.entry]) {
         tell(&n);
     }
+    if !done.kept_messages.is_empty() {
+        let why = done
+            .kept_because
+            .unwrap_or_else(|| "a relay could not be reached".into());
+        let missed = done.kept_messages.len();
+        if missed + done.refused.len() >= messages {
+            block_on(forget_kept(&sessions, &me, done.kept_messages))??;
+            bail!("{why}; the message was not sent: send it again once the relay is back");
+        }
+        bail!(
+            "{why}; the message was stored for {} of {messages} recipients, and is kept for the others: the next `sotto send` or `sotto chat` delivers it (do not send it again)",
+            messages - missed - done.refused.len()
+        );
+    }
     if let Some(first) = done.refused.into_iter().next() {
         return Err(first);
-    }
-    if done.kept > 0 {
-        bail!(
-            "{}; the message is kept and goes with the next `sotto send` or `sotto chat`",
-            done.kept_because
-                .unwrap_or_else(|| "a relay could not be reached".into())
-        );
     }
     match &target {
         Target::Contact(contact) => note(&format!(

@@ -43,8 +43,8 @@ use crate::display::{group_label, local_time_ms, message_line, sanitize};
 use crate::history;
 use crate::notice::Notice;
 use crate::offers::{Added, Offers, StoredOffer};
-use crate::outbox::Sealed;
-use crate::reach::ReachBook;
+use crate::outbox::{tell_where, Sealed, Telling};
+use crate::reach::{Mine, ReachBook};
 use crate::relay_client::Delivery;
 use crate::seen::{self, SeenId, SeenStore};
 use crate::sessions::SessionFiles;
@@ -407,13 +407,17 @@ pub fn seal_receipts(
 /// session state and the seen store are loaded, the batch processed, the
 /// accepts and receipts it calls for sealed, and the state saved. Returns
 /// the outcome and the envelopes to send (after this returns: the state is
-/// saved by then). `state_of` decides each receipt.
+/// saved by then). `state_of` decides each receipt. With `reach_me`, a
+/// contact whose message was shown and who was not told where to reach me
+/// is told now, with the receipts (so a contact who added me by key alone
+/// learns my token as soon as I read them).
 #[allow(clippy::too_many_arguments)]
 pub fn process_batch(
     me: &SecretKey,
     book: &ContactBook,
     sessions: &SessionFiles,
     mine: &RelayPin,
+    reach_me: Option<&Mine>,
     pending: Vec<Delivery>,
     files: Files,
     print: &mut dyn FnMut(&str) -> std::io::Result<()>,
@@ -434,10 +438,21 @@ pub fn process_batch(
         print,
     )?;
     drop(seen);
+    let mut reach = batch.reach(me)?;
     if !outcome.reaches.is_empty() {
-        let mut reach = batch.reach(me)?;
         outcome.moved = take_reaches(book, &mut reach, &outcome.reaches)?;
-        reach.save()?;
+    }
+    let mut told = Vec::new();
+    if let Some(mine_now) = reach_me {
+        let senders: BTreeSet<PublicKey> = outcome.shown_ids.iter().map(|m| m.sender).collect();
+        let mut telling = Telling {
+            mine: mine_now,
+            book: &mut reach,
+        };
+        for contact in senders.iter().filter_map(|k| book.by_key(k)) {
+            tell_where(me, &mut batch.store, contact, &mut telling, mine, &mut told)
+                .map_err(|e| anyhow::anyhow!("cannot seal where to reach me: {e}"))?;
+        }
     }
     let mut to_send = std::mem::take(&mut outcome.replies);
     to_send.extend(seal_receipts(
@@ -447,7 +462,10 @@ pub fn process_batch(
         state_of,
     )?);
     batch.save(me)?;
-    Ok((outcome, addressed(book, to_send, mine)))
+    reach.save()?;
+    let mut sealed = told;
+    sealed.extend(addressed(book, to_send, mine));
+    Ok((outcome, sealed))
 }
 
 /// [`seal_receipts`] in one locked batch of the session state, saved before

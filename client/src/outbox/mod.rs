@@ -303,7 +303,7 @@ pub fn seal_to(
 
 /// Seals a `Reach` for `contact` first if they were not told where to
 /// reach me, and notes them as told.
-fn tell_where(
+pub fn tell_where(
     me: &SecretKey,
     sessions: &mut SessionStore,
     contact: &Contact,
@@ -431,6 +431,9 @@ pub struct Delivered {
     /// Envelopes whose relay could not be reached now: kept in the home,
     /// for the next command that sends.
     pub kept: usize,
+    /// The local ids of the kept envelopes that carry a message (see
+    /// [`forget_kept`]).
+    pub kept_messages: Vec<u64>,
     /// Why the first of them could not go.
     pub kept_because: Option<String>,
     /// Refusals for good (too large, a wrong token), each named.
@@ -448,7 +451,12 @@ pub async fn deliver(
     sealed: Vec<Sealed>,
 ) -> Result<Delivered> {
     let pending: Vec<Pending> = sealed.iter().map(Sealed::pending).collect();
-    let (delivered, later) = deliver_pending(pending).await;
+    let (mut delivered, later) = deliver_pending(pending).await;
+    delivered.kept_messages = later
+        .iter()
+        .filter(|p| p.message.is_some())
+        .map(|p| p.id)
+        .collect();
     if !later.is_empty() {
         let (sessions, me) = (sessions.clone(), me.clone());
         tokio::task::spawn_blocking(move || {
@@ -461,6 +469,21 @@ pub async fn deliver(
         .map_err(|e| anyhow!("the undelivered list task failed: {e}"))??;
     }
     Ok(delivered)
+}
+
+/// Drops kept envelopes from the undelivered list again: a `sotto send`
+/// that stored its message for nobody fails having sent nothing, so that
+/// sending it again never shows it twice.
+pub async fn forget_kept(sessions: &SessionFiles, me: &SecretKey, ids: Vec<u64>) -> Result<()> {
+    let (sessions, me) = (sessions.clone(), me.clone());
+    tokio::task::spawn_blocking(move || {
+        sessions.with_undelivered(&me, |list| {
+            list.remove(&ids);
+            list.save()
+        })
+    })
+    .await
+    .map_err(|e| anyhow!("the undelivered list task failed: {e}"))?
 }
 
 /// Delivers what earlier commands could not, then drops from the list what

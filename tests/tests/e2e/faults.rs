@@ -603,8 +603,6 @@ fn a_write_that_meets_a_full_disk_is_refused_and_the_store_reopens_once_space_is
             stored.push(format!("alice: {i} {text}"));
         } else {
             refusal = Some(run.fails());
-            // Kept in alice's home: it goes with her next send.
-            stored.push(format!("alice: {i} {text}"));
             break;
         }
     }

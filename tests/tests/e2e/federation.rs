@@ -267,21 +267,40 @@ fn a_chat_goes_on_with_carol_while_bobs_relay_is_down_and_bob_gets_his_later() {
 }
 
 #[test]
-fn a_message_kept_for_a_relay_that_was_down_goes_with_the_next_send() {
+fn a_send_to_a_relay_that_is_down_fails_and_sending_again_shows_it_once() {
     let mut w = relays(2);
     let alice = Client::new(&w.relays[0]);
     let bob = Client::new(&w.relays[1]);
     introduce(&alice, "alice", &bob, "bob");
     w.relays[1].kill();
-    let err = alice.run(&["send", "bob", "kept for later"]).fails();
-    assert!(err.contains("kept"), "{err}");
+    let err = alice.run(&["send", "bob", "try once"]).fails();
+    assert!(err.contains("send it again"), "{err}");
     w.relays[1].restart();
-    let out = said(alice.run(&["send", "bob", "and this"]));
-    assert!(out.contains("delivered 1 message(s) kept"), "{out}");
+    alice.run(&["send", "bob", "try once"]).ok();
     let got = bob.run(&["inbox"]).ok();
-    let first = got.find("kept for later").expect("the kept message");
-    let second = got.find("and this").expect("the new one");
-    assert!(first < second, "in the order written: {got}");
+    assert_eq!(got.matches("alice: try once").count(), 1, "{got}");
+}
+
+#[test]
+fn a_group_send_with_one_relay_down_keeps_the_rest_and_delivers_it_next_time() {
+    let mut w = relays(3);
+    let alice = Client::new(&w.relays[0]);
+    let bob = Client::new(&w.relays[1]);
+    let carol = Client::new(&w.relays[2]);
+    introduce(&alice, "alice", &bob, "bob");
+    introduce(&alice, "alice", &carol, "carol");
+    add_group(&alice, "both", &["bob", "carol"]);
+    w.relays[1].kill();
+    let err = alice.run(&["send", "--group", "both", "for both"]).fails();
+    assert!(err.contains("stored for 1 of 2"), "{err}");
+    assert!(err.contains("do not send it again"), "{err}");
+    w.relays[1].restart();
+    let out = said(alice.run(&["send", "carol", "and this"]));
+    assert!(out.contains("delivered 1 message(s) kept"), "{out}");
+    for c in [&bob, &carol] {
+        let got = c.run(&["inbox"]).ok();
+        assert_eq!(got.matches("both/alice: for both").count(), 1, "{got}");
+    }
 }
 
 #[test]
