@@ -21,7 +21,7 @@ use std::fmt;
 
 use serde_bytes::ByteBuf;
 use sotto_crypto::delivery::ResumeSecret;
-use sotto_crypto::file::{self, FileId};
+use sotto_crypto::file::FileId;
 use sotto_crypto::link::{self, LinkReader, LinkWriter};
 use sotto_crypto::wire::{DeliveryMsg, RelayHello, RelayMsg};
 use sotto_keys::{DeliveryToken, PublicKey, RelayAddr, RelayKey};
@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use crate::relay_client::{
-    describe_io, handshake_error, recv_from, refused, stream_upload, write_to, RelayError,
+    answer_to, describe_io, handshake_error, stream_upload, upload_state, write_to, RelayError,
     SealedChunk, Upload, UploadEnd, ANSWER_TIMEOUT, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT,
 };
 
@@ -137,25 +137,11 @@ where
         &mut self,
         req: u32,
         msg: &DeliveryMsg,
-        mut answer: impl FnMut(&RelayMsg) -> Option<T>,
+        waiting_for: &'static str,
+        answer: impl FnMut(&RelayMsg) -> Option<T>,
     ) -> Result<T, RelayError> {
         write_to(&mut self.writer, &self.addr, msg, true).await?;
-        loop {
-            let msg = recv_from(&mut self.reader, &self.addr, Some(ANSWER_TIMEOUT)).await?;
-            if let RelayMsg::Error {
-                req: r,
-                code,
-                detail,
-            } = &msg
-            {
-                if *r == req || *r == 0 {
-                    return Err(refused(&self.addr, *code, detail));
-                }
-            }
-            if let Some(found) = answer(&msg) {
-                return Ok(found);
-            }
-        }
+        answer_to(&mut self.reader, &self.addr, req, waiting_for, answer).await
     }
 
     /// Hands `envelope` to the relay for `to`'s mailbox, presenting `token`
@@ -173,7 +159,7 @@ where
             token: token.cloned(),
             envelope: ByteBuf::from(envelope),
         };
-        self.request(req, &msg, |m| {
+        self.request(req, &msg, "Stored", |m| {
             matches!(m, RelayMsg::Stored { req: r } if *r == req).then_some(())
         })
         .await
@@ -216,23 +202,8 @@ where
             size,
             resume: resume.clone(),
         };
-        let have = self
-            .request(req, &msg, |m| match m {
-                RelayMsg::UploadState {
-                    req: r,
-                    file_id: f,
-                    have,
-                } if *r == req && *f == file_id => Some(*have),
-                _ => None,
-            })
-            .await?;
-        if have > file::chunk_count(size) {
-            return Err(RelayError::Protocol {
-                addr: self.addr.clone(),
-                what: "more chunks stored than the file has",
-            });
-        }
-        Ok(have)
+        write_to(&mut self.writer, &self.addr, &msg, true).await?;
+        upload_state(&mut self.reader, &self.addr, req, file_id, size).await
     }
 
     /// Sends the sealed chunks `from..` of an upload begun with

@@ -396,6 +396,65 @@ pub(crate) async fn recv_from<R: AsyncRead + Unpin>(
     }
 }
 
+/// Waits for the answer to request `req` that `answer` recognises. The
+/// relay's error for that request, or for the whole connection (`req` 0),
+/// ends the wait; anything else is skipped. The same on both link kinds.
+pub(crate) async fn answer_to<R: AsyncRead + Unpin, T>(
+    reader: &mut LinkReader<R>,
+    addr: &RelayAddr,
+    req: u32,
+    waiting_for: &'static str,
+    mut answer: impl FnMut(&RelayMsg) -> Option<T>,
+) -> Result<T, RelayError> {
+    loop {
+        let msg = recv_from(reader, addr, Some(ANSWER_TIMEOUT)).await?;
+        if let RelayMsg::Error {
+            req: r,
+            code,
+            detail,
+        } = &msg
+        {
+            if *r == req || *r == 0 {
+                return Err(refused(addr, *code, detail));
+            }
+        }
+        if let Some(found) = answer(&msg) {
+            return Ok(found);
+        }
+        if msg != RelayMsg::Pong {
+            tracing::debug!(?msg, "ignoring a message while waiting for {waiting_for}");
+        }
+    }
+}
+
+/// The relay's answer to `UploadBegin` request `req` for `file_id` of
+/// `size` bytes: how many chunks it already holds (never more than the
+/// file has).
+pub(crate) async fn upload_state<R: AsyncRead + Unpin>(
+    reader: &mut LinkReader<R>,
+    addr: &RelayAddr,
+    req: u32,
+    file_id: FileId,
+    size: u64,
+) -> Result<u64, RelayError> {
+    let have = answer_to(reader, addr, req, "UploadState", |m| match m {
+        RelayMsg::UploadState {
+            req: r,
+            file_id: f,
+            have,
+        } if *r == req && *f == file_id => Some(*have),
+        _ => None,
+    })
+    .await?;
+    if have > file::chunk_count(size) {
+        return Err(RelayError::Protocol {
+            addr: addr.clone(),
+            what: "more chunks stored than the file has",
+        });
+    }
+    Ok(have)
+}
+
 /// One upload's numbers, for [`stream_upload`].
 pub(crate) struct Upload {
     /// The file.
@@ -582,28 +641,10 @@ where
         req: u32,
         msg: &ClientMsg,
         waiting_for: &'static str,
-        mut answer: impl FnMut(&RelayMsg) -> Option<T>,
+        answer: impl FnMut(&RelayMsg) -> Option<T>,
     ) -> Result<T, RelayError> {
         self.send(msg).await?;
-        loop {
-            let msg = self.recv().await?;
-            if let RelayMsg::Error {
-                req: r,
-                code,
-                detail,
-            } = &msg
-            {
-                if *r == req || *r == 0 {
-                    return Err(self.refused(*code, detail));
-                }
-            }
-            if let Some(found) = answer(&msg) {
-                return Ok(found);
-            }
-            if msg != RelayMsg::Pong {
-                tracing::debug!(?msg, "ignoring a message while waiting for {waiting_for}");
-            }
-        }
+        answer_to(&mut self.reader, &self.addr, req, waiting_for, answer).await
     }
 
     /// Registers my mailbox's delivery token with the relay, as its hash
@@ -740,23 +781,8 @@ where
             to: *to,
             size,
         };
-        let have = self
-            .request(req, &msg, "UploadState", |m| match m {
-                RelayMsg::UploadState {
-                    req: r,
-                    file_id: f,
-                    have,
-                } if *r == req && *f == file_id => Some(*have),
-                _ => None,
-            })
-            .await?;
-        if have > file::chunk_count(size) {
-            return Err(RelayError::Protocol {
-                addr: self.addr.clone(),
-                what: "more chunks stored than the file has",
-            });
-        }
-        Ok(have)
+        self.send(&msg).await?;
+        upload_state(&mut self.reader, &self.addr, req, file_id, size).await
     }
 
     /// Sends the sealed chunks `from..` of an upload begun with

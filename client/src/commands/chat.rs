@@ -924,25 +924,24 @@ impl Chat {
     /// cannot be reached is said and left for the next time.
     async fn drain_old(&mut self) -> Result<(), Stop> {
         for old in std::mem::take(&mut self.draining) {
+            let unread = |e: RelayError| {
+                warn(&format!(
+                    "the old relay at {} was not read: {}",
+                    old.addr,
+                    crate::error_line(&anyhow::Error::new(e))
+                ));
+            };
             let mut conn = match relay_client::connect(&old, &self.me).await {
                 Ok(conn) => conn,
                 Err(e) => {
-                    warn(&format!(
-                        "the old relay at {} was not read: {}",
-                        old.addr,
-                        crate::error_line(&anyhow::Error::new(e))
-                    ));
+                    unread(e);
                     continue;
                 }
             };
             let fetched = match conn.fetch_pending().await {
                 Ok(fetched) => fetched,
                 Err(e) => {
-                    warn(&format!(
-                        "the old relay at {} was not read: {}",
-                        old.addr,
-                        crate::error_line(&anyhow::Error::new(e))
-                    ));
+                    unread(e);
                     continue;
                 }
             };
