@@ -28,7 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the relay's public key (generating the keypair if there is none yet).
+    /// Print the public key of the relay whose data dir this is (it must have
+    /// run once; nothing is created).
     Key {
         /// Data directory [default: ./sotto-relay-data].
         #[arg(long, value_name = "DIR")]
@@ -62,7 +63,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::Key { data }) = cli.command {
         let data = data.unwrap_or_else(|| RelayConfig::defaults().data_dir);
-        let (key, _) = relay_key::load_or_create(&data)?;
+        let key = relay_key::load_existing(&data)?;
         println!("{}", RelayKey::from(key.public()));
         return Ok(());
     }

@@ -24,6 +24,13 @@ pub enum RelayKeyError {
         /// The cause.
         source: std::io::Error,
     },
+    /// `sotto-relay key` on a data dir that holds no key: nothing is
+    /// created, since a new key there would not be the running relay's.
+    #[error("no relay key in {}: this is not the data dir of a relay that has run; start the relay once (`sotto-relay --data {}`) or point at its data dir with `sotto-relay key --data DIR`", dir.display(), dir.display())]
+    NoKey {
+        /// The data dir looked in.
+        dir: PathBuf,
+    },
     /// Somebody protected the relay key with a passphrase.
     #[error("{} is passphrase-protected; the relay needs an unencrypted key file (mode 0600)", path.display())]
     Encrypted {
@@ -54,6 +61,24 @@ pub fn load_or_create(data_dir: &Path) -> Result<(SecretKey, bool), RelayKeyErro
     Ok((key, true))
 }
 
+/// Loads the relay key of `data_dir`, creating nothing: for printing the
+/// key of a relay that has run (`sotto-relay key`), where generating one
+/// would silently print a key no relay proves.
+pub fn load_existing(data_dir: &Path) -> Result<SecretKey, RelayKeyError> {
+    let path = path(data_dir);
+    if !path.exists() {
+        return Err(RelayKeyError::NoKey {
+            dir: data_dir.to_owned(),
+        });
+    }
+    if keyfile::is_encrypted(&path)? {
+        return Err(RelayKeyError::Encrypted { path });
+    }
+    Ok(keyfile::load(&path, || {
+        Err(sotto_keys::Error::EmptyPassphrase)
+    })?)
+}
+
 /// Creates the data dir, readable by its owner only.
 pub fn create_dir_private(dir: &Path) -> Result<(), RelayKeyError> {
     use std::os::unix::fs::DirBuilderExt;
@@ -70,6 +95,19 @@ pub fn create_dir_private(dir: &Path) -> Result<(), RelayKeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printing_the_key_of_an_empty_dir_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("sotto-relay-data");
+        let err = load_existing(&data).err().unwrap().to_string();
+        assert!(err.starts_with("no relay key in "), "{err}");
+        assert!(err.contains("sotto-relay key --data DIR"), "{err}");
+        assert!(!data.exists(), "nothing was created");
+        let (made, _) = load_or_create(&data).unwrap();
+        let loaded = load_existing(&data).ok().unwrap();
+        assert_eq!(loaded.public(), made.public());
+    }
 
     #[test]
     fn first_start_creates_a_private_key_and_later_starts_reuse_it() {

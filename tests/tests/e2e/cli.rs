@@ -505,3 +505,33 @@ fn an_old_contact_with_a_relay_but_no_key_is_listed_as_reached_through_mine() {
         "{err}"
     );
 }
+
+#[test]
+fn relay_key_on_a_dir_without_a_key_says_so_and_creates_nothing() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(sotto_tests::bin("sotto-relay"))
+        .arg("key")
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim_end(),
+        "sotto-relay: error: no relay key in sotto-relay-data: this is not the data dir of a relay that has run; start the relay once (`sotto-relay --data sotto-relay-data`) or point at its data dir with `sotto-relay key --data DIR`"
+    );
+    assert!(out.stdout.is_empty(), "no key printed");
+    assert!(
+        std::fs::read_dir(cwd.path()).unwrap().next().is_none(),
+        "nothing created"
+    );
+    // The data dir of a relay that ran gives its key.
+    let (_d, relay) = relay();
+    let out = std::process::Command::new(sotto_tests::bin("sotto-relay"))
+        .args(["key", "--data"])
+        .arg(&relay.data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), relay.key);
+}
