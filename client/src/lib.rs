@@ -116,24 +116,8 @@ pub fn main() -> ExitCode {
 /// An error and its causes as one line, safe for a terminal. A cause whose
 /// text its parent already includes is not repeated.
 pub fn error_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        let text = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ");
-        if text.is_empty() || line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    display::sanitize(&line)
+    let cause: &(dyn std::error::Error + 'static) = e.as_ref();
+    display::sanitize(&sotto_keys::error::one_line(cause))
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -162,9 +146,22 @@ fn usage_error(e: clap::Error) -> ExitCode {
     }
 }
 
-/// clap's multi-line usage error as one line, with where to find help.
+/// clap's multi-line usage error as one line, with where to find help: the
+/// help of the subcommand that was being typed (`sotto contact add --help`).
 pub fn usage_line(e: &clap::Error) -> String {
     let rendered = e.render().to_string();
+    let command = rendered
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage: "))
+        .map(|usage| {
+            usage
+                .split_whitespace()
+                .take_while(|w| !w.starts_with(['<', '[', '-']))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|c| c.starts_with("sotto"))
+        .unwrap_or_else(|| "sotto".to_owned());
     let parts: Vec<&str> = rendered
         .lines()
         .map(str::trim)
@@ -174,7 +171,11 @@ pub fn usage_line(e: &clap::Error) -> String {
         .collect();
     let text = parts.join(" ");
     let text = text.strip_prefix("error: ").unwrap_or(&text);
-    format!("{}; see `sotto --help`", display::sanitize(text))
+    format!(
+        "{}; see `{} --help`",
+        display::sanitize(text),
+        display::sanitize(&command)
+    )
 }
 
 /// Logs to stderr, off unless `-v` or `RUST_LOG` asks.
@@ -234,8 +235,20 @@ mod tests {
         let line = usage_line(&e);
         assert!(!line.contains('\n'), "{line}");
         assert!(line.contains("<TEXT>"), "{line}");
-        assert!(line.ends_with("; see `sotto --help`"), "{line}");
+        assert!(line.ends_with("; see `sotto send --help`"), "{line}");
         assert!(!line.starts_with("error:"), "{line}");
+        let e = cli::Cli::command()
+            .try_get_matches_from(["sotto", "contact", "add", "bob"])
+            .unwrap_err();
+        assert!(
+            usage_line(&e).ends_with("; see `sotto contact add --help`"),
+            "{}",
+            usage_line(&e)
+        );
+        let e = cli::Cli::command()
+            .try_get_matches_from(["sotto", "--bogus"])
+            .unwrap_err();
+        assert!(usage_line(&e).ends_with("; see `sotto --help`"));
     }
 
     #[test]

@@ -193,3 +193,85 @@ impl Error {
         }
     }
 }
+
+/// An error and its causes as one line, `outer: inner: ...`, each cause
+/// said once: a cause whose words the line already holds (an error that
+/// prints its source and also returns it as its `source()`, or the same
+/// I/O error in other case and with its `(os error N)`) is left out, so a
+/// user never reads "Address already in use (os error 98): Address already
+/// in use (os error 98)". Both binaries print their errors this way.
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        let text = err
+            .to_string()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if !text.is_empty() && !said(&line, &text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        cause = err.source();
+    }
+    line
+}
+
+/// Whether `line` already says `text`, ignoring case and an OS error code.
+fn said(line: &str, text: &str) -> bool {
+    let plain = |s: &str| {
+        let s = s.to_lowercase();
+        match s.find(" (os error ") {
+            Some(at) if s.ends_with(')') => s[..at].to_owned(),
+            _ => s,
+        }
+    };
+    let text = plain(text);
+    !text.is_empty() && line.to_lowercase().contains(&text)
+}
+
+#[cfg(test)]
+mod one_line_tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot listen on 127.0.0.1:7300: {source}")]
+    struct Bind {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read /x: no such file or directory")]
+    struct Read {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let shown = io.to_string();
+        let e = Bind { source: io };
+        assert_eq!(
+            one_line(&e),
+            format!("cannot listen on 127.0.0.1:7300: {shown}")
+        );
+        let e = Read {
+            source: std::io::Error::from_raw_os_error(2),
+        };
+        assert_eq!(one_line(&e), "cannot read /x: no such file or directory");
+        let e = Read {
+            source: std::io::Error::other("the disk is on fire"),
+        };
+        assert_eq!(
+            one_line(&e),
+            "cannot read /x: no such file or directory: the disk is on fire"
+        );
+    }
+}

@@ -54,7 +54,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sotto-relay: error: {e:#}");
+            let cause: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("sotto-relay: error: {}", sotto_keys::error::one_line(cause));
             ExitCode::FAILURE
         }
     }

@@ -68,19 +68,38 @@ pub enum RelayError {
     #[error(transparent)]
     Key(#[from] RelayKeyError),
     /// The store could not be opened or closed.
-    #[error("mailbox store: {0}")]
+    #[error("{}", store_failure(.0))]
     Store(#[from] StoreError),
     /// The file cache could not be opened or swept.
     #[error("file cache: {0}")]
     Blobs(#[from] BlobError),
     /// The listening socket could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {}", bind_failure(.source))]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// The cause.
         source: std::io::Error,
     },
+}
+
+/// What a store that failed to open says: another relay holding it needs
+/// no prefix.
+fn store_failure(e: &StoreError) -> String {
+    match e {
+        StoreError::InUse { .. } => e.to_string(),
+        other => format!("mailbox store: {other}"),
+    }
+}
+
+/// Why a bind failed, with the fix for the common case.
+fn bind_failure(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "address already in use (by another sotto-relay, or another program); choose another with --listen ADDR".to_owned()
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// A bound relay, ready to [`Relay::run`].

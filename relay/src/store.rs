@@ -363,6 +363,13 @@ pub enum StoreError {
     /// string, so one failed commit can be reported to every caller in it).
     #[error("mailbox store database error: {0}")]
     Database(String),
+    /// Another process (another relay on the same data dir) holds the
+    /// store's lock.
+    #[error("another sotto-relay is using {}: its mailbox store is locked; stop that relay first, or give this one another data dir with --data DIR", dir.display())]
+    InUse {
+        /// The data dir.
+        dir: std::path::PathBuf,
+    },
     /// A stored value does not have the shape this code writes (damage on
     /// disk or a bug). Details are logged; the value itself is not.
     #[error("the mailbox store holds a damaged value")]
@@ -466,7 +473,14 @@ impl Store {
         clock: Clock,
         interval: std::time::Duration,
     ) -> Result<Store, StoreError> {
-        let db = Database::create(path)?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                dir: path
+                    .parent()
+                    .map_or_else(|| path.to_path_buf(), Path::to_path_buf),
+            },
+            other => StoreError::from(redb::Error::from(other)),
+        })?;
         // Envelopes are pushed to live recipients before their batch commits,
         // so a crash may leave ids that a client saw but the file never
         // recorded: at most two batches' worth (see `writer`). Skipping past them keeps an id

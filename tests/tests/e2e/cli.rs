@@ -535,3 +535,59 @@ fn relay_key_on_a_dir_without_a_key_says_so_and_creates_nothing() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), relay.key);
 }
+
+/// `sotto-relay ARGS` in `cwd`; its stderr, once it has exited with failure.
+fn relay_fails(cwd: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(sotto_tests::bin("sotto-relay"))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} should have failed");
+    let err = String::from_utf8_lossy(&out.stderr).trim_end().to_owned();
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    err
+}
+
+#[test]
+fn relay_start_errors_are_one_line_each_with_the_fix_and_no_os_text_twice() {
+    let (_d, relay) = relay();
+    let cwd = tempfile::tempdir().unwrap();
+    let err = relay_fails(cwd.path(), &["--listen", &relay.addr, "--data", "other"]);
+    assert_eq!(
+        err,
+        format!("sotto-relay: error: cannot listen on {}: address already in use (by another sotto-relay, or another program); choose another with --listen ADDR", relay.addr)
+    );
+    let data = relay.data.to_str().unwrap();
+    let err = relay_fails(cwd.path(), &["--listen", "127.0.0.1:0", "--data", data]);
+    assert_eq!(
+        err,
+        format!("sotto-relay: error: another sotto-relay is using {data}: its mailbox store is locked; stop that relay first, or give this one another data dir with --data DIR")
+    );
+    let err = relay_fails(cwd.path(), &["--config", "nope.toml"]);
+    assert_eq!(
+        err.matches("No such file or directory").count()
+            + err.matches("no such file or directory").count(),
+        1,
+        "{err}"
+    );
+}
+
+#[test]
+fn a_usage_error_points_at_the_subcommands_help() {
+    let (_d, relay) = relay();
+    let alice = Client::new(&relay);
+    let err = alice.run(&["contact", "add", "bob"]).fails();
+    assert!(err.ends_with("; see `sotto contact add --help`"), "{err}");
+    let err = alice.run(&["send", "bob"]).fails();
+    assert!(err.ends_with("; see `sotto send --help`"), "{err}");
+    // An OS error is said once, not once per layer that passed it on.
+    let bob = Client::new(&relay);
+    alice.add_contact("bob", &bob);
+    let err = alice.run(&["send-file", "bob", "/nonexistent"]).fails();
+    assert_eq!(
+        err.trim_end(),
+        "sotto: error: cannot read /nonexistent: no such file or directory"
+    );
+}
