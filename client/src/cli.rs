@@ -63,6 +63,17 @@ pub enum Command {
     /// Your mailbox's delivery token (delivery.token).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (sotto.1, sotto-send.1, ...) into DIR.
+    Man {
+        /// Where to write them (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// `sotto init`.

@@ -35,6 +35,12 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
     },
+    /// Write the man pages (sotto-relay.1, sotto-relay-key.1) into DIR.
+    Man {
+        /// Where to write them (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +68,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Man { dir }) = &cli.command {
+        return man_pages(dir);
+    }
     if let Some(Command::Key { data }) = cli.command {
         let data = data.unwrap_or_else(|| RelayConfig::defaults().data_dir);
         let key = relay_key::load_existing(&data)?;
@@ -98,6 +107,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     println!("clients connect with:");
     println!("  sotto init --relay {host} --relay-key {key}");
     relay.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `sotto-relay man --dir DIR`: the relay's page and its key command's.
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cli = Cli::command();
+    let key = cli
+        .find_subcommand("key")
+        .cloned()
+        .context("the key command is missing")?
+        .name("sotto-relay-key");
+    for cmd in [cli, key] {
+        let path = dir.join(format!("{}.1", cmd.get_name()));
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut page)?;
+        std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     Ok(())
 }
 

@@ -37,6 +37,12 @@ pub struct Ctx {
 
 /// Runs the command the user asked for.
 pub fn run(cli: Cli) -> Result<()> {
+    // Neither needs a home.
+    match &cli.command {
+        Command::Completions { shell } => return completions(*shell),
+        Command::Man { dir } => return man_pages(dir),
+        _ => {}
+    }
     let ctx = Ctx {
         home: Home::resolve(cli.home)?,
         passphrase_file: cli.passphrase_file,
@@ -58,6 +64,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::SendFile(args) => send_file::run(&ctx, args),
         Command::ReceiveAll(args) => receive_all::run(&ctx, args),
         Command::Token(TokenCommand::Rotate) => token::rotate(&ctx),
+        Command::Completions { .. } | Command::Man { .. } => Ok(()),
     }
 }
 
@@ -199,5 +206,47 @@ pub(crate) fn tell_contacts(
                 .unwrap_or_else(|| "some contacts' relays could not be reached".into())
         ));
     }
+    Ok(())
+}
+
+/// `sotto completions SHELL`: the script on stdout, from the same clap
+/// definitions the command line is parsed with.
+fn completions(shell: clap_complete::Shell) -> Result<()> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "sotto", &mut out);
+    std::io::Write::write_all(&mut std::io::stdout().lock(), &out)
+        .context("cannot write the completion script to stdout")
+}
+
+/// `sotto man --dir DIR`: one page per command, `sotto.1`, `sotto-send.1`,
+/// `sotto-contact-add.1`, as `man` finds them.
+fn man_pages(dir: &std::path::Path) -> Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut written = 0;
+    let mut todo = vec![(String::from("sotto"), Cli::command())];
+    while let Some((name, cmd)) = todo.pop() {
+        let cmd = cmd.name(name.clone());
+        for sub in cmd.get_subcommands() {
+            if sub.get_name() != "help" {
+                todo.push((format!("{name}-{}", sub.get_name()), sub.clone()));
+            }
+        }
+        // A group (`sotto relay`) has no page of its own: its commands do,
+        // and `sotto-relay.1` is the relay binary's.
+        if name != "sotto" && cmd.has_subcommands() {
+            continue;
+        }
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd)
+            .render(&mut page)
+            .with_context(|| format!("cannot render the man page of {name}"))?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
+        written += 1;
+    }
+    note(&format!("wrote {written} man pages into {}", dir.display()));
     Ok(())
 }

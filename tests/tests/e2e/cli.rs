@@ -591,3 +591,43 @@ fn a_usage_error_points_at_the_subcommands_help() {
         "sotto: error: cannot read /nonexistent: no such file or directory"
     );
 }
+
+#[test]
+fn completions_for_every_shell_and_man_pages_for_every_command() {
+    let home = Client::uninit();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let script = home.run(&["completions", shell]).ok();
+        assert!(
+            script.contains("receive-all") && script.contains("send-file"),
+            "{shell}: {script}"
+        );
+    }
+    assert!(home.run(&["completions", "tcsh"]).fails().contains("tcsh"));
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man1");
+    home.run(&["man", "--dir", man.to_str().unwrap()]).ok();
+    let out = std::process::Command::new(sotto_tests::bin("sotto-relay"))
+        .args(["man", "--dir"])
+        .arg(&man)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    for page in [
+        "sotto.1",
+        "sotto-send.1",
+        "sotto-contact-add.1",
+        "sotto-relay.1",
+        "sotto-relay-key.1",
+    ] {
+        let text = std::fs::read_to_string(man.join(page)).unwrap_or_default();
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page}: {text:.80}"
+        );
+    }
+    let relay_page = std::fs::read_to_string(man.join("sotto-relay.1")).unwrap();
+    assert!(
+        relay_page.contains("listen"),
+        "the binary's page, not `sotto relay`'s"
+    );
+}
