@@ -108,12 +108,12 @@ pub async fn latency(
         "< 2000 µs",
         Verdict::of(p99 < 2000.0),
     );
-    t.note(format!(
+    t.note(
         "chat across relays: each person reads from their relay over an owner link and delivers \
          over a delivery link to the other's relay with the recipient's token (registered first, \
          so every delivery is a contact's); the loaded pairs alternate direction, half A -> B, \
-         half B -> A, so both relays deliver and push"
-    ));
+         half B -> A, so both relays deliver and push",
+    );
     t.note(format!(
         "chat across relays under load: {sent} sent in {:.0} s, {delivered} delivered, {errors} \
          refused; the two relays used {:.0}% of a core together, the bench's clients {:.0}%",
@@ -123,7 +123,10 @@ pub async fn latency(
     ));
     for (name, counts) in [("relay A", counts_a), ("relay B", counts_b)] {
         if let Some(c) = counts {
-            t.note(chat::store_counts(&format!("chat across relays, {name}"), &c));
+            t.note(chat::store_counts(
+                &format!("chat across relays, {name}"),
+                &c,
+            ));
         }
     }
     Ok(())

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
 use sotto_crypto::link::{LinkReader, LinkWriter};
-use sotto_crypto::LinkError;
 use sotto_crypto::wire::{ClientMsg, DeliveryMsg, RelayMsg};
+use sotto_crypto::LinkError;
 use sotto_keys::{DeliveryToken, PublicKey};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;

@@ -139,9 +139,7 @@ pub async fn register_token(client: &mut Client) -> anyhow::Result<DeliveryToken
 }
 
 /// [`register_token`] for every client, at once; the tokens in order.
-pub async fn register_tokens(
-    clients: Vec<Client>,
-) -> anyhow::Result<Vec<(Client, DeliveryToken)>> {
+pub async fn register_tokens(clients: Vec<Client>) -> anyhow::Result<Vec<(Client, DeliveryToken)>> {
     let mut set = JoinSet::new();
     let n = clients.len();
     for (i, mut c) in clients.into_iter().enumerate() {
