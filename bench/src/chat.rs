@@ -7,6 +7,10 @@
 //! `Send` is answered by `Stored` once the envelope is durable, while the
 //! relay pushes `Deliver` to a live recipient as soon as the envelope has its
 //! id, before that commit; the latency measured is send to `Deliver`.
+//!
+//! A sender sends either over its own owner link (the rows of one relay) or
+//! over a delivery link presenting the recipient's token ([`Route`]; the
+//! rows across relays and over delivery links, in [`crate::across`]).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
 use sotto_crypto::link::{LinkReader, LinkWriter};
-use sotto_crypto::wire::{ClientMsg, RelayMsg};
-use sotto_keys::PublicKey;
+use sotto_crypto::wire::{ClientMsg, DeliveryMsg, RelayMsg};
+use sotto_crypto::LinkError;
+use sotto_keys::{DeliveryToken, PublicKey};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -28,20 +33,71 @@ use crate::report::{cpu_secs, Samples, Table, Verdict};
 use crate::Scale;
 
 /// `Send`s a throughput client keeps outstanding.
-const WINDOW: usize = 8;
+pub(crate) const WINDOW: usize = 8;
 /// How long stragglers may take once sending stops.
-const DRAIN: Duration = Duration::from_secs(5);
+pub(crate) const DRAIN: Duration = Duration::from_secs(5);
+
+/// The receiving and sending halves of one link.
+pub(crate) type Halves = (LinkReader<OwnedReadHalf>, LinkWriter<OwnedWriteHalf>);
+
+/// How a sender reaches its recipient's mailbox.
+#[derive(Clone)]
+pub(crate) enum Route {
+    /// `ClientMsg::Send` over the sender's owner link, on the recipient's relay.
+    Owner(PublicKey),
+    /// `DeliveryMsg::Send` over a delivery link, presenting the token.
+    Delivery(PublicKey, DeliveryToken),
+}
+
+impl Route {
+    /// Writes (without flushing) one stamped envelope's `Send`.
+    async fn send(&self, w: &mut LinkWriter<OwnedWriteHalf>, req: u32) -> Result<(), LinkError> {
+        let envelope = ByteBuf::from(stamped_envelope());
+        match self {
+            Route::Owner(to) => {
+                w.send(&ClientMsg::Send {
+                    req,
+                    to: *to,
+                    envelope,
+                })
+                .await
+            }
+            Route::Delivery(to, token) => {
+                w.send(&DeliveryMsg::Send {
+                    req,
+                    to: *to,
+                    token: Some(token.clone()),
+                    envelope,
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// What a client does in a run.
+#[derive(Clone, Default)]
+pub(crate) struct Role {
+    /// Sends there when told (or on credit when `windowed`).
+    pub to: Option<Route>,
+    /// Fetches its mailbox live and acknowledges what arrives (owner links).
+    pub fetch: bool,
+    /// Sends one more on each `Stored`, until stopping.
+    pub windowed: bool,
+    /// Records each delivery's latency.
+    pub record: bool,
+}
 
 /// Counters shared by every client of a run.
 #[derive(Default)]
-struct Stats {
-    sent: AtomicU64,
-    stored: AtomicU64,
-    delivered: AtomicU64,
-    errors: AtomicU64,
-    drained: AtomicU64,
-    stop: AtomicBool,
-    samples: Mutex<Samples>,
+pub(crate) struct Stats {
+    pub sent: AtomicU64,
+    pub stored: AtomicU64,
+    pub delivered: AtomicU64,
+    pub errors: AtomicU64,
+    pub drained: AtomicU64,
+    pub stop: AtomicBool,
+    pub samples: Mutex<Samples>,
 }
 
 impl Stats {
@@ -53,7 +109,7 @@ impl Stats {
 }
 
 /// What a client's writer is asked to do.
-enum Cmd {
+pub(crate) enum Cmd {
     /// Send one envelope now.
     Send,
     /// A `Send` was stored: send another unless stopping (windowed senders).
@@ -63,46 +119,50 @@ enum Cmd {
 }
 
 /// A running client: its reader and writer tasks, and the writer's queue.
-struct Running {
-    tx: mpsc::UnboundedSender<Cmd>,
+pub(crate) struct Running {
+    pub tx: mpsc::UnboundedSender<Cmd>,
     tasks: [JoinHandle<()>; 2],
 }
 
 impl Running {
-    fn abort(&self) {
+    pub fn abort(&self) {
         for t in &self.tasks {
             t.abort();
         }
     }
 }
 
-/// Starts a client's tasks. It sends to `to` when told (or on credit when
-/// `windowed`), fetches live if `fetch`, and records latencies if `record`.
-async fn start(
-    client: Client,
-    to: Option<PublicKey>,
-    fetch: bool,
-    windowed: bool,
-    record: bool,
+/// Starts the tasks of a client on the link `(reader, writer)` in `role`.
+pub(crate) async fn start(
+    (reader, mut writer): Halves,
+    role: Role,
     stats: Arc<Stats>,
 ) -> anyhow::Result<Running> {
-    let Client {
-        reader, mut writer, ..
-    } = client;
-    if fetch {
+    if role.fetch {
         writer.send(&ClientMsg::Fetch { live: true }).await?;
         writer.flush().await?;
     }
     let (tx, rx) = mpsc::unbounded_channel();
-    let w = tokio::spawn(write_loop(writer, rx, to, stats.clone()));
-    let r = tokio::spawn(read_loop(reader, tx.clone(), windowed, record, stats));
+    let w = tokio::spawn(write_loop(writer, rx, role.to, stats.clone()));
+    let r = tokio::spawn(read_loop(
+        reader,
+        tx.clone(),
+        role.windowed,
+        role.record,
+        stats,
+    ));
     Ok(Running { tx, tasks: [r, w] })
+}
+
+/// An owner link's halves.
+pub(crate) fn owner(c: Client) -> Halves {
+    (c.reader, c.writer)
 }
 
 async fn write_loop(
     mut w: LinkWriter<OwnedWriteHalf>,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
-    to: Option<PublicKey>,
+    to: Option<Route>,
     stats: Arc<Stats>,
 ) {
     let mut req: u32 = 0;
@@ -130,15 +190,10 @@ async fn write_loop(
                 return;
             }
         }
-        if let Some(to) = to {
+        if let Some(to) = &to {
             for _ in 0..sends {
                 req = req.wrapping_add(1);
-                let send = ClientMsg::Send {
-                    req,
-                    to,
-                    envelope: ByteBuf::from(stamped_envelope()),
-                };
-                if w.send(&send).await.is_err() {
+                if to.send(&mut w, req).await.is_err() {
                     return;
                 }
                 stats.sent.fetch_add(1, Ordering::Relaxed);
@@ -184,7 +239,7 @@ async fn read_loop(
 }
 
 /// Waits until `done()` or `limit` passes.
-async fn wait_for(limit: Duration, done: impl Fn() -> bool) -> bool {
+pub(crate) async fn wait_for(limit: Duration, done: impl Fn() -> bool) -> bool {
     let start = Instant::now();
     while !done() {
         if start.elapsed() > limit {
@@ -301,15 +356,32 @@ async fn idle_pair(
     pace: Option<Duration>,
 ) -> anyhow::Result<Samples> {
     let sender = link_client::connect(relay.addr, relay.key).await?;
-    let mut receiver = link_client::connect(relay.addr, relay.key).await?;
-    let Client {
-        reader: mut s_reader,
-        writer: mut s_writer,
-        ..
-    } = sender;
-    // The sender's `Stored` answers are read and dropped.
-    let drain =
-        tokio::spawn(async move { while let Ok(Some(_)) = s_reader.recv::<RelayMsg>().await {} });
+    let receiver = link_client::connect(relay.addr, relay.key).await?;
+    let to = Route::Owner(receiver.key);
+    ping_pong(owner(sender), &to, receiver, messages, pace).await
+}
+
+/// The idle pair's exchange: `sender` sends one envelope along `to`, waits
+/// for `receiver` (an owner link) to be handed it and to acknowledge it,
+/// then sends the next; the first tenth are warm-up.
+pub(crate) async fn ping_pong(
+    (mut s_reader, mut s_writer): Halves,
+    to: &Route,
+    mut receiver: Client,
+    messages: usize,
+    pace: Option<Duration>,
+) -> anyhow::Result<Samples> {
+    // The sender's `Stored` answers are read and dropped; a refusal ends
+    // the run, as its envelope will never be delivered.
+    let (refused_tx, mut refused) = tokio::sync::oneshot::channel::<String>();
+    let drain = tokio::spawn(async move {
+        while let Ok(Some(msg)) = s_reader.recv::<RelayMsg>().await {
+            if let RelayMsg::Error { detail, .. } = msg {
+                let _ = refused_tx.send(detail);
+                return;
+            }
+        }
+    });
     receiver
         .writer
         .send(&ClientMsg::Fetch { live: true })
@@ -326,16 +398,17 @@ async fn idle_pair(
     let warmup = messages / 10;
     for i in 0..messages + warmup {
         let req = u32::try_from(i).unwrap_or(u32::MAX);
-        s_writer
-            .send(&ClientMsg::Send {
-                req,
-                to: receiver.key,
-                envelope: ByteBuf::from(stamped_envelope()),
-            })
-            .await?;
+        to.send(&mut s_writer, req).await?;
         s_writer.flush().await?;
         let id = loop {
-            match receiver.reader.recv::<RelayMsg>().await? {
+            let msg = tokio::select! {
+                biased;
+                msg = receiver.reader.recv::<RelayMsg>() => msg?,
+                detail = &mut refused => {
+                    anyhow::bail!("relay refused: {}", detail.unwrap_or_default())
+                }
+            };
+            match msg {
                 Some(RelayMsg::Deliver { id, envelope, .. }) => {
                     if let (Some(d), true) = (age(&envelope), i >= warmup) {
                         samples.push(d);
@@ -361,49 +434,88 @@ async fn idle_pair(
 }
 
 /// What the loaded run saw.
-struct Loaded {
-    samples: Samples,
-    sent: u64,
-    delivered: u64,
-    errors: u64,
-    /// Cores' worth of CPU the relay used while sending.
-    relay_cpu: f64,
+pub(crate) struct Loaded {
+    pub samples: Samples,
+    pub sent: u64,
+    pub delivered: u64,
+    pub errors: u64,
+    /// Cores' worth of CPU the relays used while sending.
+    pub relay_cpu: f64,
     /// Cores' worth of CPU the bench's clients used while sending.
-    bench_cpu: f64,
+    pub bench_cpu: f64,
 }
 
-/// `pairs` senders, each paced at its share of the total rate, staggered;
-/// every delivery's latency is recorded.
+/// One sender and its recipient in the loaded run.
+pub(crate) struct Pair {
+    /// The link the sender sends on.
+    pub sender: Halves,
+    /// How it reaches the recipient.
+    pub to: Route,
+    /// The recipient's owner link.
+    pub receiver: Client,
+}
+
+/// `scale.pairs` pairs on one relay, sending over their owner links.
 async fn loaded_pairs(relay: &RelayChild, scale: &Scale) -> anyhow::Result<Loaded> {
-    let pairs = scale.pairs;
-    let clients = link_client::connect_many(relay.addr, relay.key, 2 * pairs).await?;
-    let stats = Arc::new(Stats::default());
+    let clients = link_client::connect_many(relay.addr, relay.key, 2 * scale.pairs).await?;
     let mut clients = clients.into_iter();
+    let mut pairs = Vec::new();
+    while let (Some(s), Some(r)) = (clients.next(), clients.next()) {
+        pairs.push(Pair {
+            sender: owner(s),
+            to: Route::Owner(r.key),
+            receiver: r,
+        });
+    }
+    run_loaded(pairs, &[relay], scale).await
+}
+
+/// Every sender paced at its share of `scale.pairs_rate`, staggered, for
+/// `scale.pairs_secs`; every delivery's latency is recorded.
+pub(crate) async fn run_loaded(
+    pairs: Vec<Pair>,
+    relays: &[&RelayChild],
+    scale: &Scale,
+) -> anyhow::Result<Loaded> {
+    let n = pairs.len();
+    anyhow::ensure!(n > 0, "too few clients connected");
+    let stats = Arc::new(Stats::default());
     let mut running = Vec::new();
     let mut senders = Vec::new();
-    for _ in 0..pairs {
-        let (Some(s), Some(r)) = (clients.next(), clients.next()) else {
-            anyhow::bail!("too few clients connected");
+    for Pair {
+        sender,
+        to,
+        receiver,
+    } in pairs
+    {
+        let receiving = Role {
+            fetch: true,
+            record: true,
+            ..Role::default()
         };
-        let to = r.key;
-        running.push(start(r, None, true, false, true, stats.clone()).await?);
-        let s = start(s, Some(to), false, false, false, stats.clone()).await?;
+        running.push(start(owner(receiver), receiving, stats.clone()).await?);
+        let sending = Role {
+            to: Some(to),
+            ..Role::default()
+        };
+        let s = start(sender, sending, stats.clone()).await?;
         senders.push(s.tx.clone());
         running.push(s);
     }
-    let pairs_u64 = pairs as u64;
+    let n_u64 = n as u64;
     wait_for(Duration::from_secs(10), || {
-        stats.drained.load(Ordering::Relaxed) >= pairs_u64
+        stats.drained.load(Ordering::Relaxed) >= n_u64
     })
     .await;
 
-    let (relay_cpu0, bench_cpu0, cpu_t0) = (relay.cpu_secs(), cpu_secs("self"), Instant::now());
-    let period = Duration::from_secs_f64(pairs as f64 / scale.pairs_rate as f64);
+    let relays_cpu = || relays.iter().map(|r| r.cpu_secs()).sum::<f64>();
+    let (relay_cpu0, bench_cpu0, cpu_t0) = (relays_cpu(), cpu_secs("self"), Instant::now());
+    let period = Duration::from_secs_f64(n as f64 / scale.pairs_rate as f64);
     let duration = Duration::from_secs_f64(scale.pairs_secs);
     let begin = tokio::time::Instant::now();
     let mut pacers = Vec::new();
     for (i, tx) in senders.into_iter().enumerate() {
-        let offset = period.mul_f64(i as f64 / pairs as f64);
+        let offset = period.mul_f64(i as f64 / n as f64);
         pacers.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(begin + offset, period);
             while begin.elapsed() < duration {
@@ -419,7 +531,7 @@ async fn loaded_pairs(relay: &RelayChild, scale: &Scale) -> anyhow::Result<Loade
     }
     let took = cpu_t0.elapsed().as_secs_f64();
     let cpu = (
-        (relay.cpu_secs() - relay_cpu0) / took,
+        (relays_cpu() - relay_cpu0) / took,
         (cpu_secs("self") - bench_cpu0) / took,
     );
     stats.stop.store(true, Ordering::Relaxed);
@@ -447,7 +559,8 @@ async fn loaded_pairs(relay: &RelayChild, scale: &Scale) -> anyhow::Result<Loade
 }
 
 /// Durable envelopes per second among `scale.clients` connected clients, each
-/// sending to the next with a window of outstanding `Send`s; adds the rows.
+/// sending to the next over its owner link with a window of outstanding
+/// `Send`s; adds the rows.
 pub async fn throughput(scale: &Scale, tmp: &Path, t: &mut Table) -> anyhow::Result<()> {
     let relay = RelayChild::start(tmp, "relay-throughput").await?;
     let fsync_before = fsync_probe(tmp).await?;
@@ -457,18 +570,69 @@ pub async fn throughput(scale: &Scale, tmp: &Path, t: &mut Table) -> anyhow::Res
     let stats = Arc::new(Stats::default());
     let mut running = Vec::new();
     for (i, c) in clients.into_iter().enumerate() {
-        let to = keys[(i + 1) % keys.len()];
-        running.push(start(c, Some(to), true, true, false, stats.clone()).await?);
+        let role = Role {
+            to: Some(Route::Owner(keys[(i + 1) % keys.len()])),
+            fetch: true,
+            windowed: true,
+            record: false,
+        };
+        running.push(start(owner(c), role, stats.clone()).await?);
     }
-    let n_u64 = n as u64;
+    let pumped = pump(&relay, scale, &running, &stats, n).await;
+    for r in &running {
+        r.abort();
+    }
+    let fsync_after = fsync_probe(tmp).await?;
+    let counts = relay.stop().await;
+    std::fs::remove_dir_all(tmp.join("relay-throughput"))?;
+    t.section(&format!(
+        "relay throughput, {n} clients, {ENVELOPE_LEN} B envelopes, {WINDOW} Sends outstanding each"
+    ));
+    pumped.report(
+        t,
+        "relay throughput",
+        scale,
+        (fsync_before, fsync_after),
+        counts,
+    );
+    Ok(())
+}
+
+/// What a throughput run measured.
+pub(crate) struct Pumped {
+    /// Envelopes delivered per second.
+    delivered: f64,
+    /// `Stored` answers per second.
+    stored: f64,
+    /// Requests refused over the whole run.
+    errors: u64,
+    /// Cores' worth of CPU of the relay and of the bench.
+    relay_cpu: f64,
+    bench_cpu: f64,
+    /// Clients sending.
+    clients: usize,
+}
+
+/// Starts the windows of `running` (whose readers expect `fetchers`
+/// `Drained`), warms up, measures, then stops and drains them.
+pub(crate) async fn pump(
+    relay: &RelayChild,
+    scale: &Scale,
+    running: &[Running],
+    stats: &Stats,
+    fetchers: usize,
+) -> Pumped {
+    let fetchers_u64 = fetchers as u64;
     wait_for(Duration::from_secs(30), || {
-        stats.drained.load(Ordering::Relaxed) >= n_u64
+        stats.drained.load(Ordering::Relaxed) >= fetchers_u64
     })
     .await;
-    for r in &running {
+    let mut clients = 0;
+    for r in running {
         for _ in 0..WINDOW {
             let _ = r.tx.send(Cmd::Send);
         }
+        clients += 1;
     }
     tokio::time::sleep(Duration::from_secs_f64(scale.throughput_warmup_secs)).await;
     let (d0, s0, t0) = (
@@ -490,62 +654,74 @@ pub async fn throughput(scale: &Scale, tmp: &Path, t: &mut Table) -> anyhow::Res
         stats.delivered.load(Ordering::Relaxed) >= stats.stored.load(Ordering::Relaxed)
     })
     .await;
-    for r in &running {
-        r.abort();
+    Pumped {
+        delivered: (d1 - d0) as f64 / took,
+        stored: (s1 - s0) as f64 / took,
+        errors: stats.errors.load(Ordering::Relaxed),
+        relay_cpu,
+        bench_cpu,
+        clients,
     }
-    let fsync_after = fsync_probe(tmp).await?;
-    // The disk as it was during this section, not at the start of the run.
-    let fsyncs = (fsync_before + fsync_after) / 2.0;
-    let counts = relay.stop().await;
-    std::fs::remove_dir_all(tmp.join("relay-throughput"))?;
+}
 
-    let delivered = (d1 - d0) as f64 / took;
-    let stored = (s1 - s0) as f64 / took;
-    t.section(&format!(
-        "relay throughput, {n} clients, {ENVELOPE_LEN} B envelopes, {WINDOW} Sends outstanding each"
-    ));
-    t.row(
-        "envelopes stored durably and delivered",
-        format!("{delivered:.0} /s"),
-        format!("fdatasync {fsyncs:.0} /s"),
-        Some(delivered / fsyncs),
-        ">= 50000 /s",
-        Verdict::of(delivered >= 50_000.0),
-    );
-    t.row(
-        "envelopes stored (Stored answers)",
-        format!("{stored:.0} /s"),
-        format!("fdatasync {fsyncs:.0} /s"),
-        Some(stored / fsyncs),
-        "",
-        Verdict::None,
-    );
-    let errors = stats.errors.load(Ordering::Relaxed);
-    if errors > 0 {
-        t.note(format!("relay throughput: {errors} requests refused"));
+impl Pumped {
+    /// Adds the rows and notes of a throughput section named `name`, beside
+    /// the fdatasync rate probed just before and just after it.
+    pub(crate) fn report(
+        &self,
+        t: &mut Table,
+        name: &str,
+        scale: &Scale,
+        (fsync_before, fsync_after): (f64, f64),
+        counts: Option<crate::relay_proc::StoreCounts>,
+    ) {
+        // The disk as it was during this section, not at the start of the run.
+        let fsyncs = (fsync_before + fsync_after) / 2.0;
+        let Pumped {
+            delivered, stored, ..
+        } = *self;
+        t.row(
+            "envelopes stored durably and delivered",
+            format!("{delivered:.0} /s"),
+            format!("fdatasync {fsyncs:.0} /s"),
+            Some(delivered / fsyncs),
+            ">= 50000 /s",
+            Verdict::of(delivered >= 50_000.0),
+        );
+        t.row(
+            "envelopes stored (Stored answers)",
+            format!("{stored:.0} /s"),
+            format!("fdatasync {fsyncs:.0} /s"),
+            Some(stored / fsyncs),
+            "",
+            Verdict::None,
+        );
+        if self.errors > 0 {
+            t.note(format!("{name}: {} requests refused", self.errors));
+        }
+        t.note(format!(
+            "{name}: the relay used {:.0}% of a core and the bench's {} clients {:.0}% \
+             (this machine has {} cores, shared by both)",
+            self.relay_cpu * 100.0,
+            self.clients,
+            self.bench_cpu * 100.0,
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        ));
+        t.note(format!(
+            "{name}: measured over {:.0} s after {:.1} s of warm-up; receivers acknowledge \
+             what they get in batches; the ratio to fdatasync/s (mean of {fsync_before:.0} just \
+             before and {fsync_after:.0} just after) is the batching group commit buys",
+            scale.throughput_secs, scale.throughput_warmup_secs
+        ));
+        if let Some(c) = counts {
+            t.note(store_counts(name, &c));
+        }
     }
-    t.note(format!(
-        "relay throughput: the relay used {:.0}% of a core and the bench's {n} clients {:.0}% \
-         (this machine has {} cores, shared by both)",
-        relay_cpu * 100.0,
-        bench_cpu * 100.0,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    ));
-    t.note(format!(
-        "relay throughput: measured over {:.0} s after {:.1} s of warm-up; receivers acknowledge \
-         what they get in batches; the ratio to fdatasync/s (mean of {fsync_before:.0} just before \
-         and {fsync_after:.0} just after) is the batching group commit buys",
-        scale.throughput_secs, scale.throughput_warmup_secs
-    ));
-    if let Some(c) = counts {
-        t.note(store_counts("relay throughput", &c));
-    }
-    Ok(())
 }
 
 /// What the relay's store did in a section: how many envelopes reached the
 /// disk, and how many were acknowledged before their batch was written.
-fn store_counts(section: &str, c: &crate::relay_proc::StoreCounts) -> String {
+pub(crate) fn store_counts(section: &str, c: &crate::relay_proc::StoreCounts) -> String {
     let all = c.written + c.taken_out;
     let share = if all == 0 {
         0.0

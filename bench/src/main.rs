@@ -12,12 +12,14 @@
 //! - [`filedrop`]: upload and download through the client library's
 //!   `upload` and `download` modules (what `send-file` and `receive-all` run);
 //! - [`chat`]: send-to-delivery latency and durable envelopes per second;
+//! - [`across`]: the same over delivery links, and chat across two relays;
 //! - [`conns`]: relay memory per idle authenticated connection;
 //! - [`report`]: percentiles, memory readings and the table.
 //!
 //! A benchmark prints; it asserts nothing about time.
 #![forbid(unsafe_code)]
 
+mod across;
 mod baseline;
 mod chat;
 mod conns;
@@ -52,7 +54,7 @@ struct Args {
     #[arg(long, hide = true, value_name = "DIR")]
     relay_child: Option<PathBuf>,
     /// Run only these sections (besides the baselines), comma-separated:
-    /// file, chat, throughput, conns. Default: all.
+    /// file, chat, relays, throughput, delivery, conns. Default: all.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     only: Vec<Section>,
 }
@@ -64,8 +66,12 @@ enum Section {
     File,
     /// Chat latency, idle pair and loaded pairs.
     Chat,
+    /// Chat latency across two relays, over delivery links.
+    Relays,
     /// Durable envelopes per second.
     Throughput,
+    /// Durable envelopes per second over delivery links.
+    Delivery,
     /// Memory per idle connection.
     Conns,
 }
@@ -177,9 +183,17 @@ async fn run(
         note("chat latency");
         chat::latency(scale, tmp, &base, &mut table).await?;
     }
+    if wanted(Section::Relays) {
+        note("chat latency across two relays");
+        across::latency(scale, tmp, &base, &mut table).await?;
+    }
     if wanted(Section::Throughput) {
         note("relay throughput");
         chat::throughput(scale, tmp, &mut table).await?;
+    }
+    if wanted(Section::Delivery) {
+        note("throughput over delivery links");
+        across::throughput(scale, tmp, &mut table).await?;
     }
     if wanted(Section::Conns) {
         note("idle connections");

@@ -2,7 +2,8 @@
 //!
 //! The child runs `sotto_relay::Relay` (the library the `sotto-relay` binary
 //! runs) with its defaults, on 127.0.0.1 with a free port, except for the
-//! limits per source address, which every client shares here. Apart from the
+//! limits per source address (connections, handshakes, buffers, and the
+//! delivery links' envelope rate), which every client shares here. Apart from the
 //! bench's clients, it has its own RSS to read and its own file descriptors.
 //! It prints `ADDR KEYHEX` on one line and stops gracefully when its stdin
 //! closes, then prints its store's counters (`COMMITS WRITTEN TAKEN_OUT`).
@@ -30,6 +31,15 @@ pub async fn child_main(dir: PathBuf) -> anyhow::Result<()> {
     config.max_connections_per_address = config.max_connections;
     config.max_handshakes_per_address = config.max_handshakes;
     config.buffers.per_address = config.buffers.total;
+    // Likewise for delivery links: their envelope rate per source address
+    // becomes what every connection the relay admits could send together.
+    let per_connection = config.delivery.per_connection;
+    let connections = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
+    config.delivery.per_address.envelopes_per_second = per_connection
+        .envelopes_per_second
+        .saturating_mul(connections);
+    config.delivery.per_address.envelope_burst =
+        per_connection.envelope_burst.saturating_mul(connections);
     let relay = Relay::bind(config).await?;
     let key: String = relay
         .public_key()

@@ -41,6 +41,7 @@ mod codec;
 pub mod fuzzing;
 mod holds;
 mod live;
+mod token_cache;
 mod tokens;
 mod writer;
 
@@ -439,6 +440,8 @@ struct Inner {
     released: Arc<holds::Released>,
     /// The storage budget in force (`None`: none).
     budget: Option<u64>,
+    /// Token rows already read, so a delivery need not read its own.
+    tokens: token_cache::TokenCache,
 }
 
 struct Open {
@@ -542,6 +545,7 @@ impl Store {
                 space,
                 released,
                 budget,
+                tokens: token_cache::TokenCache::default(),
             }),
         })
     }
@@ -754,27 +758,44 @@ impl Store {
         first_contact: bool,
     ) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
+        let owner = *owner.as_bytes();
         self.submit(Request::Change(Change::SetToken {
-            owner: *owner.as_bytes(),
+            owner,
             hash,
             first_contact,
             reply,
         }))
         .await?;
-        answer.await.map_err(|_| StoreError::Crashed)?
+        let done = answer.await.map_err(|_| StoreError::Crashed);
+        // Whether or not it committed, the cached row may be out of date.
+        self.inner.tokens.invalidate(&owner);
+        done?
     }
 
-    /// What `owner` registered of its delivery token, if anything.
+    /// What `owner` registered of its delivery token, if anything; read
+    /// from disk only if not cached.
     pub async fn delivery_token(&self, owner: PublicKey) -> Result<Option<TokenRow>, StoreError> {
-        let db = self.db()?;
         let owner = *owner.as_bytes();
-        blocking(move || {
+        let fill = match self.inner.tokens.get(&owner) {
+            Ok(row) => {
+                // Closed is closed, cached or not.
+                if self.lock().is_none() {
+                    return Err(StoreError::Closed);
+                }
+                return Ok(row);
+            }
+            Err(fill) => fill,
+        };
+        let db = self.db()?;
+        let row = blocking(move || {
             let txn = db.begin_read()?;
             let table = txn.open_table(tokens::TOKENS)?;
             let row = table.get(&owner)?;
             row.map(|g| TokenRow::decode(g.value())).transpose()
         })
-        .await
+        .await?;
+        self.inner.tokens.fill(fill, owner, row);
+        Ok(row)
     }
 
     /// `(messages, bytes)` pending for `owner`.

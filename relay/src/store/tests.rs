@@ -132,6 +132,37 @@ async fn ack_by_another_owner_deletes_nothing() {
 }
 
 #[tokio::test]
+async fn a_registered_token_is_what_the_next_lookup_sees_though_the_old_was_cached() {
+    use sotto_crypto::delivery::TokenHash;
+    let dir = TempDir::new().unwrap();
+    let (alice, bob) = (key(1), key(2));
+    let (store, _now) = open_at(&dir, StoreLimits::default());
+    assert_eq!(store.delivery_token(alice).await.unwrap(), None);
+    store
+        .set_delivery_token(alice, TokenHash([1; 32]), true)
+        .await
+        .unwrap();
+    let first = store.delivery_token(alice).await.unwrap().unwrap();
+    assert_eq!(first.current.0, [1; 32]);
+    // Looked up again (now from the cache), then rotated.
+    assert_eq!(store.delivery_token(alice).await.unwrap(), Some(first));
+    store
+        .set_delivery_token(alice, TokenHash([2; 32]), false)
+        .await
+        .unwrap();
+    let second = store.delivery_token(alice).await.unwrap().unwrap();
+    assert_eq!(second.current.0, [2; 32]);
+    assert_eq!(second.previous, Some((TokenHash([1; 32]), 1_000)));
+    assert!(!second.first_contact);
+    assert_eq!(store.delivery_token(bob).await.unwrap(), None);
+    store.clone().close().await.unwrap();
+    assert!(matches!(
+        store.delivery_token(alice).await,
+        Err(StoreError::Closed)
+    ));
+}
+
+#[tokio::test]
 async fn data_and_ids_survive_close_and_reopen() {
     let dir = TempDir::new().unwrap();
     let alice = key(1);
