@@ -465,7 +465,7 @@ async fn a_second_open_of_the_same_file_is_refused() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir, StoreLimits::default());
     let err = Store::open(&db_path(&dir), StoreLimits::default()).err();
-    assert!(matches!(err, Some(StoreError::Database(_))), "{err:?}");
+    assert!(matches!(err, Some(StoreError::InUse { .. })), "{err:?}");
     store.close().await.unwrap();
 }
 
