@@ -13,9 +13,10 @@ use sotto_relay::{relay_key, Relay, RelayConfig};
 #[derive(Parser)]
 #[command(name = "sotto-relay", version, args_conflicts_with_subcommands = true)]
 struct Cli {
-    /// Address to listen on [default: 127.0.0.1:7300]; port 0 picks a free port.
+    /// Address to listen on, IP:PORT or HOST:PORT (a host name is resolved
+    /// at start) [default: 127.0.0.1:7300]; port 0 picks a free port.
     #[arg(long, value_name = "ADDR")]
-    listen: Option<SocketAddr>,
+    listen: Option<String>,
     /// Data directory: key file and mailboxes [default: ./sotto-relay-data].
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
@@ -82,8 +83,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => RelayConfig::from_file(path)?,
         None => RelayConfig::defaults(),
     };
-    if let Some(listen) = cli.listen {
-        config.listen = listen;
+    if let Some(listen) = &cli.listen {
+        config.listen = resolve_listen(listen).await?;
     }
     if let Some(data) = cli.data {
         config.data_dir = data;
@@ -108,6 +109,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     println!("  sotto init --relay {host} --relay-key {key}");
     relay.run(shutdown_signal()).await?;
     Ok(())
+}
+
+/// The address `--listen` names: an IP address as it is, a host name as
+/// the system resolves it (its first address).
+async fn resolve_listen(listen: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(addr) = listen.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if !listen.contains(':') {
+        anyhow::bail!("--listen {listen}: give HOST:PORT or IP:PORT, e.g. 0.0.0.0:7300");
+    }
+    let mut found = tokio::net::lookup_host(listen)
+        .await
+        .with_context(|| format!("cannot resolve --listen {listen}"))?;
+    found
+        .next()
+        .with_context(|| format!("--listen {listen} resolves to no address"))
 }
 
 /// `sotto-relay man --dir DIR`: the relay's page and its key command's.

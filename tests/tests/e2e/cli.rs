@@ -631,3 +631,64 @@ fn completions_for_every_shell_and_man_pages_for_every_command() {
         "the binary's page, not `sotto relay`'s"
     );
 }
+
+#[test]
+fn the_relay_listens_on_a_host_name() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(sotto_tests::bin("sotto-relay"))
+        .args(["--listen", "localhost:0", "--data"])
+        .arg(data.path().join("d"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        first.starts_with("listening on 127.0.0.1:") || first.starts_with("listening on [::1]:"),
+        "{first}"
+    );
+    let err = relay_fails(data.path(), &["--listen", "7300"]);
+    assert!(err.contains("give HOST:PORT or IP:PORT"), "{err}");
+}
+
+#[test]
+fn the_systemd_unit_in_the_repo_verifies() {
+    let Ok(which) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("skipped: systemd-analyze is not installed here");
+        return;
+    };
+    assert!(which.status.success());
+    let unit =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/sotto-relay.service");
+    let text = std::fs::read_to_string(unit).unwrap();
+    assert!(text.contains("DynamicUser=yes") && text.contains("ProtectSystem=strict"));
+    // Verified against the binary just built, where the unit expects the
+    // installed one.
+    let relay = sotto_tests::bin("sotto-relay");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sotto-relay.service");
+    std::fs::write(
+        &path,
+        text.replace("/usr/local/bin/sotto-relay", relay.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
