@@ -82,6 +82,13 @@ pub struct InitArgs {
     /// The name you go by (stored in config.toml).
     #[arg(long, value_name = "N")]
     pub name: Option<String>,
+    /// Join someone from their invite (`sotto id --invite`, line 2): read
+    /// from their relay, and add them as a contact (see --contact).
+    #[arg(long, value_name = "INVITE", conflicts_with_all = ["relay", "relay_key"])]
+    pub join: Option<String>,
+    /// With --join: the name to file the inviter under [default: inviter].
+    #[arg(long, value_name = "NAME", requires = "join")]
+    pub contact: Option<String>,
     /// The relay you read from (needs --relay-key).
     #[arg(long, value_name = "HOST:PORT", requires = "relay_key")]
     pub relay: Option<String>,

@@ -5,13 +5,19 @@
 //! can fail (arguments, passphrase prompts) is settled before anything is
 //! written, and the config is written before the key, so a failed `init` can
 //! simply be run again.
+//!
+//! `--join INVITE` is the one-step start for someone invited: the inviter's
+//! relay is pinned (the invite carries its key), and the inviter is added as
+//! a contact reached there with their token.
 
 use anyhow::{bail, Result};
-use sotto_keys::{keyfile, Error as KeysError, SecretKey};
+use sotto_keys::{
+    keyfile, Contact, ContactBook, ContactName, Error as KeysError, Invite, SecretKey,
+};
 
 use super::{note, Ctx, Out};
 use crate::cli::InitArgs;
-use crate::config::{self, parse_pin};
+use crate::config::{self, parse_pin, RelayPin};
 use crate::delivery_token;
 use crate::display::is_dangerous;
 use crate::identity;
@@ -31,9 +37,21 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {
     if let Some(name) = &args.name {
         check_name(name)?;
     }
-    let pin = match (&args.relay, &args.relay_key) {
-        (Some(addr), Some(key)) => Some(parse_pin(addr, key)?),
-        (None, None) => None,
+    let joining = match &args.join {
+        Some(text) => {
+            let invite: Invite = text.trim().parse()?;
+            let name: ContactName = args.contact.as_deref().unwrap_or("inviter").parse()?;
+            Some((invite, name))
+        }
+        None => None,
+    };
+    let pin = match (&args.relay, &args.relay_key, &joining) {
+        (_, _, Some((invite, _))) => Some(RelayPin {
+            addr: invite.relay.clone(),
+            key: invite.relay_key,
+        }),
+        (Some(addr), Some(key), None) => Some(parse_pin(addr, key)?),
+        (None, None, None) => None,
         _ => bail!("--relay HOST:PORT and --relay-key KEY go together; give both or neither"),
     };
     let passphrase = identity::new_passphrase(args.passphrase, ctx.passphrase_file.as_deref())?;
@@ -62,6 +80,16 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {
     let mut out = Out::new();
     out.line(&key.public().to_string())?;
     out.flush()?;
+    if let Some((invite, name)) = joining {
+        let mut book = ContactBook::load(&ctx.home.contacts())?;
+        let contact = Contact::with_delivery(name.clone(), invite.key, invite.delivery());
+        book.add(contact)?;
+        book.save()?;
+        note(&format!(
+            "added the inviter as {name} ({}); compare safety numbers with `sotto contact verify {name}`",
+            invite.key
+        ));
+    }
 
     let protection = if passphrase.is_some() {
         "protected by a passphrase"

@@ -692,3 +692,38 @@ fn the_systemd_unit_in_the_repo_verifies() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn init_join_pins_the_inviters_relay_and_adds_them() {
+    let (_d, relay) = relay();
+    let alice = Client::new(&relay);
+    let invite = alice.run(&["id", "--invite"]).ok();
+    let invite = invite.lines().nth(1).unwrap().to_owned();
+    let bob = Client::uninit();
+    let made = bob.run(&["init", "--join", &invite, "--contact", "alice"]);
+    let key = made.ok();
+    assert!(key.starts_with("sotto1"), "{key}");
+    assert!(
+        made.stderr().contains("added the inviter as alice"),
+        "{}",
+        made.stderr()
+    );
+    let config = std::fs::read_to_string(bob.home().join("config.toml")).unwrap();
+    assert!(
+        config.contains(&relay.key) && config.contains(&relay.addr),
+        "{config}"
+    );
+    // A message both ways.
+    bob.run(&["send", "alice", "joined"]).ok();
+    let bob_invite = bob.run(&["id", "--invite"]).ok();
+    alice
+        .run(&["contact", "add", "bob", bob_invite.lines().nth(1).unwrap()])
+        .ok();
+    assert!(alice.run(&["inbox"]).ok().contains("bob: joined"));
+    alice.run(&["send", "bob", "welcome"]).ok();
+    assert!(bob.run(&["inbox"]).ok().contains("alice: welcome"));
+    let err = Client::uninit()
+        .run(&["init", "--join", "sottoinvite1garbage"])
+        .fails();
+    assert!(err.contains("invite"), "{err}");
+}
