@@ -83,6 +83,9 @@ enum Entry {
 pub struct ReachBook {
     file: SealedList,
     entries: Vec<Entry>,
+    /// Changed since loaded: only then does [`ReachBook::save`] write (every
+    /// typed message and every received batch consults the book; few change it).
+    changed: bool,
 }
 
 impl ReachBook {
@@ -90,7 +93,11 @@ impl ReachBook {
     pub fn load(path: &Path, me: &SecretKey) -> Result<Self> {
         let file = SealedList::new(path, me, &LAYOUT)?;
         let entries = file.load()?;
-        Ok(Self { file, entries })
+        Ok(Self {
+            file,
+            entries,
+            changed: false,
+        })
     }
 
     /// Whether `to` must be told `mine` (never told, or told something else).
@@ -152,10 +159,15 @@ impl ReachBook {
             self.entries.remove(0);
         }
         self.entries.push(entry);
+        self.changed = true;
     }
 
-    /// Seals and writes it atomically.
+    /// Seals and writes it atomically, if anything changed since it was
+    /// loaded (no fsync for a book only read).
     pub fn save(&self) -> Result<()> {
+        if !self.changed {
+            return Ok(());
+        }
         self.file.save(&self.entries)
     }
 }
@@ -268,6 +280,22 @@ mod tests {
         );
         book.set_registered(&mine(1), true);
         assert!(!book.registered(&mine(2), true), "one relay at a time");
+    }
+
+    #[test]
+    fn a_book_only_read_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reach.sealed");
+        let me = SecretKey::generate();
+        let bob = SecretKey::generate().public();
+        let book = ReachBook::load(&path, &me).unwrap();
+        assert!(book.must_tell(&bob, &mine(1)));
+        book.save().unwrap();
+        assert!(!path.exists(), "nothing written for a read");
+        let mut book = ReachBook::load(&path, &me).unwrap();
+        book.told(&bob, &mine(1));
+        book.save().unwrap();
+        assert!(path.exists());
     }
 
     #[test]

@@ -495,6 +495,7 @@ fn take_reaches(
 ) -> Result<Vec<(String, String)>> {
     let mut edited = ContactBook::load(book.path())?;
     let mut moved = Vec::new();
+    let mut changed = false;
     for (from, reach) in reaches {
         if !taken.take(from, reach.seq) {
             tracing::debug!("an older relay notice ignored");
@@ -514,11 +515,16 @@ fn take_reaches(
         let relay_changed = contact.delivery().map(|d| (&d.relay, &d.relay_key))
             != Some((&delivery.relay, &delivery.relay_key));
         edited.set_delivery(contact.name.as_str(), delivery)?;
+        changed = true;
         if relay_changed {
             moved.push((contact.name.to_string(), reach.relay.to_string()));
         }
     }
-    edited.save()?;
+    // Rewritten only when a contact really moved or changed token, so a
+    // repeated notice never rewrites a file the user may be editing.
+    if changed {
+        edited.save()?;
+    }
     Ok(moved)
 }
 
