@@ -1,4 +1,9 @@
 //! Behaviour of the store through its public API, on real files.
+//!
+//! The tests of what any backend promises take a [`Place`] and run once per
+//! backend (`shared_suite!` at the end); those of one backend's own
+//! mechanics (the redb file's layout and repairs, group commit) run on it
+//! alone.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -33,20 +38,42 @@ fn open_at(dir: &TempDir, limits: StoreLimits) -> (Store, Arc<AtomicU64>) {
         &db_path(dir),
         limits,
         Arc::new(move || clock.load(Ordering::SeqCst)),
-        super::COMMIT_INTERVAL,
+        super::writer::COMMIT_INTERVAL,
     )
     .unwrap();
     (store, now)
+}
+
+/// Where a test's store lives, kept between its opens so that a reopened
+/// store finds what the last one wrote: the backend, and what it needs.
+pub(super) struct Place {
+    dir: TempDir,
+}
+
+impl Place {
+    /// The embedded store, in a file of a fresh temp dir.
+    fn embedded() -> Self {
+        Self {
+            dir: TempDir::new().unwrap(),
+        }
+    }
+
+    async fn open(&self, limits: StoreLimits) -> Store {
+        open(&self.dir, limits)
+    }
+
+    /// A store whose `received_at` clock the test sets.
+    async fn open_at(&self, limits: StoreLimits) -> (Store, Arc<AtomicU64>) {
+        open_at(&self.dir, limits)
+    }
 }
 
 fn ids(stored: &[super::Stored]) -> Vec<u64> {
     stored.iter().map(|s| s.id).collect()
 }
 
-#[tokio::test]
-async fn enqueue_pending_ack_round_trip_keeps_order() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, StoreLimits::default());
+async fn enqueue_pending_ack_round_trip_keeps_order(place: Place) {
+    let store = place.open(StoreLimits::default()).await;
     let (alice, bob) = (key(1), key(2));
 
     let mut sent = Vec::new();
@@ -116,10 +143,8 @@ async fn enqueue_pending_ack_round_trip_keeps_order() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn ack_by_another_owner_deletes_nothing() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, StoreLimits::default());
+async fn ack_by_another_owner_deletes_nothing(place: Place) {
+    let store = place.open(StoreLimits::default()).await;
     let (alice, mallory) = (key(1), key(9));
     let id = store.enqueue(alice, b"for alice".to_vec()).await.unwrap();
 
@@ -131,17 +156,15 @@ async fn ack_by_another_owner_deletes_nothing() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn data_and_ids_survive_close_and_reopen() {
-    let dir = TempDir::new().unwrap();
+async fn data_and_ids_survive_close_and_reopen(place: Place) {
     let alice = key(1);
-    let store = open(&dir, StoreLimits::default());
+    let store = place.open(StoreLimits::default()).await;
     let kept = store.enqueue(alice, b"kept".to_vec()).await.unwrap();
     let acked = store.enqueue(alice, b"acked".to_vec()).await.unwrap();
     assert_eq!(store.ack(alice, vec![acked]).await.unwrap(), 1);
     store.close().await.unwrap();
 
-    let store = open(&dir, StoreLimits::default());
+    let store = place.open(StoreLimits::default()).await;
     let pending = store.pending(alice, None, 10).await.unwrap();
     assert_eq!(ids(&pending), [kept]);
     assert_eq!(pending[0].envelope, b"kept");
@@ -152,14 +175,12 @@ async fn data_and_ids_survive_close_and_reopen() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn quota_by_count_is_enforced_and_freed_by_ack() {
-    let dir = TempDir::new().unwrap();
+async fn quota_by_count_is_enforced_and_freed_by_ack(place: Place) {
     let limits = StoreLimits {
         max_messages_per_recipient: 3,
         ..StoreLimits::default()
     };
-    let store = open(&dir, limits);
+    let store = place.open(limits).await;
     let (alice, bob) = (key(1), key(2));
     let mut sent = Vec::new();
     for _ in 0..3 {
@@ -186,14 +207,12 @@ async fn quota_by_count_is_enforced_and_freed_by_ack() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn quota_by_bytes_is_enforced_and_freed_by_ack() {
-    let dir = TempDir::new().unwrap();
+async fn quota_by_bytes_is_enforced_and_freed_by_ack(place: Place) {
     let limits = StoreLimits {
         max_bytes_per_recipient: 100,
         ..StoreLimits::default()
     };
-    let store = open(&dir, limits);
+    let store = place.open(limits).await;
     let alice = key(1);
     let first = store.enqueue(alice, vec![0; 60]).await.unwrap();
     let err = store.enqueue(alice, vec![0; 41]).await.unwrap_err();
@@ -222,14 +241,12 @@ async fn quota_by_bytes_is_enforced_and_freed_by_ack() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn oversized_envelope_is_refused() {
-    let dir = TempDir::new().unwrap();
+async fn oversized_envelope_is_refused(place: Place) {
     let limits = StoreLimits {
         max_envelope_len: 10,
         ..StoreLimits::default()
     };
-    let store = open(&dir, limits);
+    let store = place.open(limits).await;
     let err = store.enqueue(key(1), vec![0; 11]).await.unwrap_err();
     assert!(
         matches!(err, StoreError::TooLarge { len: 11, max: 10 }),
@@ -240,14 +257,12 @@ async fn oversized_envelope_is_refused() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn expire_removes_only_old_messages() {
-    let dir = TempDir::new().unwrap();
+async fn expire_removes_only_old_messages(place: Place) {
     let limits = StoreLimits {
         expiry: Duration::from_secs(100),
         ..StoreLimits::default()
     };
-    let (store, clock) = open_at(&dir, limits);
+    let (store, clock) = place.open_at(limits).await;
     let (alice, bob) = (key(1), key(2));
 
     clock.store(1_000, Ordering::SeqCst);
@@ -277,15 +292,13 @@ async fn expire_removes_only_old_messages() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn expire_after_reopen_uses_stored_times() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, StoreLimits::default());
+async fn expire_after_reopen_uses_stored_times(place: Place) {
+    let store = place.open(StoreLimits::default()).await;
     let id = store.enqueue(key(1), vec![0; 8]).await.unwrap();
     let received_at = store.pending(key(1), None, 1).await.unwrap()[0].received_at;
     store.close().await.unwrap();
 
-    let store = open(&dir, StoreLimits::default());
+    let store = place.open(StoreLimits::default()).await;
     let week = StoreLimits::default().expiry.as_secs();
     assert_eq!(store.expire(received_at + week - 1).await.unwrap(), 0);
     assert_eq!(store.expire(received_at + week).await.unwrap(), 1);
@@ -330,14 +343,12 @@ async fn concurrent_enqueues_are_group_committed() {
     store.close().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn quota_refusals_in_a_batch_do_not_fail_the_others() {
-    let dir = TempDir::new().unwrap();
+async fn quota_refusals_in_a_batch_do_not_fail_the_others(place: Place) {
     let limits = StoreLimits {
         max_bytes_per_recipient: 40,
         ..StoreLimits::default()
     };
-    let store = open(&dir, limits);
+    let store = place.open(limits).await;
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let store = store.clone();
@@ -366,11 +377,9 @@ async fn quota_refusals_in_a_batch_do_not_fail_the_others() {
     store.close().await.unwrap();
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn close_waits_for_queued_writes() {
+async fn close_waits_for_queued_writes(place: Place) {
     const N: usize = 200;
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, StoreLimits::default());
+    let store = place.open(StoreLimits::default()).await;
     let tasks: Vec<_> = (0..N)
         .map(|_| {
             let store = store.clone();
@@ -420,7 +429,7 @@ async fn close_waits_for_queued_writes() {
     ));
 
     // The file was released and holds everything that was answered Ok.
-    let store = open(&dir, StoreLimits::default());
+    let store = place.open(StoreLimits::default()).await;
     assert_eq!(store.pending(key(1), None, 1_000).await.unwrap().len(), N);
     assert_eq!(
         store.usage(key(1)).await.unwrap(),
@@ -628,10 +637,8 @@ async fn begin(
         .await
 }
 
-#[tokio::test]
-async fn a_blob_is_begun_resumed_by_its_uploader_only_and_completed() {
-    let dir = TempDir::new().unwrap();
-    let (store, clock) = open_at(&dir, StoreLimits::default());
+async fn a_blob_is_begun_resumed_by_its_uploader_only_and_completed(place: Place) {
+    let (store, clock) = place.open_at(StoreLimits::default()).await;
     let (alice, bob, mallory) = (key(1), key(2), key(3));
 
     let begun = begin(&store, fid(1), alice, bob, FOUR_CHUNKS, QUOTA)
@@ -707,17 +714,15 @@ async fn a_blob_is_begun_resumed_by_its_uploader_only_and_completed() {
     store.close().await.unwrap();
 
     // Everything survives a reopen.
-    let store = open(&dir, StoreLimits::default());
+    let store = place.open(StoreLimits::default()).await;
     let meta = store.blob(fid(1)).await.unwrap().unwrap();
     assert!(meta.complete);
     assert_eq!(store.blob_ids().await.unwrap(), [fid(1)]);
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn blob_quotas_count_files_and_stored_bytes_per_recipient() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, StoreLimits::default());
+async fn blob_quotas_count_files_and_stored_bytes_per_recipient(place: Place) {
+    let store = place.open(StoreLimits::default()).await;
     let (alice, bob, carol) = (key(1), key(2), key(3));
     let quota = BlobQuota {
         max_files: 2,
@@ -778,10 +783,8 @@ async fn blob_quotas_count_files_and_stored_bytes_per_recipient() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_strangers_begun_uploads_hold_a_window_only_while_they_last() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, StoreLimits::default());
+async fn a_strangers_begun_uploads_hold_a_window_only_while_they_last(place: Place) {
+    let store = place.open(StoreLimits::default()).await;
     let (mallory, alice, bob) = (key(3), key(1), key(2));
     // Bob may hold 16 chunks; a window is 2.
     let quota = BlobQuota {
@@ -823,10 +826,8 @@ async fn a_strangers_begun_uploads_hold_a_window_only_while_they_last() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn one_uploader_holds_at_most_its_share_of_a_recipients_quota() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, StoreLimits::default());
+async fn one_uploader_holds_at_most_its_share_of_a_recipients_quota(place: Place) {
+    let store = place.open(StoreLimits::default()).await;
     let (mallory, alice, bob) = (key(3), key(1), key(2));
     let quota = BlobQuota {
         max_files: 8,
@@ -886,10 +887,8 @@ async fn one_uploader_holds_at_most_its_share_of_a_recipients_quota() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_window_moves_on_while_there_is_room_and_says_why_not() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, StoreLimits::default());
+async fn a_window_moves_on_while_there_is_room_and_says_why_not(place: Place) {
+    let store = place.open(StoreLimits::default()).await;
     let (alice, carol, bob) = (key(1), key(3), key(2));
     let quota = BlobQuota {
         max_bytes: 10 * SEALED,
@@ -938,10 +937,8 @@ async fn a_window_moves_on_while_there_is_room_and_says_why_not() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn uploads_in_progress_are_bounded_per_key_and_per_address() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, StoreLimits::default());
+async fn uploads_in_progress_are_bounded_per_key_and_per_address(place: Place) {
+    let store = place.open(StoreLimits::default()).await;
     let bob = key(2);
     let quota = BlobQuota {
         max_uploads_per_key: 2,
@@ -975,14 +972,12 @@ async fn uploads_in_progress_are_bounded_per_key_and_per_address() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn the_storage_budget_counts_envelopes_files_and_windows_over_every_recipient() {
-    let dir = TempDir::new().unwrap();
+async fn the_storage_budget_counts_envelopes_files_and_windows_over_every_recipient(place: Place) {
     let limits = StoreLimits {
         max_stored_bytes: Some(4 * SEALED),
         ..StoreLimits::default()
     };
-    let store = open(&dir, limits.clone());
+    let store = place.open(limits.clone()).await;
     assert_eq!(store.budget(), Some(4 * SEALED));
     let alice = key(1);
     let envelope = vec![7u8; SEALED_CHUNK_LEN];
@@ -1021,7 +1016,7 @@ async fn the_storage_budget_counts_envelopes_files_and_windows_over_every_recipi
     store.close().await.unwrap();
 
     // The count is the stored data's, read again when the store opens.
-    let store = open(&dir, limits);
+    let store = place.open(limits).await;
     let err = store.enqueue(key(61), envelope).await.unwrap_err();
     assert!(
         matches!(err, StoreError::OutOfSpace(OutOfSpace::Budget { used, .. }) if used == 3 * SEALED + 1),
@@ -1075,10 +1070,8 @@ async fn a_store_that_reserved_whole_files_is_recounted_from_its_blobs() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn blobs_are_deleted_only_for_their_recipient_or_by_age() {
-    let dir = TempDir::new().unwrap();
-    let (store, clock) = open_at(&dir, StoreLimits::default());
+async fn blobs_are_deleted_only_for_their_recipient_or_by_age(place: Place) {
+    let (store, clock) = place.open_at(StoreLimits::default()).await;
     let (alice, bob) = (key(1), key(2));
     let one = begin(&store, fid(1), alice, bob, 10, QUOTA).await.unwrap();
     store.update_blob(fid(1), 1, true).await.unwrap();
@@ -1184,10 +1177,8 @@ async fn damaged_blob_rows_are_not_anyones_and_expire() {
     assert_eq!(BlobUsage::decode(row.value()).unwrap(), want);
 }
 
-#[tokio::test]
-async fn a_live_feed_that_overflows_catches_up_from_the_store_in_order() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, StoreLimits::default());
+async fn a_live_feed_that_overflows_catches_up_from_the_store_in_order(place: Place) {
+    let store = place.open(StoreLimits::default()).await;
     let bob = key(2);
     let mut feed = store.subscribe(bob);
     // A new feed starts lagged: the first read comes from the store.
@@ -1360,4 +1351,52 @@ async fn a_batch_whose_envelopes_were_all_acknowledged_still_records_their_ids()
         "next id {next_id} would give {} again",
         gone.id
     );
+}
+
+/// Runs each shared test against one backend's [`Place`] (`None`: skipped).
+macro_rules! suite {
+    ($place:expr; $( #[$attr:meta] $name:ident ),* $(,)?) => {
+        $(
+            #[$attr]
+            async fn $name() {
+                if let Some(place) = $place {
+                    super::$name(place).await;
+                }
+            }
+        )*
+    };
+}
+
+/// Every test above that states a promise of the interface, not of one
+/// backend, for each backend.
+macro_rules! shared_suite {
+    ($place:expr) => {
+        suite! { $place;
+            #[tokio::test] enqueue_pending_ack_round_trip_keeps_order,
+            #[tokio::test] ack_by_another_owner_deletes_nothing,
+            #[tokio::test] data_and_ids_survive_close_and_reopen,
+            #[tokio::test] quota_by_count_is_enforced_and_freed_by_ack,
+            #[tokio::test] quota_by_bytes_is_enforced_and_freed_by_ack,
+            #[tokio::test] oversized_envelope_is_refused,
+            #[tokio::test] expire_removes_only_old_messages,
+            #[tokio::test] expire_after_reopen_uses_stored_times,
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)] quota_refusals_in_a_batch_do_not_fail_the_others,
+            #[tokio::test(flavor = "current_thread")] close_waits_for_queued_writes,
+            #[tokio::test] a_blob_is_begun_resumed_by_its_uploader_only_and_completed,
+            #[tokio::test] blob_quotas_count_files_and_stored_bytes_per_recipient,
+            #[tokio::test] a_strangers_begun_uploads_hold_a_window_only_while_they_last,
+            #[tokio::test] one_uploader_holds_at_most_its_share_of_a_recipients_quota,
+            #[tokio::test] a_window_moves_on_while_there_is_room_and_says_why_not,
+            #[tokio::test] uploads_in_progress_are_bounded_per_key_and_per_address,
+            #[tokio::test] the_storage_budget_counts_envelopes_files_and_windows_over_every_recipient,
+            #[tokio::test] blobs_are_deleted_only_for_their_recipient_or_by_age,
+            #[tokio::test] a_live_feed_that_overflows_catches_up_from_the_store_in_order,
+        }
+    };
+}
+
+mod embedded {
+    use super::Place;
+
+    shared_suite!(Some(Place::embedded()));
 }
