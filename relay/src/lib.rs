@@ -36,6 +36,8 @@ mod connection;
 pub mod delivery;
 mod half_open;
 pub mod limits;
+#[doc(hidden)]
+pub mod nats_cluster;
 mod occupancy;
 pub mod registry;
 pub mod relay_key;
