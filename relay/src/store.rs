@@ -19,6 +19,7 @@ mod embedded;
 #[doc(hidden)]
 pub mod fuzzing;
 mod holds;
+mod jetstream;
 mod live;
 mod tokens;
 mod writer;
@@ -35,11 +36,12 @@ use sotto_crypto::file::FileId;
 use sotto_keys::PublicKey;
 use tokio::sync::oneshot;
 
-#[cfg(test)]
 use embedded::unix_now;
 use embedded::{prepare, slot_lock, DbSlot, RedbStore};
+use jetstream::JetStreamStore;
 
 pub use holds::{HoldToken, SourceAddr};
+pub use jetstream::JetStreamConfig;
 pub use live::{Feed, Taken};
 pub use tokens::TokenRow;
 
@@ -349,6 +351,15 @@ pub enum StoreError {
         /// The format this code reads and writes.
         supported: u64,
     },
+    /// The backend's cluster cannot be reached just now, or did not answer
+    /// in time (the JetStream backend); nothing is known to be stored: try
+    /// again. Holds the client's message.
+    #[error("the store is unavailable, try again ({0})")]
+    Unavailable(String),
+    /// The backend in use does not keep this (the JetStream backend has no
+    /// file cache yet).
+    #[error("the {0} store backend does not keep files")]
+    Unsupported(&'static str),
     /// The writer thread could not be started.
     #[error("could not start the mailbox store writer thread: {0}")]
     WriterSpawn(Arc<std::io::Error>),
@@ -393,6 +404,7 @@ pub struct Store(Backend);
 #[derive(Clone)]
 enum Backend {
     Embedded(RedbStore),
+    JetStream(JetStreamStore),
 }
 
 /// Calls the same method on whichever backend is open.
@@ -400,6 +412,18 @@ macro_rules! on_backend {
     ($store:expr, $backend:ident => $call:expr) => {
         match &$store.0 {
             Backend::Embedded($backend) => $call,
+            Backend::JetStream($backend) => $call,
+        }
+    };
+}
+
+/// Calls the same method on the embedded backend; the JetStream backend
+/// refuses it (the file cache).
+macro_rules! embedded_only {
+    ($store:expr, $backend:ident => $call:expr) => {
+        match &$store.0 {
+            Backend::Embedded($backend) => $call,
+            Backend::JetStream(_) => Err(StoreError::Unsupported("nats")),
         }
     };
 }
@@ -422,9 +446,39 @@ impl Store {
         RedbStore::open_with(path, limits, clock, interval).map(|s| Store(Backend::Embedded(s)))
     }
 
-    /// The storage budget in force, in bytes (`None`: no budget).
+    /// Connects to a NATS JetStream cluster shared by the relay's nodes,
+    /// creating its stream and buckets if missing (see `jetstream`).
+    /// `data_dir` is this node's own (for its free-space check).
+    pub async fn connect_jetstream(
+        config: &JetStreamConfig,
+        limits: StoreLimits,
+        data_dir: &Path,
+    ) -> Result<Store, StoreError> {
+        JetStreamStore::connect(config, limits, data_dir, Arc::new(unix_now))
+            .await
+            .map(|s| Store(Backend::JetStream(s)))
+    }
+
+    /// [`Store::connect_jetstream`] with the clock chosen (tests).
+    #[cfg(test)]
+    async fn connect_jetstream_with(
+        config: &JetStreamConfig,
+        limits: StoreLimits,
+        data_dir: &Path,
+        clock: writer::Clock,
+    ) -> Result<Store, StoreError> {
+        JetStreamStore::connect(config, limits, data_dir, clock)
+            .await
+            .map(|s| Store(Backend::JetStream(s)))
+    }
+
+    /// The storage budget in force, in bytes (`None`: no budget; the
+    /// JetStream backend leaves it to the stream's limits).
     pub fn budget(&self) -> Option<u64> {
-        on_backend!(self, s => s.budget())
+        match &self.0 {
+            Backend::Embedded(s) => s.budget(),
+            Backend::JetStream(_) => None,
+        }
     }
 
     /// The limits the store was opened with.
@@ -441,7 +495,7 @@ impl Store {
     /// transactions committed, each one fsync). Under load it is far below
     /// the number of writes: that is group commit at work.
     pub fn commits(&self) -> u64 {
-        on_backend!(self, s => s.commits())
+        self.counters().commits
     }
 
     /// What the store has committed since it was opened.
@@ -584,7 +638,7 @@ impl Store {
         size: u64,
         quota: BlobQuota,
     ) -> Result<BlobBegun, StoreError> {
-        on_backend!(self, s => s.begin_blob(id, uploader, source, to, size, quota).await)
+        embedded_only!(self, s => s.begin_blob(id, uploader, source, to, size, quota).await)
     }
 
     /// Records that chunks `0..have` of blob `id` are durably stored, and
@@ -597,7 +651,7 @@ impl Store {
         have: u64,
         complete: bool,
     ) -> Result<Window, StoreError> {
-        on_backend!(self, s => s.update_blob(id, have, complete).await)
+        embedded_only!(self, s => s.update_blob(id, have, complete).await)
     }
 
     /// Deletes those of `ids` that belong to `owner` (any, if `None`) and,
@@ -609,27 +663,27 @@ impl Store {
         owner: Option<PublicKey>,
         updated_at_or_before: Option<u64>,
     ) -> Result<Vec<FileId>, StoreError> {
-        on_backend!(self, s => s.delete_blobs(ids, owner, updated_at_or_before).await)
+        embedded_only!(self, s => s.delete_blobs(ids, owner, updated_at_or_before).await)
     }
 
     /// Blob `id`'s metadata, if it is stored.
     pub async fn blob(&self, id: FileId) -> Result<Option<BlobMeta>, StoreError> {
-        on_backend!(self, s => s.blob(id).await)
+        embedded_only!(self, s => s.blob(id).await)
     }
 
     /// The ids of every stored blob.
     pub async fn blob_ids(&self) -> Result<Vec<FileId>, StoreError> {
-        on_backend!(self, s => s.blob_ids().await)
+        embedded_only!(self, s => s.blob_ids().await)
     }
 
     /// The blobs whose last progress was at or before `updated_at_or_before`.
     pub async fn stale_blobs(&self, updated_at_or_before: u64) -> Result<Vec<FileId>, StoreError> {
-        on_backend!(self, s => s.stale_blobs(updated_at_or_before).await)
+        embedded_only!(self, s => s.stale_blobs(updated_at_or_before).await)
     }
 
     /// `(files, sealed bytes stored)` for `recipient`.
     pub async fn blob_usage(&self, recipient: PublicKey) -> Result<(u64, u64), StoreError> {
-        on_backend!(self, s => s.blob_usage(recipient).await)
+        embedded_only!(self, s => s.blob_usage(recipient).await)
     }
 
     /// `(files, sealed bytes stored)` of `recipient`'s that came from `uploader`.
@@ -638,7 +692,7 @@ impl Store {
         recipient: PublicKey,
         uploader: PublicKey,
     ) -> Result<(u64, u64), StoreError> {
-        on_backend!(self, s => s.blob_share(recipient, uploader).await)
+        embedded_only!(self, s => s.blob_share(recipient, uploader).await)
     }
 
     /// Stops accepting work, waits until every write already queued is
@@ -647,6 +701,7 @@ impl Store {
     pub async fn close(self) -> Result<(), StoreError> {
         match self.0 {
             Backend::Embedded(s) => s.close().await,
+            Backend::JetStream(s) => s.close().await,
         }
     }
 }

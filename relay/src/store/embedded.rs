@@ -189,12 +189,6 @@ impl RedbStore {
         &self.inner.space
     }
 
-    /// Write transactions committed since the store was opened. Under load it
-    /// is far below the number of writes: that is group commit at work.
-    pub fn commits(&self) -> u64 {
-        self.inner.counters.commits.load(Ordering::Relaxed)
-    }
-
     /// What the store has committed since it was opened.
     pub fn counters(&self) -> StoreCounters {
         let c = &self.inner.counters;

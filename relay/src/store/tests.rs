@@ -48,6 +48,8 @@ fn open_at(dir: &TempDir, limits: StoreLimits) -> (Store, Arc<AtomicU64>) {
 /// store finds what the last one wrote: the backend, and what it needs.
 pub(super) struct Place {
     dir: TempDir,
+    /// A JetStream server of the test's own, for the JetStream backend.
+    nats: Option<crate::nats_cluster::NatsCluster>,
 }
 
 impl Place {
@@ -55,16 +57,58 @@ impl Place {
     fn embedded() -> Self {
         Self {
             dir: TempDir::new().unwrap(),
+            nats: None,
         }
     }
 
+    /// The JetStream backend on a one-server cluster of the test's own;
+    /// `None` (the test is skipped, saying so) without a nats-server binary.
+    fn jetstream() -> Option<Self> {
+        let dir = TempDir::new().unwrap();
+        let nats = crate::nats_cluster::NatsCluster::start(&dir.path().join("nats"), 1).unwrap()?;
+        Some(Self {
+            dir,
+            nats: Some(nats),
+        })
+    }
+
     async fn open(&self, limits: StoreLimits) -> Store {
-        open(&self.dir, limits)
+        match &self.nats {
+            None => open(&self.dir, limits),
+            Some(nats) => {
+                Store::connect_jetstream(&jetstream_config(nats), limits, self.dir.path())
+                    .await
+                    .unwrap()
+            }
+        }
     }
 
     /// A store whose `received_at` clock the test sets.
     async fn open_at(&self, limits: StoreLimits) -> (Store, Arc<AtomicU64>) {
-        open_at(&self.dir, limits)
+        let Some(nats) = &self.nats else {
+            return open_at(&self.dir, limits);
+        };
+        let now = Arc::new(AtomicU64::new(1_000));
+        let clock = Arc::clone(&now);
+        let store = Store::connect_jetstream_with(
+            &jetstream_config(nats),
+            limits,
+            self.dir.path(),
+            Arc::new(move || clock.load(Ordering::SeqCst)),
+        )
+        .await
+        .unwrap();
+        (store, now)
+    }
+}
+
+fn jetstream_config(nats: &crate::nats_cluster::NatsCluster) -> super::JetStreamConfig {
+    super::JetStreamConfig {
+        servers: nats.urls(),
+        replicas: 1,
+        prefix: "SOTTO".into(),
+        credentials: None,
+        tls_ca: None,
     }
 }
 
@@ -1353,6 +1397,53 @@ async fn a_batch_whose_envelopes_were_all_acknowledged_still_records_their_ids()
     );
 }
 
+/// Two relay nodes on one three-server cluster with three replicas: an
+/// envelope stored through one reaches a live feed on the other, in order
+/// and once, and the other's mailbox read finds it; an ack through either
+/// deletes it for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_nodes_share_mailboxes_and_live_feeds() {
+    let dir = TempDir::new().unwrap();
+    let Some(cluster) =
+        crate::nats_cluster::NatsCluster::start(&dir.path().join("nats"), 3).unwrap()
+    else {
+        return;
+    };
+    let config = super::JetStreamConfig {
+        replicas: 3,
+        ..jetstream_config(&cluster)
+    };
+    let connect = |n: &str| {
+        let node_dir = dir.path().join(n);
+        std::fs::create_dir_all(&node_dir).unwrap();
+        let config = config.clone();
+        async move {
+            Store::connect_jetstream(&config, StoreLimits::default(), &node_dir)
+                .await
+                .unwrap()
+        }
+    };
+    let (one, two) = (connect("one").await, connect("two").await);
+    let bob = key(2);
+    let feed = live_feed(&two, bob).await;
+    let mut sent = Vec::new();
+    for i in 0..5u8 {
+        sent.push(one.enqueue(bob, vec![i; 3]).await.unwrap());
+    }
+    let got = pushed_n(&feed, 5).await;
+    assert_eq!(ids(&got), sent);
+    assert_eq!(got[4].envelope, [4; 3]);
+    assert_eq!(ids(&two.pending(bob, None, 10).await.unwrap()), sent);
+    assert_eq!(two.usage(bob).await.unwrap(), (5, 15));
+
+    assert_eq!(two.ack(bob, sent[..2].to_vec()).await.unwrap(), 2);
+    assert_eq!(one.ack(bob, sent[..3].to_vec()).await.unwrap(), 1);
+    assert_eq!(ids(&one.pending(bob, None, 10).await.unwrap()), &sent[3..]);
+    assert_eq!(one.usage(bob).await.unwrap(), (2, 6));
+    one.close().await.unwrap();
+    two.close().await.unwrap();
+}
+
 /// Runs each shared test against one backend's [`Place`] (`None`: skipped).
 macro_rules! suite {
     ($place:expr; $( #[$attr:meta] $name:ident ),* $(,)?) => {
@@ -1382,10 +1473,19 @@ macro_rules! shared_suite {
             #[tokio::test] expire_after_reopen_uses_stored_times,
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)] quota_refusals_in_a_batch_do_not_fail_the_others,
             #[tokio::test(flavor = "current_thread")] close_waits_for_queued_writes,
+        }
+    };
+}
+
+/// The file cache's metadata, and the live feeds' pushes before a commit:
+/// only the embedded backend keeps them so far.
+macro_rules! embedded_suite {
+    ($place:expr) => {
+        suite! { $place;
+            #[tokio::test] one_uploader_holds_at_most_its_share_of_a_recipients_quota,
             #[tokio::test] a_blob_is_begun_resumed_by_its_uploader_only_and_completed,
             #[tokio::test] blob_quotas_count_files_and_stored_bytes_per_recipient,
             #[tokio::test] a_strangers_begun_uploads_hold_a_window_only_while_they_last,
-            #[tokio::test] one_uploader_holds_at_most_its_share_of_a_recipients_quota,
             #[tokio::test] a_window_moves_on_while_there_is_room_and_says_why_not,
             #[tokio::test] uploads_in_progress_are_bounded_per_key_and_per_address,
             #[tokio::test] the_storage_budget_counts_envelopes_files_and_windows_over_every_recipient,
@@ -1399,4 +1499,11 @@ mod embedded {
     use super::Place;
 
     shared_suite!(Some(Place::embedded()));
+    embedded_suite!(Some(Place::embedded()));
+}
+
+mod jetstream {
+    use super::Place;
+
+    shared_suite!(Place::jetstream());
 }
