@@ -256,22 +256,15 @@ impl JetStreamStore {
                 max,
             });
         }
-        let (reply, answer) = oneshot::channel();
-        let store = self.clone();
-        inner.tasks.spawn(async move {
-            drop(reply.send(store.enqueue(to, envelope).await));
-        });
-        Ok(Committing(answer))
-    }
-
-    async fn enqueue(&self, to: PublicKey, envelope: Vec<u8>) -> Result<u64, StoreError> {
-        let inner = &self.inner;
+        // The reservation and the publish happen here, in call order, so
+        // one connection's envelopes get increasing ids in the order it sent
+        // them (one NATS connection keeps its publishes in order); only the
+        // wait for the acknowledgement runs on, concurrently.
         let h = hashed(&to);
         let len = envelope.len() as u64;
-        let limits = &inner.limits;
         self.change_usage(h, |usage| {
-            if usage.messages >= limits.max_messages_per_recipient
-                || usage.bytes.saturating_add(len) > limits.max_bytes_per_recipient
+            if usage.messages >= inner.limits.max_messages_per_recipient
+                || usage.bytes.saturating_add(len) > inner.limits.max_bytes_per_recipient
             {
                 return Err(StoreError::QuotaExceeded {
                     messages: usage.messages,
@@ -287,36 +280,41 @@ impl JetStreamStore {
         let mut headers = HeaderMap::new();
         headers.insert(RECEIVED, (inner.clock)().to_string().as_str());
         let subject = format!("{}.mail.{}", inner.prefix, hex(&h));
-        let published = async {
-            inner
-                .js
-                .publish_with_headers(subject, headers, envelope.into())
-                .await
-                .map_err(unavailable)?
-                .await
-                .map_err(unavailable)
-        }
-        .await;
-        match published {
-            Ok(ack) => {
-                inner.writes.fetch_add(1, Ordering::Relaxed);
-                Ok(ack.sequence)
-            }
-            Err(err) => {
-                // Not stored (or not known to be): give the reservation back.
-                // Should the publish have landed after all, the usage counts
-                // one envelope short until it is acknowledged or expires.
-                let _ = self
-                    .change_usage(h, |u| {
-                        Ok(Usage {
-                            messages: u.messages.saturating_sub(1),
-                            bytes: u.bytes.saturating_sub(len),
+        let sent = inner
+            .js
+            .publish_with_headers(subject, headers, envelope.into())
+            .await;
+        let (reply, answer) = oneshot::channel();
+        let store = self.clone();
+        inner.tasks.spawn(async move {
+            let acked = match sent {
+                Ok(ack) => ack.await.map_err(unavailable),
+                Err(err) => Err(unavailable(err)),
+            };
+            let answer = match acked {
+                Ok(ack) => {
+                    store.inner.writes.fetch_add(1, Ordering::Relaxed);
+                    Ok(ack.sequence)
+                }
+                Err(err) => {
+                    // Not stored, or not known to be: give the reservation
+                    // back. Should the publish have landed after all, usage
+                    // counts one envelope short until it is acknowledged or
+                    // expires.
+                    let _ = store
+                        .change_usage(h, |u| {
+                            Ok(Usage {
+                                messages: u.messages.saturating_sub(1),
+                                bytes: u.bytes.saturating_sub(len),
+                            })
                         })
-                    })
-                    .await;
-                Err(err)
-            }
-        }
+                        .await;
+                    Err(err)
+                }
+            };
+            drop(reply.send(answer));
+        });
+        Ok(Committing(answer))
     }
 
     /// Applies `change` to `h`'s usage entry by compare-and-set, retrying
