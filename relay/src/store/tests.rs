@@ -1444,6 +1444,44 @@ async fn jetstream_nodes_share_mailboxes_and_live_feeds() {
     two.close().await.unwrap();
 }
 
+/// The whole cluster stopped and started again: meanwhile a send is told
+/// the store is unavailable (so its sender tries again); afterwards the same
+/// store handle works again without being reopened, and everything stored
+/// before is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_cluster_is_unavailable_then_recovers_without_a_reopen() {
+    let Some(mut place) = Place::jetstream() else {
+        return;
+    };
+    let store = place.open(StoreLimits::default()).await;
+    let bob = key(2);
+    let kept = store.enqueue(bob, b"before".to_vec()).await.unwrap();
+
+    let nats = place.nats.as_mut().unwrap();
+    nats.kill(0);
+    match store.enqueue(bob, b"meanwhile".to_vec()).await {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    nats.restart(0).unwrap();
+    nats.wait_ready().unwrap();
+
+    // The client reconnects by itself; the first tries may still fail.
+    let after = loop {
+        match store.enqueue(bob, b"after".to_vec()).await {
+            Ok(id) => break id,
+            Err(StoreError::Unavailable(_)) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    };
+    let pending = store.pending(bob, None, 10).await.unwrap();
+    assert_eq!(pending.first().map(|s| s.id), Some(kept));
+    assert_eq!(pending.last().map(|s| s.id), Some(after));
+    store.close().await.unwrap();
+}
+
 /// Runs each shared test against one backend's [`Place`] (`None`: skipped).
 macro_rules! suite {
     ($place:expr; $( #[$attr:meta] $name:ident ),* $(,)?) => {
