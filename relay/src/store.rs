@@ -6,7 +6,8 @@
 //! promises (an envelope is `Stored` only once it is durable, ids strictly
 //! increasing and never reused, quotas per recipient, expiry, live feeds that
 //! stay in order and gap-free) are stated once and tested once against each:
-//! the embedded redb file (`embedded`, the default) is the only one so far.
+//! the embedded redb file (`embedded`, the default), and a NATS JetStream
+//! cluster shared by several relay nodes (`jetstream`), which keeps no files yet.
 //! A backend is chosen when the store is opened; nothing above this module
 //! knows which one it talks to.
 //!
