@@ -73,7 +73,26 @@ pub struct RelayConfig {
     /// If set, only these client keys may open owner links (a private
     /// relay): who owns a mailbox here, not who delivers to one.
     pub allow: Option<Vec<PublicKey>>,
+    /// Where mailboxes are kept: the embedded file, or a NATS JetStream
+    /// cluster shared by several relay nodes.
+    pub store: StoreBackend,
 }
+
+/// The store backend a relay runs on (`[store]` in the config file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// The redb file in the data dir (the default).
+    Embedded,
+    /// A NATS JetStream cluster shared by the relay's nodes.
+    JetStream(crate::store::JetStreamConfig),
+}
+
+/// The NATS URL used when `backend = "nats"` names no `servers`.
+pub const DEFAULT_NATS_SERVER: &str = "nats://127.0.0.1:4222";
+/// Default `[store] replicas`.
+pub const DEFAULT_NATS_REPLICAS: usize = 3;
+/// Default `[store] prefix`.
+pub const DEFAULT_NATS_PREFIX: &str = "SOTTO";
 
 impl RelayConfig {
     /// The embedded defaults.
@@ -100,6 +119,7 @@ impl RelayConfig {
             buffers: BufferLimits::default(),
             delivery: DeliveryLimits::default(),
             allow: None,
+            store: StoreBackend::Embedded,
         }
     }
 
@@ -194,6 +214,74 @@ struct FileConfig {
     buffers: BuffersFile,
     #[serde(default)]
     delivery: DeliveryFile,
+    #[serde(default)]
+    store: StoreFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreFile {
+    backend: Option<BackendName>,
+    #[serde(default, deserialize_with = "nats_urls")]
+    servers: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "replicas")]
+    replicas: Option<usize>,
+    #[serde(default, deserialize_with = "nats_prefix")]
+    prefix: Option<String>,
+    credentials: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum BackendName {
+    Embedded,
+    Nats,
+}
+
+/// A list of at least one `nats://` or `tls://` URL.
+fn nats_urls<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    let value: Option<Vec<String>> = Option::deserialize(deserializer)?;
+    if let Some(urls) = &value {
+        if urls.is_empty() {
+            return Err(serde::de::Error::custom("must name at least one server"));
+        }
+        if let Some(bad) = urls
+            .iter()
+            .find(|u| !(u.starts_with("nats://") || u.starts_with("tls://")))
+        {
+            return Err(serde::de::Error::custom(format!(
+                "{bad:?} is not a nats:// or tls:// URL"
+            )));
+        }
+    }
+    Ok(value)
+}
+
+/// JetStream's replica counts: 1, 3 or 5 (an even count buys nothing).
+fn replicas<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    let value: Option<usize> = Option::deserialize(deserializer)?;
+    if value.is_some_and(|v| ![1, 3, 5].contains(&v)) {
+        return Err(serde::de::Error::custom("must be 1, 3 or 5"));
+    }
+    Ok(value)
+}
+
+/// A stream-name prefix: letters, digits and `_`, as NATS names allow.
+fn nats_prefix<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    let value: Option<String> = Option::deserialize(deserializer)?;
+    if value.as_ref().is_some_and(|p| {
+        p.is_empty() || p.len() > 32 || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    }) {
+        return Err(serde::de::Error::custom(
+            "must be 1 to 32 letters, digits or _",
+        ));
+    }
+    Ok(value)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -374,12 +462,72 @@ impl FileConfig {
         if self.allow.is_some() {
             cfg.allow = self.allow;
         }
+        let store = self.store;
+        cfg.store = match store.backend {
+            None | Some(BackendName::Embedded) => StoreBackend::Embedded,
+            Some(BackendName::Nats) => StoreBackend::JetStream(crate::store::JetStreamConfig {
+                servers: store
+                    .servers
+                    .unwrap_or_else(|| vec![DEFAULT_NATS_SERVER.to_owned()]),
+                replicas: store.replicas.unwrap_or(DEFAULT_NATS_REPLICAS),
+                prefix: store
+                    .prefix
+                    .unwrap_or_else(|| DEFAULT_NATS_PREFIX.to_owned()),
+                credentials: store.credentials,
+                tls_ca: store.tls_ca,
+            }),
+        };
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_store_section_chooses_the_backend_and_refuses_unknown_keys_with_a_line() {
+        assert_eq!(RelayConfig::defaults().store, StoreBackend::Embedded);
+        let cfg = RelayConfig::from_toml(
+            "[store]\nbackend = \"nats\"\nservers = [\"nats://10.0.0.1:4222\", \"tls://10.0.0.2:4222\"]\nreplicas = 5\nprefix = \"RELAY_A\"\ncredentials = \"/etc/sotto/relay.creds\"\ntls_ca = \"/etc/sotto/ca.pem\"\n",
+            Path::new("relay.toml"),
+        )
+        .unwrap();
+        let StoreBackend::JetStream(js) = cfg.store else {
+            panic!("not the nats backend: {:?}", cfg.store);
+        };
+        assert_eq!(js.servers, ["nats://10.0.0.1:4222", "tls://10.0.0.2:4222"]);
+        assert_eq!((js.replicas, js.prefix.as_str()), (5, "RELAY_A"));
+        assert_eq!(
+            js.credentials.as_deref(),
+            Some(Path::new("/etc/sotto/relay.creds"))
+        );
+        assert_eq!(js.tls_ca.as_deref(), Some(Path::new("/etc/sotto/ca.pem")));
+
+        let cfg =
+            RelayConfig::from_toml("[store]\nbackend = \"nats\"\n", Path::new("r.toml")).unwrap();
+        let StoreBackend::JetStream(js) = cfg.store else {
+            panic!("not the nats backend");
+        };
+        assert_eq!(js.servers, [DEFAULT_NATS_SERVER]);
+        assert_eq!(js.replicas, DEFAULT_NATS_REPLICAS);
+
+        for (bad, line) in [
+            ("[store]\nbackend = \"etcd\"\n", 2),
+            ("[store]\n\nreplicas = 2\n", 3),
+            ("[store]\nservers = []\n", 2),
+            ("[store]\nservers = [\"http://x\"]\n", 2),
+            ("[store]\nprefix = \"a.b\"\n", 2),
+            ("[store]\n\nserver = [\"nats://x\"]\n", 3),
+        ] {
+            let err = RelayConfig::from_toml(bad, Path::new("relay.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("relay.toml:{line}:")),
+                "{bad:?}: {err}"
+            );
+        }
+    }
 
     #[test]
     fn the_delivery_section_is_read_and_unknown_keys_refused_with_a_line() {

@@ -1009,6 +1009,13 @@ fn refusal(req: u32, e: StoreError) -> Result<RelayMsg, Closed> {
             tracing::warn!("refused a message: {full}");
             (ErrorCode::OutOfSpace, files::out_of_space())
         }
+        StoreError::Unavailable(why) => {
+            tracing::warn!("store unavailable: {why}");
+            (
+                ErrorCode::Internal,
+                "store unavailable, try again".to_owned(),
+            )
+        }
         _ => {
             tracing::warn!("store failure: {e}");
             (

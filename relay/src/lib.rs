@@ -14,8 +14,9 @@
 //!   uploads and downloads with bounded memory;
 //! - [`registry`]: which keys are waiting for live notices (envelopes reach
 //!   live recipients through the store's feeds, `store::live`);
-//! - [`store`]: durable mailboxes and blob metadata (redb) with group commit,
-//!   quotas and expiry;
+//! - [`store`]: durable mailboxes and blob metadata behind one interface: the
+//!   embedded redb backend (the default, with group commit), or a NATS
+//!   JetStream cluster shared by several relay nodes; quotas and expiry;
 //! - [`blobs`]: the blind file cache: sealed chunks streamed to files, resumable
 //!   uploads, downloads by the recipient only;
 //! - [`limits`]: rate limits per key (envelopes and upload bytes);
@@ -35,6 +36,8 @@ mod connection;
 pub mod delivery;
 mod half_open;
 pub mod limits;
+#[doc(hidden)]
+pub mod nats_cluster;
 mod occupancy;
 pub mod registry;
 pub mod relay_key;

@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use crate::blobs::{BlobError, Blobs};
 use crate::budget;
 use crate::config::RelayConfig;
+use crate::config::StoreBackend;
 use crate::connection;
 use crate::half_open::HalfOpen;
 use crate::limits::RateLimiter;
@@ -112,22 +113,35 @@ pub struct Relay {
 /// File name of the mailbox store inside the data dir.
 pub const STORE_FILE: &str = "mailboxes.redb";
 
+/// Opens the embedded store in the data dir, private to the relay's user.
+async fn open_embedded(config: &RelayConfig) -> Result<Store, StoreError> {
+    let store_path = config.data_dir.join(STORE_FILE);
+    let limits = config.mailbox.clone();
+    tokio::task::spawn_blocking(move || {
+        let store = Store::open(&store_path, limits)?;
+        // The data dir is 0700 already; the file is private on its own too.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&store_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| StoreError::Database(format!("{}: {e}", store_path.display())))?;
+        Ok::<_, StoreError>(store)
+    })
+    .await
+    .map_err(|_| StoreError::Crashed)?
+}
+
 impl Relay {
     /// Loads (or creates) the key, opens the store and binds the socket.
     pub async fn bind(config: RelayConfig) -> Result<Self, RelayError> {
         let (key, key_created) = relay_key::load_or_create(&config.data_dir)?;
-        let store_path = config.data_dir.join(STORE_FILE);
-        let limits = config.mailbox.clone();
-        let store = tokio::task::spawn_blocking(move || {
-            let store = Store::open(&store_path, limits)?;
-            // The data dir is 0700 already; the file is private on its own too.
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&store_path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| StoreError::Database(format!("{}: {e}", store_path.display())))?;
-            Ok::<_, StoreError>(store)
-        })
-        .await
-        .map_err(|_| StoreError::Crashed)??;
+        let store = match &config.store {
+            StoreBackend::Embedded => open_embedded(&config).await?,
+            StoreBackend::JetStream(js) => {
+                let store =
+                    Store::connect_jetstream(js, config.mailbox.clone(), &config.data_dir).await?;
+                info!(servers = ?js.servers, replicas = js.replicas, "mailboxes on NATS JetStream");
+                store
+            }
+        };
         let blobs = {
             let (data_dir, store, limits) =
                 (config.data_dir.clone(), store.clone(), config.files.clone());

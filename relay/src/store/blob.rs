@@ -13,11 +13,12 @@ use sotto_keys::PublicKey;
 use tokio::sync::oneshot;
 
 use super::codec::{decode_blob, BlobUsage, BLOBS, BLOB_SHARES, BLOB_USAGE};
+use super::embedded::{blocking, RedbStore};
 use super::holds::HoldToken;
 use super::writer::{self, BlobBegin, Change, Request};
-use super::{blocking, BlobBegun, BlobMeta, BlobQuota, SourceAddr, Store, StoreError, Window};
+use super::{BlobBegun, BlobMeta, BlobQuota, SourceAddr, StoreError, Window};
 
-impl Store {
+impl RedbStore {
     /// Begins an upload of blob `id`, `size` bytes from `uploader` (at
     /// `source`) for `to`: records a new blob, or finds the existing one for
     /// a resumption. Admitted only if everything it still has to send fits

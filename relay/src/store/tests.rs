@@ -1,4 +1,9 @@
 //! Behaviour of the store through its public API, on real files.
+//!
+//! The tests of what any backend promises take a [`Place`] and run once per
+//! backend (`shared_suite!` at the end); those of one backend's own
+//! mechanics (the redb file's layout and repairs, group commit) run on it
+//! alone.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -33,20 +38,86 @@ fn open_at(dir: &TempDir, limits: StoreLimits) -> (Store, Arc<AtomicU64>) {
         &db_path(dir),
         limits,
         Arc::new(move || clock.load(Ordering::SeqCst)),
-        super::COMMIT_INTERVAL,
+        super::writer::COMMIT_INTERVAL,
     )
     .unwrap();
     (store, now)
+}
+
+/// Where a test's store lives, kept between its opens so that a reopened
+/// store finds what the last one wrote: the backend, and what it needs.
+pub(super) struct Place {
+    dir: TempDir,
+    /// A JetStream server of the test's own, for the JetStream backend.
+    nats: Option<crate::nats_cluster::NatsCluster>,
+}
+
+impl Place {
+    /// The embedded store, in a file of a fresh temp dir.
+    fn embedded() -> Self {
+        Self {
+            dir: TempDir::new().unwrap(),
+            nats: None,
+        }
+    }
+
+    /// The JetStream backend on a one-server cluster of the test's own;
+    /// `None` (the test is skipped, saying so) without a nats-server binary.
+    fn jetstream() -> Option<Self> {
+        let dir = TempDir::new().unwrap();
+        let nats = crate::nats_cluster::NatsCluster::start(&dir.path().join("nats"), 1).unwrap()?;
+        Some(Self {
+            dir,
+            nats: Some(nats),
+        })
+    }
+
+    async fn open(&self, limits: StoreLimits) -> Store {
+        match &self.nats {
+            None => open(&self.dir, limits),
+            Some(nats) => {
+                Store::connect_jetstream(&jetstream_config(nats), limits, self.dir.path())
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+
+    /// A store whose `received_at` clock the test sets.
+    async fn open_at(&self, limits: StoreLimits) -> (Store, Arc<AtomicU64>) {
+        let Some(nats) = &self.nats else {
+            return open_at(&self.dir, limits);
+        };
+        let now = Arc::new(AtomicU64::new(1_000));
+        let clock = Arc::clone(&now);
+        let store = Store::connect_jetstream_with(
+            &jetstream_config(nats),
+            limits,
+            self.dir.path(),
+            Arc::new(move || clock.load(Ordering::SeqCst)),
+        )
+        .await
+        .unwrap();
+        (store, now)
+    }
+}
+
+fn jetstream_config(nats: &crate::nats_cluster::NatsCluster) -> super::JetStreamConfig {
+    super::JetStreamConfig {
+        servers: nats.urls(),
+        replicas: 1,
+        prefix: "SOTTO".into(),
+        credentials: None,
+        tls_ca: None,
+    }
 }
 
 fn ids(stored: &[super::Stored]) -> Vec<u64> {
     stored.iter().map(|s| s.id).collect()
 }
 
-#[tokio::test]
-async fn enqueue_pending_ack_round_trip_keeps_order() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, StoreLimits::default());
+async fn enqueue_pending_ack_round_trip_keeps_order(place: Place) {
+    let store = place.open(StoreLimits::default()).await;
     let (alice, bob) = (key(1), key(2));
 
     let mut sent = Vec::new();
@@ -116,10 +187,8 @@ async fn enqueue_pending_ack_round_trip_keeps_order() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn ack_by_another_owner_deletes_nothing() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, StoreLimits::default());
+async fn ack_by_another_owner_deletes_nothing(place: Place) {
+    let store = place.open(StoreLimits::default()).await;
     let (alice, mallory) = (key(1), key(9));
     let id = store.enqueue(alice, b"for alice".to_vec()).await.unwrap();
 
@@ -131,12 +200,10 @@ async fn ack_by_another_owner_deletes_nothing() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_registered_token_is_what_the_next_lookup_sees_though_the_old_was_cached() {
+async fn a_registered_token_is_what_the_next_lookup_sees_though_the_old_was_cached(place: Place) {
     use sotto_crypto::delivery::TokenHash;
-    let dir = TempDir::new().unwrap();
     let (alice, bob) = (key(1), key(2));
-    let (store, _now) = open_at(&dir, StoreLimits::default());
+    let (store, _now) = place.open_at(StoreLimits::default()).await;
     assert_eq!(store.delivery_token(alice).await.unwrap(), None);
     store
         .set_delivery_token(alice, TokenHash([1; 32]), true)
@@ -162,17 +229,15 @@ async fn a_registered_token_is_what_the_next_lookup_sees_though_the_old_was_cach
     ));
 }
 
-#[tokio::test]
-async fn data_and_ids_survive_close_and_reopen() {
-    let dir = TempDir::new().unwrap();
+async fn data_and_ids_survive_close_and_reopen(place: Place) {
     let alice = key(1);
-    let store = open(&dir, StoreLimits::default());
+    let store = place.open(StoreLimits::default()).await;
     let kept = store.enqueue(alice, b"kept".to_vec()).await.unwrap();
     let acked = store.enqueue(alice, b"acked".to_vec()).await.unwrap();
     assert_eq!(store.ack(alice, vec![acked]).await.unwrap(), 1);
     store.close().await.unwrap();
 
-    let store = open(&dir, StoreLimits::default());
+    let store = place.open(StoreLimits::default()).await;
     let pending = store.pending(alice, None, 10).await.unwrap();
     assert_eq!(ids(&pending), [kept]);
     assert_eq!(pending[0].envelope, b"kept");
@@ -183,14 +248,12 @@ async fn data_and_ids_survive_close_and_reopen() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn quota_by_count_is_enforced_and_freed_by_ack() {
-    let dir = TempDir::new().unwrap();
+async fn quota_by_count_is_enforced_and_freed_by_ack(place: Place) {
     let limits = StoreLimits {
         max_messages_per_recipient: 3,
         ..StoreLimits::default()
     };
-    let store = open(&dir, limits);
+    let store = place.open(limits).await;
     let (alice, bob) = (key(1), key(2));
     let mut sent = Vec::new();
     for _ in 0..3 {
@@ -217,14 +280,12 @@ async fn quota_by_count_is_enforced_and_freed_by_ack() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn quota_by_bytes_is_enforced_and_freed_by_ack() {
-    let dir = TempDir::new().unwrap();
+async fn quota_by_bytes_is_enforced_and_freed_by_ack(place: Place) {
     let limits = StoreLimits {
         max_bytes_per_recipient: 100,
         ..StoreLimits::default()
     };
-    let store = open(&dir, limits);
+    let store = place.open(limits).await;
     let alice = key(1);
     let first = store.enqueue(alice, vec![0; 60]).await.unwrap();
     let err = store.enqueue(alice, vec![0; 41]).await.unwrap_err();
@@ -253,14 +314,12 @@ async fn quota_by_bytes_is_enforced_and_freed_by_ack() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn oversized_envelope_is_refused() {
-    let dir = TempDir::new().unwrap();
+async fn oversized_envelope_is_refused(place: Place) {
     let limits = StoreLimits {
         max_envelope_len: 10,
         ..StoreLimits::default()
     };
-    let store = open(&dir, limits);
+    let store = place.open(limits).await;
     let err = store.enqueue(key(1), vec![0; 11]).await.unwrap_err();
     assert!(
         matches!(err, StoreError::TooLarge { len: 11, max: 10 }),
@@ -271,14 +330,12 @@ async fn oversized_envelope_is_refused() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn expire_removes_only_old_messages() {
-    let dir = TempDir::new().unwrap();
+async fn expire_removes_only_old_messages(place: Place) {
     let limits = StoreLimits {
         expiry: Duration::from_secs(100),
         ..StoreLimits::default()
     };
-    let (store, clock) = open_at(&dir, limits);
+    let (store, clock) = place.open_at(limits).await;
     let (alice, bob) = (key(1), key(2));
 
     clock.store(1_000, Ordering::SeqCst);
@@ -308,15 +365,13 @@ async fn expire_removes_only_old_messages() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn expire_after_reopen_uses_stored_times() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, StoreLimits::default());
+async fn expire_after_reopen_uses_stored_times(place: Place) {
+    let store = place.open(StoreLimits::default()).await;
     let id = store.enqueue(key(1), vec![0; 8]).await.unwrap();
     let received_at = store.pending(key(1), None, 1).await.unwrap()[0].received_at;
     store.close().await.unwrap();
 
-    let store = open(&dir, StoreLimits::default());
+    let store = place.open(StoreLimits::default()).await;
     let week = StoreLimits::default().expiry.as_secs();
     assert_eq!(store.expire(received_at + week - 1).await.unwrap(), 0);
     assert_eq!(store.expire(received_at + week).await.unwrap(), 1);
@@ -361,14 +416,12 @@ async fn concurrent_enqueues_are_group_committed() {
     store.close().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn quota_refusals_in_a_batch_do_not_fail_the_others() {
-    let dir = TempDir::new().unwrap();
+async fn quota_refusals_in_a_batch_do_not_fail_the_others(place: Place) {
     let limits = StoreLimits {
         max_bytes_per_recipient: 40,
         ..StoreLimits::default()
     };
-    let store = open(&dir, limits);
+    let store = place.open(limits).await;
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let store = store.clone();
@@ -397,11 +450,9 @@ async fn quota_refusals_in_a_batch_do_not_fail_the_others() {
     store.close().await.unwrap();
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn close_waits_for_queued_writes() {
+async fn close_waits_for_queued_writes(place: Place) {
     const N: usize = 200;
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, StoreLimits::default());
+    let store = place.open(StoreLimits::default()).await;
     let tasks: Vec<_> = (0..N)
         .map(|_| {
             let store = store.clone();
@@ -451,7 +502,7 @@ async fn close_waits_for_queued_writes() {
     ));
 
     // The file was released and holds everything that was answered Ok.
-    let store = open(&dir, StoreLimits::default());
+    let store = place.open(StoreLimits::default()).await;
     assert_eq!(store.pending(key(1), None, 1_000).await.unwrap().len(), N);
     assert_eq!(
         store.usage(key(1)).await.unwrap(),
@@ -659,10 +710,8 @@ async fn begin(
         .await
 }
 
-#[tokio::test]
-async fn a_blob_is_begun_resumed_by_its_uploader_only_and_completed() {
-    let dir = TempDir::new().unwrap();
-    let (store, clock) = open_at(&dir, StoreLimits::default());
+async fn a_blob_is_begun_resumed_by_its_uploader_only_and_completed(place: Place) {
+    let (store, clock) = place.open_at(StoreLimits::default()).await;
     let (alice, bob, mallory) = (key(1), key(2), key(3));
 
     let begun = begin(&store, fid(1), alice, bob, FOUR_CHUNKS, QUOTA)
@@ -738,17 +787,15 @@ async fn a_blob_is_begun_resumed_by_its_uploader_only_and_completed() {
     store.close().await.unwrap();
 
     // Everything survives a reopen.
-    let store = open(&dir, StoreLimits::default());
+    let store = place.open(StoreLimits::default()).await;
     let meta = store.blob(fid(1)).await.unwrap().unwrap();
     assert!(meta.complete);
     assert_eq!(store.blob_ids().await.unwrap(), [fid(1)]);
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn blob_quotas_count_files_and_stored_bytes_per_recipient() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, StoreLimits::default());
+async fn blob_quotas_count_files_and_stored_bytes_per_recipient(place: Place) {
+    let store = place.open(StoreLimits::default()).await;
     let (alice, bob, carol) = (key(1), key(2), key(3));
     let quota = BlobQuota {
         max_files: 2,
@@ -809,10 +856,8 @@ async fn blob_quotas_count_files_and_stored_bytes_per_recipient() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_strangers_begun_uploads_hold_a_window_only_while_they_last() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, StoreLimits::default());
+async fn a_strangers_begun_uploads_hold_a_window_only_while_they_last(place: Place) {
+    let store = place.open(StoreLimits::default()).await;
     let (mallory, alice, bob) = (key(3), key(1), key(2));
     // Bob may hold 16 chunks; a window is 2.
     let quota = BlobQuota {
@@ -854,10 +899,8 @@ async fn a_strangers_begun_uploads_hold_a_window_only_while_they_last() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn one_uploader_holds_at_most_its_share_of_a_recipients_quota() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, StoreLimits::default());
+async fn one_uploader_holds_at_most_its_share_of_a_recipients_quota(place: Place) {
+    let store = place.open(StoreLimits::default()).await;
     let (mallory, alice, bob) = (key(3), key(1), key(2));
     let quota = BlobQuota {
         max_files: 8,
@@ -917,10 +960,8 @@ async fn one_uploader_holds_at_most_its_share_of_a_recipients_quota() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_window_moves_on_while_there_is_room_and_says_why_not() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, StoreLimits::default());
+async fn a_window_moves_on_while_there_is_room_and_says_why_not(place: Place) {
+    let store = place.open(StoreLimits::default()).await;
     let (alice, carol, bob) = (key(1), key(3), key(2));
     let quota = BlobQuota {
         max_bytes: 10 * SEALED,
@@ -969,10 +1010,8 @@ async fn a_window_moves_on_while_there_is_room_and_says_why_not() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn uploads_in_progress_are_bounded_per_key_and_per_address() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, StoreLimits::default());
+async fn uploads_in_progress_are_bounded_per_key_and_per_address(place: Place) {
+    let store = place.open(StoreLimits::default()).await;
     let bob = key(2);
     let quota = BlobQuota {
         max_uploads_per_key: 2,
@@ -1006,14 +1045,12 @@ async fn uploads_in_progress_are_bounded_per_key_and_per_address() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn the_storage_budget_counts_envelopes_files_and_windows_over_every_recipient() {
-    let dir = TempDir::new().unwrap();
+async fn the_storage_budget_counts_envelopes_files_and_windows_over_every_recipient(place: Place) {
     let limits = StoreLimits {
         max_stored_bytes: Some(4 * SEALED),
         ..StoreLimits::default()
     };
-    let store = open(&dir, limits.clone());
+    let store = place.open(limits.clone()).await;
     assert_eq!(store.budget(), Some(4 * SEALED));
     let alice = key(1);
     let envelope = vec![7u8; SEALED_CHUNK_LEN];
@@ -1052,7 +1089,7 @@ async fn the_storage_budget_counts_envelopes_files_and_windows_over_every_recipi
     store.close().await.unwrap();
 
     // The count is the stored data's, read again when the store opens.
-    let store = open(&dir, limits);
+    let store = place.open(limits).await;
     let err = store.enqueue(key(61), envelope).await.unwrap_err();
     assert!(
         matches!(err, StoreError::OutOfSpace(OutOfSpace::Budget { used, .. }) if used == 3 * SEALED + 1),
@@ -1106,10 +1143,8 @@ async fn a_store_that_reserved_whole_files_is_recounted_from_its_blobs() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn blobs_are_deleted_only_for_their_recipient_or_by_age() {
-    let dir = TempDir::new().unwrap();
-    let (store, clock) = open_at(&dir, StoreLimits::default());
+async fn blobs_are_deleted_only_for_their_recipient_or_by_age(place: Place) {
+    let (store, clock) = place.open_at(StoreLimits::default()).await;
     let (alice, bob) = (key(1), key(2));
     let one = begin(&store, fid(1), alice, bob, 10, QUOTA).await.unwrap();
     store.update_blob(fid(1), 1, true).await.unwrap();
@@ -1215,10 +1250,8 @@ async fn damaged_blob_rows_are_not_anyones_and_expire() {
     assert_eq!(BlobUsage::decode(row.value()).unwrap(), want);
 }
 
-#[tokio::test]
-async fn a_live_feed_that_overflows_catches_up_from_the_store_in_order() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, StoreLimits::default());
+async fn a_live_feed_that_overflows_catches_up_from_the_store_in_order(place: Place) {
+    let store = place.open(StoreLimits::default()).await;
     let bob = key(2);
     let mut feed = store.subscribe(bob);
     // A new feed starts lagged: the first read comes from the store.
@@ -1391,4 +1424,154 @@ async fn a_batch_whose_envelopes_were_all_acknowledged_still_records_their_ids()
         "next id {next_id} would give {} again",
         gone.id
     );
+}
+
+/// Two relay nodes on one three-server cluster with three replicas: an
+/// envelope stored through one reaches a live feed on the other, in order
+/// and once, and the other's mailbox read finds it; an ack through either
+/// deletes it for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_nodes_share_mailboxes_and_live_feeds() {
+    let dir = TempDir::new().unwrap();
+    let Some(cluster) =
+        crate::nats_cluster::NatsCluster::start(&dir.path().join("nats"), 3).unwrap()
+    else {
+        return;
+    };
+    let config = super::JetStreamConfig {
+        replicas: 3,
+        ..jetstream_config(&cluster)
+    };
+    let connect = |n: &str| {
+        let node_dir = dir.path().join(n);
+        std::fs::create_dir_all(&node_dir).unwrap();
+        let config = config.clone();
+        async move {
+            Store::connect_jetstream(&config, StoreLimits::default(), &node_dir)
+                .await
+                .unwrap()
+        }
+    };
+    let (one, two) = (connect("one").await, connect("two").await);
+    let bob = key(2);
+    let feed = live_feed(&two, bob).await;
+    let mut sent = Vec::new();
+    for i in 0..5u8 {
+        sent.push(one.enqueue(bob, vec![i; 3]).await.unwrap());
+    }
+    let got = pushed_n(&feed, 5).await;
+    assert_eq!(ids(&got), sent);
+    assert_eq!(got[4].envelope, [4; 3]);
+    assert_eq!(ids(&two.pending(bob, None, 10).await.unwrap()), sent);
+    assert_eq!(two.usage(bob).await.unwrap(), (5, 15));
+
+    assert_eq!(two.ack(bob, sent[..2].to_vec()).await.unwrap(), 2);
+    assert_eq!(one.ack(bob, sent[..3].to_vec()).await.unwrap(), 1);
+    assert_eq!(ids(&one.pending(bob, None, 10).await.unwrap()), &sent[3..]);
+    assert_eq!(one.usage(bob).await.unwrap(), (2, 6));
+    one.close().await.unwrap();
+    two.close().await.unwrap();
+}
+
+/// The whole cluster stopped and started again: meanwhile a send is told
+/// the store is unavailable (so its sender tries again); afterwards the same
+/// store handle works again without being reopened, and everything stored
+/// before is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_cluster_is_unavailable_then_recovers_without_a_reopen() {
+    let Some(mut place) = Place::jetstream() else {
+        return;
+    };
+    let store = place.open(StoreLimits::default()).await;
+    let bob = key(2);
+    let kept = store.enqueue(bob, b"before".to_vec()).await.unwrap();
+
+    let nats = place.nats.as_mut().unwrap();
+    nats.kill(0);
+    match store.enqueue(bob, b"meanwhile".to_vec()).await {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    nats.restart(0).unwrap();
+    nats.wait_ready().unwrap();
+
+    // The client reconnects by itself; the first tries may still fail.
+    let after = loop {
+        match store.enqueue(bob, b"after".to_vec()).await {
+            Ok(id) => break id,
+            Err(StoreError::Unavailable(_)) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    };
+    let pending = store.pending(bob, None, 10).await.unwrap();
+    assert_eq!(pending.first().map(|s| s.id), Some(kept));
+    assert_eq!(pending.last().map(|s| s.id), Some(after));
+    store.close().await.unwrap();
+}
+
+/// Runs each shared test against one backend's [`Place`] (`None`: skipped).
+macro_rules! suite {
+    ($place:expr; $( #[$attr:meta] $name:ident ),* $(,)?) => {
+        $(
+            #[$attr]
+            async fn $name() {
+                if let Some(place) = $place {
+                    super::$name(place).await;
+                }
+            }
+        )*
+    };
+}
+
+/// Every test above that states a promise of the interface, not of one
+/// backend, for each backend.
+macro_rules! shared_suite {
+    ($place:expr) => {
+        suite! { $place;
+            #[tokio::test] enqueue_pending_ack_round_trip_keeps_order,
+            #[tokio::test] ack_by_another_owner_deletes_nothing,
+            #[tokio::test] data_and_ids_survive_close_and_reopen,
+            #[tokio::test] quota_by_count_is_enforced_and_freed_by_ack,
+            #[tokio::test] quota_by_bytes_is_enforced_and_freed_by_ack,
+            #[tokio::test] oversized_envelope_is_refused,
+            #[tokio::test] expire_removes_only_old_messages,
+            #[tokio::test] expire_after_reopen_uses_stored_times,
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)] quota_refusals_in_a_batch_do_not_fail_the_others,
+            #[tokio::test(flavor = "current_thread")] close_waits_for_queued_writes,
+            #[tokio::test] a_registered_token_is_what_the_next_lookup_sees_though_the_old_was_cached,
+        }
+    };
+}
+
+/// The file cache's metadata, and the live feeds' pushes before a commit:
+/// only the embedded backend keeps them so far.
+macro_rules! embedded_suite {
+    ($place:expr) => {
+        suite! { $place;
+            #[tokio::test] one_uploader_holds_at_most_its_share_of_a_recipients_quota,
+            #[tokio::test] a_blob_is_begun_resumed_by_its_uploader_only_and_completed,
+            #[tokio::test] blob_quotas_count_files_and_stored_bytes_per_recipient,
+            #[tokio::test] a_strangers_begun_uploads_hold_a_window_only_while_they_last,
+            #[tokio::test] a_window_moves_on_while_there_is_room_and_says_why_not,
+            #[tokio::test] uploads_in_progress_are_bounded_per_key_and_per_address,
+            #[tokio::test] the_storage_budget_counts_envelopes_files_and_windows_over_every_recipient,
+            #[tokio::test] blobs_are_deleted_only_for_their_recipient_or_by_age,
+            #[tokio::test] a_live_feed_that_overflows_catches_up_from_the_store_in_order,
+        }
+    };
+}
+
+mod embedded {
+    use super::Place;
+
+    shared_suite!(Some(Place::embedded()));
+    embedded_suite!(Some(Place::embedded()));
+}
+
+mod jetstream {
+    use super::Place;
+
+    shared_suite!(Place::jetstream());
 }

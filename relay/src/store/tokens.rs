@@ -32,7 +32,7 @@ pub struct TokenRow {
 }
 
 impl TokenRow {
-    fn encode(&self) -> [u8; ROW_LEN] {
+    pub(super) fn encode(&self) -> [u8; ROW_LEN] {
         let mut out = [0u8; ROW_LEN];
         out[..32].copy_from_slice(&self.current.0);
         out[32] = u8::from(self.first_contact);
