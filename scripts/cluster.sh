@@ -80,8 +80,8 @@ for n in 1 2; do
 done
 
 echo "relay key: $key"
-echo "clients connect to either node with:"
+echo "clients connect to either node, and fail over to the other, with:"
 echo "  sotto init --relay 127.0.0.1:7301 --relay-key $key"
-echo "  sotto init --relay 127.0.0.1:7302 --relay-key $key"
+echo "  sotto relay set 127.0.0.1:7301 $key --node 127.0.0.1:7302"
 echo "logs and data in $work; Ctrl-C stops everything"
 wait

@@ -40,6 +40,7 @@ pub async fn measure(
     let pin = RelayPin {
         addr: RelayAddr::new("127.0.0.1", relay.addr.port())?,
         key: relay.key,
+        nodes: Vec::new(),
     };
     let (alice, bob) = (SecretKey::generate(), SecretKey::generate());
 

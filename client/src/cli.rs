@@ -116,6 +116,10 @@ pub enum RelayCommand {
         /// The key it prints when it starts (sottorelay1...).
         #[arg(value_name = "KEY")]
         key: String,
+        /// Another address of the same relay (one of its nodes, proving the
+        /// same key), tried when the first does not answer; repeatable.
+        #[arg(long = "node", value_name = "HOST:PORT")]
+        nodes: Vec<String>,
     },
 }
 

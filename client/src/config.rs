@@ -30,6 +30,9 @@ const HEADER: &str = "\
 # relay_key = that relay's public key (sottorelay1...). It is pinned: a relay
 #             that proves any other key is refused. Change it only on purpose,
 #             with `sotto relay set HOST:PORT KEY`.
+# relay_nodes = [\"HOST:PORT\", ...]: other addresses of the same relay (its
+#             other nodes, same key), tried in order when `relay` does not
+#             answer; `sotto relay set HOST:PORT KEY --node HOST:PORT` sets them.
 # history   = false keeps no history of messages on this device (default
 #             true: kept in history.sealed, sealed with the identity key).
 #             Turning it off keeps what is there; `sotto history --clear`
@@ -60,6 +63,9 @@ pub struct Config {
     pub relay: Option<RelayAddr>,
     /// That relay's pinned key.
     pub relay_key: Option<RelayKey>,
+    /// Other addresses of that relay (its other nodes), tried in order.
+    #[serde(default)]
+    pub relay_nodes: Vec<RelayAddr>,
     /// Whether messages are kept in the local history (default: yes).
     pub history: Option<bool>,
     /// Largest file `receive-all` downloads, in bytes.
@@ -88,6 +94,7 @@ impl OldRelay {
         RelayPin {
             addr: self.relay.clone(),
             key: self.relay_key,
+            nodes: Vec::new(),
         }
     }
 }
@@ -99,6 +106,40 @@ pub struct RelayPin {
     pub addr: RelayAddr,
     /// The key it must prove.
     pub key: RelayKey,
+    /// Other addresses of the same relay (its other nodes, proving the same
+    /// key), tried in order after `addr` (see [`crate::dial`]).
+    pub nodes: Vec<RelayAddr>,
+}
+
+impl RelayPin {
+    /// The relay at `addr` proving `key`, with no other address known.
+    pub fn new(addr: RelayAddr, key: RelayKey) -> Self {
+        Self {
+            addr,
+            key,
+            nodes: Vec::new(),
+        }
+    }
+
+    /// `pin` with the other addresses this pin knows of the same relay
+    /// (same key) added: a contact's relay that is also mine is reached on
+    /// any of my relay's nodes.
+    pub fn reaching(&self, pin: &RelayPin) -> RelayPin {
+        if pin.key != self.key {
+            return pin.clone();
+        }
+        let mut nodes = pin.nodes.clone();
+        for addr in std::iter::once(&self.addr).chain(&self.nodes) {
+            if *addr != pin.addr && !nodes.contains(addr) {
+                nodes.push(addr.clone());
+            }
+        }
+        RelayPin {
+            addr: pin.addr.clone(),
+            key: pin.key,
+            nodes,
+        }
+    }
 }
 
 /// Parses a relay's address and key as typed (`init --relay --relay-key`,
@@ -113,7 +154,11 @@ pub fn parse_pin(addr: &str, key: &str) -> Result<RelayPin> {
     let key: RelayKey = key.parse().map_err(anyhow::Error::new).context(
         "invalid relay key (it should be the sottorelay1... key that sotto-relay prints)",
     )?;
-    Ok(RelayPin { addr, key })
+    Ok(RelayPin {
+        addr,
+        key,
+        nodes: Vec::new(),
+    })
 }
 
 impl Config {
@@ -169,6 +214,7 @@ impl Config {
             (Some(addr), Some(key)) => Ok(RelayPin {
                 addr: addr.clone(),
                 key: *key,
+                nodes: self.relay_nodes.clone(),
             }),
             _ => Err(anyhow!(
                 "no relay configured: run `sotto relay set HOST:PORT KEY`"
@@ -231,6 +277,12 @@ pub fn apply(path: &Path, changes: &Changes<'_>) -> Result<()> {
     if let Some(pin) = relay {
         doc["relay"] = toml_edit::value(pin.addr.to_string());
         doc["relay_key"] = toml_edit::value(pin.key.to_string());
+        if pin.nodes.is_empty() {
+            doc.remove("relay_nodes");
+        } else {
+            let nodes: toml_edit::Array = pin.nodes.iter().map(ToString::to_string).collect();
+            doc["relay_nodes"] = toml_edit::value(nodes);
+        }
     }
     if let Some(keep) = history {
         doc["history"] = toml_edit::value(keep);
@@ -328,7 +380,40 @@ mod tests {
         RelayPin {
             addr: "relay.example.org:7300".parse().unwrap(),
             key: RelayKey::from(PublicKey::from_bytes([4; 32])),
+            nodes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_relays_other_nodes_are_kept_and_read_back_and_dropped_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let mut with_nodes = pin();
+        with_nodes.nodes = vec![
+            "node2.example.org:7300".parse().unwrap(),
+            "[2001:db8::1]:7300".parse().unwrap(),
+        ];
+        update(&path, None, Some(&with_nodes)).unwrap();
+        assert_eq!(Config::load(&path).unwrap().relay().unwrap(), with_nodes);
+        update(&path, None, Some(&pin())).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("\nrelay_nodes ="), "{text}");
+        assert_eq!(Config::load(&path).unwrap().relay().unwrap(), pin());
+    }
+
+    #[test]
+    fn my_relays_nodes_stand_in_for_it_and_for_no_other_relay() {
+        let mut mine = pin();
+        mine.nodes = vec!["node2.example.org:7300".parse().unwrap()];
+        // A contact's route to my relay, under its first address.
+        let route = RelayPin::new(mine.addr.clone(), mine.key);
+        assert_eq!(mine.reaching(&route), mine);
+        // Under the second: the first becomes the other node.
+        let second = RelayPin::new(mine.nodes[0].clone(), mine.key);
+        assert_eq!(mine.reaching(&second).nodes, [mine.addr.clone()]);
+        // Another relay (another key) at my relay's address gains nothing.
+        let other = RelayPin::new(mine.addr.clone(), RelayKey::from_bytes([9; 32]));
+        assert_eq!(mine.reaching(&other), other);
     }
 
     #[test]
@@ -365,6 +450,7 @@ mod tests {
         let other = RelayPin {
             addr: "127.0.0.1:9".parse().unwrap(),
             key: RelayKey::from(PublicKey::from_bytes([5; 32])),
+            nodes: Vec::new(),
         };
         let both = [pin(), other.clone()];
         let changes = Changes {

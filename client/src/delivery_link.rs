@@ -27,13 +27,13 @@ use sotto_crypto::wire::{DeliveryMsg, RelayHello, RelayMsg};
 use sotto_keys::{DeliveryToken, PublicKey, RelayAddr, RelayKey};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
+use crate::config::RelayPin;
 use crate::relay_client::{
-    answer_to, describe_io, handshake_error, stream_upload, upload_state, write_to, RelayError,
-    SealedChunk, Upload, UploadEnd, ANSWER_TIMEOUT, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT,
+    answer_to, handshake_error, stream_upload, upload_state, write_to, RelayError, SealedChunk,
+    Upload, UploadEnd, ANSWER_TIMEOUT, HANDSHAKE_TIMEOUT,
 };
 
 /// A delivery link to one relay.
@@ -53,35 +53,16 @@ impl<R, W> fmt::Debug for DeliveryConn<R, W> {
     }
 }
 
-/// Opens a delivery link to the relay at `addr`, which must prove `pinned`.
+/// Opens a delivery link to the relay `pin` (at the first of its addresses
+/// that answers, see [`crate::dial`]), which must prove its key.
 pub async fn connect_delivery(
-    addr: &RelayAddr,
-    pinned: &RelayKey,
+    pin: &RelayPin,
 ) -> Result<DeliveryConn<OwnedReadHalf, OwnedWriteHalf>, RelayError> {
-    let addr = addr.clone();
-    let stream = match timeout(
-        CONNECT_TIMEOUT,
-        TcpStream::connect((addr.host(), addr.port())),
-    )
+    crate::dial::dial(&pin.addr, &pin.nodes, |stream, addr| {
+        let (r, w) = stream.into_split();
+        delivery_handshake(r, w, addr, &pin.key)
+    })
     .await
-    {
-        Err(_) => {
-            return Err(RelayError::Unreachable {
-                addr,
-                reason: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
-            })
-        }
-        Ok(Err(e)) => {
-            return Err(RelayError::Unreachable {
-                addr,
-                reason: describe_io(&e),
-            })
-        }
-        Ok(Ok(s)) => s,
-    };
-    let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
-    delivery_handshake(r, w, addr, pinned).await
 }
 
 /// Runs the delivery link's handshake on an open stream.
@@ -253,14 +234,25 @@ where
 }
 
 /// The delivery links of [`crate::delivery_pool`]: real ones, over TCP.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DeliveryLinks;
+/// They know my relay's other nodes, so deliveries to contacts on my relay
+/// fail over between them too.
+#[derive(Debug, Clone)]
+pub struct DeliveryLinks {
+    mine: RelayPin,
+}
+
+impl DeliveryLinks {
+    /// Links for a client whose own relay is `mine`.
+    pub fn new(mine: &RelayPin) -> Self {
+        Self { mine: mine.clone() }
+    }
+}
 
 impl crate::delivery_pool::Connect for DeliveryLinks {
     type Link = DeliveryConn<OwnedReadHalf, OwnedWriteHalf>;
 
-    async fn connect(&self, pin: &crate::config::RelayPin) -> Result<Self::Link, RelayError> {
-        connect_delivery(&pin.addr, &pin.key).await
+    async fn connect(&self, pin: &RelayPin) -> Result<Self::Link, RelayError> {
+        connect_delivery(&self.mine.reaching(pin)).await
     }
 }
 

@@ -240,6 +240,7 @@ impl<C: Connect> Worker<C> {
         RelayPin {
             addr: self.link.relay.clone(),
             key: self.link.relay_key,
+            nodes: Vec::new(),
         }
     }
 
@@ -502,6 +503,7 @@ mod tests {
         let pin = RelayPin {
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             key: RelayKey::from_bytes([1; 32]),
+            nodes: Vec::new(),
         };
         Route::new(&pin, to, None)
     }

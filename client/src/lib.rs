@@ -68,6 +68,7 @@ pub mod contacts;
 pub mod delivery_link;
 pub mod delivery_pool;
 pub mod delivery_token;
+pub mod dial;
 pub mod display;
 pub mod download;
 pub mod download_limits;

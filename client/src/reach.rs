@@ -247,6 +247,7 @@ mod tests {
         let pin = RelayPin {
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             key: RelayKey::from_bytes([2; 32]),
+            nodes: Vec::new(),
         };
         Mine::new(&pin, DeliveryToken::from_bytes([port as u8; 16]))
     }

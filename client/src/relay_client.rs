@@ -19,7 +19,6 @@ use sotto_crypto::LinkError;
 use sotto_keys::{PublicKey, RelayAddr, RelayKey, SecretKey};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -262,37 +261,17 @@ impl<R, W> fmt::Debug for RelayConn<R, W> {
     }
 }
 
-/// Connects to the pinned relay over TCP and runs the handshake.
+/// Connects to the pinned relay over TCP (at the first of its addresses
+/// that answers, see [`crate::dial`]) and runs the handshake.
 pub async fn connect(
     pin: &RelayPin,
     me: &SecretKey,
 ) -> Result<RelayConn<OwnedReadHalf, OwnedWriteHalf>, RelayError> {
-    let addr = pin.addr.clone();
-    tracing::debug!(relay = %addr, "connecting");
-    let stream = match timeout(
-        CONNECT_TIMEOUT,
-        TcpStream::connect((addr.host(), addr.port())),
-    )
+    crate::dial::dial(&pin.addr, &pin.nodes, |stream, addr| {
+        let (r, w) = stream.into_split();
+        handshake(r, w, addr, &pin.key, me)
+    })
     .await
-    {
-        Err(_) => {
-            return Err(RelayError::Unreachable {
-                addr,
-                reason: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
-            })
-        }
-        Ok(Err(e)) => {
-            return Err(RelayError::Unreachable {
-                addr,
-                reason: describe_io(&e),
-            })
-        }
-        Ok(Ok(s)) => s,
-    };
-    // Requests are small and answered one by one: don't let Nagle delay them.
-    let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
-    handshake(r, w, addr, &pin.key, me).await
 }
 
 /// Runs the handshake on an open stream (separate from [`connect`] so tests
@@ -1172,6 +1151,7 @@ mod tests {
         let pin = RelayPin {
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             key: RelayKey::from_bytes([1; 32]),
+            nodes: Vec::new(),
         };
         let err = connect(&pin, &SecretKey::generate()).await.unwrap_err();
         assert_eq!(

@@ -75,6 +75,7 @@ impl Route {
         RelayPin {
             addr: self.relay.clone(),
             key: self.relay_key,
+            nodes: Vec::new(),
         }
     }
 
@@ -97,6 +98,7 @@ mod tests {
         RelayPin {
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             key: RelayKey::from_bytes([port as u8; 32]),
+            nodes: Vec::new(),
         }
     }
 

@@ -145,6 +145,7 @@ mod tests {
         let pin = RelayPin {
             addr: "127.0.0.1:7300".parse().unwrap(),
             key: RelayKey::from_bytes([9; 32]),
+            nodes: Vec::new(),
         };
         let route = Route::new(
             &pin,

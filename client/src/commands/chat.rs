@@ -278,7 +278,7 @@ pub fn run(ctx: &Ctx, args: ChatArgs) -> Result<()> {
     };
     let history = History::open(&ctx.home, &me)?;
     let mine = reach::mine(&ctx.home, &pin)?;
-    let (pool, events) = Pool::new(DeliveryLinks, Policy::CHAT);
+    let (pool, events) = Pool::new(DeliveryLinks::new(&pin), Policy::CHAT);
     let mut chat = Chat {
         view,
         me: Arc::new(me),
@@ -1246,8 +1246,9 @@ mod tests {
         let pin = RelayPin {
             addr: "127.0.0.1:1".parse().unwrap(),
             key: sotto_keys::RelayKey::from_bytes([1; 32]),
+            nodes: Vec::new(),
         };
-        let (pool, events) = Pool::new(DeliveryLinks, Policy::CHAT);
+        let (pool, events) = Pool::new(DeliveryLinks::new(&pin), Policy::CHAT);
         let mine = Mine::new(&pin, sotto_keys::DeliveryToken::generate());
         Chat {
             view: View::Lines,
@@ -1255,6 +1256,7 @@ mod tests {
             pin: RelayPin {
                 addr: "127.0.0.1:1".parse().unwrap(),
                 key: sotto_keys::RelayKey::from_bytes([1; 32]),
+                nodes: Vec::new(),
             },
             book,
             sessions: SessionFiles::of(&crate::home::Home::at(dir)),

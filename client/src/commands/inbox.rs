@@ -161,7 +161,7 @@ fn read(
         };
         let deleted = conn.ack(&outcome.ack).await?;
         tracing::info!(acked = outcome.ack.len(), deleted, "acknowledged");
-        send_replies(to_send).await;
+        send_replies(&pin, to_send).await;
         conn.close().await;
         Ok(Some(outcome))
     })?

@@ -49,6 +49,7 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {
         (_, _, Some((invite, _))) => Some(RelayPin {
             addr: invite.relay.clone(),
             key: invite.relay_key,
+            nodes: Vec::new(),
         }),
         (Some(addr), Some(key), None) => Some(parse_pin(addr, key)?),
         (None, None, None) => None,

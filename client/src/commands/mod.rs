@@ -49,7 +49,9 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Init(args) => init::run(&ctx, args),
-        Command::Relay(RelayCommand::Set { addr, key }) => relay::set(&ctx, &addr, &key),
+        Command::Relay(RelayCommand::Set { addr, key, nodes }) => {
+            relay::set(&ctx, &addr, &key, &nodes)
+        }
         Command::Id(args) => id::run(&ctx, args),
         Command::Contact(ContactCommand::Add(args)) => contact::add(&ctx, args),
         Command::Contact(ContactCommand::List) => contact::list(&ctx),
@@ -191,7 +193,7 @@ pub(crate) fn tell_contacts(
         .iter()
         .map(|s| s.to)
         .collect::<std::collections::HashSet<_>>();
-    let done = block_on(crate::outbox::deliver(&sessions, &me, sealed))??;
+    let done = block_on(crate::outbox::deliver(&sessions, &me, pin, sealed))??;
     for e in &done.refused {
         warn(&crate::error_line(e));
     }

@@ -100,7 +100,7 @@ pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
             let deleted = conn.ack(&outcome.ack).await?;
             tracing::info!(acked = outcome.ack.len(), deleted, "acknowledged");
         }
-        send_replies(to_send).await;
+        send_replies(&pin, to_send).await;
         conn.close().await;
         for n in inbound::notices(&outcome) {
             tell(&n);

@@ -17,15 +17,47 @@ use sotto_keys::ContactBook;
 use super::{note, Ctx};
 use crate::config::{self, parse_pin, Changes, Config, RelayPin};
 
-/// Runs `sotto relay set HOST:PORT KEY`.
-pub fn set(ctx: &Ctx, addr: &str, key: &str) -> Result<()> {
+/// Runs `sotto relay set HOST:PORT KEY [--node HOST:PORT]...`.
+pub fn set(ctx: &Ctx, addr: &str, key: &str, nodes: &[String]) -> Result<()> {
     ctx.home.require_identity()?;
-    let pin = parse_pin(addr, key)?;
+    let mut pin = parse_pin(addr, key)?;
+    for node in nodes {
+        let node = parse_pin(node, key)?.addr;
+        if node != pin.addr && !pin.nodes.contains(&node) {
+            pin.nodes.push(node);
+        }
+    }
     let path = ctx.home.config();
     let old = Config::load(&path)?;
     let before = old.relay().ok();
     if before.as_ref() == Some(&pin) {
         note(&format!("relay unchanged: {} {}", pin.addr, pin.key));
+        return Ok(());
+    }
+    // The same relay (same key) still answering where it did, with its list
+    // of nodes changed: nothing moved, so nothing to drain or tell.
+    if let Some(b) = before
+        .as_ref()
+        .filter(|b| b.key == pin.key && (b.addr == pin.addr || pin.nodes.contains(&b.addr)))
+    {
+        config::apply(
+            &path,
+            &Changes {
+                relay: Some(&pin),
+                ..Changes::default()
+            },
+        )?;
+        note(&format!(
+            "relay pinned: {} {}, also at {} (it was at {})",
+            pin.addr,
+            pin.key,
+            list(&pin.nodes),
+            std::iter::once(&b.addr)
+                .chain(&b.nodes)
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         return Ok(());
     }
     // A relay at another address may still hold messages for me; the same
@@ -49,12 +81,17 @@ pub fn set(ctx: &Ctx, addr: &str, key: &str) -> Result<()> {
             ..Changes::default()
         },
     )?;
+    let also = if pin.nodes.is_empty() {
+        String::new()
+    } else {
+        format!(", also at {}", list(&pin.nodes))
+    };
     match &before {
         Some(b) => note(&format!(
-            "relay pinned: {} {} (replacing {} {})",
+            "relay pinned: {} {}{also} (replacing {} {})",
             pin.addr, pin.key, b.addr, b.key
         )),
-        None => note(&format!("relay pinned: {} {}", pin.addr, pin.key)),
+        None => note(&format!("relay pinned: {} {}{also}", pin.addr, pin.key)),
     }
     let book = ContactBook::load(&ctx.home.contacts())?;
     if before.is_none() || book.contacts().next().is_none() {
@@ -68,4 +105,16 @@ pub fn set(ctx: &Ctx, addr: &str, key: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// `a, b, c`, or `no other address`.
+fn list(addrs: &[sotto_keys::RelayAddr]) -> String {
+    if addrs.is_empty() {
+        return "no other address".to_owned();
+    }
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -49,7 +49,7 @@ pub fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
     let mine = reach::mine(&ctx.home, &pin)?;
     let history = History::open(&ctx.home, &me)?;
     let sessions = SessionFiles::of(&ctx.home);
-    let earlier = block_on(deliver_undelivered(&sessions, &me))??;
+    let earlier = block_on(deliver_undelivered(&sessions, &me, &pin))??;
     if earlier > 0 {
         note(&format!(
             "delivered {earlier} message(s) kept from before, when their relay could not be reached"
@@ -59,7 +59,7 @@ pub fn run(ctx: &Ctx, args: SendArgs) -> Result<()> {
     // of the session state, saved before anything goes out.
     let sealed = outbox::seal_and_save(&sessions, &me, &target, text, &pin, Some(&mine))?;
     let messages = sealed.sealed.iter().filter(|s| s.message.is_some()).count();
-    let done = block_on(deliver(&sessions, &me, sealed.sealed))??;
+    let done = block_on(deliver(&sessions, &me, &pin, sealed.sealed))??;
     if let Some(n) = history.record(&[sealed.entry]) {
         tell(&n);
     }

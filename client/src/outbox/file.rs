@@ -62,7 +62,7 @@ pub async fn send_files(
 ) -> Result<()> {
     for contact in recipients {
         let route = route_for(Some(contact), contact.key, mine);
-        let mut conn = connect_delivery(&route.relay, &route.relay_key).await?;
+        let mut conn = connect_delivery(&mine.reaching(&route.pin())).await?;
         let mut shown = progress(contact);
         for source in sources {
             send_one(

@@ -448,10 +448,11 @@ pub struct Delivered {
 pub async fn deliver(
     sessions: &SessionFiles,
     me: &SecretKey,
+    my_relay: &RelayPin,
     sealed: Vec<Sealed>,
 ) -> Result<Delivered> {
     let pending: Vec<Pending> = sealed.iter().map(Sealed::pending).collect();
-    let (mut delivered, later) = deliver_pending(pending).await;
+    let (mut delivered, later) = deliver_pending(my_relay, pending).await;
     delivered.kept_messages = later
         .iter()
         .filter(|p| p.message.is_some())
@@ -489,7 +490,11 @@ pub async fn forget_kept(sessions: &SessionFiles, me: &SecretKey, ids: Vec<u64>)
 /// Delivers what earlier commands could not, then drops from the list what
 /// was stored (or refused for good). Best effort: returns how many of the
 /// messages among them went.
-pub async fn deliver_undelivered(sessions: &SessionFiles, me: &SecretKey) -> Result<usize> {
+pub async fn deliver_undelivered(
+    sessions: &SessionFiles,
+    me: &SecretKey,
+    my_relay: &RelayPin,
+) -> Result<usize> {
     let waiting = {
         let (sessions, me) = (sessions.clone(), me.clone());
         tokio::task::spawn_blocking(move || {
@@ -507,7 +512,7 @@ pub async fn deliver_undelivered(sessions: &SessionFiles, me: &SecretKey) -> Res
         .filter(|p| p.message.is_some())
         .map(|p| p.id)
         .collect();
-    let (delivered, later) = deliver_pending(waiting).await;
+    let (delivered, later) = deliver_pending(my_relay, waiting).await;
     for e in &delivered.refused {
         tracing::warn!(error = %e, "a kept message was refused");
     }
@@ -527,9 +532,9 @@ pub async fn deliver_undelivered(sessions: &SessionFiles, me: &SecretKey) -> Res
 }
 
 /// Delivers `pending` through a one-shot pool; returns what happened and
-/// the entries to keep for later.
-async fn deliver_pending(pending: Vec<Pending>) -> (Delivered, Vec<Pending>) {
-    let (mut pool, mut events) = Pool::new(DeliveryLinks, Policy::ONCE);
+/// the entries to keep for later. `my_relay`'s other nodes stand in for it.
+async fn deliver_pending(my_relay: &RelayPin, pending: Vec<Pending>) -> (Delivered, Vec<Pending>) {
+    let (mut pool, mut events) = Pool::new(DeliveryLinks::new(my_relay), Policy::ONCE);
     let mut by_id: HashMap<u64, Pending> = HashMap::new();
     for p in pending {
         by_id.insert(p.id, p.clone());
@@ -562,9 +567,9 @@ async fn deliver_pending(pending: Vec<Pending>) -> (Delivered, Vec<Pending>) {
 /// Sends session accepts and receipts, best effort, each to its
 /// recipient's relay. A lost accept only delays the session (the next
 /// message completes it), a lost receipt only leaves the sender unsure.
-pub async fn send_replies(sealed: Vec<Sealed>) {
+pub async fn send_replies(my_relay: &RelayPin, sealed: Vec<Sealed>) {
     let pending = sealed.iter().map(Sealed::pending).collect();
-    let (delivered, later) = deliver_pending(pending).await;
+    let (delivered, later) = deliver_pending(my_relay, pending).await;
     for e in delivered.refused {
         tracing::debug!(error = %e, "an accept or receipt was refused");
     }

@@ -22,6 +22,7 @@ fn my_relay() -> RelayPin {
     RelayPin {
         addr: "127.0.0.1:1".parse().unwrap(),
         key: RelayKey::from_bytes([1; 32]),
+        nodes: Vec::new(),
     }
 }
 
