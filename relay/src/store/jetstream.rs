@@ -111,6 +111,30 @@ impl Drop for Inner {
     }
 }
 
+/// Whether a compare-and-set lost to another writer (so it is tried again
+/// on what that writer left), rather than failed.
+///
+/// async-nats names the loss `WrongLastRevision` only for the server's error
+/// code 10071; nats-server 2.11 and later answer a lost compare-and-set on
+/// one subject with 10164 ("wrong last sequence"), which reaches us as
+/// `Other` with the server's error as its source. `ErrorCode` has no public
+/// constructor, so that code is recognised by its debug form.
+fn lost_the_race(err: &kv::UpdateError) -> bool {
+    if err.kind() == kv::UpdateErrorKind::WrongLastRevision {
+        return true;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(js) = e.downcast_ref::<jetstream::Error>() {
+            let code = js.error_code();
+            return code == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                || format!("{code:?}") == "ErrorCode(10164)";
+        }
+        source = e.source();
+    }
+    false
+}
+
 fn unavailable(err: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(err.to_string())
 }
@@ -350,7 +374,7 @@ impl JetStreamStore {
                 .await
             {
                 Ok(_) => break Ok(()),
-                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(err) if lost_the_race(&err) => continue,
                 Err(err) => break Err(unavailable(err)),
             }
         };
