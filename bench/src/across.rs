@@ -237,7 +237,7 @@ pub async fn throughput(scale: &Scale, tmp: &Path, t: &mut Table) -> anyhow::Res
         };
         sending.push(chat::start(delivery(link), role, stats.clone()).await?);
     }
-    let pumped = chat::pump(&relay, scale, &sending, &stats, n).await;
+    let pumped = chat::pump(&[&relay], scale, &sending, &stats, n).await;
     for r in reading.iter().chain(&sending) {
         r.abort();
     }
@@ -254,6 +254,7 @@ pub async fn throughput(scale: &Scale, tmp: &Path, t: &mut Table) -> anyhow::Res
         scale,
         (fsync_before, fsync_after),
         counts,
+        50_000.0,
     );
     t.note(format!(
         "delivery throughput: every Send presents its mailbox's token (registered first, so a \

@@ -25,6 +25,7 @@ mod chat;
 mod conns;
 mod filedrop;
 mod link_client;
+mod nodes;
 mod relay_proc;
 mod report;
 
@@ -53,8 +54,15 @@ struct Args {
     /// itself; prints its address and key, stops when stdin closes).
     #[arg(long, hide = true, value_name = "DIR")]
     relay_child: Option<PathBuf>,
+    /// Internal: the relay child runs as a node over these NATS servers
+    /// (comma-separated URLs).
+    #[arg(long, hide = true, value_name = "URLS", value_delimiter = ',')]
+    nats: Vec<String>,
+    /// Internal: the relay child's stream replicas.
+    #[arg(long, hide = true, value_name = "N", default_value_t = 3)]
+    replicas: usize,
     /// Run only these sections (besides the baselines), comma-separated:
-    /// file, chat, relays, throughput, delivery, conns. Default: all.
+    /// file, chat, relays, throughput, delivery, nodes, conns. Default: all.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     only: Vec<Section>,
 }
@@ -72,6 +80,8 @@ enum Section {
     Throughput,
     /// Durable envelopes per second over delivery links.
     Delivery,
+    /// Relay nodes over a NATS JetStream cluster, beside the embedded store.
+    Nodes,
     /// Memory per idle connection.
     Conns,
 }
@@ -149,7 +159,11 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     if let Some(dir) = args.relay_child {
-        return runtime.block_on(relay_proc::child_main(dir));
+        let nats = (!args.nats.is_empty()).then(|| relay_proc::NatsStore {
+            servers: args.nats.clone(),
+            replicas: args.replicas,
+        });
+        return runtime.block_on(relay_proc::child_main(dir, nats));
     }
     let scale = Scale::new(args.quick, args.file_mib);
     let tmp = match &args.tmp {
@@ -194,6 +208,10 @@ async fn run(
     if wanted(Section::Delivery) {
         note("throughput over delivery links");
         across::throughput(scale, tmp, &mut table).await?;
+    }
+    if wanted(Section::Nodes) {
+        note("relay nodes over NATS JetStream");
+        nodes::measure(scale, tmp, &mut table).await?;
     }
     if wanted(Section::Conns) {
         note("idle connections");

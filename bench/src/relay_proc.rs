@@ -21,11 +21,37 @@ use tokio::process::{Child, Command};
 
 use crate::report::{cpu_secs, reset_peak, status_kib};
 
-/// The child's side.
-pub async fn child_main(dir: PathBuf) -> anyhow::Result<()> {
+/// The shared store a relay child runs on, for relay nodes.
+#[derive(Debug, Clone)]
+pub struct NatsStore {
+    /// NATS server URLs.
+    pub servers: Vec<String>,
+    /// Copies of every stream.
+    pub replicas: usize,
+}
+
+/// The child's side: the embedded store in `dir`, or `nats` when given.
+pub async fn child_main(dir: PathBuf, nats: Option<NatsStore>) -> anyhow::Result<()> {
+    // `RUST_LOG=warn sotto-bench` shows what the relays log, on stderr.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut config = RelayConfig::defaults();
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.data_dir = dir;
+    if let Some(nats) = nats {
+        config.store =
+            sotto_relay::config::StoreBackend::JetStream(sotto_relay::store::JetStreamConfig {
+                servers: nats.servers,
+                replicas: nats.replicas,
+                prefix: "SOTTO".into(),
+                credentials: None,
+                tls_ca: None,
+            });
+    }
     // Every bench client comes from 127.0.0.1: the limits per source address
     // are the relay's whole limits here, or they would stop the bench.
     config.max_connections_per_address = config.max_connections;
@@ -83,17 +109,51 @@ pub struct RelayChild {
     pub addr: SocketAddr,
     /// Its key.
     pub key: RelayKey,
+    /// Its data directory.
+    pub dir: PathBuf,
 }
 
 impl RelayChild {
     /// Starts a relay with a fresh data directory under `tmp`.
     pub async fn start(tmp: &Path, name: &str) -> anyhow::Result<Self> {
+        Self::start_on(tmp, name, None, None).await
+    }
+
+    /// Starts a relay node over `nats`, with the keypair of the node whose
+    /// data dir is `key_from` (so both are one relay), or a new one.
+    pub async fn start_node(
+        tmp: &Path,
+        name: &str,
+        nats: &NatsStore,
+        key_from: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        Self::start_on(tmp, name, Some(nats), key_from).await
+    }
+
+    async fn start_on(
+        tmp: &Path,
+        name: &str,
+        nats: Option<&NatsStore>,
+        key_from: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let dir = tmp.join(name);
         std::fs::create_dir_all(&dir)?;
+        if let Some(from) = key_from {
+            let key = sotto_relay::relay_key::KEY_FILE;
+            std::fs::copy(from.join(key), dir.join(key))
+                .context("cannot copy the relay key to another node")?;
+        }
         let exe = std::env::current_exe()?;
-        let mut child = Command::new(exe)
-            .arg("--relay-child")
-            .arg(&dir)
+        let mut command = Command::new(exe);
+        command.arg("--relay-child").arg(&dir);
+        if let Some(nats) = nats {
+            command
+                .arg("--nats")
+                .arg(nats.servers.join(","))
+                .arg("--replicas")
+                .arg(nats.replicas.to_string());
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -121,6 +181,7 @@ impl RelayChild {
             pid,
             addr,
             key: RelayKey::from_bytes(bytes),
+            dir,
         })
     }
 
