@@ -34,8 +34,8 @@
 //! - **Delivery tokens** are a KV bucket, `<prefix>_TOKENS`, keyed like the
 //!   subjects.
 //!
-//! The blind file cache is not in this backend yet: the blob calls refuse
-//! with [`StoreError::Unsupported`].
+//! - **The blind file cache** (chunks, metadata, file quotas and the holds
+//!   of uploads in progress) is in `cluster_files`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,10 +49,15 @@ use sotto_keys::PublicKey;
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
+use super::cluster_files::{ChunkSink, ChunkSource, ClusterFiles};
 use super::codec::{Recipient, Usage};
 use super::live::{Feed, Feeds};
 use super::writer::Clock;
-use super::{Committing, StoreCounters, StoreError, StoreLimits, Stored, TokenRow};
+use super::{
+    BlobBegun, BlobMeta, BlobQuota, Committing, SourceAddr, StoreCounters, StoreError,
+    StoreLimits, Stored, TokenRow, Window,
+};
+use sotto_crypto::file::FileId;
 
 /// The header with an envelope's arrival time (unix seconds, relay clock).
 const RECEIVED: &str = "Sotto-Received";
@@ -102,6 +107,8 @@ struct Inner {
     /// Serializes this node's quota reservations per recipient, so the
     /// compare-and-set rarely loses to a neighbour on the same node.
     reserving: Mutex<HashMap<Recipient, Arc<tokio::sync::Mutex<()>>>>,
+    /// The blind file cache (`cluster_files`).
+    files: ClusterFiles,
     follower: tokio::task::JoinHandle<()>,
 }
 
@@ -116,14 +123,14 @@ fn unavailable(err: impl std::fmt::Display) -> StoreError {
 }
 
 /// The hash of a recipient's key that names its subject and KV entries.
-fn hashed(key: &PublicKey) -> Recipient {
+pub(super) fn hashed(key: &PublicKey) -> Recipient {
     *blake3::Hasher::new_derive_key("sotto relay jetstream mailbox name v1")
         .update(key.as_bytes())
         .finalize()
         .as_bytes()
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -179,6 +186,7 @@ impl JetStreamStore {
         };
         let usage = create_bucket(&js, bucket(format!("{prefix}_USAGE"))).await?;
         let tokens = create_bucket(&js, bucket(format!("{prefix}_TOKENS"))).await?;
+        let files = ClusterFiles::open(&js, &prefix, config.replicas, Arc::clone(&clock)).await?;
         let last = mail
             .get_info()
             .await
@@ -214,6 +222,7 @@ impl JetStreamStore {
                 tasks: TaskTracker::new(),
                 writes: AtomicU64::new(0),
                 reserving: Mutex::new(HashMap::new()),
+                files,
                 follower,
             }),
         })
@@ -558,6 +567,79 @@ impl JetStreamStore {
         Ok((usage.messages, usage.bytes))
     }
 
+    pub(super) async fn begin_blob(
+        &self,
+        id: FileId,
+        uploader: PublicKey,
+        source: SourceAddr,
+        to: PublicKey,
+        size: u64,
+        quota: BlobQuota,
+    ) -> Result<BlobBegun, StoreError> {
+        let inner = self.open()?;
+        inner
+            .files
+            .begin_blob(id, uploader, source, to, size, quota)
+            .await
+    }
+
+    pub(super) async fn update_blob(
+        &self,
+        id: FileId,
+        have: u64,
+        complete: bool,
+    ) -> Result<Window, StoreError> {
+        self.open()?.files.update_blob(id, have, complete).await
+    }
+
+    pub(super) async fn delete_blobs(
+        &self,
+        ids: Vec<FileId>,
+        owner: Option<PublicKey>,
+        updated_at_or_before: Option<u64>,
+    ) -> Result<Vec<FileId>, StoreError> {
+        let inner = self.open()?;
+        inner
+            .files
+            .delete_blobs(ids, owner, updated_at_or_before)
+            .await
+    }
+
+    pub(super) async fn blob(&self, id: FileId) -> Result<Option<BlobMeta>, StoreError> {
+        self.open()?.files.blob(id).await
+    }
+
+    pub(super) async fn blob_ids(&self) -> Result<Vec<FileId>, StoreError> {
+        self.open()?.files.blob_ids().await
+    }
+
+    pub(super) async fn stale_blobs(
+        &self,
+        updated_at_or_before: u64,
+    ) -> Result<Vec<FileId>, StoreError> {
+        self.open()?.files.stale_blobs(updated_at_or_before).await
+    }
+
+    pub(super) async fn blob_usage(&self, recipient: PublicKey) -> Result<(u64, u64), StoreError> {
+        self.open()?.files.blob_usage(recipient).await
+    }
+
+    pub(super) async fn blob_share(
+        &self,
+        recipient: PublicKey,
+        uploader: PublicKey,
+    ) -> Result<(u64, u64), StoreError> {
+        self.open()?.files.blob_share(recipient, uploader).await
+    }
+
+    pub(super) fn chunk_sink(&self, id: FileId) -> Result<ChunkSink, StoreError> {
+        Ok(self.open()?.files.sink(id))
+    }
+
+    pub(super) fn chunk_source(&self, id: FileId) -> Result<ChunkSource, StoreError> {
+        Ok(self.open()?.files.source(id))
+    }
+
     pub(super) async fn close(self) -> Result<(), StoreError> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Err(StoreError::Closed);
@@ -573,7 +655,7 @@ impl JetStreamStore {
     }
 }
 
-async fn create_bucket(
+pub(super) async fn create_bucket(
     js: &jetstream::Context,
     config: kv::Config,
 ) -> Result<kv::Store, StoreError> {

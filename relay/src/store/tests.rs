@@ -1541,23 +1541,24 @@ macro_rules! shared_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)] quota_refusals_in_a_batch_do_not_fail_the_others,
             #[tokio::test(flavor = "current_thread")] close_waits_for_queued_writes,
             #[tokio::test] a_registered_token_is_what_the_next_lookup_sees_though_the_old_was_cached,
-        }
-    };
-}
-
-/// The file cache's metadata, and the live feeds' pushes before a commit:
-/// only the embedded backend keeps them so far.
-macro_rules! embedded_suite {
-    ($place:expr) => {
-        suite! { $place;
             #[tokio::test] one_uploader_holds_at_most_its_share_of_a_recipients_quota,
             #[tokio::test] a_blob_is_begun_resumed_by_its_uploader_only_and_completed,
             #[tokio::test] blob_quotas_count_files_and_stored_bytes_per_recipient,
             #[tokio::test] a_strangers_begun_uploads_hold_a_window_only_while_they_last,
             #[tokio::test] a_window_moves_on_while_there_is_room_and_says_why_not,
             #[tokio::test] uploads_in_progress_are_bounded_per_key_and_per_address,
-            #[tokio::test] the_storage_budget_counts_envelopes_files_and_windows_over_every_recipient,
             #[tokio::test] blobs_are_deleted_only_for_their_recipient_or_by_age,
+        }
+    };
+}
+
+/// What only the embedded backend keeps: a storage budget over the whole
+/// relay (the JetStream backend leaves that to the cluster's own limits),
+/// and live feeds pushed before a commit.
+macro_rules! embedded_suite {
+    ($place:expr) => {
+        suite! { $place;
+            #[tokio::test] the_storage_budget_counts_envelopes_files_and_windows_over_every_recipient,
             #[tokio::test] a_live_feed_that_overflows_catches_up_from_the_store_in_order,
         }
     };
