@@ -1,5 +1,15 @@
 //! The blind file cache: sealed file chunks on disk, their metadata in the store.
 //!
+//! That is the embedded backend's arrangement, described below. A store that
+//! keeps the chunks itself (the JetStream backend of relay nodes, see
+//! `store::cluster_files`) gets them published instead of written to a file,
+//! and the durability rule is the same with the cluster's acknowledgement in
+//! place of the fsync: a checkpoint records `have` only once every chunk below
+//! it is acknowledged. No file is made in the data dir then, and the claims
+//! below are per node: an upload resumed on another node does not stop the
+//! stale half on the first, which finds at its next checkpoint that its hold
+//! is gone (no window past what is stored) and stops.
+//!
 //! A dropped file can be gigabytes, so its chunks never sit in memory: each one
 //! is written at its place in `DATA/blobs/<hex file id>` (0600, in a 0700
 //! directory) as it arrives, and read back by position for downloads. The
@@ -57,8 +67,8 @@ use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::store::{
-    sealed_prefix_len, BlobMeta, BlobQuota, ChunkSink, ChunkSource, HoldToken, QuotaOf,
-    SourceAddr, Store, StoreError, UploadsFrom, Window, DEFAULT_EXPIRY,
+    sealed_prefix_len, BlobMeta, BlobQuota, ChunkSink, ChunkSource, HoldToken, QuotaOf, SourceAddr,
+    Store, StoreError, UploadsFrom, Window, DEFAULT_EXPIRY,
 };
 
 /// Name of the blob directory inside the data dir.
@@ -496,7 +506,7 @@ impl Blobs {
                 allowed,
                 recipient: to,
                 _hold: hold,
-                sink: Sink::Cluster(sink),
+                sink: Sink::Cluster(Box::new(sink)),
                 store: self.store.clone(),
                 claim,
             }));
@@ -555,7 +565,7 @@ impl Blobs {
         };
         if let Some(source) = self.store.chunk_source(id)? {
             return Ok(BlobReader {
-                source: Source::Cluster(source),
+                source: Source::Cluster(Box::new(source)),
                 size: meta.size,
             });
         }
@@ -732,7 +742,7 @@ enum Sink {
     /// The blob's file in the data dir.
     Disk { file: Arc<File>, path: PathBuf },
     /// The store's cluster.
-    Cluster(ChunkSink),
+    Cluster(Box<ChunkSink>),
 }
 
 impl BlobWriter {
@@ -852,7 +862,7 @@ pub struct BlobReader {
 /// Where a download's chunks come from.
 enum Source {
     Disk(Arc<File>),
-    Cluster(ChunkSource),
+    Cluster(Box<ChunkSource>),
 }
 
 /// Chunks read by [`BlobReader::read`].

@@ -477,7 +477,10 @@ fn blob_refusal(req: u32, e: &BlobError) -> RelayMsg {
         ),
         BlobError::Store(crate::store::StoreError::Unavailable(why)) => {
             tracing::warn!("store unavailable: {why}");
-            (ErrorCode::Internal, "store unavailable, try again".to_owned())
+            (
+                ErrorCode::Internal,
+                "store unavailable, try again".to_owned(),
+            )
         }
         BlobError::Io { .. } | BlobError::Store(_) | BlobError::Crashed => {
             tracing::warn!("file cache failure: {e}");

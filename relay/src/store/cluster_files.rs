@@ -170,12 +170,7 @@ impl Book {
 
     /// The room left for `uploader` under the recipient's quota and under
     /// its share, the least of the two (the recipient's named first).
-    fn room(
-        &self,
-        uploader: &Recipient,
-        max_bytes: u64,
-        max_share: u64,
-    ) -> (u64, StoreError) {
+    fn room(&self, uploader: &Recipient, max_bytes: u64, max_share: u64) -> (u64, StoreError) {
         let held = self.bytes.saturating_add(self.held());
         let share = self.share(uploader);
         let shared = share.bytes.saturating_add(self.held_by(uploader));
@@ -359,9 +354,7 @@ impl ClusterFiles {
         loop {
             let entry = self.books.entry(key.clone()).await.map_err(unavailable)?;
             let (revision, mut book) = match &entry {
-                Some(e) if e.operation == kv::Operation::Put => {
-                    (e.revision, read_book(&e.value)?)
-                }
+                Some(e) if e.operation == kv::Operation::Put => (e.revision, read_book(&e.value)?),
                 Some(e) => (e.revision, Book::default()),
                 None => (0, Book::default()),
             };

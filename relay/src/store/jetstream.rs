@@ -54,8 +54,8 @@ use super::codec::{Recipient, Usage};
 use super::live::{Feed, Feeds};
 use super::writer::Clock;
 use super::{
-    BlobBegun, BlobMeta, BlobQuota, Committing, SourceAddr, StoreCounters, StoreError,
-    StoreLimits, Stored, TokenRow, Window,
+    BlobBegun, BlobMeta, BlobQuota, Committing, SourceAddr, StoreCounters, StoreError, StoreLimits,
+    Stored, TokenRow, Window,
 };
 use sotto_crypto::file::FileId;
 
