@@ -1473,6 +1473,77 @@ async fn jetstream_nodes_share_mailboxes_and_live_feeds() {
     two.close().await.unwrap();
 }
 
+/// Two nodes share one recipient's file quota: the window an upload holds
+/// through one node counts against a begin through the other, and once that
+/// upload ends its room comes back for the other node too (its node frees
+/// the hold within a sweep, without another begin through it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_nodes_share_file_quotas_and_windows() {
+    let Some(place) = Place::jetstream() else {
+        return;
+    };
+    let (one, two) = (
+        place.open(StoreLimits::default()).await,
+        place.open(StoreLimits::default()).await,
+    );
+    let (alice, carol, bob) = (key(1), key(3), key(2));
+    let quota = BlobQuota {
+        max_bytes: 10 * SEALED,
+        window: 4,
+        ..QUOTA
+    };
+    let five = 5 * CHUNK_LEN as u64;
+    let up = begin(&one, fid(1), alice, bob, CHUNKS_8, quota)
+        .await
+        .unwrap();
+    one.update_blob(fid(1), 2, false).await.unwrap();
+    // Through node one, 2 chunks are stored and 4 more held: 6 of bob's 10.
+    let err = begin(&two, fid(2), carol, bob, five, quota)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::BlobQuotaExceeded { of: QuotaOf::Recipient, files: 1, bytes } if bytes == 6 * SEALED),
+        "{err:?}"
+    );
+    assert_eq!(two.blob_usage(bob).await.unwrap(), (1, 2 * SEALED));
+    // Alice's upload through node one ends: node two sees its room back.
+    drop(up);
+    let mut tries = 0;
+    let hers = loop {
+        match begin(&two, fid(2), carol, bob, five, quota).await {
+            Ok(begun) => break begun,
+            Err(StoreError::BlobQuotaExceeded { .. }) => {
+                tries += 1;
+                assert!(tries < 400, "the ended upload's room never came back");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    };
+    drop(hers);
+    // Alice goes on through node two from where node one left her.
+    let resumed = begin(&two, fid(1), alice, bob, CHUNKS_8, quota)
+        .await
+        .unwrap();
+    assert_eq!(
+        (resumed.created, resumed.meta.have, resumed.allowed),
+        (false, 2, 6)
+    );
+    two.update_blob(fid(1), 8, true).await.unwrap();
+    assert!(one.blob(fid(1)).await.unwrap().unwrap().complete);
+    assert_eq!(one.blob_usage(bob).await.unwrap(), (2, 8 * SEALED));
+    assert_eq!(
+        one.delete_blobs(vec![fid(1), fid(2)], Some(bob), None)
+            .await
+            .unwrap(),
+        [fid(1), fid(2)]
+    );
+    assert_eq!(two.blob_usage(bob).await.unwrap(), (0, 0));
+    drop(resumed);
+    one.close().await.unwrap();
+    two.close().await.unwrap();
+}
+
 /// The whole cluster stopped and started again: meanwhile a send is told
 /// the store is unavailable (so its sender tries again); afterwards the same
 /// store handle works again without being reopened, and everything stored
