@@ -72,6 +72,33 @@ const LEASE_SECS: u64 = 120;
 /// How often a node renews its holds' leases and frees the holds of uploads
 /// that ended (which are also freed at the next decision on the same book).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How long a write waits for a stream to have a leader again (after the
+/// server that led it was lost, JetStream elects another within seconds).
+pub(super) const LEADERLESS_FOR: Duration = Duration::from_secs(20);
+/// Pause between tries while a stream has no leader.
+pub(super) const LEADERLESS_PAUSE: Duration = Duration::from_millis(200);
+
+/// Whether a write failed because no server answered for its stream: the
+/// stream is electing a leader, and nothing was written, so trying again
+/// cannot write twice.
+pub(super) fn leaderless(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if e.downcast_ref::<jetstream::context::PublishError>()
+            .is_some_and(|p| p.kind() == jetstream::context::PublishErrorKind::StreamNotFound)
+        {
+            return true;
+        }
+        if e.downcast_ref::<stream::DirectGetError>().is_some_and(|d| {
+            matches!(d.kind(), stream::DirectGetErrorKind::ErrorResponse(code, _)
+                if code == async_nats::StatusCode::NO_RESPONDERS)
+        }) {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
 
 /// The file cache's buckets and stream, and this node's holds.
 pub(super) struct ClusterFiles {
@@ -326,12 +353,16 @@ impl ClusterFiles {
     }
 
     async fn meta_entry(&self, id: &BlobId) -> Result<Option<kv::Entry>, StoreError> {
-        let entry = self
-            .meta
-            .entry(hex(&file_hash(id)))
-            .await
-            .map_err(unavailable)?;
-        Ok(entry.filter(|e| e.operation == kv::Operation::Put))
+        let until = tokio::time::Instant::now() + LEADERLESS_FOR;
+        loop {
+            match self.meta.entry(hex(&file_hash(id))).await {
+                Ok(entry) => return Ok(entry.filter(|e| e.operation == kv::Operation::Put)),
+                Err(err) if leaderless(&err) && tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(LEADERLESS_PAUSE).await;
+                }
+                Err(err) => return Err(unavailable(err)),
+            }
+        }
     }
 
     pub(super) async fn blob(&self, id: FileId) -> Result<Option<BlobMeta>, StoreError> {
@@ -351,8 +382,16 @@ impl ClusterFiles {
         mut change: impl FnMut(&mut Book) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let key = hex(r);
+        let until = tokio::time::Instant::now() + LEADERLESS_FOR;
         loop {
-            let entry = self.books.entry(key.clone()).await.map_err(unavailable)?;
+            let entry = match self.books.entry(key.clone()).await {
+                Ok(entry) => entry,
+                Err(err) if leaderless(&err) && tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(LEADERLESS_PAUSE).await;
+                    continue;
+                }
+                Err(err) => return Err(unavailable(err)),
+            };
             let (revision, mut book) = match &entry {
                 Some(e) if e.operation == kv::Operation::Put => (e.revision, read_book(&e.value)?),
                 Some(e) => (e.revision, Book::default()),
@@ -364,6 +403,9 @@ impl ClusterFiles {
             match self.books.update(&key, value.into(), revision).await {
                 Ok(_) => return Ok(out),
                 Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(err) if leaderless(&err) && tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(LEADERLESS_PAUSE).await;
+                }
                 Err(err) => return Err(unavailable(err)),
             }
         }
@@ -566,6 +608,7 @@ impl ClusterFiles {
     ) -> Result<Window, StoreError> {
         let f = file_hash(&id.0);
         let key = hex(&f);
+        let until = tokio::time::Instant::now() + LEADERLESS_FOR;
         let (before, meta) = loop {
             let Some(entry) = self.meta_entry(&id.0).await? else {
                 return Err(StoreError::NoSuchBlob);
@@ -589,6 +632,9 @@ impl ClusterFiles {
             {
                 Ok(_) => break (before, meta),
                 Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(err) if leaderless(&err) && tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(LEADERLESS_PAUSE).await;
+                }
                 Err(err) => return Err(unavailable(err)),
             }
         };
@@ -909,24 +955,54 @@ pub struct ChunkSink {
     js: jetstream::Context,
     chunks: stream::Stream,
     base: String,
-    unacked: tokio::sync::Mutex<VecDeque<(u64, PublishAckFuture)>>,
+    unacked: tokio::sync::Mutex<VecDeque<Unacked>>,
+}
+
+/// A chunk published and not yet acknowledged, kept to publish again should
+/// its stream have had no leader.
+struct Unacked {
+    index: u64,
+    data: bytes::Bytes,
+    ack: PublishAckFuture,
 }
 
 impl ChunkSink {
+    async fn publish(&self, index: u64, data: bytes::Bytes) -> Result<Unacked, StoreError> {
+        let ack = self
+            .js
+            .publish(format!("{}.{index}", self.base), data.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(Unacked { index, data, ack })
+    }
+
+    /// Waits for `chunk`'s acknowledgement, publishing it again while its
+    /// stream has no leader (a chunk written twice is one chunk: the stream
+    /// keeps one message per subject).
+    async fn acknowledged(&self, mut chunk: Unacked) -> Result<(), StoreError> {
+        let until = tokio::time::Instant::now() + LEADERLESS_FOR;
+        loop {
+            match chunk.ack.await {
+                Ok(_) => return Ok(()),
+                Err(err) if leaderless(&err) && tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(LEADERLESS_PAUSE).await;
+                    chunk = self.publish(chunk.index, chunk.data).await?;
+                }
+                Err(err) => return Err(unavailable(err)),
+            }
+        }
+    }
+
     /// Publishes sealed chunks `first, first + 1, …`; waits for the oldest
     /// acknowledgements whenever more than [`MAX_UNACKED`] are outstanding.
     pub async fn write_run(&self, first: u64, run: Vec<Vec<u8>>) -> Result<(), StoreError> {
         for (index, data) in (first..).zip(run) {
-            let ack = self
-                .js
-                .publish(format!("{}.{index}", self.base), data.into())
-                .await
-                .map_err(unavailable)?;
+            let chunk = self.publish(index, data.into()).await?;
             let mut unacked = self.unacked.lock().await;
-            unacked.push_back((index, ack));
+            unacked.push_back(chunk);
             while unacked.len() > MAX_UNACKED {
-                if let Some((_, ack)) = unacked.pop_front() {
-                    ack.await.map_err(unavailable)?;
+                if let Some(chunk) = unacked.pop_front() {
+                    self.acknowledged(chunk).await?;
                 }
             }
         }
@@ -936,9 +1012,9 @@ impl ChunkSink {
     /// Waits until every chunk below `have` that was published is durable.
     pub async fn settle(&self, have: u64) -> Result<(), StoreError> {
         let mut unacked = self.unacked.lock().await;
-        while unacked.front().is_some_and(|(index, _)| *index < have) {
-            if let Some((_, ack)) = unacked.pop_front() {
-                ack.await.map_err(unavailable)?;
+        while unacked.front().is_some_and(|chunk| chunk.index < have) {
+            if let Some(chunk) = unacked.pop_front() {
+                self.acknowledged(chunk).await?;
             }
         }
         Ok(())

@@ -49,7 +49,9 @@ use sotto_keys::PublicKey;
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
-use super::cluster_files::{ChunkSink, ChunkSource, ClusterFiles};
+use super::cluster_files::{
+    leaderless, ChunkSink, ChunkSource, ClusterFiles, LEADERLESS_FOR, LEADERLESS_PAUSE,
+};
 use super::codec::{Recipient, Usage};
 use super::live::{Feed, Feeds};
 use super::writer::Clock;
@@ -343,8 +345,18 @@ impl JetStreamStore {
         };
         let guard = lock.lock().await;
         let key = hex(&h);
+        // While the bucket's stream elects a leader (a server was lost),
+        // nothing is read or written: wait for it rather than refuse.
+        let until = tokio::time::Instant::now() + LEADERLESS_FOR;
         let result = loop {
-            let entry = inner.usage.entry(key.clone()).await.map_err(unavailable)?;
+            let entry = match inner.usage.entry(key.clone()).await {
+                Ok(entry) => entry,
+                Err(err) if leaderless(&err) && tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(LEADERLESS_PAUSE).await;
+                    continue;
+                }
+                Err(err) => break Err(unavailable(err)),
+            };
             let (revision, usage) = match &entry {
                 Some(e) if e.operation == kv::Operation::Put => {
                     (e.revision, Usage::decode(&e.value).unwrap_or_default())
@@ -360,6 +372,9 @@ impl JetStreamStore {
             {
                 Ok(_) => break Ok(()),
                 Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(err) if leaderless(&err) && tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(LEADERLESS_PAUSE).await;
+                }
                 Err(err) => break Err(unavailable(err)),
             }
         };
