@@ -626,3 +626,108 @@ async fn a_stopped_cluster_is_refused_clearly_and_the_nodes_recover_by_themselve
     nothing_lost_nothing_twice(&alice, &bob);
     drop(one);
 }
+
+/// Peak resident memory of a process, from `/proc` (kB).
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A relay node's memory stays bounded moving a large file through the
+/// cluster: chunks are streamed, never held. Run by hand (it writes the
+/// file three times over into the cluster):
+/// `cargo test -p sotto-relay --test node_faults -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "moves 256 MiB through three replicas; run by hand to measure"]
+async fn a_node_moving_a_large_file_keeps_its_memory_bounded() {
+    const MIB: usize = 1 << 20;
+    let size = 256 * MIB;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cluster) = NatsCluster::start(&cluster_dir(dir.path()), 3).unwrap() else {
+        return;
+    };
+    let node = Node::start(&dir.path().join("one"), &cluster);
+    let (alice, bob) = (SecretKey::generate(), SecretKey::generate());
+    let id = FileId::random();
+    let key = FileKey::generate();
+    let cipher = ChunkCipher::new(&key, id, size as u64).unwrap();
+    let chunk = |i: u64| {
+        let mut buf = vec![i as u8; CHUNK_LEN];
+        cipher.seal(i, &mut buf).unwrap();
+        buf
+    };
+    let (mut r, mut w) = link_to(node.addr, &node.key, &alice).await;
+    w.send(&ClientMsg::UploadBegin {
+        req: 1,
+        file_id: id,
+        to: bob.public(),
+        size: size as u64,
+    })
+    .await
+    .unwrap();
+    w.flush().await.unwrap();
+    assert!(matches!(
+        answer(&mut r).await,
+        Some(RelayMsg::UploadState { have: 0, .. })
+    ));
+    let started = std::time::Instant::now();
+    // The progress reports are read as they come, so the relay never waits
+    // on this client's reading.
+    let reading = tokio::spawn(async move { answer(&mut r).await });
+    for i in 0..cipher.chunks() {
+        w.send(&ClientMsg::UploadChunk {
+            file_id: id,
+            index: i,
+            data: ByteBuf::from(chunk(i)),
+        })
+        .await
+        .unwrap();
+    }
+    w.send(&ClientMsg::UploadEnd {
+        req: 2,
+        file_id: id,
+    })
+    .await
+    .unwrap();
+    w.flush().await.unwrap();
+    assert!(matches!(
+        reading.await.unwrap(),
+        Some(RelayMsg::UploadDone { .. })
+    ));
+    let up = started.elapsed();
+    let (mut r, mut w) = link_to(node.addr, &node.key, &bob).await;
+    w.send(&ClientMsg::Download {
+        req: 3,
+        file_id: id,
+        from: 0,
+    })
+    .await
+    .unwrap();
+    w.flush().await.unwrap();
+    let started = std::time::Instant::now();
+    let mut index = 0;
+    loop {
+        match answer(&mut r).await {
+            Some(RelayMsg::DownloadChunk { data, .. }) => {
+                let mut buf = data.into_vec();
+                cipher.open(index, &mut buf).unwrap();
+                assert!(buf.iter().all(|b| *b == index as u8));
+                index += 1;
+            }
+            Some(RelayMsg::DownloadEnd { .. }) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(index, cipher.chunks());
+    let down = started.elapsed();
+    let rss = peak_rss_kb(node.child.id()).unwrap();
+    let mb = |d: Duration| size as f64 / MIB as f64 / d.as_secs_f64();
+    eprintln!(
+        "256 MiB through one node, replicas 3: up {:.0} MiB/s, down {:.0} MiB/s, node peak RSS {} MiB",
+        mb(up),
+        mb(down),
+        rss / 1024
+    );
+    assert!(rss < 64 * 1024, "peak RSS {rss} kB");
+}
