@@ -12,7 +12,13 @@
 //!   increasing, never reused. A send is `Stored` only once the publish is
 //!   acknowledged, which JetStream gives after the stream's replicas (a
 //!   quorum of `replicas`) have it. Reads walk the recipient's subject in
-//!   sequence order; an ack deletes by sequence after checking the subject.
+//!   sequence order with direct gets, which any replica answers: one outside
+//!   the quorum may not have the newest envelopes yet, so a fetch through
+//!   another node just after a `Stored` can miss them for a moment (the live
+//!   feed, served by the leader, still brings them, and the next fetch finds
+//!   them). An ack reads the envelope through the stream's leader, so it
+//!   always finds what was stored, then deletes by sequence after checking
+//!   the subject.
 //! - **Quotas** (count and bytes per recipient) are one KV entry per
 //!   recipient, `<prefix>_USAGE`, changed by compare-and-set before a publish
 //!   and after a deletion, so they hold across nodes. A node that dies
@@ -480,9 +486,14 @@ impl JetStreamStore {
         check: impl FnOnce(&str) -> bool,
     ) -> Result<bool, StoreError> {
         let inner = &self.inner;
-        let message = match inner.mail.direct_get(id).await {
+        // Through the stream's leader, not a replica that may lag behind the
+        // quorum: an ack through one node of what another just stored must
+        // find it, or the envelope would be delivered again.
+        let message = match inner.mail.get_raw_message(id).await {
             Ok(m) => m,
-            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => return Ok(false),
+            Err(err) if err.kind() == stream::RawMessageErrorKind::NoMessageFound => {
+                return Ok(false)
+            }
             Err(err) => return Err(unavailable(err)),
         };
         if !check(message.subject.as_str()) {
