@@ -23,8 +23,9 @@
 //!   recipient, `<prefix>_USAGE`, changed by compare-and-set before a publish
 //!   and after a deletion, so they hold across nodes. A node that dies
 //!   between the reservation and the publish leaves the reservation counted
-//!   (never too little): [`JetStreamStore::usage`] is what counts, and a
-//!   reservation is at most one envelope.
+//!   (never too little); each node's hourly expiry sets an entry unchanged
+//!   for two minutes back to what the stream holds where they disagree
+//!   ([`JetStreamStore::recount_usage`]), which gives such room back.
 //! - **Expiry** walks the stream from its first sequence, by the
 //!   `Sotto-Received` header each envelope carries (the relay's clock, as the
 //!   embedded store), and the stream's max age (expiry plus a day) is a
@@ -72,6 +73,12 @@ const RECEIVED: &str = "Sotto-Received";
 
 /// How long a JetStream request may take before it counts as unavailable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A usage entry unchanged for this long holds no reservation whose
+/// envelope may still come (a publish gives up after `REQUEST_TIMEOUT`, and
+/// waits out a leader election for at most `LEADERLESS_FOR`), so it may be
+/// recounted from the stream.
+const RECOUNT_AFTER: Duration = Duration::from_secs(120);
 
 /// What a relay's nodes need to reach their shared cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,7 +343,7 @@ impl JetStreamStore {
 
     /// Applies `change` to `h`'s usage entry by compare-and-set, retrying
     /// when another writer got there first.
-    async fn change_usage(
+    pub(super) async fn change_usage(
         &self,
         h: Recipient,
         change: impl Fn(Usage) -> Result<Usage, StoreError>,
@@ -535,7 +542,90 @@ impl JetStreamStore {
             }
             next = stored.id.saturating_add(1);
         }
+        if let Err(err) = self.recount_usage(RECOUNT_AFTER).await {
+            tracing::warn!(error = %err, "could not recount mailbox usage");
+        }
         Ok(deleted)
+    }
+
+    /// Sets the usage entry of every mailbox that has not changed for
+    /// `older_than` back to what its subject holds, where the two disagree;
+    /// returns how many were set. A node that died between a reservation
+    /// and its publish leaves its reservation counted: this gives it back.
+    /// Only an entry left alone that long is touched, since a reservation
+    /// younger than a publish's timeout may still be followed by its
+    /// envelope; the compare-and-set leaves an entry that changed meanwhile.
+    pub(super) async fn recount_usage(&self, older_than: Duration) -> Result<usize, StoreError> {
+        let inner = self.open()?;
+        let start = format!("{}.mail.", inner.prefix);
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        let mut subjects = inner
+            .mail
+            .info_with_subjects(format!("{start}*"))
+            .await
+            .map_err(unavailable)?;
+        while let Some(item) = subjects.next().await {
+            let (subject, n) = item.map_err(unavailable)?;
+            if let Some(h) = subject.strip_prefix(&start) {
+                counts.insert(h.to_owned(), n as u64);
+            }
+        }
+        let mut keys = inner.usage.keys().await.map_err(unavailable)?;
+        let mut names = Vec::new();
+        while let Some(key) = keys.next().await {
+            names.push(key.map_err(unavailable)?);
+        }
+        // Against the servers' timestamps: the real clock, not the relay's
+        // (which tests set).
+        let now = i64::try_from(super::embedded::unix_now()).unwrap_or(i64::MAX);
+        let older = i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX);
+        let mut set = 0;
+        for name in names {
+            let Some(entry) = inner.usage.entry(name.clone()).await.map_err(unavailable)? else {
+                continue;
+            };
+            if entry.operation != kv::Operation::Put
+                || entry.created.unix_timestamp().saturating_add(older) > now
+            {
+                continue;
+            }
+            let Ok(usage) = Usage::decode(&entry.value) else {
+                continue;
+            };
+            let messages = counts.get(&name).copied().unwrap_or(0);
+            if messages == usage.messages {
+                continue;
+            }
+            // The count disagrees: walk the subject for the bytes too.
+            let subject = format!("{start}{name}");
+            let (mut bytes, mut found, mut next) = (0u64, 0u64, 1);
+            while let Some(stored) = self.next_on(&subject, next).await? {
+                bytes = bytes.saturating_add(stored.envelope.len() as u64);
+                found += 1;
+                next = stored.id.saturating_add(1);
+            }
+            let counted = Usage {
+                messages: found,
+                bytes,
+            };
+            match inner
+                .usage
+                .update(&name, counted.encode().to_vec().into(), entry.revision)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(
+                        from = usage.messages,
+                        to = found,
+                        "a mailbox's usage was recounted from its envelopes"
+                    );
+                    set += 1;
+                }
+                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                Err(err) => return Err(unavailable(err)),
+            }
+        }
+        Ok(set)
     }
 
     pub(super) async fn set_delivery_token(

@@ -1544,6 +1544,48 @@ async fn jetstream_nodes_share_file_quotas_and_windows() {
     two.close().await.unwrap();
 }
 
+/// A node that died between reserving room for an envelope and publishing
+/// it left the reservation counted: the recount gives it back, but only once
+/// the entry has been left alone long enough that no envelope can follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_left_by_a_dead_node_is_recounted_away() {
+    let Some(place) = Place::jetstream() else {
+        return;
+    };
+    let limits = StoreLimits {
+        max_messages_per_recipient: 2,
+        ..StoreLimits::default()
+    };
+    let store = place.open(limits).await;
+    let bob = key(2);
+    store.enqueue(bob, vec![1; 10]).await.unwrap();
+    let super::Backend::JetStream(js) = &store.0 else {
+        unreachable!("a JetStream place");
+    };
+    js.change_usage(super::jetstream::hashed(&bob), |u| {
+        Ok(Usage {
+            messages: u.messages + 1,
+            bytes: u.bytes + 10,
+        })
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        store.enqueue(bob, vec![2; 10]).await,
+        Err(StoreError::QuotaExceeded { messages: 2, .. })
+    ));
+    assert_eq!(
+        js.recount_usage(Duration::from_secs(3600)).await.unwrap(),
+        0
+    );
+    assert_eq!(js.recount_usage(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(store.usage(bob).await.unwrap(), (1, 10));
+    store.enqueue(bob, vec![2; 11]).await.unwrap();
+    assert_eq!(js.recount_usage(Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(store.usage(bob).await.unwrap(), (2, 21));
+    store.close().await.unwrap();
+}
+
 /// The whole cluster stopped and started again: meanwhile a send is told
 /// the store is unavailable (so its sender tries again); afterwards the same
 /// store handle works again without being reopened, and everything stored
