@@ -32,14 +32,17 @@
 //! are this node's only (as rate limits are), since they guard a node's own
 //! connections.
 //!
-//! Order of steps, so that a crash between two leaves nothing the recipient
-//! pays for that it cannot get back: begin counts the file in the book before
-//! it creates the metadata (a crash between counts one file too many, never
-//! too few); a checkpoint records the metadata, then the bytes in the book;
-//! deletion purges the chunks, then deletes the metadata, then gives the
-//! book its room back. An upload still running on another node after its
-//! file was deleted finds the metadata gone at its next checkpoint, and
-//! purges what it wrote since.
+//! Order of steps, where a crash between two can leave the counts off:
+//! begin counts the file in the book before it creates the metadata (a node
+//! that dies between counts one file too many for that recipient); a
+//! checkpoint records the metadata, then the bytes in the book (one that dies
+//! between counts up to a window's bytes too few); deletion purges the
+//! chunks, then deletes the metadata, then gives the book its room back (one
+//! that dies between counts a file that is gone). Nothing recounts the books
+//! from the metadata yet. No order leaves chunks that nothing names, except an
+//! upload still running on another node after its file was deleted: that one
+//! finds the metadata gone at its next checkpoint, and purges what it wrote
+//! since.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
