@@ -1,5 +1,15 @@
 //! The blind file cache: sealed file chunks on disk, their metadata in the store.
 //!
+//! That is the embedded backend's arrangement, described below. A store that
+//! keeps the chunks itself (the JetStream backend of relay nodes, see
+//! `store::cluster_files`) gets them published instead of written to a file,
+//! and the durability rule is the same with the cluster's acknowledgement in
+//! place of the fsync: a checkpoint records `have` only once every chunk below
+//! it is acknowledged. No file is made in the data dir then, and the claims
+//! below are per node: an upload resumed on another node does not stop the
+//! stale half on the first, which finds at its next checkpoint that its hold
+//! is gone (no window past what is stored) and stops.
+//!
 //! A dropped file can be gigabytes, so its chunks never sit in memory: each one
 //! is written at its place in `DATA/blobs/<hex file id>` (0600, in a 0700
 //! directory) as it arrives, and read back by position for downloads. The
@@ -57,8 +67,8 @@ use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::store::{
-    sealed_prefix_len, BlobMeta, BlobQuota, HoldToken, QuotaOf, SourceAddr, Store, StoreError,
-    UploadsFrom, Window, DEFAULT_EXPIRY,
+    sealed_prefix_len, BlobMeta, BlobQuota, ChunkSink, ChunkSource, HoldToken, QuotaOf, SourceAddr,
+    Store, StoreError, UploadsFrom, Window, DEFAULT_EXPIRY,
 };
 
 /// Name of the blob directory inside the data dir.
@@ -348,6 +358,11 @@ impl Blobs {
     /// file id are left alone: they are not ours. Meant for startup, before
     /// any upload can create a file whose row is not yet committed.
     pub async fn remove_orphans(&self) -> Result<usize, BlobError> {
+        if self.store.keeps_chunks() {
+            // The store keeps the chunks, and removes them before the
+            // metadata: there are no files to sweep.
+            return Ok(0);
+        }
         let dir = self.dir.clone();
         let found = blocking(move || {
             let mut found = Vec::new();
@@ -481,6 +496,21 @@ impl Blobs {
                 chunks: meta.chunks(),
             });
         }
+        if let Some(sink) = self.store.chunk_sink(id)? {
+            // The cluster keeps the chunks: a resumption writes on from
+            // `have`, replacing whatever an interrupted upload left beyond.
+            return Ok(Begun::Upload(BlobWriter {
+                id,
+                size,
+                have: meta.have,
+                allowed,
+                recipient: to,
+                _hold: hold,
+                sink: Sink::Cluster(Box::new(sink)),
+                store: self.store.clone(),
+                claim,
+            }));
+        }
         let path = self.path(id);
         let dir = self.dir.clone();
         let opened = blocking(move || open_for_upload(&path, &dir, &meta, created)).await;
@@ -510,9 +540,11 @@ impl Blobs {
             have,
             allowed,
             recipient: to,
-            path: self.path(id),
             _hold: hold,
-            file: Arc::new(file),
+            sink: Sink::Disk {
+                file: Arc::new(file),
+                path: self.path(id),
+            },
             store: self.store.clone(),
             claim,
         }))
@@ -531,6 +563,12 @@ impl Blobs {
             Ok(_) | Err(StoreError::Corrupt) => return Err(BlobError::NotFound),
             Err(e) => return Err(e.into()),
         };
+        if let Some(source) = self.store.chunk_source(id)? {
+            return Ok(BlobReader {
+                source: Source::Cluster(Box::new(source)),
+                size: meta.size,
+            });
+        }
         let path = self.path(id);
         let file = blocking(move || match File::open(&path) {
             Ok(file) => Ok(file),
@@ -542,7 +580,7 @@ impl Blobs {
         })
         .await?;
         Ok(BlobReader {
-            file: Arc::new(file),
+            source: Source::Disk(Arc::new(file)),
             size: meta.size,
         })
     }
@@ -593,6 +631,10 @@ impl Blobs {
     /// Removes the files of blobs whose rows are deleted. A failure leaves an
     /// orphan for the next start to remove; the deletion itself stands.
     async fn remove_files(&self, ids: Vec<FileId>) {
+        if self.store.keeps_chunks() {
+            // Removed by the store with the metadata.
+            return;
+        }
         let paths: Vec<PathBuf> = ids.into_iter().map(|id| self.path(id)).collect();
         let result = blocking(move || {
             for path in paths {
@@ -687,13 +729,20 @@ pub struct BlobWriter {
     /// Chunks `0..allowed` may be written, as the store last said.
     allowed: u64,
     recipient: PublicKey,
-    path: PathBuf,
     /// Declared before `claim`, so the room is given back before another
     /// request can take the blob over.
     _hold: HoldToken,
-    file: Arc<File>,
+    sink: Sink,
     store: Store,
     claim: Claim,
+}
+
+/// Where an upload's chunks go.
+enum Sink {
+    /// The blob's file in the data dir.
+    Disk { file: Arc<File>, path: PathBuf },
+    /// The store's cluster.
+    Cluster(Box<ChunkSink>),
 }
 
 impl BlobWriter {
@@ -735,7 +784,10 @@ impl BlobWriter {
     /// The caller has checked their lengths. Not durable until a
     /// [`BlobWriter::checkpoint`] covers them.
     pub async fn write_run(&self, first: u64, run: Vec<Vec<u8>>) -> Result<(), BlobError> {
-        let file = Arc::clone(&self.file);
+        let file = match &self.sink {
+            Sink::Disk { file, .. } => Arc::clone(file),
+            Sink::Cluster(sink) => return Ok(sink.write_run(first, run).await?),
+        };
         let space = self.store.space().clone();
         blocking(move || {
             let len = run.iter().map(|data| data.len() as u64).sum();
@@ -754,9 +806,27 @@ impl BlobWriter {
     /// have been written. Returns how many chunks may now have been written
     /// in all: the window moved on if the quotas left room.
     pub async fn checkpoint(&self, have: u64, complete: bool) -> Result<Window, BlobError> {
-        let file = Arc::clone(&self.file);
-        blocking(move || file.sync_data().map_err(io_error("syncing a blob"))).await?;
-        Ok(self.store.update_blob(self.id, have, complete).await?)
+        match &self.sink {
+            Sink::Disk { file, .. } => {
+                let file = Arc::clone(file);
+                blocking(move || file.sync_data().map_err(io_error("syncing a blob"))).await?;
+            }
+            Sink::Cluster(sink) => sink.settle(have).await?,
+        }
+        match self.store.update_blob(self.id, have, complete).await {
+            Ok(window) => Ok(window),
+            Err(StoreError::NoSuchBlob) => {
+                if let Sink::Cluster(sink) = &self.sink {
+                    // Deleted (through another node) while this upload ran:
+                    // what it wrote since belongs to nobody.
+                    if let Err(e) = sink.purge().await {
+                        tracing::warn!("could not remove the chunks of a deleted upload: {e}");
+                    }
+                }
+                Err(BlobError::NotFound)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Deletes the blob, row then file, for an upload that stopped before any
@@ -767,10 +837,13 @@ impl BlobWriter {
             .store
             .delete_blobs(vec![self.id], Some(self.recipient), None)
             .await?;
+        let Sink::Disk { path, .. } = &self.sink else {
+            return Ok(());
+        };
         if deleted.is_empty() {
             return Ok(());
         }
-        let path = self.path.clone();
+        let path = path.clone();
         blocking(move || match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -782,8 +855,14 @@ impl BlobWriter {
 
 /// The reading end of one complete blob.
 pub struct BlobReader {
-    file: Arc<File>,
+    source: Source,
     size: u64,
+}
+
+/// Where a download's chunks come from.
+enum Source {
+    Disk(Arc<File>),
+    Cluster(Box<ChunkSource>),
 }
 
 /// Chunks read by [`BlobReader::read`].
@@ -804,8 +883,29 @@ impl BlobReader {
     /// to the blocking pool. Stops short, with `damaged` set, where the file
     /// ends before them.
     pub async fn read(&self, first: u64, n: u64) -> Result<ReadChunks, BlobError> {
-        let file = Arc::clone(&self.file);
         let size = self.size;
+        let file = match &self.source {
+            Source::Disk(file) => Arc::clone(file),
+            Source::Cluster(source) => {
+                let mut chunks = Vec::new();
+                for index in first..first.saturating_add(n).min(chunk_count(size)) {
+                    match source.read(size, index).await? {
+                        Some(chunk) => chunks.push(chunk),
+                        None => {
+                            tracing::error!("a complete blob lacks a chunk in the cluster");
+                            return Ok(ReadChunks {
+                                chunks,
+                                damaged: true,
+                            });
+                        }
+                    }
+                }
+                return Ok(ReadChunks {
+                    chunks,
+                    damaged: false,
+                });
+            }
+        };
         blocking(move || {
             let mut chunks = Vec::new();
             for index in first..first.saturating_add(n) {

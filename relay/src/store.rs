@@ -7,7 +7,11 @@
 //! increasing and never reused, quotas per recipient, expiry, live feeds that
 //! stay in order and gap-free) are stated once and tested once against each:
 //! the embedded redb file (`embedded`, the default), and a NATS JetStream
-//! cluster shared by several relay nodes (`jetstream`), which keeps no files yet.
+//! cluster shared by several relay nodes (`jetstream`, its file cache in
+//! `cluster_files`). The embedded store keeps only the metadata of files,
+//! their chunks being files in the data dir (`crate::blobs`); the JetStream
+//! backend keeps the chunks too ([`ChunkSink`], [`ChunkSource`]), so that any
+//! node serves any file.
 //! A backend is chosen when the store is opened; nothing above this module
 //! knows which one it talks to.
 //!
@@ -15,6 +19,7 @@
 //! nor recipient keys; damage is logged by message id.
 
 mod blob;
+mod cluster_files;
 mod codec;
 mod embedded;
 #[doc(hidden)]
@@ -42,6 +47,7 @@ use embedded::unix_now;
 use embedded::{prepare, slot_lock, DbSlot, RedbStore};
 use jetstream::JetStreamStore;
 
+pub use cluster_files::{ChunkSink, ChunkSource, MAX_UNACKED};
 pub use holds::{HoldToken, SourceAddr};
 pub use jetstream::JetStreamConfig;
 pub use live::{Feed, Taken};
@@ -365,10 +371,6 @@ pub enum StoreError {
     /// again. Holds the client's message.
     #[error("the store is unavailable, try again ({0})")]
     Unavailable(String),
-    /// The backend in use does not keep this (the JetStream backend has no
-    /// file cache yet).
-    #[error("the {0} store backend does not keep files")]
-    Unsupported(&'static str),
     /// The writer thread could not be started.
     #[error("could not start the mailbox store writer thread: {0}")]
     WriterSpawn(Arc<std::io::Error>),
@@ -422,21 +424,6 @@ macro_rules! on_backend {
         match &$store.0 {
             Backend::Embedded($backend) => $call,
             Backend::JetStream($backend) => $call,
-        }
-    };
-}
-
-/// Calls the same method on the embedded backend. The JetStream backend
-/// keeps no files: it refuses to begin one, and answers the rest as a file
-/// cache that is empty, so expiry and the orphan sweep have nothing to do.
-macro_rules! embedded_only {
-    ($store:expr, $backend:ident => $call:expr) => {
-        embedded_only!($store, $backend => $call, Err(StoreError::Unsupported("nats")))
-    };
-    ($store:expr, $backend:ident => $call:expr, $empty:expr) => {
-        match &$store.0 {
-            Backend::Embedded($backend) => $call,
-            Backend::JetStream(_) => $empty,
         }
     };
 }
@@ -651,7 +638,7 @@ impl Store {
         size: u64,
         quota: BlobQuota,
     ) -> Result<BlobBegun, StoreError> {
-        embedded_only!(self, s => s.begin_blob(id, uploader, source, to, size, quota).await)
+        on_backend!(self, s => s.begin_blob(id, uploader, source, to, size, quota).await)
     }
 
     /// Records that chunks `0..have` of blob `id` are durably stored, and
@@ -664,7 +651,7 @@ impl Store {
         have: u64,
         complete: bool,
     ) -> Result<Window, StoreError> {
-        embedded_only!(self, s => s.update_blob(id, have, complete).await)
+        on_backend!(self, s => s.update_blob(id, have, complete).await)
     }
 
     /// Deletes those of `ids` that belong to `owner` (any, if `None`) and,
@@ -676,27 +663,27 @@ impl Store {
         owner: Option<PublicKey>,
         updated_at_or_before: Option<u64>,
     ) -> Result<Vec<FileId>, StoreError> {
-        embedded_only!(self, s => s.delete_blobs(ids, owner, updated_at_or_before).await, Ok(Vec::new()))
+        on_backend!(self, s => s.delete_blobs(ids, owner, updated_at_or_before).await)
     }
 
     /// Blob `id`'s metadata, if it is stored.
     pub async fn blob(&self, id: FileId) -> Result<Option<BlobMeta>, StoreError> {
-        embedded_only!(self, s => s.blob(id).await, Ok(None))
+        on_backend!(self, s => s.blob(id).await)
     }
 
     /// The ids of every stored blob.
     pub async fn blob_ids(&self) -> Result<Vec<FileId>, StoreError> {
-        embedded_only!(self, s => s.blob_ids().await, Ok(Vec::new()))
+        on_backend!(self, s => s.blob_ids().await)
     }
 
     /// The blobs whose last progress was at or before `updated_at_or_before`.
     pub async fn stale_blobs(&self, updated_at_or_before: u64) -> Result<Vec<FileId>, StoreError> {
-        embedded_only!(self, s => s.stale_blobs(updated_at_or_before).await, Ok(Vec::new()))
+        on_backend!(self, s => s.stale_blobs(updated_at_or_before).await)
     }
 
     /// `(files, sealed bytes stored)` for `recipient`.
     pub async fn blob_usage(&self, recipient: PublicKey) -> Result<(u64, u64), StoreError> {
-        embedded_only!(self, s => s.blob_usage(recipient).await, Ok((0, 0)))
+        on_backend!(self, s => s.blob_usage(recipient).await)
     }
 
     /// `(files, sealed bytes stored)` of `recipient`'s that came from `uploader`.
@@ -705,7 +692,29 @@ impl Store {
         recipient: PublicKey,
         uploader: PublicKey,
     ) -> Result<(u64, u64), StoreError> {
-        embedded_only!(self, s => s.blob_share(recipient, uploader).await, Ok((0, 0)))
+        on_backend!(self, s => s.blob_share(recipient, uploader).await)
+    }
+
+    /// Where the chunks of blob `id` are published, for a backend that keeps
+    /// them (the JetStream backend); `None`: they are the caller's to keep.
+    pub fn chunk_sink(&self, id: FileId) -> Result<Option<ChunkSink>, StoreError> {
+        match &self.0 {
+            Backend::Embedded(_) => Ok(None),
+            Backend::JetStream(s) => s.chunk_sink(id).map(Some),
+        }
+    }
+
+    /// Where the chunks of blob `id` are read, for a backend that keeps them.
+    pub fn chunk_source(&self, id: FileId) -> Result<Option<ChunkSource>, StoreError> {
+        match &self.0 {
+            Backend::Embedded(_) => Ok(None),
+            Backend::JetStream(s) => s.chunk_source(id).map(Some),
+        }
+    }
+
+    /// Whether the backend keeps file chunks itself.
+    pub fn keeps_chunks(&self) -> bool {
+        matches!(self.0, Backend::JetStream(_))
     }
 
     /// Stops accepting work, waits until every write already queued is

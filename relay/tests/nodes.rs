@@ -1,15 +1,17 @@
 //! Relay nodes over one NATS JetStream cluster: two relays sharing a keypair
-//! and a three-server cluster (three replicas) serve one set of mailboxes. A
-//! client of one node sends; a recipient on the other gets it live, and one
-//! that connects later fetches it there. Skipped, saying so, without a
-//! nats-server binary (`NATS_SERVER_BIN` or `PATH`).
+//! and a three-server cluster (three replicas) serve one set of mailboxes and
+//! one file cache. A client of one node sends; a recipient on the other gets
+//! it live, and one that connects later fetches it there. An upload cut on one
+//! node resumes on the other, and downloads from either. Skipped, saying so,
+//! without a nats-server binary (`NATS_SERVER_BIN` or `PATH`).
 
 use std::time::Duration;
 
 use serde_bytes::ByteBuf;
+use sotto_crypto::file::{ChunkCipher, FileId, FileKey, CHUNK_LEN};
 use sotto_crypto::link;
 use sotto_crypto::wire::{ClientMsg, RelayMsg};
-use sotto_keys::SecretKey;
+use sotto_keys::{PublicKey, SecretKey};
 use sotto_relay::config::StoreBackend;
 use sotto_relay::nats_cluster::NatsCluster;
 use sotto_relay::store::JetStreamConfig;
@@ -36,8 +38,13 @@ struct Node {
 }
 
 impl Node {
-    async fn start(dir: &std::path::Path, nats: &JetStreamConfig) -> Self {
+    async fn start_with(
+        dir: &std::path::Path,
+        nats: &JetStreamConfig,
+        adjust: impl FnOnce(&mut RelayConfig),
+    ) -> Self {
         let mut config = RelayConfig::defaults();
+        adjust(&mut config);
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.data_dir = dir.to_owned();
         config.store = StoreBackend::JetStream(nats.clone());
@@ -72,30 +79,44 @@ async fn fetch(w: &mut Writer, live: bool) {
     w.flush().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_send_through_one_node_reaches_the_other_live_and_offline() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(cluster) = NatsCluster::start(&dir.path().join("nats"), 3).unwrap() else {
-        return;
-    };
-    let nats = JetStreamConfig {
+fn nats_config(cluster: &NatsCluster) -> JetStreamConfig {
+    JetStreamConfig {
         servers: cluster.urls(),
         replicas: 3,
         prefix: "SOTTO".into(),
         credentials: None,
         tls_ca: None,
-    };
-    // The nodes of one relay share its keypair: the second gets the first's.
-    let (one_dir, two_dir) = (dir.path().join("one"), dir.path().join("two"));
-    let one = Node::start(&one_dir, &nats).await;
+    }
+}
+
+/// Two nodes of one relay: the second gets the first's keypair, as an
+/// operator copies `relay.key` into each node's data dir.
+async fn two_nodes(
+    dir: &std::path::Path,
+    nats: &JetStreamConfig,
+    adjust: impl Fn(&mut RelayConfig),
+) -> (Node, Node) {
+    let (one_dir, two_dir) = (dir.join("one"), dir.join("two"));
+    let one = Node::start_with(&one_dir, nats, &adjust).await;
     std::fs::create_dir_all(&two_dir).unwrap();
     std::fs::copy(
         one_dir.join(sotto_relay::relay_key::KEY_FILE),
         two_dir.join(sotto_relay::relay_key::KEY_FILE),
     )
     .unwrap();
-    let two = Node::start(&two_dir, &nats).await;
+    let two = Node::start_with(&two_dir, nats, &adjust).await;
     assert_eq!(one.key, two.key, "one relay, one pinned key");
+    (one, two)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_through_one_node_reaches_the_other_live_and_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cluster) = NatsCluster::start(&dir.path().join("nats"), 3).unwrap() else {
+        return;
+    };
+    let nats = nats_config(&cluster);
+    let (one, two) = two_nodes(dir.path(), &nats, |_| {}).await;
 
     let (alice, bob, carol) = (
         SecretKey::generate(),
@@ -168,6 +189,174 @@ async fn a_send_through_one_node_reaches_the_other_live_and_offline() {
     assert_eq!(recv(&mut r).await, RelayMsg::Drained);
 
     drop((bob_r, bob_w, alice_r, alice_w, carol_r, carol_w, r, w));
+    one.stop().await;
+    two.stop().await;
+}
+
+/// The next message that is not an `UploadProgress`.
+async fn answer(r: &mut Reader) -> RelayMsg {
+    loop {
+        match recv(r).await {
+            RelayMsg::UploadProgress { .. } => continue,
+            msg => return msg,
+        }
+    }
+}
+
+async fn send_chunks(w: &mut Writer, id: FileId, chunks: &[Vec<u8>], range: std::ops::Range<u64>) {
+    for index in range {
+        w.send(&ClientMsg::UploadChunk {
+            file_id: id,
+            index,
+            data: ByteBuf::from(chunks[index as usize].clone()),
+        })
+        .await
+        .unwrap();
+    }
+    w.flush().await.unwrap();
+}
+
+async fn begin(r: &mut Reader, w: &mut Writer, id: FileId, to: PublicKey, size: u64) -> u64 {
+    w.send(&ClientMsg::UploadBegin {
+        req: 1,
+        file_id: id,
+        to,
+        size,
+    })
+    .await
+    .unwrap();
+    w.flush().await.unwrap();
+    match answer(r).await {
+        RelayMsg::UploadState { req: 1, have, .. } => have,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// An upload cut on node one resumes on node two from its last checkpoint;
+/// the recipient downloads it from node one, byte-exact, and deletes it
+/// through node two, after which neither node has it. No node keeps a chunk
+/// on its own disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_on_one_node_resumes_on_the_other_and_downloads_from_either() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cluster) = NatsCluster::start(&dir.path().join("nats"), 3).unwrap() else {
+        return;
+    };
+    let nats = nats_config(&cluster);
+    let (one, two) = two_nodes(dir.path(), &nats, |config| {
+        // Checkpoints every 4 chunks, to cross several quickly.
+        config.files.checkpoint_bytes = 4 * CHUNK_LEN as u64;
+    })
+    .await;
+    let (alice, bob) = (SecretKey::generate(), SecretKey::generate());
+    let id = FileId::random();
+    let key = FileKey::generate();
+    let plain: Vec<u8> = (0..30 * CHUNK_LEN - 5)
+        .map(|i| (i as u8).wrapping_mul(31) ^ (i >> 16) as u8)
+        .collect();
+    let size = plain.len() as u64;
+    let cipher = ChunkCipher::new(&key, id, size).unwrap();
+    let chunks: Vec<Vec<u8>> = (0..cipher.chunks())
+        .map(|i| {
+            let start = i as usize * CHUNK_LEN;
+            let mut buf = plain[start..(start + CHUNK_LEN).min(plain.len())].to_vec();
+            cipher.seal(i, &mut buf).unwrap();
+            buf
+        })
+        .collect();
+
+    let (mut r, mut w) = one.client(&alice).await;
+    assert_eq!(begin(&mut r, &mut w, id, bob.public(), size).await, 0);
+    send_chunks(&mut w, id, &chunks, 0..22).await;
+    for want in [4, 8, 12, 16, 20] {
+        match recv(&mut r).await {
+            RelayMsg::UploadProgress { have, .. } => assert_eq!(have, want),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // The cut.
+    drop((r, w));
+
+    let (mut r, mut w) = two.client(&alice).await;
+    let have = begin(&mut r, &mut w, id, bob.public(), size).await;
+    assert!((20..=22).contains(&have), "resumes at {have}");
+    send_chunks(&mut w, id, &chunks, have..30).await;
+    w.send(&ClientMsg::UploadEnd {
+        req: 2,
+        file_id: id,
+    })
+    .await
+    .unwrap();
+    w.flush().await.unwrap();
+    assert_eq!(
+        answer(&mut r).await,
+        RelayMsg::UploadDone {
+            req: 2,
+            file_id: id
+        }
+    );
+
+    let (mut br, mut bw) = one.client(&bob).await;
+    bw.send(&ClientMsg::Download {
+        req: 7,
+        file_id: id,
+        from: 0,
+    })
+    .await
+    .unwrap();
+    bw.flush().await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        match answer(&mut br).await {
+            RelayMsg::DownloadChunk { index, data, .. } => {
+                assert_eq!(index, got.len() as u64, "in order");
+                got.push(data.into_vec());
+            }
+            RelayMsg::DownloadEnd { req: 7, .. } => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let mut opened = Vec::new();
+    for (i, chunk) in got.iter().enumerate() {
+        let mut buf = chunk.clone();
+        cipher.open(i as u64, &mut buf).expect("the chunk opens");
+        opened.extend_from_slice(&buf);
+    }
+    assert!(opened == plain, "byte-exact round trip");
+    for node in ["one", "two"] {
+        let blobs = dir.path().join(node).join(sotto_relay::blobs::BLOBS_DIR);
+        let kept = std::fs::read_dir(&blobs).map_or(0, |d| d.count());
+        assert_eq!(kept, 0, "node {node} keeps no chunk on its disk");
+    }
+
+    let (mut dr, mut dw) = two.client(&bob).await;
+    dw.send(&ClientMsg::DeleteBlob {
+        req: 8,
+        file_id: id,
+    })
+    .await
+    .unwrap();
+    dw.flush().await.unwrap();
+    assert!(matches!(
+        answer(&mut dr).await,
+        RelayMsg::BlobDeleted {
+            req: 8,
+            deleted: true
+        }
+    ));
+    bw.send(&ClientMsg::Download {
+        req: 9,
+        file_id: id,
+        from: 0,
+    })
+    .await
+    .unwrap();
+    bw.flush().await.unwrap();
+    assert!(
+        matches!(answer(&mut br).await, RelayMsg::Error { req: 9, .. }),
+        "deleted for every node"
+    );
+    drop((r, w, br, bw, dr, dw));
     one.stop().await;
     two.stop().await;
 }

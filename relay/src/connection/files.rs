@@ -475,10 +475,13 @@ fn blob_refusal(req: u32, e: &BlobError) -> RelayMsg {
             ErrorCode::ShuttingDown,
             "the relay is shutting down".to_owned(),
         ),
-        BlobError::Store(crate::store::StoreError::Unsupported(_)) => (
-            ErrorCode::NotAllowed,
-            "this relay keeps no files".to_owned(),
-        ),
+        BlobError::Store(crate::store::StoreError::Unavailable(why)) => {
+            tracing::warn!("store unavailable: {why}");
+            (
+                ErrorCode::Internal,
+                "store unavailable, try again".to_owned(),
+            )
+        }
         BlobError::Io { .. } | BlobError::Store(_) | BlobError::Crashed => {
             tracing::warn!("file cache failure: {e}");
             return internal(req);

@@ -58,7 +58,7 @@ impl From<IpAddr> for SourceAddr {
 pub(crate) struct Released(Mutex<Vec<BlobId>>);
 
 impl Released {
-    fn take(&self) -> Vec<BlobId> {
+    pub(super) fn take(&self) -> Vec<BlobId> {
         // Only pushes and a take happen under this lock: poisoning is moot.
         std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
     }

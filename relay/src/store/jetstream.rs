@@ -12,13 +12,20 @@
 //!   increasing, never reused. A send is `Stored` only once the publish is
 //!   acknowledged, which JetStream gives after the stream's replicas (a
 //!   quorum of `replicas`) have it. Reads walk the recipient's subject in
-//!   sequence order; an ack deletes by sequence after checking the subject.
+//!   sequence order with direct gets, which any replica answers: one outside
+//!   the quorum may not have the newest envelopes yet, so a fetch through
+//!   another node just after a `Stored` can miss them for a moment (the live
+//!   feed, served by the leader, still brings them, and the next fetch finds
+//!   them). An ack reads the envelope through the stream's leader, so it
+//!   always finds what was stored, then deletes by sequence after checking
+//!   the subject.
 //! - **Quotas** (count and bytes per recipient) are one KV entry per
 //!   recipient, `<prefix>_USAGE`, changed by compare-and-set before a publish
 //!   and after a deletion, so they hold across nodes. A node that dies
 //!   between the reservation and the publish leaves the reservation counted
-//!   (never too little): [`JetStreamStore::usage`] is what counts, and a
-//!   reservation is at most one envelope.
+//!   (never too little); each node's hourly expiry sets an entry unchanged
+//!   for two minutes back to what the stream holds where they disagree
+//!   ([`JetStreamStore::recount_usage`]), which gives such room back.
 //! - **Expiry** walks the stream from its first sequence, by the
 //!   `Sotto-Received` header each envelope carries (the relay's clock, as the
 //!   embedded store), and the stream's max age (expiry plus a day) is a
@@ -34,8 +41,8 @@
 //! - **Delivery tokens** are a KV bucket, `<prefix>_TOKENS`, keyed like the
 //!   subjects.
 //!
-//! The blind file cache is not in this backend yet: the blob calls refuse
-//! with [`StoreError::Unsupported`].
+//! - **The blind file cache** (chunks, metadata, file quotas and the holds
+//!   of uploads in progress) is in `cluster_files`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,16 +56,29 @@ use sotto_keys::PublicKey;
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
+use super::cluster_files::{
+    leaderless, ChunkSink, ChunkSource, ClusterFiles, LEADERLESS_FOR, LEADERLESS_PAUSE,
+};
 use super::codec::{Recipient, Usage};
 use super::live::{Feed, Feeds};
 use super::writer::Clock;
-use super::{Committing, StoreCounters, StoreError, StoreLimits, Stored, TokenRow};
+use super::{
+    BlobBegun, BlobMeta, BlobQuota, Committing, SourceAddr, StoreCounters, StoreError, StoreLimits,
+    Stored, TokenRow, Window,
+};
+use sotto_crypto::file::FileId;
 
 /// The header with an envelope's arrival time (unix seconds, relay clock).
 const RECEIVED: &str = "Sotto-Received";
 
 /// How long a JetStream request may take before it counts as unavailable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A usage entry unchanged for this long holds no reservation whose
+/// envelope may still come (a publish gives up after `REQUEST_TIMEOUT`, and
+/// waits out a leader election for at most `LEADERLESS_FOR`), so it may be
+/// recounted from the stream.
+const RECOUNT_AFTER: Duration = Duration::from_secs(120);
 
 /// What a relay's nodes need to reach their shared cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +122,8 @@ struct Inner {
     /// Serializes this node's quota reservations per recipient, so the
     /// compare-and-set rarely loses to a neighbour on the same node.
     reserving: Mutex<HashMap<Recipient, Arc<tokio::sync::Mutex<()>>>>,
+    /// The blind file cache (`cluster_files`).
+    files: ClusterFiles,
     follower: tokio::task::JoinHandle<()>,
 }
 
@@ -111,19 +133,17 @@ impl Drop for Inner {
     }
 }
 
-/// Whether a compare-and-set lost to another writer (so it is tried again
-/// on what that writer left), rather than failed.
+/// Whether a compare-and-set that async-nats reports as a plain failure in
+/// fact lost to another writer (so it is tried again on what that writer
+/// left, as a `WrongLastRevision` is).
 ///
 /// async-nats names the loss `WrongLastRevision` only for the server's error
 /// code 10071; nats-server 2.11 and later answer a lost compare-and-set on
 /// one subject with 10164 ("wrong last sequence"), which reaches us as
 /// `Other` with the server's error as its source. `ErrorCode` has no public
 /// constructor, so that code is recognised by its debug form.
-fn lost_the_race(err: &kv::UpdateError) -> bool {
-    if err.kind() == kv::UpdateErrorKind::WrongLastRevision {
-        return true;
-    }
-    let mut source = std::error::Error::source(err);
+pub(super) fn lost_the_race(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = err.source();
     while let Some(e) = source {
         if let Some(js) = e.downcast_ref::<jetstream::Error>() {
             let code = js.error_code();
@@ -140,14 +160,14 @@ fn unavailable(err: impl std::fmt::Display) -> StoreError {
 }
 
 /// The hash of a recipient's key that names its subject and KV entries.
-fn hashed(key: &PublicKey) -> Recipient {
+pub(super) fn hashed(key: &PublicKey) -> Recipient {
     *blake3::Hasher::new_derive_key("sotto relay jetstream mailbox name v1")
         .update(key.as_bytes())
         .finalize()
         .as_bytes()
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -203,6 +223,7 @@ impl JetStreamStore {
         };
         let usage = create_bucket(&js, bucket(format!("{prefix}_USAGE"))).await?;
         let tokens = create_bucket(&js, bucket(format!("{prefix}_TOKENS"))).await?;
+        let files = ClusterFiles::open(&js, &prefix, config.replicas, Arc::clone(&clock)).await?;
         let last = mail
             .get_info()
             .await
@@ -238,6 +259,7 @@ impl JetStreamStore {
                 tasks: TaskTracker::new(),
                 writes: AtomicU64::new(0),
                 reserving: Mutex::new(HashMap::new()),
+                files,
                 follower,
             }),
         })
@@ -343,7 +365,7 @@ impl JetStreamStore {
 
     /// Applies `change` to `h`'s usage entry by compare-and-set, retrying
     /// when another writer got there first.
-    async fn change_usage(
+    pub(super) async fn change_usage(
         &self,
         h: Recipient,
         change: impl Fn(Usage) -> Result<Usage, StoreError>,
@@ -358,8 +380,18 @@ impl JetStreamStore {
         };
         let guard = lock.lock().await;
         let key = hex(&h);
+        // While the bucket's stream elects a leader (a server was lost),
+        // nothing is read or written: wait for it rather than refuse.
+        let until = tokio::time::Instant::now() + LEADERLESS_FOR;
         let result = loop {
-            let entry = inner.usage.entry(key.clone()).await.map_err(unavailable)?;
+            let entry = match inner.usage.entry(key.clone()).await {
+                Ok(entry) => entry,
+                Err(err) if leaderless(&err) && tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(LEADERLESS_PAUSE).await;
+                    continue;
+                }
+                Err(err) => break Err(unavailable(err)),
+            };
             let (revision, usage) = match &entry {
                 Some(e) if e.operation == kv::Operation::Put => {
                     (e.revision, Usage::decode(&e.value).unwrap_or_default())
@@ -374,7 +406,15 @@ impl JetStreamStore {
                 .await
             {
                 Ok(_) => break Ok(()),
-                Err(err) if lost_the_race(&err) => continue,
+                Err(err)
+                    if err.kind() == kv::UpdateErrorKind::WrongLastRevision
+                        || lost_the_race(&err) =>
+                {
+                    continue
+                }
+                Err(err) if leaderless(&err) && tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(LEADERLESS_PAUSE).await;
+                }
                 Err(err) => break Err(unavailable(err)),
             }
         };
@@ -480,9 +520,14 @@ impl JetStreamStore {
         check: impl FnOnce(&str) -> bool,
     ) -> Result<bool, StoreError> {
         let inner = &self.inner;
-        let message = match inner.mail.direct_get(id).await {
+        // Through the stream's leader, not a replica that may lag behind the
+        // quorum: an ack through one node of what another just stored must
+        // find it, or the envelope would be delivered again.
+        let message = match inner.mail.get_raw_message(id).await {
             Ok(m) => m,
-            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => return Ok(false),
+            Err(err) if err.kind() == stream::RawMessageErrorKind::NoMessageFound => {
+                return Ok(false)
+            }
             Err(err) => return Err(unavailable(err)),
         };
         if !check(message.subject.as_str()) {
@@ -524,7 +569,92 @@ impl JetStreamStore {
             }
             next = stored.id.saturating_add(1);
         }
+        if let Err(err) = self.recount_usage(RECOUNT_AFTER).await {
+            tracing::warn!(error = %err, "could not recount mailbox usage");
+        }
         Ok(deleted)
+    }
+
+    /// Sets the usage entry of every mailbox that has not changed for
+    /// `older_than` back to what its subject holds, where the two disagree;
+    /// returns how many were set. A node that died between a reservation
+    /// and its publish leaves its reservation counted: this gives it back.
+    /// Only an entry left alone that long is touched, since a reservation
+    /// younger than a publish's timeout may still be followed by its
+    /// envelope; the compare-and-set leaves an entry that changed meanwhile.
+    pub(super) async fn recount_usage(&self, older_than: Duration) -> Result<usize, StoreError> {
+        let inner = self.open()?;
+        let start = format!("{}.mail.", inner.prefix);
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        let mut subjects = inner
+            .mail
+            .info_with_subjects(format!("{start}*"))
+            .await
+            .map_err(unavailable)?;
+        while let Some(item) = subjects.next().await {
+            let (subject, n) = item.map_err(unavailable)?;
+            if let Some(h) = subject.strip_prefix(&start) {
+                counts.insert(h.to_owned(), n as u64);
+            }
+        }
+        let mut keys = inner.usage.keys().await.map_err(unavailable)?;
+        let mut names = Vec::new();
+        while let Some(key) = keys.next().await {
+            names.push(key.map_err(unavailable)?);
+        }
+        // Against the servers' timestamps: the real clock, not the relay's
+        // (which tests set).
+        let now = i64::try_from(super::embedded::unix_now()).unwrap_or(i64::MAX);
+        let older = i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX);
+        let mut set = 0;
+        for name in names {
+            let Some(entry) = inner.usage.entry(name.clone()).await.map_err(unavailable)? else {
+                continue;
+            };
+            if entry.operation != kv::Operation::Put
+                || entry.created.unix_timestamp().saturating_add(older) > now
+            {
+                continue;
+            }
+            let Ok(usage) = Usage::decode(&entry.value) else {
+                continue;
+            };
+            let messages = counts.get(&name).copied().unwrap_or(0);
+            if messages == usage.messages {
+                continue;
+            }
+            // The count disagrees: walk the subject for the bytes too.
+            let subject = format!("{start}{name}");
+            let (mut bytes, mut found, mut next) = (0u64, 0u64, 1);
+            while let Some(stored) = self.next_on(&subject, next).await? {
+                bytes = bytes.saturating_add(stored.envelope.len() as u64);
+                found += 1;
+                next = stored.id.saturating_add(1);
+            }
+            let counted = Usage {
+                messages: found,
+                bytes,
+            };
+            match inner
+                .usage
+                .update(&name, counted.encode().to_vec().into(), entry.revision)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(
+                        from = usage.messages,
+                        to = found,
+                        "a mailbox's usage was recounted from its envelopes"
+                    );
+                    set += 1;
+                }
+                Err(err)
+                    if err.kind() == kv::UpdateErrorKind::WrongLastRevision
+                        || lost_the_race(&err) => {}
+                Err(err) => return Err(unavailable(err)),
+            }
+        }
+        Ok(set)
     }
 
     pub(super) async fn set_delivery_token(
@@ -582,6 +712,79 @@ impl JetStreamStore {
         Ok((usage.messages, usage.bytes))
     }
 
+    pub(super) async fn begin_blob(
+        &self,
+        id: FileId,
+        uploader: PublicKey,
+        source: SourceAddr,
+        to: PublicKey,
+        size: u64,
+        quota: BlobQuota,
+    ) -> Result<BlobBegun, StoreError> {
+        let inner = self.open()?;
+        inner
+            .files
+            .begin_blob(id, uploader, source, to, size, quota)
+            .await
+    }
+
+    pub(super) async fn update_blob(
+        &self,
+        id: FileId,
+        have: u64,
+        complete: bool,
+    ) -> Result<Window, StoreError> {
+        self.open()?.files.update_blob(id, have, complete).await
+    }
+
+    pub(super) async fn delete_blobs(
+        &self,
+        ids: Vec<FileId>,
+        owner: Option<PublicKey>,
+        updated_at_or_before: Option<u64>,
+    ) -> Result<Vec<FileId>, StoreError> {
+        let inner = self.open()?;
+        inner
+            .files
+            .delete_blobs(ids, owner, updated_at_or_before)
+            .await
+    }
+
+    pub(super) async fn blob(&self, id: FileId) -> Result<Option<BlobMeta>, StoreError> {
+        self.open()?.files.blob(id).await
+    }
+
+    pub(super) async fn blob_ids(&self) -> Result<Vec<FileId>, StoreError> {
+        self.open()?.files.blob_ids().await
+    }
+
+    pub(super) async fn stale_blobs(
+        &self,
+        updated_at_or_before: u64,
+    ) -> Result<Vec<FileId>, StoreError> {
+        self.open()?.files.stale_blobs(updated_at_or_before).await
+    }
+
+    pub(super) async fn blob_usage(&self, recipient: PublicKey) -> Result<(u64, u64), StoreError> {
+        self.open()?.files.blob_usage(recipient).await
+    }
+
+    pub(super) async fn blob_share(
+        &self,
+        recipient: PublicKey,
+        uploader: PublicKey,
+    ) -> Result<(u64, u64), StoreError> {
+        self.open()?.files.blob_share(recipient, uploader).await
+    }
+
+    pub(super) fn chunk_sink(&self, id: FileId) -> Result<ChunkSink, StoreError> {
+        Ok(self.open()?.files.sink(id))
+    }
+
+    pub(super) fn chunk_source(&self, id: FileId) -> Result<ChunkSource, StoreError> {
+        Ok(self.open()?.files.source(id))
+    }
+
     pub(super) async fn close(self) -> Result<(), StoreError> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Err(StoreError::Closed);
@@ -597,7 +800,7 @@ impl JetStreamStore {
     }
 }
 
-async fn create_bucket(
+pub(super) async fn create_bucket(
     js: &jetstream::Context,
     config: kv::Config,
 ) -> Result<kv::Store, StoreError> {

@@ -1473,6 +1473,119 @@ async fn jetstream_nodes_share_mailboxes_and_live_feeds() {
     two.close().await.unwrap();
 }
 
+/// Two nodes share one recipient's file quota: the window an upload holds
+/// through one node counts against a begin through the other, and once that
+/// upload ends its room comes back for the other node too (its node frees
+/// the hold within a sweep, without another begin through it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_nodes_share_file_quotas_and_windows() {
+    let Some(place) = Place::jetstream() else {
+        return;
+    };
+    let (one, two) = (
+        place.open(StoreLimits::default()).await,
+        place.open(StoreLimits::default()).await,
+    );
+    let (alice, carol, bob) = (key(1), key(3), key(2));
+    let quota = BlobQuota {
+        max_bytes: 10 * SEALED,
+        window: 4,
+        ..QUOTA
+    };
+    let five = 5 * CHUNK_LEN as u64;
+    let up = begin(&one, fid(1), alice, bob, CHUNKS_8, quota)
+        .await
+        .unwrap();
+    one.update_blob(fid(1), 2, false).await.unwrap();
+    // Through node one, 2 chunks are stored and 4 more held: 6 of bob's 10.
+    let err = begin(&two, fid(2), carol, bob, five, quota)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::BlobQuotaExceeded { of: QuotaOf::Recipient, files: 1, bytes } if bytes == 6 * SEALED),
+        "{err:?}"
+    );
+    assert_eq!(two.blob_usage(bob).await.unwrap(), (1, 2 * SEALED));
+    // Alice's upload through node one ends: node two sees its room back.
+    drop(up);
+    let mut tries = 0;
+    let hers = loop {
+        match begin(&two, fid(2), carol, bob, five, quota).await {
+            Ok(begun) => break begun,
+            Err(StoreError::BlobQuotaExceeded { .. }) => {
+                tries += 1;
+                assert!(tries < 400, "the ended upload's room never came back");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    };
+    drop(hers);
+    // Alice goes on through node two from where node one left her.
+    let resumed = begin(&two, fid(1), alice, bob, CHUNKS_8, quota)
+        .await
+        .unwrap();
+    assert_eq!(
+        (resumed.created, resumed.meta.have, resumed.allowed),
+        (false, 2, 6)
+    );
+    two.update_blob(fid(1), 8, true).await.unwrap();
+    assert!(one.blob(fid(1)).await.unwrap().unwrap().complete);
+    assert_eq!(one.blob_usage(bob).await.unwrap(), (2, 8 * SEALED));
+    assert_eq!(
+        one.delete_blobs(vec![fid(1), fid(2)], Some(bob), None)
+            .await
+            .unwrap(),
+        [fid(1), fid(2)]
+    );
+    assert_eq!(two.blob_usage(bob).await.unwrap(), (0, 0));
+    drop(resumed);
+    one.close().await.unwrap();
+    two.close().await.unwrap();
+}
+
+/// A node that died between reserving room for an envelope and publishing
+/// it left the reservation counted: the recount gives it back, but only once
+/// the entry has been left alone long enough that no envelope can follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_left_by_a_dead_node_is_recounted_away() {
+    let Some(place) = Place::jetstream() else {
+        return;
+    };
+    let limits = StoreLimits {
+        max_messages_per_recipient: 2,
+        ..StoreLimits::default()
+    };
+    let store = place.open(limits).await;
+    let bob = key(2);
+    store.enqueue(bob, vec![1; 10]).await.unwrap();
+    let super::Backend::JetStream(js) = &store.0 else {
+        unreachable!("a JetStream place");
+    };
+    js.change_usage(super::jetstream::hashed(&bob), |u| {
+        Ok(Usage {
+            messages: u.messages + 1,
+            bytes: u.bytes + 10,
+        })
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        store.enqueue(bob, vec![2; 10]).await,
+        Err(StoreError::QuotaExceeded { messages: 2, .. })
+    ));
+    assert_eq!(
+        js.recount_usage(Duration::from_secs(3600)).await.unwrap(),
+        0
+    );
+    assert_eq!(js.recount_usage(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(store.usage(bob).await.unwrap(), (1, 10));
+    store.enqueue(bob, vec![2; 11]).await.unwrap();
+    assert_eq!(js.recount_usage(Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(store.usage(bob).await.unwrap(), (2, 21));
+    store.close().await.unwrap();
+}
+
 /// The whole cluster stopped and started again: meanwhile a send is told
 /// the store is unavailable (so its sender tries again); afterwards the same
 /// store handle works again without being reopened, and everything stored
@@ -1541,23 +1654,24 @@ macro_rules! shared_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)] quota_refusals_in_a_batch_do_not_fail_the_others,
             #[tokio::test(flavor = "current_thread")] close_waits_for_queued_writes,
             #[tokio::test] a_registered_token_is_what_the_next_lookup_sees_though_the_old_was_cached,
-        }
-    };
-}
-
-/// The file cache's metadata, and the live feeds' pushes before a commit:
-/// only the embedded backend keeps them so far.
-macro_rules! embedded_suite {
-    ($place:expr) => {
-        suite! { $place;
             #[tokio::test] one_uploader_holds_at_most_its_share_of_a_recipients_quota,
             #[tokio::test] a_blob_is_begun_resumed_by_its_uploader_only_and_completed,
             #[tokio::test] blob_quotas_count_files_and_stored_bytes_per_recipient,
             #[tokio::test] a_strangers_begun_uploads_hold_a_window_only_while_they_last,
             #[tokio::test] a_window_moves_on_while_there_is_room_and_says_why_not,
             #[tokio::test] uploads_in_progress_are_bounded_per_key_and_per_address,
-            #[tokio::test] the_storage_budget_counts_envelopes_files_and_windows_over_every_recipient,
             #[tokio::test] blobs_are_deleted_only_for_their_recipient_or_by_age,
+        }
+    };
+}
+
+/// What only the embedded backend keeps: a storage budget over the whole
+/// relay (the JetStream backend leaves that to the cluster's own limits),
+/// and live feeds pushed before a commit.
+macro_rules! embedded_suite {
+    ($place:expr) => {
+        suite! { $place;
+            #[tokio::test] the_storage_budget_counts_envelopes_files_and_windows_over_every_recipient,
             #[tokio::test] a_live_feed_that_overflows_catches_up_from_the_store_in_order,
         }
     };
