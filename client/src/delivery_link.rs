@@ -58,6 +58,13 @@ pub async fn connect_delivery(
     addr: &RelayAddr,
     pinned: &RelayKey,
 ) -> Result<DeliveryConn<OwnedReadHalf, OwnedWriteHalf>, RelayError> {
+    let (r, w) = dial(addr).await?;
+    delivery_handshake(r, w, addr.clone(), pinned).await
+}
+
+/// Opens the TCP connection to the relay at `addr`, within the connect
+/// timeout, its errors told in a few words.
+pub(crate) async fn dial(addr: &RelayAddr) -> Result<(OwnedReadHalf, OwnedWriteHalf), RelayError> {
     let addr = addr.clone();
     let stream = match timeout(
         CONNECT_TIMEOUT,
@@ -80,8 +87,7 @@ pub async fn connect_delivery(
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
-    delivery_handshake(r, w, addr, pinned).await
+    Ok(stream.into_split())
 }
 
 /// Runs the delivery link's handshake on an open stream.
