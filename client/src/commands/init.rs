@@ -65,6 +65,8 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {
             draining: None,
         },
         passphrase.as_ref(),
+        &SecretKey::generate(),
+        None,
     )?;
 
     let mut out = Out::new();
@@ -103,19 +105,27 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {
     Ok(())
 }
 
-/// Makes a new identity in the home (`init`, and `pair` in an empty home):
-/// the config, then the delivery token, then the key, so that a run that
-/// failed part-way can simply be run again.
+/// Writes `key` as the home's new identity (`init`, and `pair` in an empty
+/// home, once the pairing succeeded): the config, then the delivery token
+/// (`token`, or a new one), then the key, so that a run that failed
+/// part-way can simply be run again.
 pub(crate) fn create(
     ctx: &Ctx,
     changes: &config::Changes<'_>,
     passphrase: Option<&sotto_keys::Passphrase>,
+    key: &SecretKey,
+    token: Option<&sotto_keys::DeliveryToken>,
 ) -> Result<SecretKey> {
     let identity_path = ctx.home.identity();
     ctx.home.ensure_dir()?;
     config::apply(&ctx.home.config(), changes)?;
-    delivery_token::load_or_create(&ctx.home)?;
-    let key = SecretKey::generate();
+    match token {
+        Some(token) => delivery_token::store_new(&ctx.home, token)?,
+        None => {
+            delivery_token::load_or_create(&ctx.home)?;
+        }
+    }
+    let key = key.clone();
     keyfile::write_new(&identity_path, &key, passphrase).map_err(|e| match e {
         KeysError::AlreadyExists { path } => anyhow::anyhow!(
             "an identity already exists at {}; refusing to overwrite it",

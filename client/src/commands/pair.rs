@@ -11,11 +11,12 @@
 //! the relay's key comes from the handshake, is checked against the one in
 //! the inviter's PAKE-protected invite, and is then pinned as its own relay,
 //! where its token is registered as `relay set` and `inbox` do. A joiner
-//! with no identity gets one, as `init` makes it.
+//! with no identity gets one, as `init` makes it, written only once the
+//! pairing succeeded.
 
 use anyhow::{bail, Result};
 use sotto_crypto::pairing::Code;
-use sotto_keys::{Contact, ContactBook, ContactName, Invite, RelayAddr, SecretKey};
+use sotto_keys::{Contact, ContactBook, ContactName, DeliveryToken, Invite, RelayAddr, SecretKey};
 
 use super::{block_on, note, warn, Ctx, Out};
 use crate::cli::PairArgs;
@@ -99,19 +100,14 @@ fn invite(ctx: &Ctx, name: ContactName) -> Result<()> {
 }
 
 fn join(ctx: &Ctx, name: ContactName, code: &Code, relay: Option<RelayAddr>) -> Result<()> {
-    if !ctx.home.has_identity() {
-        let passphrase = identity::new_passphrase(false, ctx.passphrase_file.as_deref())?;
-        super::init::create(ctx, &config::Changes::default(), passphrase.as_ref())?;
-        note(&format!(
-            "created a new identity in {} ({}), as `sotto init` does",
-            ctx.home.identity().display(),
-            if passphrase.is_some() {
-                "protected by a passphrase"
-            } else {
-                "not protected by a passphrase"
-            }
-        ));
-    }
+    // An empty home's identity is made in memory and written only once the
+    // pairing succeeded: a failed one leaves the home as it was.
+    let fresh = !ctx.home.has_identity();
+    let passphrase = if fresh {
+        identity::new_passphrase(false, ctx.passphrase_file.as_deref())?
+    } else {
+        None
+    };
     let mut book = free_name(ctx, &name)?;
     let config = Config::load(&ctx.home.config())?;
     let own = config.relay().ok();
@@ -123,9 +119,16 @@ fn join(ctx: &Ctx, name: ContactName, code: &Code, relay: Option<RelayAddr>) -> 
             "no relay configured here: give the inviter's relay, `sotto pair {name} CODE --relay HOST:PORT`"
         ),
     };
-    let me = identity::load(&ctx.home, ctx.passphrase_file.as_deref())?;
-    let token = delivery_token::load_or_create(&ctx.home)?;
+    let (me, token) = if fresh {
+        (SecretKey::generate(), DeliveryToken::generate())
+    } else {
+        (
+            identity::load(&ctx.home, ctx.passphrase_file.as_deref())?,
+            delivery_token::load_or_create(&ctx.home)?,
+        )
+    };
     let key = me.public();
+    let token_kept = token.clone();
     let theirs = {
         let (addr, own) = (addr.clone(), own.clone());
         block_on(async move {
@@ -149,6 +152,24 @@ fn join(ctx: &Ctx, name: ContactName, code: &Code, relay: Option<RelayAddr>) -> 
             rv.join(code, mine).await
         })??
     };
+    if fresh {
+        super::init::create(
+            ctx,
+            &config::Changes::default(),
+            passphrase.as_ref(),
+            &me,
+            Some(&token_kept),
+        )?;
+        note(&format!(
+            "created a new identity in {} ({}), as `sotto init` does",
+            ctx.home.identity().display(),
+            if passphrase.is_some() {
+                "protected by a passphrase"
+            } else {
+                "not protected by a passphrase"
+            }
+        ));
+    }
     add_paired(&mut book, &name, &theirs)?;
     say_added(&name, &theirs);
     if own.is_none() {
