@@ -40,6 +40,9 @@ pub struct Cli {
 pub enum Command {
     /// Create an identity (never overwrites one) and write config.toml.
     Init(InitArgs),
+    /// Add a contact by a short code spoken between you: without CODE, print
+    /// a code (first line of stdout) and wait; with it, complete the pairing.
+    Pair(PairArgs),
     /// Pin the relay you read from.
     #[command(subcommand)]
     Relay(RelayCommand),
@@ -103,6 +106,20 @@ pub struct InitArgs {
     /// config.toml).
     #[arg(long)]
     pub no_history: bool,
+}
+
+/// `sotto pair`.
+#[derive(Debug, Args)]
+pub struct PairArgs {
+    /// The name to file the other person under.
+    pub name: String,
+    /// The code the other side's `sotto pair NAME` printed, such as
+    /// 7-revenge-guitarist; without it, this side prints one and waits.
+    pub code: Option<String>,
+    /// With CODE: the inviter's relay, when it is not the relay you read
+    /// from (its key is learned through the pairing and checked).
+    #[arg(long, value_name = "HOST:PORT", requires = "code")]
+    pub relay: Option<String>,
 }
 
 /// `sotto relay ...`.

@@ -29,7 +29,11 @@ pub fn list_lines(book: &ContactBook) -> Vec<String> {
     let mut lines: Vec<String> = book
         .contacts()
         .map(|c| {
-            let mark = if c.verified { "verified" } else { "unchecked" };
+            let mark = match (c.verified, c.paired) {
+                (true, _) => "verified",
+                (false, true) => "paired",
+                (false, false) => "unchecked",
+            };
             let relay = match (c.delivery(), c.unpinned_relay()) {
                 (Some(delivery), _) => delivery.relay.to_string(),
                 (None, Some(noted)) => {

@@ -72,6 +72,18 @@ pub fn load_or_create(home: &Home) -> Result<DeliveryToken> {
     }
 }
 
+/// Stores `token`, made before the home had an identity (`sotto pair` in an
+/// empty home), as its token; refused if the home has one already.
+pub fn store_new(home: &Home, token: &DeliveryToken) -> Result<()> {
+    home.ensure_dir()?;
+    let path = home.delivery_token();
+    if write_new(&path, token)? {
+        Ok(())
+    } else {
+        bail!("{} already exists; refusing to replace it", path.display())
+    }
+}
+
 /// Replaces my token with a new one, atomically, and returns it.
 ///
 /// Only the local file: contacts holding the old token keep it until they

@@ -81,6 +81,7 @@ pub mod inbound;
 pub mod notice;
 pub mod offers;
 pub mod outbox;
+pub mod pairing;
 pub mod presence;
 pub mod publish;
 pub mod reach;

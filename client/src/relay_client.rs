@@ -159,6 +159,9 @@ fn refusal(addr: &RelayAddr, code: ErrorCode, detail: &str) -> String {
         ErrorCode::FirstContactRefused => format!(
             "the relay at {addr} refused the delivery: the recipient accepts messages only from contacts given their invite{why}"
         ),
+        ErrorCode::NoSuchSlot => {
+            format!("no such code on the relay at {addr} (expired or already used){why}")
+        }
     }
 }
 
@@ -714,7 +717,11 @@ where
                 | RelayMsg::DownloadChunk { .. }
                 | RelayMsg::DownloadEnd { .. }
                 | RelayMsg::BlobDeleted { .. }
-                | RelayMsg::TokenSet { .. } => {
+                | RelayMsg::TokenSet { .. }
+                | RelayMsg::PairSlot { .. }
+                | RelayMsg::PairJoined { .. }
+                | RelayMsg::PairMessage { .. }
+                | RelayMsg::PairGone => {
                     return Err(RelayError::Protocol {
                         addr: self.addr.clone(),
                         what: "an answer to a request that was not made, while fetching",

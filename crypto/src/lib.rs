@@ -21,6 +21,8 @@
 //!   [`session::SessionStore`] that holds it all and saves it sealed;
 //! - [`file`](mod@file): file-drop chunks sealed with STREAM under a per-file
 //!   key, and the offer that carries that key to the recipient;
+//! - [`pairing`]: first contact by a short code: SPAKE2, the keys under
+//!   it, key confirmation and the invites sealed each way;
 //! - [`at_rest`]: the key and record format that seal the client's local
 //!   files (session state, offers, history) under its identity;
 //! - [`error`]: the error types. Crypto failures say "decryption failed" and no more.
@@ -39,6 +41,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod link;
+pub mod pairing;
 pub mod session;
 pub mod wire;
 

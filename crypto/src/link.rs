@@ -216,7 +216,15 @@ where
         .build_initiator()
         .map_err(|_| LinkError::Handshake)?;
     let mut buf = vec![0u8; MSG23_MAX];
-    let hello = open_relay_hello(&mut hs, &mut r, &mut w, LinkKind::Owner, relay, &mut buf).await?;
+    let (hello, _) = open_relay_hello(
+        &mut hs,
+        &mut r,
+        &mut w,
+        LinkKind::Owner,
+        Some(relay),
+        &mut buf,
+    )
+    .await?;
 
     // -> s, se
     let payload = wire::encode(&ClientHello {
@@ -233,16 +241,17 @@ where
 }
 
 /// Sends the preamble of `kind` and message 1 (`-> e`), then reads message 2
-/// (`<- e, ee, s, es`): checks that the relay proved `relay` before decoding
-/// anything it says, and returns its hello.
+/// (`<- e, ee, s, es`): checks that the relay proved `relay` (when one is
+/// pinned) before decoding anything it says, and returns its hello and the
+/// key it proved.
 async fn open_relay_hello<R, W>(
     hs: &mut HandshakeState,
     r: &mut Inbound<R>,
     w: &mut W,
     kind: LinkKind,
-    relay: &RelayKey,
+    relay: Option<&RelayKey>,
     buf: &mut [u8],
-) -> Result<RelayHello, LinkError>
+) -> Result<(RelayHello, RelayKey), LinkError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -262,7 +271,7 @@ where
         .read_message(r.slice(rec), buf)
         .map_err(|_| LinkError::Handshake)?;
     let got = remote_static(hs)?;
-    if got != *relay.as_bytes() {
+    if let Some(relay) = relay.filter(|relay| got != *relay.as_bytes()) {
         return Err(LinkError::RelayKeyMismatch {
             expected: *relay,
             got: RelayKey::from_bytes(got),
@@ -275,7 +284,7 @@ where
             ours: LINK_VERSION,
         });
     }
-    Ok(hello)
+    Ok((hello, RelayKey::from_bytes(got)))
 }
 
 /// Opens a delivery link on a fresh connection: the relay proves `relay`,
@@ -292,7 +301,25 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    connect_delivery_inner(r, w, relay, None).await
+    connect_delivery_inner(r, w, Some(relay), None)
+        .await
+        .map(|(r, w, hello, _)| (r, w, hello))
+}
+
+/// Opens a delivery link to a relay whose key is not known yet, and returns
+/// the key it proved. Only for a first contact by a short code (`sotto pair
+/// --relay`), where that key is compared with the one the inviter's
+/// PAKE-protected invite names before anything relies on it; everything else
+/// pins the relay's key.
+pub async fn connect_delivery_unpinned<R, W>(
+    r: R,
+    w: W,
+) -> Result<(LinkReader<R>, LinkWriter<W>, RelayHello, RelayKey), LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    connect_delivery_inner(r, w, None, None).await
 }
 
 /// [`connect_delivery`] with a chosen ephemeral key, for the known-answer
@@ -309,15 +336,17 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    connect_delivery_inner(r, w, relay, Some(ephemeral)).await
+    connect_delivery_inner(r, w, Some(relay), Some(ephemeral))
+        .await
+        .map(|(r, w, hello, _)| (r, w, hello))
 }
 
 async fn connect_delivery_inner<R, W>(
     r: R,
     w: W,
-    relay: &RelayKey,
+    relay: Option<&RelayKey>,
     fixed_ephemeral: Option<&[u8; 32]>,
-) -> Result<(LinkReader<R>, LinkWriter<W>, RelayHello), LinkError>
+) -> Result<(LinkReader<R>, LinkWriter<W>, RelayHello, RelayKey), LinkError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -328,11 +357,11 @@ where
         .build_initiator()
         .map_err(|_| LinkError::Handshake)?;
     let mut buf = vec![0u8; MSG23_MAX];
-    let hello =
+    let (hello, proved) =
         open_relay_hello(&mut hs, &mut r, &mut w, LinkKind::Delivery, relay, &mut buf).await?;
     // NX ends with message 2: the client's first request follows at once.
     let (reader, writer) = split(hs, r, w)?;
-    Ok((reader, writer, hello))
+    Ok((reader, writer, hello, proved))
 }
 
 /// A link the relay accepted, of either kind.

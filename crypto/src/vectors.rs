@@ -42,7 +42,7 @@ use crate::wire::{self, ClientHello, ClientMsg, DeliveryMsg, ErrorCode, RelayHel
 const PROTOCOL_MD: &str = include_str!("../../docs/PROTOCOL.md");
 
 /// Every vector block the document must contain, and nothing else.
-const VECTORS: [&str; 13] = [
+const VECTORS: [&str; 14] = [
     "delivery-link-handshake",
     "envelope",
     "file-chunks",
@@ -52,6 +52,7 @@ const VECTORS: [&str; 13] = [
     "key-file",
     "key-strings",
     "link-handshake",
+    "pairing",
     "reach-body",
     "safety-number",
     "session",
@@ -371,6 +372,97 @@ fn invite() {
                 ..invite
             }),
         "`invite_v1` does not read as the contact without a token",
+    );
+    v.finish();
+}
+
+#[test]
+fn pairing() {
+    use crate::pairing::{Code, PairKeys, PairMsg, Role};
+    let v = Vector::load("pairing");
+    let code = Code::from_parts(v.number("slot"), v.array("words"));
+    v.expect("code", code.to_string());
+    v.check(
+        v.get("code").parse::<Code>().map(|c| c.to_string()).ok() == Some(code.to_string()),
+        "`code` does not read back",
+    );
+    v.expect_hex("password", code.to_string().as_bytes());
+    let pake_key: [u8; 32] = v.array("pake_key");
+    let inviter = PairKeys::derive(Role::Inviter, &pake_key);
+    let joiner = PairKeys::derive(Role::Joiner, &pake_key);
+    let [ic, jc, is, js] = inviter.all();
+    v.expect_hex("inviter_confirm", &ic);
+    v.expect_hex("joiner_confirm", &jc);
+    v.expect_hex("inviter_seal_key", &is);
+    v.expect_hex("joiner_seal_key", &js);
+    v.check(
+        inviter.confirmation() == ic && joiner.confirmation() == jc,
+        "confirmations",
+    );
+    let invite = v.get("invite");
+    v.check(
+        invite.parse::<Invite>().is_ok(),
+        "`invite` is not an invite",
+    );
+    let sealed = inviter.seal_invite(invite.as_bytes());
+    v.expect_hex("sealed_invite", &sealed);
+    v.check(
+        joiner
+            .open_invite(&v.hex("sealed_invite"))
+            .ok()
+            .as_deref()
+            .map(Vec::as_slice)
+            == Some(invite.as_bytes()),
+        "the joiner does not open `sealed_invite`",
+    );
+    v.check(
+        raw_seal(&is, &[0; 12], crate::pairing::INVITE_AD, invite.as_bytes()) == sealed,
+        "`sealed_invite` is not ChaCha20-Poly1305 under the inviter's seal key, nonce 0",
+    );
+    let done = inviter.seal_done();
+    v.expect_hex("sealed_done", &done);
+    let mut one = [0u8; 12];
+    one[0] = 1;
+    v.check(
+        raw_seal(&is, &one, crate::pairing::DONE_AD, &[]) == done,
+        "`sealed_done` is not ChaCha20-Poly1305 under the inviter's seal key, nonce 1",
+    );
+    v.expect_hex(
+        "msg_done",
+        &PairMsg::Done {
+            seal: ByteBuf::from(done),
+        }
+        .encode(),
+    );
+    v.expect_hex("msg_abort", &PairMsg::Abort.encode());
+    v.expect_hex(
+        "pair_open",
+        &wire::encode(&DeliveryMsg::PairOpen { req: 1 }),
+    );
+    v.expect_hex(
+        "pair_join",
+        &wire::encode(&DeliveryMsg::PairJoin {
+            req: 2,
+            slot: code.slot(),
+            message: ByteBuf::from(PairMsg::Abort.encode()),
+        }),
+    );
+    v.expect_hex(
+        "pair_slot",
+        &wire::encode(&RelayMsg::PairSlot {
+            req: 1,
+            slot: code.slot(),
+            expires_in: 600,
+        }),
+    );
+    v.expect_hex("pair_gone", &wire::encode(&RelayMsg::PairGone));
+    v.expect_hex(
+        "no_such_slot",
+        &wire::encode(&RelayMsg::Error {
+            req: 2,
+            code: ErrorCode::NoSuchSlot,
+            detail: String::new(),
+        }),
     );
     v.finish();
 }

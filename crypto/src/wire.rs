@@ -205,6 +205,31 @@ pub enum DeliveryMsg {
         /// The file.
         file_id: FileId,
     },
+    /// Opens a rendezvous slot for a pairing (`sotto pair NAME`): this
+    /// connection is its inviter. Answered by `PairSlot`, or `Error`
+    /// (`RateLimited`: too many slots). The slot lives as long as this
+    /// connection, and at most the relay's slot expiry.
+    PairOpen {
+        /// Request number, echoed.
+        req: u32,
+    },
+    /// Joins slot `slot` as its one joiner (`sotto pair NAME CODE`), handing
+    /// the inviter `message`. Answered by `PairJoined`, or `Error
+    /// { code: NoSuchSlot }`: unknown, expired, or already joined once.
+    PairJoin {
+        /// Request number, echoed.
+        req: u32,
+        /// The slot number, from the code.
+        slot: u32,
+        /// Opaque to the relay: a pairing message for the inviter.
+        message: ByteBuf,
+    },
+    /// Forwards `message` to the other party of this connection's slot, as
+    /// `PairMessage`. Never answered.
+    PairSend {
+        /// Opaque to the relay: a pairing message.
+        message: ByteBuf,
+    },
 }
 
 /// Why the relay refused a request.
@@ -235,6 +260,9 @@ pub enum ErrorCode {
     /// relay) accepts no first contact: only senders given its token may
     /// deliver. Nothing was stored.
     FirstContactRefused,
+    /// A `PairJoin` named a slot the relay does not hold: never opened,
+    /// expired, or already joined once (a slot takes one joiner).
+    NoSuchSlot,
 }
 
 /// Relay -> client.
@@ -331,6 +359,29 @@ pub enum RelayMsg {
         /// Echoed request number.
         req: u32,
     },
+    /// Answer to `PairOpen`: the slot this connection now holds.
+    PairSlot {
+        /// Echoed request number.
+        req: u32,
+        /// The slot number, unique among the relay's live slots.
+        slot: u32,
+        /// Seconds until the relay closes the slot.
+        expires_in: u32,
+    },
+    /// Answer to `PairJoin`: the inviter has the message; this connection
+    /// is the slot's joiner.
+    PairJoined {
+        /// Echoed request number.
+        req: u32,
+    },
+    /// A pairing message from the other party of my slot.
+    PairMessage {
+        /// Opaque to the relay.
+        message: ByteBuf,
+    },
+    /// My slot is closed: the other party's connection ended, or the slot
+    /// expired. Nothing more is forwarded.
+    PairGone,
 }
 
 /// Encodes a message.

@@ -21,6 +21,7 @@
 //! relay_key = "sottorelay1..."       # optional, only with relay: its key, pinned
 //! token = "sottotoken1..."           # optional, only with relay_key: their delivery token there
 //! verified = false                   # optional, default false
+//! paired = true                      # optional, default false: added by `sotto pair`
 //! added = "2026-11-22T10:00:00Z"     # optional: RFC 3339, UTC, seconds
 //!
 //! [groups.friends]
@@ -74,6 +75,7 @@ const NEW_FILE_HEADER: &str = "\
 # relay_key = \"sottorelay1...\"   that relay's key, pinned (with relay)
 # token = \"sottotoken1...\"       their delivery token there (with relay_key)
 # verified = false       true once you have compared safety numbers (sotto contact verify NAME)
+# paired = true          added by `sotto pair`: the key came under a short code you both typed
 # added = \"...\"          when the contact was added (RFC 3339, UTC)
 #
 # [groups.NAME]
@@ -175,6 +177,9 @@ pub struct Contact {
     delivery: Option<Delivery>,
     /// Whether the safety number has been compared with them.
     pub verified: bool,
+    /// Whether the key came through `sotto pair`, under a code both sides
+    /// typed (so nobody without the code could have put it there).
+    pub paired: bool,
     /// When the contact was added, RFC 3339 UTC to the second; empty if the
     /// file does not say.
     pub added: String,
@@ -191,6 +196,7 @@ impl Contact {
             relay,
             delivery: None,
             verified: false,
+            paired: false,
             added: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         }
     }
@@ -494,6 +500,9 @@ fn contact_fields(contact: &Contact) -> Vec<(&'static str, Value)> {
         (None, None) => {}
     }
     fields.push(("verified", Value::from(contact.verified)));
+    if contact.paired {
+        fields.push(("paired", Value::from(true)));
+    }
     if !contact.added.is_empty() {
         fields.push(("added", Value::from(contact.added.as_str())));
     }
@@ -761,6 +770,13 @@ fn read_contact(
             .ok_or_else(|| loc.error(item.span(), "`verified` must be true or false"))?,
     };
 
+    let paired = match fields.get("paired") {
+        None => false,
+        Some(item) => item
+            .as_bool()
+            .ok_or_else(|| loc.error(item.span(), "`paired` must be true or false"))?,
+    };
+
     let added = match fields.get("added") {
         None => String::new(),
         Some(item) => match item.as_value() {
@@ -781,6 +797,7 @@ fn read_contact(
         relay,
         delivery,
         verified,
+        paired,
         added,
     })
 }
@@ -893,6 +910,24 @@ mod tests {
         assert_eq!(book.contacts().count(), 0);
         assert!(book.groups().is_empty());
         assert_eq!(book.path(), path);
+    }
+
+    #[test]
+    fn a_paired_contact_is_written_and_read_as_paired() {
+        let (_dir, path) = tmp();
+        let mut book = ContactBook::load(&path).unwrap();
+        let mut carol = Contact::new(name("carol"), key(3), None);
+        carol.paired = true;
+        book.add(carol).unwrap();
+        book.add(Contact::new(name("dave"), key(4), None)).unwrap();
+        book.save().unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches("\npaired = true").count(), 1, "{text}");
+        let loaded = ContactBook::load(&path).unwrap();
+        assert!(loaded.get("carol").unwrap().paired);
+        assert!(!loaded.get("dave").unwrap().paired);
+        let bad = format!("[contacts.a]\nkey = \"{}\"\npaired = 1\n", key(1));
+        assert_eq!(format_error(&path, &bad).0, 3);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::blobs::BlobLimits;
 use crate::budget::{self, BufferLimits};
 use crate::delivery::DeliveryLimits;
 use crate::limits::RateLimits;
+use crate::rendezvous::PairingLimits;
 use crate::store::StoreLimits;
 
 /// Default listening address: loopback only, so a first start exposes nothing.
@@ -70,6 +71,9 @@ pub struct RelayConfig {
     /// What delivery links (no key proven) may do: first contact, token
     /// grace, rates per connection, address and first-contact recipient.
     pub delivery: DeliveryLimits,
+    /// Rendezvous slots for `sotto pair`: expiry, slots in total and per
+    /// address, opens per address per minute, message size.
+    pub pairing: PairingLimits,
     /// If set, only these client keys may open owner links (a private
     /// relay): who owns a mailbox here, not who delivers to one.
     pub allow: Option<Vec<PublicKey>>,
@@ -118,6 +122,7 @@ impl RelayConfig {
             rate: RateLimits::default(),
             buffers: BufferLimits::default(),
             delivery: DeliveryLimits::default(),
+            pairing: PairingLimits::default(),
             allow: None,
             store: StoreBackend::Embedded,
         }
@@ -216,6 +221,7 @@ struct FileConfig {
     delivery: DeliveryFile,
     #[serde(default)]
     store: StoreFile,
+    pairing: PairingFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -280,6 +286,33 @@ fn nats_prefix<'de, D: serde::Deserializer<'de>>(
         return Err(serde::de::Error::custom(
             "must be 1 to 32 letters, digits or _",
         ));
+    }
+    Ok(value)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PairingFile {
+    #[serde(default, deserialize_with = "longer_than_zero")]
+    slot_expiry: Option<Duration>,
+    max_slots: Option<usize>,
+    max_slots_per_address: Option<usize>,
+    opens_per_minute: Option<u32>,
+    #[serde(default, deserialize_with = "a_pairing_message")]
+    max_message_len: Option<usize>,
+}
+
+/// The size limit of pairing messages, which must let the largest one
+/// (an answer with the longest invite) through, or no pairing could finish.
+fn a_pairing_message<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<usize>, D::Error> {
+    let value: Option<usize> = Option::deserialize(deserializer)?;
+    let min = sotto_crypto::pairing::MAX_PAIR_MSG_LEN;
+    if value.is_some_and(|v| v < min) {
+        return Err(serde::de::Error::custom(format!(
+            "must be at least {min} (the largest pairing message)"
+        )));
     }
     Ok(value)
 }
@@ -455,6 +488,11 @@ impl FileConfig {
             self.delivery.address_envelope_burst => cfg.delivery.per_address.envelope_burst,
             self.delivery.address_upload_bytes_per_second => cfg.delivery.per_address.upload_bytes_per_second,
             self.delivery.address_upload_burst_bytes => cfg.delivery.per_address.upload_burst_bytes,
+            self.pairing.slot_expiry => cfg.pairing.slot_expiry,
+            self.pairing.max_slots => cfg.pairing.max_slots,
+            self.pairing.max_slots_per_address => cfg.pairing.max_slots_per_address,
+            self.pairing.opens_per_minute => cfg.pairing.opens_per_minute,
+            self.pairing.max_message_len => cfg.pairing.max_message_len,
         }
         if let Some(budget) = self.limits.max_stored_bytes {
             cfg.mailbox.max_stored_bytes = Some(budget);
@@ -562,6 +600,41 @@ mod tests {
             .to_string();
         assert!(err.contains("relay.toml:3:"), "{err}");
         assert_eq!(RelayConfig::defaults().delivery, DeliveryLimits::default());
+    }
+
+    #[test]
+    fn the_pairing_section_is_read_and_unusable_values_refused() {
+        let cfg = RelayConfig::from_toml(
+            "[pairing]\nslot_expiry = \"2s\"\nmax_slots = 5\nmax_slots_per_address = 1\nopens_per_minute = 2\nmax_message_len = 2048\n",
+            Path::new("relay.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.pairing,
+            PairingLimits {
+                slot_expiry: Duration::from_secs(2),
+                max_slots: 5,
+                max_slots_per_address: 1,
+                opens_per_minute: 2,
+                max_message_len: 2048,
+            }
+        );
+        assert_eq!(RelayConfig::defaults().pairing, PairingLimits::default());
+        assert_eq!(
+            PairingLimits::default().slot_expiry,
+            Duration::from_secs(600)
+        );
+        for (text, line, why) in [
+            ("[pairing]\nmax_message_len = 100\n", 2, "at least 1024"),
+            ("[pairing]\n\nslot_expiry = \"0s\"\n", 3, "longer than zero"),
+            ("[pairing]\nslots = 3\n", 2, "unknown field"),
+        ] {
+            let err = RelayConfig::from_toml(text, Path::new("relay.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("relay.toml:{line}:")), "{err}");
+            assert!(err.contains(why), "{err}");
+        }
     }
 
     #[test]

@@ -308,6 +308,8 @@ async fn run(
     let mut session = Session {
         shared: shared.clone(),
         who,
+        source,
+        pairing: None,
         resumes: Vec::new(),
         peer,
         tx,
@@ -438,6 +440,11 @@ const RESUMES_KEPT: usize = 64;
 struct Session {
     shared: Arc<Shared>,
     who: Who,
+    /// The client's source address, for the limits on pairing slots.
+    source: Source,
+    /// The rendezvous slot this delivery link holds, if it is pairing;
+    /// dropped (closing the slot) when the connection ends.
+    pairing: Option<crate::rendezvous::Seat<Outgoing>>,
     /// Uploads begun on this delivery link, with the proof that stands for
     /// their uploader, newest last.
     resumes: Vec<(sotto_crypto::file::FileId, PublicKey)>,
@@ -727,7 +734,93 @@ impl Session {
                     .map(|(_, proof)| *proof);
                 return Ok(Box::pin(self.upload_end(req, file_id, uploader)).await);
             }
+            DeliveryMsg::PairOpen { req } => return self.pair_open(req),
+            DeliveryMsg::PairJoin { req, slot, message } => {
+                return self.pair_join(req, slot, message.into_vec())
+            }
+            DeliveryMsg::PairSend { message } => {
+                self.pair_send(message.into_vec())?;
+                return Ok(None);
+            }
         }))
+    }
+
+    /// Opens a rendezvous slot with this connection as its inviter. Nothing
+    /// of it is logged but that a slot was opened: its number is half of
+    /// a code.
+    fn pair_open(&mut self, req: u32) -> Result<Option<RelayMsg>, Closed> {
+        if self.pairing.is_some() {
+            return Err(Closed::Protocol(
+                "a second pairing on one connection".into(),
+            ));
+        }
+        Ok(Some(
+            match self.shared.rendezvous.open(self.source, self.tx.clone()) {
+                Ok(seat) => {
+                    let answer = RelayMsg::PairSlot {
+                        req,
+                        slot: seat.slot(),
+                        expires_in: seat.expires_in(),
+                    };
+                    self.pairing = Some(seat);
+                    debug!("pairing slot opened");
+                    answer
+                }
+                Err(refused) => RelayMsg::Error {
+                    req,
+                    code: ErrorCode::RateLimited,
+                    detail: refused.to_string(),
+                },
+            },
+        ))
+    }
+
+    /// Joins a slot as its one joiner, handing the inviter `message`.
+    fn pair_join(
+        &mut self,
+        req: u32,
+        slot: u32,
+        message: Vec<u8>,
+    ) -> Result<Option<RelayMsg>, Closed> {
+        if self.pairing.is_some() {
+            return Err(Closed::Protocol(
+                "a second pairing on one connection".into(),
+            ));
+        }
+        let joined = self
+            .shared
+            .rendezvous
+            .join(slot, self.tx.clone(), message)
+            .map_err(|e| Closed::Protocol(e.to_string().into()))?;
+        Ok(Some(match joined {
+            Some(seat) => {
+                self.pairing = Some(seat);
+                RelayMsg::PairJoined { req }
+            }
+            None => RelayMsg::Error {
+                req,
+                code: ErrorCode::NoSuchSlot,
+                detail: "no such pairing slot (expired or already used)".into(),
+            },
+        }))
+    }
+
+    /// Forwards a pairing message to the other party of this connection's
+    /// slot. A slot whose other party is gone was told `PairGone`; what
+    /// arrives after that is dropped, as it would be in flight.
+    fn pair_send(&mut self, message: Vec<u8>) -> Result<(), Closed> {
+        let Some(seat) = &self.pairing else {
+            return Err(Closed::Protocol("a pairing message without a slot".into()));
+        };
+        if self.envelope_token().is_err() {
+            return Err(Closed::Protocol(
+                "pairing messages over the rate limit".into(),
+            ));
+        }
+        match seat.send(message) {
+            Ok(()) | Err(crate::rendezvous::SendRefused::Alone) => Ok(()),
+            Err(e) => Err(Closed::Protocol(e.to_string().into())),
+        }
     }
 
     /// Takes a token of this connection's envelope buckets.

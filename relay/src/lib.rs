@@ -19,6 +19,8 @@
 //!   JetStream cluster shared by several relay nodes; quotas and expiry;
 //! - [`blobs`]: the blind file cache: sealed chunks streamed to files, resumable
 //!   uploads, downloads by the recipient only;
+//! - [`rendezvous`]: the slots where two clients pairing by a short code
+//!   meet and exchange opaque PAKE messages;
 //! - [`limits`]: rate limits per key (envelopes and upload bytes);
 //! - [`space`]: the reserve of free disk space that turns a full disk into
 //!   a clean refusal;
@@ -41,6 +43,7 @@ pub mod nats_cluster;
 mod occupancy;
 pub mod registry;
 pub mod relay_key;
+pub mod rendezvous;
 pub mod server;
 mod source;
 pub mod space;

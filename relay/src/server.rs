@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     /// The delivery links' buckets: per connection, address and
     /// first-contact recipient.
     pub delivery_rate: crate::delivery::Rates,
+    /// Rendezvous slots for pairing clients.
+    pub rendezvous: Arc<crate::rendezvous::Rendezvous<crate::connection::Outgoing>>,
     pub hello: RelayHello,
 }
 
@@ -176,6 +178,7 @@ impl Relay {
             tally: Tally::default(),
             rate: RateLimiter::new(config.rate),
             delivery_rate: crate::delivery::Rates::new(&config.delivery),
+            rendezvous: crate::rendezvous::Rendezvous::new(config.pairing),
             registry: Arc::new(Registry::default()),
             config,
             key,

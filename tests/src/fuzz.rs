@@ -191,10 +191,12 @@ pub fn wire_client(data: &[u8]) {
     let _ = postcard_round_trip::<ClientHello>(data);
 }
 
-/// A decrypted relay -> client message, as the client decodes it.
+/// A decrypted relay -> client message, as the client decodes it, and a
+/// pairing message as it decodes what a `PairMessage` carries.
 pub fn wire_relay(data: &[u8]) {
     let _ = postcard_round_trip::<RelayMsg>(data);
     let _ = postcard_round_trip::<RelayHello>(data);
+    let _ = postcard_round_trip::<sotto_crypto::pairing::PairMsg>(data);
 }
 
 /// A one-shot envelope opened with a fixed recipient key.

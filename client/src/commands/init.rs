@@ -57,26 +57,18 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {
     };
     let passphrase = identity::new_passphrase(args.passphrase, ctx.passphrase_file.as_deref())?;
 
-    ctx.home.ensure_dir()?;
-    config::apply(
-        &ctx.home.config(),
+    let key = create(
+        ctx,
         &config::Changes {
             name: args.name.as_deref(),
             relay: pin.as_ref(),
             history: args.no_history.then_some(false),
             draining: None,
         },
+        passphrase.as_ref(),
+        &SecretKey::generate(),
+        None,
     )?;
-    // Before the key, like the config: a failed init run again keeps it.
-    delivery_token::load_or_create(&ctx.home)?;
-    let key = SecretKey::generate();
-    keyfile::write_new(&identity_path, &key, passphrase.as_ref()).map_err(|e| match e {
-        KeysError::AlreadyExists { path } => anyhow::anyhow!(
-            "an identity already exists at {}; refusing to overwrite it",
-            path.display()
-        ),
-        other => anyhow::Error::new(other).context("cannot write the identity"),
-    })?;
 
     let mut out = Out::new();
     out.line(&key.public().to_string())?;
@@ -112,6 +104,37 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {
         note("history is off: no messages are kept on this device (`history = false` in config.toml)");
     }
     Ok(())
+}
+
+/// Writes `key` as the home's new identity (`init`, and `pair` in an empty
+/// home, once the pairing succeeded): the config, then the delivery token
+/// (`token`, or a new one), then the key, so that a run that failed
+/// part-way can simply be run again.
+pub(crate) fn create(
+    ctx: &Ctx,
+    changes: &config::Changes<'_>,
+    passphrase: Option<&sotto_keys::Passphrase>,
+    key: &SecretKey,
+    token: Option<&sotto_keys::DeliveryToken>,
+) -> Result<SecretKey> {
+    let identity_path = ctx.home.identity();
+    ctx.home.ensure_dir()?;
+    config::apply(&ctx.home.config(), changes)?;
+    match token {
+        Some(token) => delivery_token::store_new(&ctx.home, token)?,
+        None => {
+            delivery_token::load_or_create(&ctx.home)?;
+        }
+    }
+    let key = key.clone();
+    keyfile::write_new(&identity_path, &key, passphrase).map_err(|e| match e {
+        KeysError::AlreadyExists { path } => anyhow::anyhow!(
+            "an identity already exists at {}; refusing to overwrite it",
+            path.display()
+        ),
+        other => anyhow::Error::new(other).context("cannot write the identity"),
+    })?;
+    Ok(key)
 }
 
 fn check_name(name: &str) -> Result<()> {

@@ -20,6 +20,7 @@ pub mod history;
 pub mod id;
 pub mod inbox;
 pub mod init;
+pub mod pair;
 pub mod receive_all;
 pub mod relay;
 pub mod send;
@@ -49,6 +50,7 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Init(args) => init::run(&ctx, args),
+        Command::Pair(args) => pair::run(&ctx, args),
         Command::Relay(RelayCommand::Set { addr, key, nodes }) => {
             relay::set(&ctx, &addr, &key, &nodes)
         }

@@ -13,6 +13,7 @@ mod griefing;
 mod history;
 mod messaging;
 mod nodes;
+mod pairing;
 mod presence;
 mod sessions;
 mod state;
