@@ -229,8 +229,9 @@ pub struct SendFileArgs {
     /// The contact's name.
     #[arg(value_name = "NAME")]
     pub name: String,
-    /// The files to send (directories are refused: archive them first). Run
-    /// the same command again to resume an interrupted upload.
+    /// The files to send; a directory goes as one tree (symbolic links in it
+    /// are skipped, with a notice). Run the same command again to resume an
+    /// interrupted upload.
     #[arg(value_name = "PATH", required = true)]
     pub paths: Vec<PathBuf>,
     /// No progress bars (they are only drawn when stderr is a terminal anyway).
@@ -242,7 +243,8 @@ pub struct SendFileArgs {
 #[derive(Debug, Args)]
 pub struct ReceiveAllArgs {
     /// Where received files go; it must exist. Existing files are never
-    /// overwritten: a taken name becomes `name (1).ext`.
+    /// overwritten: a taken name becomes `name (1).ext` (a directory's,
+    /// `name (1)`).
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub dir: PathBuf,
     /// No progress bars (they are only drawn when stderr is a terminal anyway).

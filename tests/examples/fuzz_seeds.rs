@@ -352,6 +352,7 @@ fn main() {
             hash: [0x77; 32],
             key: FileKey::from_parts(Zeroizing::new([0x88; 32]), [0x99; 7]),
         },
+        kind: sotto_client::offers::OfferKind::File,
     }];
     let mut home = vec![0];
     home.extend(postcard::to_stdvec(&offers).unwrap());

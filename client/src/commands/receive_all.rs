@@ -291,6 +291,7 @@ fn error_line(file: &str, who: &str, e: &DownloadError) {
             "the relay no longer has this file (files expire on the relay, 7 days after their upload by default); ask {who} to send it again"
         ),
         DownloadError::Verification(_)
+        | DownloadError::Tree(_)
         | DownloadError::TooLarge { .. }
         | DownloadError::NoSpace { .. }
         | DownloadError::Relay(
@@ -352,7 +353,9 @@ async fn receive_from(
 ) -> Result<Received, DownloadError> {
     let offer = &file.offer.offer;
     let mut conn = relay_client::connect(pin, me).await?;
-    let path = match download::download(&mut conn, dir, offer, limits, progress).await {
+    let path = match download::download(&mut conn, dir, offer, file.offer.kind, limits, progress)
+        .await
+    {
         Ok(path) => path,
         Err(e) => {
             conn.close().await;

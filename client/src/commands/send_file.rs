@@ -1,4 +1,6 @@
 //! `sotto send-file NAME PATH...`: encrypt files and drop them on the relay.
+//! A directory goes as one tree ([`crate::tree`]), links inside it skipped
+//! with a notice each.
 //!
 //! Each file is uploaded, resumably, then its offer is sealed end to end to
 //! the contact and stored in their mailbox ([`crate::outbox::file`]). Exit 0
@@ -35,6 +37,10 @@ pub fn run(ctx: &Ctx, args: SendFileArgs) -> Result<()> {
         .iter()
         .map(|p| Source::inspect(p))
         .collect::<Result<Vec<_>, _>>()?;
+    // Said before anything is sent, so a link left out is no surprise.
+    for skipped in sources.iter().flat_map(|s| &s.skipped) {
+        note(skipped);
+    }
     let pin = Config::load(&ctx.home.config())?.relay()?;
     let me = Arc::new(identity::load(&ctx.home, ctx.passphrase_file.as_deref())?);
     let sessions = SessionFiles::of(&ctx.home);

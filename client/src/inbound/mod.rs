@@ -42,7 +42,7 @@ use crate::config::RelayPin;
 use crate::display::{group_label, local_time_ms, message_line, sanitize};
 use crate::history;
 use crate::notice::Notice;
-use crate::offers::{Added, Offers, StoredOffer};
+use crate::offers::{Added, OfferKind, Offers, StoredOffer};
 use crate::outbox::{tell_where, Sealed, Telling};
 use crate::reach::{Mine, ReachBook};
 use crate::relay_client::Delivery;
@@ -290,14 +290,20 @@ pub fn process(
                 outcome.ack.push(delivery.id);
                 continue;
             }
-            Content::File(offer) => {
-                let line = file_waiting_line(&time, &who, &offer);
+            Content::File(_) | Content::Tree(_) => {
+                let (offer, kind) = match body.content {
+                    Content::Tree(offer) => (offer, OfferKind::Tree),
+                    Content::File(offer) => (offer, OfferKind::File),
+                    _ => continue,
+                };
+                let line = file_waiting_line(&time, &who, &offer, kind);
                 let kept = StoredOffer {
                     sender,
                     message: body.id,
                     sent_at_ms: body.sent_at_ms,
                     received_at: delivery.received_at,
                     offer,
+                    kind,
                 };
                 match offers.add(kept) {
                     Added::Full => {
@@ -547,9 +553,13 @@ fn received(sender: &PublicKey, group: Option<String>, at_ms: u64, text: String)
 }
 
 /// The line `sotto inbox` prints for a file waiting on the relay.
-pub fn file_waiting_line(time: &str, who: &str, offer: &FileOffer) -> String {
+pub fn file_waiting_line(time: &str, who: &str, offer: &FileOffer, kind: OfferKind) -> String {
+    let what = match kind {
+        OfferKind::File => "a file",
+        OfferKind::Tree => "a directory",
+    };
     format!(
-        "[{time}] {who}: sent a file: {} ({} bytes) — run `sotto receive-all`",
+        "[{time}] {who}: sent {what}: {} ({} bytes) — run `sotto receive-all`",
         sanitize(&offer.name),
         offer.size
     )

@@ -139,11 +139,16 @@ where
         key: state.key.clone(),
     };
     // Sealed through the sessions, saved before it goes out.
+    let tree = source.is_tree();
     let mut sealed = {
         let (sessions, me, contact) = (sessions.clone(), me.clone(), contact.clone());
         let mine = mine.clone();
         tokio::task::spawn_blocking(move || {
-            let body = Body::new(Content::File(offer));
+            let body = Body::new(if tree {
+                Content::Tree(offer)
+            } else {
+                Content::File(offer)
+            });
             seal_body_and_save(&sessions, &me, &contact, &body, &mine)
         })
         .await

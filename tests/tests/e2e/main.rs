@@ -15,3 +15,4 @@ mod messaging;
 mod presence;
 mod sessions;
 mod state;
+mod trees;

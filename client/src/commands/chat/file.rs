@@ -65,6 +65,9 @@ async fn send_in_background(
         let source = tokio::task::spawn_blocking(move || Source::inspect(&path))
             .await
             .context("the file task failed")??;
+        for skipped in &source.skipped {
+            note(skipped);
+        }
         send_files(
             &me,
             &pin,
