@@ -58,8 +58,12 @@ pub enum Command {
     History(HistoryArgs),
     /// Encrypt files and drop them on the relay for a contact (resumable).
     SendFile(SendFileArgs),
-    /// Print pending messages and download every pending file into a directory.
+    /// Print pending messages and download pending files from contacts into a
+    /// directory (strangers' only with --from-strangers).
     ReceiveAll(ReceiveAllArgs),
+    /// List the files waiting for you (sender, name, size, age, ID) without
+    /// downloading them; --reject ID deletes one.
+    Files(FilesArgs),
     /// Your mailbox's delivery token (delivery.token).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -247,9 +251,25 @@ pub struct ReceiveAllArgs {
     /// `name (1)`).
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub dir: PathBuf,
+    /// Only the files from this contact.
+    #[arg(long, value_name = "NAME")]
+    pub from: Option<String>,
+    /// Also the files from strangers (keys not in contacts.toml), which are
+    /// otherwise left waiting: `sotto files` lists them.
+    #[arg(long)]
+    pub from_strangers: bool,
     /// No progress bars (they are only drawn when stderr is a terminal anyway).
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// `sotto files`.
+#[derive(Debug, Args)]
+pub struct FilesArgs {
+    /// Delete the waiting file ID (as listed; a unique prefix will do) from
+    /// the relay, unread.
+    #[arg(long, value_name = "ID")]
+    pub reject: Option<String>,
 }
 
 #[cfg(test)]
@@ -341,6 +361,20 @@ mod tests {
                 assert_eq!(a.dir, PathBuf::from("."));
                 assert!(!a.quiet);
             }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["receive-all", "--from", "bob", "--from-strangers"])
+            .unwrap()
+            .command
+        {
+            Command::ReceiveAll(a) => {
+                assert_eq!(a.from.as_deref(), Some("bob"));
+                assert!(a.from_strangers);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["files", "--reject", "3f2a9c1d"]).unwrap().command {
+            Command::Files(a) => assert_eq!(a.reject.as_deref(), Some("3f2a9c1d")),
             other => panic!("{other:?}"),
         }
         match parse(&["receive-all", "--dir", "/tmp/in", "-q"])

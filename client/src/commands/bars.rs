@@ -69,6 +69,11 @@ impl Bars {
     }
 }
 
+/// `n` bytes as people read them: `12 B`, `1.50 MiB`.
+pub(crate) fn human_bytes(n: u64) -> String {
+    indicatif::HumanBytes(n).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

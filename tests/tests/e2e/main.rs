@@ -12,6 +12,7 @@ mod files;
 mod griefing;
 mod history;
 mod messaging;
+mod pending_files;
 mod presence;
 mod sessions;
 mod state;
