@@ -29,7 +29,7 @@ use sotto_keys::{ContactBook, PublicKey, SecretKey};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::bars::Bars;
+use super::bars::{resuming, Bars, FileBar};
 use super::pending::{self, forget, Waiting};
 use super::{block_on, note, warn, AlreadyReported, Ctx, Out};
 use crate::cli::ReceiveAllArgs;
@@ -182,16 +182,20 @@ async fn receive_files(
             let Ok(_permit) = permits.acquire_owned().await else {
                 return (file, Err(DownloadError::Cancelled));
             };
-            let bar = bars.file(&file.offer.offer.name, file.offer.offer.size, 0);
+            let (name, size) = (&file.offer.offer.name, file.offer.offer.size);
+            // Made at the first report, which is what an earlier attempt
+            // left: the bar starts there, and its rate counts what moves now.
+            let mut bar: Option<FileBar> = None;
             let mut last = 0u64;
-            let mut started = false;
             let mut progress = |done: u64, _: u64| {
-                bar.set_position(done);
-                if !started {
-                    // The first call is what an earlier attempt left: the
-                    // bar starts there, and the rate counts only what moves.
-                    started = true;
-                    bar.reset_eta();
+                match &bar {
+                    Some(bar) => bar.set(done),
+                    None => {
+                        if done > 0 {
+                            bars.suspend(|| note(&resuming(&sanitize(name), done, size)));
+                        }
+                        bar = Some(bars.file(name, size, done));
+                    }
                 }
                 if let Some(total) = &total {
                     total.inc(done.saturating_sub(last));
@@ -200,7 +204,9 @@ async fn receive_files(
             };
             let result =
                 receive_one(&holders, &me, &store, &dir, &limits, &file, &mut progress).await;
-            bar.finish_and_clear();
+            if let Some(bar) = bar {
+                bar.finish(result.is_ok());
+            }
             (file, result)
         });
     }
@@ -208,12 +214,17 @@ async fn receive_files(
     let mut out = Out::new();
     let mut print_error = None;
     let mut failed = 0usize;
+    let mut finished = 0usize;
     while let Some(joined) = tasks.join_next().await {
         let Ok((file, result)) = joined else {
             failed += 1;
             continue;
         };
         let shown = sanitize(&file.offer.offer.name);
+        finished += 1;
+        if let Some(total) = &total {
+            total.set_message(bars.label(&format!("total, {finished} of {count} files done")));
+        }
         match result {
             Ok(received) => {
                 let line = format!(

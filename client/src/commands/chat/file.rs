@@ -134,5 +134,5 @@ impl Progress for Notices {
         }
     }
 
-    fn finish(&mut self) {}
+    fn finish(&mut self, _complete: bool) {}
 }
