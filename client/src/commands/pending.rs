@@ -69,7 +69,8 @@ pub(crate) struct Waiting {
 }
 
 impl Waiting {
-    fn new(offer: StoredOffer, book: &ContactBook) -> Self {
+    /// `offer`, its sender looked up in `book`.
+    pub(crate) fn new(offer: StoredOffer, book: &ContactBook) -> Self {
         let time = local_time_ms(offer.sent_at_ms)
             .or_else(|| local_time_ms(offer.received_at.saturating_mul(1000)))
             .unwrap_or_else(|| "????-??-?? ??:??:??".to_owned());

@@ -45,7 +45,8 @@ use sotto_crypto::wire::ErrorCode;
 pub const PARALLEL: usize = 4;
 
 /// Runs `sotto receive-all`.
-pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, mut args: ReceiveAllArgs) -> Result<()> {
+    args.dir = crate::home::expand_tilde(&args.dir);
     check_dir(&args.dir)?;
     let book = ContactBook::load(&ctx.home.contacts())?;
     let from = match &args.from {
@@ -129,7 +130,7 @@ fn strangers_note(n: usize) -> String {
 }
 
 /// DIR must be an existing directory.
-fn check_dir(dir: &Path) -> Result<()> {
+pub(crate) fn check_dir(dir: &Path) -> Result<()> {
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => Ok(()),
         Ok(_) => bail!(
@@ -145,10 +146,10 @@ fn check_dir(dir: &Path) -> Result<()> {
 }
 
 /// A file received and in place.
-struct Received {
-    path: PathBuf,
+pub(crate) struct Received {
+    pub(crate) path: PathBuf,
     /// What went wrong after the file was in place (it stays received).
-    late: Vec<String>,
+    pub(crate) late: Vec<String>,
 }
 
 async fn receive_files(
@@ -273,7 +274,19 @@ fn is_gone(e: &DownloadError) -> bool {
 
 /// One failed file, on stderr: what went wrong and what happens next.
 fn error_line(file: &str, who: &str, e: &DownloadError) {
-    let text = match e {
+    let text = failure(who, e, "run `sotto receive-all` again");
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "sotto: error: {file}: {}",
+        sanitize(&text)
+    );
+}
+
+/// What went wrong with a file from `who` and what happens next; `again`
+/// says how to try again (`run ... again`).
+pub(crate) fn failure(who: &str, e: &DownloadError, again: &str) -> String {
+    match e {
         _ if is_gone(e) => format!(
             "the relay no longer has this file (files expire on the relay, 7 days after their upload by default); ask {who} to send it again"
         ),
@@ -289,24 +302,18 @@ fn error_line(file: &str, who: &str, e: &DownloadError) {
         DownloadError::Relay(_) => {
             let why = e.to_string();
             let why = why.strip_suffix("; try again").unwrap_or(&why).to_owned();
-            format!("{why}; run `sotto receive-all` again to resume")
+            format!("{why}; {again} to resume")
         }
         DownloadError::Disk { .. } | DownloadError::Cancelled => {
             format!("{e}; it stays on the relay for a retry")
         }
-    };
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "sotto: error: {file}: {}",
-        sanitize(&text)
-    );
+    }
 }
 
 /// Downloads one file from the first of `holders` (my relay, then relays
 /// being drained after a move) that has it and, once it is in place, drops
 /// its offer from the home and deletes its blob from that relay.
-async fn receive_one(
+pub(crate) async fn receive_one(
     holders: &[RelayPin],
     me: &Arc<SecretKey>,
     store: &Arc<SessionFiles>,

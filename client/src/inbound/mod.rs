@@ -53,8 +53,10 @@ use crate::sessions::SessionFiles;
 /// home's offers either way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Files {
-    /// `sotto inbox`, `sotto chat`: say a file is waiting for `receive-all`.
+    /// `sotto inbox`: say a file is waiting for `receive-all`.
     Announce,
+    /// `sotto chat`: say a file is waiting for `/receive`.
+    AnnounceInChat,
     /// `sotto receive-all`: nothing; it downloads what is kept next.
     Collect,
 }
@@ -296,7 +298,11 @@ pub fn process(
                     Content::File(offer) => (offer, OfferKind::File),
                     _ => continue,
                 };
-                let line = file_waiting_line(&time, &who, &offer, kind);
+                let hint = match files {
+                    Files::AnnounceInChat => "type /receive",
+                    _ => "run `sotto receive-all`",
+                };
+                let line = file_waiting_line(&time, &who, &offer, kind, hint);
                 let kept = StoredOffer {
                     sender,
                     message: body.id,
@@ -316,7 +322,7 @@ pub fn process(
                     Added::New => {
                         offers_changed = true;
                         outcome.announced += 1;
-                        if files == Files::Announce {
+                        if files != Files::Collect {
                             // Kept whether or not the line gets out: the
                             // offer is safe in the home either way.
                             if let Err(e) = print(&line) {
@@ -552,14 +558,21 @@ fn received(sender: &PublicKey, group: Option<String>, at_ms: u64, text: String)
     }
 }
 
-/// The line `sotto inbox` prints for a file waiting on the relay.
-pub fn file_waiting_line(time: &str, who: &str, offer: &FileOffer, kind: OfferKind) -> String {
+/// The line `sotto inbox` (and the chat) prints for a file waiting on the
+/// relay; `hint` says how to receive it.
+pub fn file_waiting_line(
+    time: &str,
+    who: &str,
+    offer: &FileOffer,
+    kind: OfferKind,
+    hint: &str,
+) -> String {
     let what = match kind {
         OfferKind::File => "a file",
         OfferKind::Tree => "a directory",
     };
     format!(
-        "[{time}] {who}: sent {what}: {} ({} bytes) — run `sotto receive-all`",
+        "[{time}] {who}: sent {what}: {} ({} bytes) — {hint}",
         sanitize(&offer.name),
         offer.size
     )

@@ -3,6 +3,7 @@
 
 mod abuse;
 mod chat;
+mod chat_receive;
 mod cli;
 mod download_limits;
 mod exhaustion;
