@@ -62,7 +62,7 @@ pub enum DownloadError {
     Verification(String),
     /// The directory tree it holds is refused (a hostile or broken
     /// manifest); nothing of it was written.
-    #[error("the directory it holds is refused: {0}; nothing of it was written")]
+    #[error("the directory it holds is refused: {0}; nothing of it was written (`sotto files --reject ID` deletes it)")]
     Tree(String),
     /// Talking to the relay failed; what arrived intact is kept for a resume.
     #[error(transparent)]

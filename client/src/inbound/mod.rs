@@ -299,6 +299,8 @@ pub fn process(
                     _ => continue,
                 };
                 let hint = match files {
+                    // Strangers' files are received only when asked for.
+                    _ if !is_contact(&sender) => "`sotto receive-all --from-strangers` receives it",
                     Files::AnnounceInChat => "type /receive",
                     _ => "run `sotto receive-all`",
                 };

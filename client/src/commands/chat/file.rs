@@ -114,8 +114,7 @@ impl Progress for Notices {
     fn start(&mut self, name: &str, size: u64, done: u64) {
         let file = sanitize(name);
         note(&format!(
-            "sending {file} ({}) to {} in the background",
-            crate::display::human_bytes(size),
+            "sending {file} ({size} bytes) to {} in the background",
             self.to
         ));
         self.on = Some(self.transfers.begin(Way::Up, &file, size, done));
