@@ -77,7 +77,15 @@ pub async fn measure(
     let mut conn = relay_client::connect(&pin, &bob).await?;
     // The checks `receive-all` makes with a default config.
     let limits = DownloadLimits::from_config(&Config::default());
-    let path = download::download(&mut conn, &out, &offer, &limits, &mut |_, _| {}).await?;
+    let path = download::download(
+        &mut conn,
+        &out,
+        &offer,
+        sotto_client::offers::OfferKind::File,
+        &limits,
+        &mut |_, _| {},
+    )
+    .await?;
     let down = started.elapsed().as_secs_f64();
     let cpu_down = (cpu_secs("self") - cpu0.0, relay.cpu_secs() - cpu0.1);
     conn.close().await;

@@ -61,8 +61,12 @@ pub enum Command {
     History(HistoryArgs),
     /// Encrypt files and drop them on the relay for a contact (resumable).
     SendFile(SendFileArgs),
-    /// Print pending messages and download every pending file into a directory.
+    /// Print pending messages and download pending files from contacts into a
+    /// directory (strangers' only with --from-strangers).
     ReceiveAll(ReceiveAllArgs),
+    /// List the files waiting for you (sender, name, size, age, ID) without
+    /// downloading them; --reject ID deletes one.
+    Files(FilesArgs),
     /// Your mailbox's delivery token (delivery.token).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -250,8 +254,9 @@ pub struct SendFileArgs {
     /// The contact's name.
     #[arg(value_name = "NAME")]
     pub name: String,
-    /// The files to send (directories are refused: archive them first). Run
-    /// the same command again to resume an interrupted upload.
+    /// The files to send; a directory goes as one tree (symbolic links in it
+    /// are skipped, with a notice). Run the same command again to resume an
+    /// interrupted upload.
     #[arg(value_name = "PATH", required = true)]
     pub paths: Vec<PathBuf>,
     /// No progress bars (they are only drawn when stderr is a terminal anyway).
@@ -263,12 +268,29 @@ pub struct SendFileArgs {
 #[derive(Debug, Args)]
 pub struct ReceiveAllArgs {
     /// Where received files go; it must exist. Existing files are never
-    /// overwritten: a taken name becomes `name (1).ext`.
+    /// overwritten: a taken name becomes `name (1).ext` (a directory's,
+    /// `name (1)`).
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub dir: PathBuf,
+    /// Only the files from this contact.
+    #[arg(long, value_name = "NAME")]
+    pub from: Option<String>,
+    /// Also the files from strangers (keys not in contacts.toml), which are
+    /// otherwise left waiting: `sotto files` lists them.
+    #[arg(long)]
+    pub from_strangers: bool,
     /// No progress bars (they are only drawn when stderr is a terminal anyway).
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// `sotto files`.
+#[derive(Debug, Args)]
+pub struct FilesArgs {
+    /// Delete the waiting file ID (as listed; a unique prefix will do) from
+    /// the relay, unread.
+    #[arg(long, value_name = "ID")]
+    pub reject: Option<String>,
 }
 
 #[cfg(test)]
@@ -360,6 +382,20 @@ mod tests {
                 assert_eq!(a.dir, PathBuf::from("."));
                 assert!(!a.quiet);
             }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["receive-all", "--from", "bob", "--from-strangers"])
+            .unwrap()
+            .command
+        {
+            Command::ReceiveAll(a) => {
+                assert_eq!(a.from.as_deref(), Some("bob"));
+                assert!(a.from_strangers);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["files", "--reject", "3f2a9c1d"]).unwrap().command {
+            Command::Files(a) => assert_eq!(a.reject.as_deref(), Some("3f2a9c1d")),
             other => panic!("{other:?}"),
         }
         match parse(&["receive-all", "--dir", "/tmp/in", "-q"])

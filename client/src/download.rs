@@ -22,6 +22,11 @@
 //! the directory ([`crate::download_limits`]); a refusal leaves the offer as
 //! it is.
 //!
+//! A directory tree arrives the same way, as one stream in its temporary
+//! file; once verified it is unpacked ([`crate::tree::unpack`]) under its
+//! name, and the temporary file removed. It needs room for the stream and
+//! for the tree both, which the free-space check asks for.
+//!
 //! Progress is reported through a callback, `(bytes done, bytes total)`.
 
 use std::fs::{self, File, OpenOptions};
@@ -36,9 +41,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use crate::download_limits::{DownloadLimits, FREE_SPACE_MARGIN};
+use crate::offers::OfferKind;
 use crate::publish::publish;
 use crate::relay_client::{describe_io, DownloadEnd, RelayConn, RelayError, SealedChunk};
 use crate::safe_name::{safe_file_name, TEMP_PREFIX};
+use crate::tree::unpack::{unpack, UnpackError};
 use crate::upload::bytes_in_chunks;
 
 /// Sealed chunks queued between the connection and the writing thread.
@@ -53,6 +60,10 @@ pub enum DownloadError {
     /// Nothing of it is left on disk.
     #[error("the file failed verification ({0}); it stays on the relay for a retry")]
     Verification(String),
+    /// The directory tree it holds is refused (a hostile or broken
+    /// manifest); nothing of it was written.
+    #[error("the directory it holds is refused: {0}; nothing of it was written (`sotto files --reject ID` deletes it)")]
+    Tree(String),
     /// Talking to the relay failed; what arrived intact is kept for a resume.
     #[error(transparent)]
     Relay(#[from] RelayError),
@@ -297,6 +308,7 @@ pub async fn download<R, W>(
     conn: &mut RelayConn<R, W>,
     dir: &Path,
     offer: &FileOffer,
+    kind: OfferKind,
     limits: &DownloadLimits,
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<PathBuf, DownloadError>
@@ -311,7 +323,12 @@ where
         joined(
             tokio::task::spawn_blocking(move || {
                 let part = PartFile::open(&dir, &offer)?;
-                match limits.check_space(&dir, offer.size - part.written()) {
+                let mut need = offer.size - part.written();
+                if kind == OfferKind::Tree {
+                    // The stream, and the tree unpacked from it.
+                    need = need.saturating_add(offer.size);
+                }
+                match limits.check_space(&dir, need) {
                     Ok(()) => Ok(part),
                     Err(e) => {
                         // What an earlier attempt received is kept for later.
@@ -354,16 +371,44 @@ where
     };
     let name = safe_file_name(&offer.name);
     let dir = dir.to_path_buf();
+    let file_id = offer.file_id;
     joined(
         tokio::task::spawn_blocking(move || {
             let temp = part.finish()?;
-            publish(&temp, &dir, &name).map_err(|source| DownloadError::Disk {
-                path: dir.join(&name),
-                source,
-            })
+            match kind {
+                OfferKind::File => {
+                    publish(&temp, &dir, &name).map_err(|source| DownloadError::Disk {
+                        path: dir.join(&name),
+                        source,
+                    })
+                }
+                OfferKind::Tree => put_tree(&temp, &dir, file_id, &name, size),
+            }
         })
         .await,
     )
+}
+
+/// Unpacks a verified tree's stream `temp` and removes it; a refused tree
+/// removes it too (the same stream would be refused again).
+fn put_tree(
+    temp: &Path,
+    dir: &Path,
+    file_id: FileId,
+    name: &str,
+    size: u64,
+) -> Result<PathBuf, DownloadError> {
+    let result = unpack(temp, dir, file_id, name, size);
+    if matches!(result, Ok(_) | Err(UnpackError::Refused(_))) {
+        if let Err(e) = fs::remove_file(temp) {
+            tracing::warn!(path = %temp.display(), "cannot remove a temporary file: {e}");
+        }
+        crate::publish::sync_dir(dir);
+    }
+    result.map_err(|e| match e {
+        UnpackError::Refused(why) => DownloadError::Tree(why),
+        UnpackError::Disk { path, source } => DownloadError::Disk { path, source },
+    })
 }
 
 fn joined<T>(
@@ -483,9 +528,14 @@ mod tests {
             )
             .await;
             let mut calls = Vec::new();
-            let path = download(&mut conn, dir.path(), &offer, &no_limits(), &mut |d, t| {
-                calls.push((d, t))
-            })
+            let path = download(
+                &mut conn,
+                dir.path(),
+                &offer,
+                OfferKind::File,
+                &no_limits(),
+                &mut |d, t| calls.push((d, t)),
+            )
             .await
             .unwrap();
             assert_eq!(path, dir.path().join(safe_file_name(name)));
@@ -510,9 +560,16 @@ mod tests {
         let offer = offer("notes.txt", &content);
         let sealed = seal_all(&offer, &content);
         let mut conn = serving(0, vec![(0, sealed[0].clone())], false).await;
-        let path = download(&mut conn, dir.path(), &offer, &no_limits(), &mut |_, _| {})
-            .await
-            .unwrap();
+        let path = download(
+            &mut conn,
+            dir.path(),
+            &offer,
+            OfferKind::File,
+            &no_limits(),
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap();
         assert_eq!(path, dir.path().join("notes (1).txt"));
         assert_eq!(fs::read(&path).unwrap(), content);
         assert_eq!(
@@ -588,9 +645,16 @@ mod tests {
         for (what, chunks, why) in cases {
             let dir = tempfile::tempdir().unwrap();
             let mut conn = serving(0, chunks, false).await;
-            let err = download(&mut conn, dir.path(), &good, &no_limits(), &mut |_, _| {})
-                .await
-                .unwrap_err();
+            let err = download(
+                &mut conn,
+                dir.path(),
+                &good,
+                OfferKind::File,
+                &no_limits(),
+                &mut |_, _| {},
+            )
+            .await
+            .unwrap_err();
             assert!(
                 matches!(err, DownloadError::Verification(_)),
                 "{what}: {err}"
@@ -612,9 +676,16 @@ mod tests {
         let mut lying = good.clone();
         lying.hash[0] ^= 1;
         let mut conn = serving(0, indexed(sealed.clone()), false).await;
-        let err = download(&mut conn, dir.path(), &lying, &no_limits(), &mut |_, _| {})
-            .await
-            .unwrap_err();
+        let err = download(
+            &mut conn,
+            dir.path(),
+            &lying,
+            OfferKind::File,
+            &no_limits(),
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap_err();
         assert!(
             err.to_string().contains("the content hash does not match"),
             "{err}"
@@ -654,9 +725,16 @@ mod tests {
             true,
         )
         .await;
-        let err = download(&mut conn, dir.path(), &offer, &no_limits(), &mut |_, _| {})
-            .await
-            .unwrap_err();
+        let err = download(
+            &mut conn,
+            dir.path(),
+            &offer,
+            OfferKind::File,
+            &no_limits(),
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, DownloadError::Relay(_)), "{err}");
         let part = part_path(dir.path(), offer.file_id);
         assert_eq!(fs::metadata(&part).unwrap().len(), 2 * CHUNK_LEN as u64);
@@ -669,9 +747,14 @@ mod tests {
         let rest = (2..5).map(|i| (i as u64, sealed[i].clone())).collect();
         let mut conn = serving(2, rest, false).await;
         let mut calls = Vec::new();
-        let path = download(&mut conn, dir.path(), &offer, &no_limits(), &mut |d, t| {
-            calls.push((d, t))
-        })
+        let path = download(
+            &mut conn,
+            dir.path(),
+            &offer,
+            OfferKind::File,
+            &no_limits(),
+            &mut |d, t| calls.push((d, t)),
+        )
         .await
         .unwrap();
         assert_eq!(fs::read(&path).unwrap(), content);
@@ -687,9 +770,16 @@ mod tests {
         let sealed = seal_all(&offer, &content);
         fs::write(part_path(dir.path(), offer.file_id), &content).unwrap();
         let mut conn = serving(1, vec![(1, sealed[1].clone())], false).await;
-        let path = download(&mut conn, dir.path(), &offer, &no_limits(), &mut |_, _| {})
-            .await
-            .unwrap();
+        let path = download(
+            &mut conn,
+            dir.path(),
+            &offer,
+            OfferKind::File,
+            &no_limits(),
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap();
         assert_eq!(fs::read(path).unwrap(), content);
     }
 
@@ -712,9 +802,16 @@ mod tests {
             w.flush().await.unwrap();
         })
         .await;
-        let err = download(&mut conn, dir.path(), &offer, &no_limits(), &mut |_, _| {})
-            .await
-            .unwrap_err();
+        let err = download(
+            &mut conn,
+            dir.path(),
+            &offer,
+            OfferKind::File,
+            &no_limits(),
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap_err();
         assert!(
             matches!(err, DownloadError::Relay(RelayError::Refused { .. })),
             "{err}"
@@ -750,9 +847,16 @@ mod tests {
             let _ = r.recv::<ClientMsg>().await;
         })
         .await;
-        let err = download(&mut conn, dir.path(), &offer, &no_limits(), &mut |_, _| {})
-            .await
-            .unwrap_err();
+        let err = download(
+            &mut conn,
+            dir.path(),
+            &offer,
+            OfferKind::File,
+            &no_limits(),
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap_err();
         assert!(
             matches!(err, DownloadError::Relay(RelayError::Refused { .. })),
             "{err}"
@@ -790,9 +894,16 @@ mod tests {
         let offer = offer("big.iso", &content);
         let mut conn = silent().await;
         let limits = DownloadLimits::with_free_space(CHUNK_LEN as u64, |_| Ok(u64::MAX));
-        let err = download(&mut conn, dir.path(), &offer, &limits, &mut |_, _| {})
-            .await
-            .unwrap_err();
+        let err = download(
+            &mut conn,
+            dir.path(),
+            &offer,
+            OfferKind::File,
+            &limits,
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap_err();
         assert!(
             matches!(err, DownloadError::TooLarge { size, limit } if size == offer.size && limit == CHUNK_LEN as u64),
             "{err}"
@@ -817,6 +928,7 @@ mod tests {
             &mut conn,
             dir.path(),
             &offer,
+            OfferKind::File,
             &tight(size - 1),
             &mut |_, _| {},
         )
@@ -838,6 +950,7 @@ mod tests {
             &mut conn,
             dir.path(),
             &offer,
+            OfferKind::File,
             &tight(rest - 1),
             &mut |_, _| {},
         )
@@ -855,9 +968,16 @@ mod tests {
         );
         let served = (2..4).map(|i| (i as u64, sealed[i].clone())).collect();
         let mut conn = serving(2, served, false).await;
-        let path = download(&mut conn, dir.path(), &offer, &tight(rest), &mut |_, _| {})
-            .await
-            .unwrap();
+        let path = download(
+            &mut conn,
+            dir.path(),
+            &offer,
+            OfferKind::File,
+            &tight(rest),
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap();
         assert_eq!(fs::read(path).unwrap(), content);
     }
 }

@@ -150,9 +150,41 @@ impl Home {
     }
 }
 
+/// `path` with a leading `~` (alone, or before `/`) read as the user's home
+/// directory, as a shell would: paths typed in the chat, or quoted past the
+/// shell, mean what they say. Anything else, `~user` included, is as given.
+pub fn expand_tilde(path: &Path) -> PathBuf {
+    let Some(text) = path.to_str() else {
+        return path.to_path_buf();
+    };
+    let rest = match text.strip_prefix('~') {
+        Some("") => "",
+        Some(rest) if rest.starts_with('/') => rest.trim_start_matches('/'),
+        _ => return path.to_path_buf(),
+    };
+    match dirs::home_dir() {
+        Some(home) if rest.is_empty() => home,
+        Some(home) => home.join(rest),
+        None => path.to_path_buf(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leading_tilde_is_the_home_directory() {
+        let Some(home) = dirs::home_dir() else { return };
+        assert_eq!(expand_tilde(Path::new("~")), home);
+        assert_eq!(
+            expand_tilde(Path::new("~/Downloads/x")),
+            home.join("Downloads/x")
+        );
+        assert_eq!(expand_tilde(Path::new("~bob/x")), Path::new("~bob/x"));
+        assert_eq!(expand_tilde(Path::new("a/~/b")), Path::new("a/~/b"));
+        assert_eq!(expand_tilde(Path::new("/abs")), Path::new("/abs"));
+    }
     use std::os::unix::fs::PermissionsExt;
 
     #[test]

@@ -49,7 +49,9 @@
 //! - [`download_limits`]: the largest file received, and the free space a
 //!   download needs before it starts;
 //! - [`safe_name`]: turning a name chosen by a sender into a safe file name;
-//! - [`publish`]: putting a verified file in place without ever overwriting one.
+//! - [`publish`]: putting a verified file in place without ever overwriting one;
+//! - [`tree`]: a directory sent as one stream (manifest, then contents), and
+//!   unpacked under the chosen directory without leaving it.
 //!
 //! Errors end up in [`main`] and are printed as one line,
 //! `sotto: error: ...`, with exit code 1 (2 for a malformed command line).
@@ -92,6 +94,7 @@ pub mod screen;
 pub mod sealed_list;
 pub mod seen;
 pub mod sessions;
+pub mod tree;
 pub mod undelivered;
 pub mod upload;
 pub mod upload_state;

@@ -11,14 +11,16 @@
 //! downloads from here. An offer leaves only when its file is in place, or
 //! the relay says it no longer has the file.
 //!
-//! The file is `"sotto-offers\0\0\0\0" (16) | version 01 | sealed`, `sealed`
+//! The file is `"sotto-offers\0\0\0\0" (16) | version 02 | sealed`, `sealed`
 //! being an [`AtRestKey`] record (random nonce, XChaCha20-Poly1305) of the
 //! postcard list of offers under a key derived from the identity, with the
 //! first 17 bytes as associated data: the passphrase that protects the key
 //! file protects the file keys and names here too. It is small (at most
 //! [`MAX_OFFERS`]) and rewritten whole, atomically, under the session lock
 //! ([`crate::sessions`]), so `inbox`, `chat` and `receive-all` running at once
-//! never lose each other's changes.
+//! never lose each other's changes. Version 01, written before directory
+//! trees could be sent, lacks each offer's [`OfferKind`]; it is read as
+//! offers of files and rewritten as 02.
 
 use std::path::Path;
 
@@ -36,7 +38,8 @@ pub const MAX_OFFERS: usize = 10_000;
 
 static LAYOUT: Layout = Layout {
     magic: b"sotto-offers\0\0\0\0",
-    version: 1,
+    version: 2,
+    older: Some(1),
     key_label: b"sotto offers key v1",
     // Each offer is well under 1 KiB.
     max_file_len: 16 << 20,
@@ -57,6 +60,40 @@ pub struct StoredOffer {
     pub received_at: u64,
     /// What was offered, with the file's key.
     pub offer: FileOffer,
+    /// A file, or a directory tree sent as one.
+    pub kind: OfferKind,
+}
+
+/// What an offer's blob holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OfferKind {
+    /// A file, put in place under its name.
+    File,
+    /// A directory tree's stream ([`crate::tree`]), unpacked under its name.
+    Tree,
+}
+
+/// An offer as version 01 of the file kept it.
+#[derive(Deserialize)]
+struct StoredOfferV1 {
+    sender: PublicKey,
+    message: MessageId,
+    sent_at_ms: u64,
+    received_at: u64,
+    offer: FileOffer,
+}
+
+impl From<StoredOfferV1> for StoredOffer {
+    fn from(v1: StoredOfferV1) -> Self {
+        Self {
+            sender: v1.sender,
+            message: v1.message,
+            sent_at_ms: v1.sent_at_ms,
+            received_at: v1.received_at,
+            offer: v1.offer,
+            kind: OfferKind::File,
+        }
+    }
 }
 
 /// What [`Offers::add`] did.
@@ -81,7 +118,7 @@ impl Offers {
     /// Callers hold the session lock from here until after [`Offers::save`].
     pub fn load(path: &Path, me: &SecretKey) -> Result<Self> {
         let file = SealedList::new(path, me, &LAYOUT)?;
-        let list = file.load()?;
+        let list = file.load_or_upgrade(|old: StoredOfferV1| StoredOffer::from(old))?;
         Ok(Self { file, list })
     }
 
@@ -144,6 +181,7 @@ mod tests {
                 hash: [4; 32],
                 key: FileKey::generate(),
             },
+            kind: OfferKind::File,
         }
     }
 
@@ -187,6 +225,45 @@ mod tests {
         std::fs::write(&path, &bad).unwrap();
         let err = Offers::load(&path, &me).err().unwrap().to_string();
         assert!(err.contains("is corrupt"), "{err}");
+    }
+
+    #[test]
+    fn a_file_of_the_older_version_is_read_as_offers_of_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("offers.sealed");
+        let me = SecretKey::generate();
+        let a = offer("old.pdf");
+        #[derive(Serialize)]
+        struct V1<'a> {
+            sender: PublicKey,
+            message: MessageId,
+            sent_at_ms: u64,
+            received_at: u64,
+            offer: &'a FileOffer,
+        }
+        static V1_LAYOUT: Layout = Layout {
+            magic: b"sotto-offers\0\0\0\0",
+            version: 1,
+            older: None,
+            key_label: b"sotto offers key v1",
+            max_file_len: 16 << 20,
+            max_entries: MAX_OFFERS,
+            what_is_lost: "the files it lists",
+        };
+        let old = SealedList::new(&path, &me, &V1_LAYOUT).unwrap();
+        old.save(&[V1 {
+            sender: a.sender,
+            message: a.message,
+            sent_at_ms: a.sent_at_ms,
+            received_at: a.received_at,
+            offer: &a.offer,
+        }])
+        .unwrap();
+        let offers = Offers::load(&path, &me).unwrap();
+        assert_eq!(offers.list(), [a]);
+        offers.save().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap()[16], 2);
+        assert_eq!(Offers::load(&path, &me).unwrap().list().len(), 1);
     }
 
     #[test]

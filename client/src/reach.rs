@@ -31,6 +31,7 @@ const MAX_ENTRIES: usize = 200_000;
 static LAYOUT: Layout = Layout {
     magic: b"sotto-reach\0\0\0\0\0",
     version: 1,
+    older: None,
     key_label: b"sotto reach key v1",
     max_file_len: 64 << 20,
     max_entries: MAX_ENTRIES,

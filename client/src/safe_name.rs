@@ -16,7 +16,14 @@
 //! directory they are harmless, and renaming them would surprise more than it
 //! protects. The one prefix refused is sotto's own temporary files'
 //! (`.sotto-...`), so a received file can never pass for another download in
-//! progress.
+//! progress. Names Windows reserves for devices (`CON`, `nul.txt`, `COM1`,
+//! ...) get a leading `_`, so a tree or a file received on one system can be
+//! copied to another.
+//!
+//! [`safe_component`] does the same for one component of a path in a
+//! received directory tree, where separators are not split on but replaced
+//! (`a\\b` becomes `a_b`): the tree's structure is its manifest's lists of
+//! components, never a separator inside a name.
 
 use crate::display::is_dangerous;
 
@@ -50,7 +57,33 @@ pub fn safe_file_name(offered: &str) -> String {
     if name.starts_with(TEMP_PREFIX) {
         name.replace_range(..1, "_");
     }
+    if is_windows_device(&name) {
+        name.insert(0, '_');
+    }
     name
+}
+
+/// A safe name for one component of a path in a received tree: as
+/// [`safe_file_name`], with separators inside it replaced by `_`.
+pub fn safe_component(offered: &str) -> String {
+    safe_file_name(&offered.replace(['/', '\\'], "_"))
+}
+
+/// Whether Windows takes `name` for a device: `CON`, `PRN`, `AUX`, `NUL`,
+/// `COM0`-`COM9`, `LPT0`-`LPT9` (any case), alone or before an extension,
+/// trailing dots and spaces ignored as Windows ignores them.
+fn is_windows_device(name: &str) -> bool {
+    let stem = name.split('.').next().unwrap_or_default();
+    let stem = stem.trim_end_matches([' ', '.']).to_ascii_uppercase();
+    match stem.as_str() {
+        "CON" | "PRN" | "AUX" | "NUL" => true,
+        _ => {
+            let b = stem.as_bytes();
+            b.len() == 4
+                && (stem.starts_with("COM") || stem.starts_with("LPT"))
+                && b[3].is_ascii_digit()
+        }
+    }
 }
 
 /// Splits `name` into stem and extension (with its dot): the extension starts
@@ -126,6 +159,14 @@ mod tests {
             ("grüße 你好.txt", "grüße 你好.txt"),
             (".sotto-0123.part", "_sotto-0123.part"),
             ("x/.sotto-ab.part", "_sotto-ab.part"),
+            ("CON", "_CON"),
+            ("nul.txt", "_nul.txt"),
+            ("com1.tar.gz", "_com1.tar.gz"),
+            ("LPT9", "_LPT9"),
+            ("aux .log", "_aux .log"),
+            ("console", "console"),
+            ("COM10", "COM10"),
+            ("xCON", "xCON"),
         ];
         for (offered, want) in table {
             assert_eq!(safe_file_name(offered), *want, "offered {offered:?}");
@@ -172,6 +213,15 @@ mod tests {
         assert_eq!(split_extension(".bashrc"), (".bashrc", ""));
         assert_eq!(split_extension("noext"), ("noext", ""));
         assert_eq!(split_extension(".x.conf"), (".x", ".conf"));
+    }
+
+    #[test]
+    fn components_keep_their_whole_name() {
+        assert_eq!(safe_component("a\\..\\b"), "a_.._b");
+        assert_eq!(safe_component("x/y"), "x_y");
+        assert_eq!(safe_component("PRN"), "_PRN");
+        assert_eq!(safe_component(".."), FALLBACK_NAME);
+        assert_eq!(safe_component("photos"), "photos");
     }
 
     proptest! {

@@ -29,6 +29,8 @@ pub struct Layout {
     pub magic: &'static [u8; 16],
     /// The version byte after them.
     pub version: u8,
+    /// An older version still read (and rewritten as `version`), if any.
+    pub older: Option<u8>,
     /// The label the list's key is derived under.
     pub key_label: &'static [u8],
     /// Largest file read, in bytes.
@@ -41,9 +43,13 @@ pub struct Layout {
 
 impl Layout {
     fn header(&self) -> [u8; 17] {
+        self.header_of(self.version)
+    }
+
+    fn header_of(&self, version: u8) -> [u8; 17] {
         let mut h = [0u8; 17];
         h[..16].copy_from_slice(self.magic);
-        h[16] = self.version;
+        h[16] = version;
         h
     }
 }
@@ -74,6 +80,15 @@ impl SealedList {
 
     /// Reads and opens the list; no file is an empty list.
     pub fn load<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        self.load_or_upgrade::<T, T>(|old| old)
+    }
+
+    /// Reads and opens the list, a list of the layout's older version
+    /// decoded as `O` and turned into `T` by `upgrade`.
+    pub fn load_or_upgrade<T: DeserializeOwned, O: DeserializeOwned>(
+        &self,
+        upgrade: impl Fn(O) -> T,
+    ) -> Result<Vec<T>> {
         let Some(bytes) = crate::sessions::read_private(&self.path, self.layout.max_file_len)?
         else {
             return Ok(Vec::new());
@@ -81,17 +96,29 @@ impl SealedList {
         let p = self.path.display();
         let lost = self.layout.what_is_lost;
         let header = self.layout.header();
-        let sealed = match bytes.strip_prefix(&header[..]) {
-            Some(sealed) => sealed,
-            None if bytes.starts_with(self.layout.magic) => {
-                bail!("{p} was written by another version of sotto; upgrade sotto to use it")
-            }
-            None => bail!("{p} is not a file sotto wrote here; move it away ({lost} are lost)"),
+        let older = self.layout.older.map(|v| self.layout.header_of(v));
+        let (sealed, header, old) = match bytes.strip_prefix(&header[..]) {
+            Some(sealed) => (sealed, header, false),
+            None => match older.and_then(|h| Some((bytes.strip_prefix(&h[..])?, h))) {
+                Some((sealed, h)) => (sealed, h, true),
+                None if bytes.starts_with(self.layout.magic) => {
+                    bail!("{p} was written by another version of sotto; upgrade sotto to use it")
+                }
+                None => {
+                    bail!("{p} is not a file sotto wrote here; move it away ({lost} are lost)")
+                }
+            },
         };
         let plain = self.key.open(&header, sealed).map_err(|_| {
             anyhow!("{p} is corrupt or was written with another identity key; move it away ({lost} are lost)")
         })?;
-        match decode(&plain, self.layout.max_entries) {
+        let list = if old {
+            decode::<O>(&plain, self.layout.max_entries)
+                .map(|l| l.into_iter().map(upgrade).collect())
+        } else {
+            decode(&plain, self.layout.max_entries)
+        };
+        match list {
             Some(list) => Ok(list),
             None => bail!("{p} does not decode; move it away ({lost} are lost)"),
         }

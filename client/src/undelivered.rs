@@ -35,6 +35,7 @@ pub const MAX_UNDELIVERED_BYTES: usize = 16 << 20;
 static LAYOUT: Layout = Layout {
     magic: b"sotto-undeliver\0",
     version: 1,
+    older: None,
     key_label: b"sotto undelivered key v1",
     max_file_len: (MAX_UNDELIVERED_BYTES + MAX_UNDELIVERED * 512) as u64,
     max_entries: MAX_UNDELIVERED,

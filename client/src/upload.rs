@@ -19,12 +19,17 @@
 //! its metadata is checked again before the last chunk leaves, so a relay never
 //! completes a blob whose content no longer matches the file.
 //!
+//! A directory is sent the same way, as the one stream of [`crate::tree`]:
+//! its manifest, then its files' contents, each file checked in the same
+//! way as it is read ([`Plaintext`] is what either is read through).
+//!
 //! Progress is reported through a callback, `(bytes done, bytes total)`:
 //! whatever shows it is the caller's business.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sotto_crypto::file::{
     chunk_count, chunk_len, ChunkCipher, ContentHash, FileError, CHUNK_LEN, MAX_FILE_SIZE, TAG_LEN,
@@ -40,6 +45,8 @@ use sotto_crypto::delivery::ResumeSecret;
 use crate::delivery_link::DeliveryConn;
 use crate::relay_client::{describe_io, RelayConn, RelayError, SealedChunk, UploadEnd};
 use crate::routes::Route;
+use crate::tree::scan::{LocalTree, ScanError};
+use crate::tree::source::TreeSource;
 use crate::upload_state::{Fingerprint, UploadState};
 
 /// Sealed chunks queued between the reading thread and the connection.
@@ -52,13 +59,13 @@ const SEAL_AHEAD: usize = 4;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UploadError {
-    /// A directory was named.
-    #[error("{} is a directory: sotto sends files; archive it first (tar) or name the files", .0.display())]
-    IsDirectory(PathBuf),
+    /// A directory that cannot be sent as a tree.
+    #[error(transparent)]
+    Tree(#[from] ScanError),
     /// Something that is neither a file nor a directory was named.
-    #[error("{} is not a regular file: sotto sends files", .0.display())]
+    #[error("{} is not a regular file or a directory: sotto sends files and directories", .0.display())]
     NotAFile(PathBuf),
-    /// The file is larger than the chunk format allows.
+    /// The file (or tree) is larger than the chunk format allows.
     #[error("{} is too large: {size} bytes, sotto sends at most {MAX_FILE_SIZE} bytes per file", path.display())]
     TooLarge {
         /// The file.
@@ -93,7 +100,7 @@ pub enum UploadError {
     },
 }
 
-/// A file about to be sent, as it was when it was looked at.
+/// A file or directory about to be sent, as it was when it was looked at.
 #[derive(Debug, Clone)]
 pub struct Source {
     /// The path as given.
@@ -102,29 +109,36 @@ pub struct Source {
     pub canonical: PathBuf,
     /// The name offered to the recipient: the path's last component.
     pub name: String,
-    /// Its fingerprint, size included.
+    /// Its fingerprint, size included (a tree's: [`LocalTree::fingerprint`]).
     pub fingerprint: Fingerprint,
+    /// For a directory, the tree sent; `None` for a file.
+    pub tree: Option<Arc<LocalTree>>,
+    /// What was left out of a tree (links, special files), a line each.
+    pub skipped: Vec<String>,
 }
 
 impl Source {
-    /// Looks at `path`: it must be a regular file (directories are refused
-    /// with a hint) no larger than the format allows.
+    /// Looks at `path`: a regular file, or a directory (sent as one tree,
+    /// links inside it skipped), no larger than the format allows.
     pub fn inspect(path: &Path) -> Result<Self, UploadError> {
         let read_error = |source| UploadError::Read {
             path: path.to_path_buf(),
             source,
         };
         let meta = std::fs::metadata(path).map_err(read_error)?;
-        if meta.is_dir() {
-            return Err(UploadError::IsDirectory(path.to_path_buf()));
-        }
-        if !meta.is_file() {
+        let mut skipped = Vec::new();
+        let (fingerprint, tree) = if meta.is_dir() {
+            let tree = LocalTree::scan(path, &mut |s| skipped.push(s))?;
+            (tree.fingerprint(&meta), Some(Arc::new(tree)))
+        } else if meta.is_file() {
+            (Fingerprint::of(&meta), None)
+        } else {
             return Err(UploadError::NotAFile(path.to_path_buf()));
-        }
-        if meta.len() > MAX_FILE_SIZE {
+        };
+        if fingerprint.size > MAX_FILE_SIZE {
             return Err(UploadError::TooLarge {
                 path: path.to_path_buf(),
-                size: meta.len(),
+                size: fingerprint.size,
             });
         }
         let canonical = std::fs::canonicalize(path).map_err(read_error)?;
@@ -136,8 +150,31 @@ impl Source {
             path: path.to_path_buf(),
             canonical,
             name,
-            fingerprint: Fingerprint::of(&meta),
+            fingerprint,
+            tree,
+            skipped,
         })
+    }
+
+    /// Whether it is a directory.
+    pub fn is_tree(&self) -> bool {
+        self.tree.is_some()
+    }
+
+    /// Opens what is read for the upload (on a blocking thread).
+    fn open(&self) -> Result<Box<dyn Plaintext>, UploadError> {
+        if let Some(tree) = &self.tree {
+            return Ok(Box::new(TreeSource::new(self.path.clone(), tree)));
+        }
+        let file = File::open(&self.path).map_err(|source| UploadError::Read {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(Box::new(FileSource::new(
+            file,
+            &self.path,
+            self.fingerprint,
+        )?))
     }
 
     /// Size in bytes.
@@ -260,13 +297,13 @@ pub async fn send<L: UploadLink>(
         })?;
     let (tx, mut rx) = mpsc::channel(IN_FLIGHT);
     let path = source.path.clone();
-    let expected = state.fingerprint;
+    if state.fingerprint != source.fingerprint {
+        return Err(UploadError::Changed(path));
+    }
+    let opening = source.clone();
     let reader = tokio::task::spawn_blocking(move || {
-        let file = File::open(&path).map_err(|source| UploadError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        read_and_seal(file, &path, &expected, &cipher, have, &tx)
+        let plain = opening.open()?;
+        read_and_seal(plain, &path, size, &cipher, have, &tx)
     });
     if have == chunks {
         // Everything is on the relay already: the hash must still be
@@ -306,9 +343,9 @@ fn joined<T>(r: Result<Result<T, UploadError>, tokio::task::JoinError>) -> Resul
 /// second one: reading and hashing a chunk and sealing the one before run at
 /// once, so neither waits for the other.
 fn read_and_seal(
-    file: File,
+    plain: Box<dyn Plaintext>,
     path: &Path,
-    expected: &Fingerprint,
+    size: u64,
     cipher: &ChunkCipher,
     from: u64,
     tx: &mpsc::Sender<SealedChunk>,
@@ -340,7 +377,7 @@ fn read_and_seal(
                 })
             }
         };
-        let read = read_and_hash(file, path, expected, from, &plain_tx);
+        let read = read_and_hash(plain, size, from, &plain_tx);
         // The sealer ends once it has sealed everything sent to it.
         drop(plain_tx);
         let sealed = sealer.join().unwrap_or(Err(UploadError::Cancelled));
@@ -353,26 +390,58 @@ fn read_and_seal(
     })
 }
 
-/// Reads the whole file, hashing it, and sends chunks `from..` to `sealer`
-/// in order. Returns the hash.
+/// What an upload reads its plaintext from: a file, or a tree's stream.
+pub trait Plaintext: Send {
+    /// Fills `buf` with the next bytes; a source that ends early has changed.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), UploadError>;
+    /// Once every byte was read: the source ends there and nothing in it
+    /// changed since it was looked at.
+    fn check_end(&mut self) -> Result<(), UploadError>;
+}
+
+/// One file, checked against its fingerprint when opened and at its end.
+struct FileSource {
+    file: File,
+    path: PathBuf,
+    expected: Fingerprint,
+}
+
+impl FileSource {
+    /// `file`, which must be the file inspected (not a replacement).
+    fn new(file: File, path: &Path, expected: Fingerprint) -> Result<Self, UploadError> {
+        let meta = file.metadata().map_err(|source| UploadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if Fingerprint::of(&meta) != expected {
+            return Err(UploadError::Changed(path.to_path_buf()));
+        }
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            expected,
+        })
+    }
+}
+
+impl Plaintext for FileSource {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), UploadError> {
+        read_exact(&mut self.file, buf, &self.path)
+    }
+
+    fn check_end(&mut self) -> Result<(), UploadError> {
+        check_end(&mut self.file, &self.path, &self.expected)
+    }
+}
+
+/// Reads the whole source, hashing it, and sends chunks `from..` to
+/// `sealer` in order. Returns the hash.
 fn read_and_hash(
-    mut file: File,
-    path: &Path,
-    expected: &Fingerprint,
+    mut plain: Box<dyn Plaintext>,
+    size: u64,
     from: u64,
     sealer: &std::sync::mpsc::SyncSender<(u64, Vec<u8>)>,
 ) -> Result<[u8; 32], UploadError> {
-    let changed = || UploadError::Changed(path.to_path_buf());
-    let read_error = |source| UploadError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    // The file opened must be the file inspected (not a replacement).
-    let meta = file.metadata().map_err(read_error)?;
-    if Fingerprint::of(&meta) != *expected {
-        return Err(changed());
-    }
-    let size = expected.size;
     let chunks = chunk_count(size);
     let mut hash = ContentHash::new();
     let mut rehash = vec![0u8; CHUNK_LEN];
@@ -380,21 +449,21 @@ fn read_and_hash(
         let len = chunk_len(size, index).unwrap_or(0);
         if index < from {
             // Already on the relay: only the hash needs it.
-            read_exact(&mut file, &mut rehash[..len], path)?;
+            plain.fill(&mut rehash[..len])?;
             hash.update(&rehash[..len]);
             if index + 1 == chunks {
-                check_end(&mut file, path, expected)?;
+                plain.check_end()?;
             }
             continue;
         }
         let mut buf = Vec::with_capacity(len + TAG_LEN);
         buf.resize(len, 0);
-        read_exact(&mut file, &mut buf, path)?;
+        plain.fill(&mut buf)?;
         hash.update(&buf);
         if index + 1 == chunks {
             // Before the last chunk leaves: once the relay has it, the
             // upload can complete.
-            check_end(&mut file, path, expected)?;
+            plain.check_end()?;
         }
         if sealer.send((index, buf)).is_err() {
             return Err(UploadError::Cancelled);
@@ -659,9 +728,12 @@ mod tests {
         // Grown after it was looked at.
         std::fs::write(&source.path, data(2 * CHUNK_LEN + 2)).unwrap();
         let (tx, mut rx) = mpsc::channel(8);
-        let file = File::open(&source.path).unwrap();
-        let err =
-            read_and_seal(file, &source.path, &source.fingerprint, &cipher, 0, &tx).unwrap_err();
+        let err = match source.open() {
+            Err(e) => e,
+            Ok(plain) => {
+                read_and_seal(plain, &source.path, source.size(), &cipher, 0, &tx).unwrap_err()
+            }
+        };
         assert!(matches!(err, UploadError::Changed(_)), "{err}");
         drop(tx);
         let mut sent = Vec::new();
@@ -672,16 +744,13 @@ mod tests {
     }
 
     #[test]
-    fn directories_are_refused_with_the_fix() {
+    fn a_directory_is_a_tree_and_a_missing_path_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Source::inspect(dir.path()).unwrap_err().to_string();
-        assert_eq!(
-            err,
-            format!(
-                "{} is a directory: sotto sends files; archive it first (tar) or name the files",
-                dir.path().display()
-            )
-        );
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let source = Source::inspect(dir.path()).unwrap();
+        let tree = source.tree.as_ref().unwrap();
+        assert_eq!(source.size(), tree.header.len() as u64 + 1);
+        assert!(source.skipped.is_empty());
         let err = Source::inspect(&dir.path().join("missing"))
             .unwrap_err()
             .to_string();

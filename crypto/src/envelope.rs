@@ -102,6 +102,11 @@ pub enum Content {
     /// contact who has not been told yet. Only the sender's own contact
     /// entry is ever updated from it. Appended last, after `Presence`.
     Reach(Reach),
+    /// A directory tree dropped as one file: the offer's blob holds a
+    /// manifest of the tree's entries, then their contents (the client's
+    /// business, PROTOCOL §9.9); `name` is the top directory's, `size` and
+    /// `hash` those of the whole stream. Appended last, after `Reach`.
+    Tree(crate::file::FileOffer),
 }
 
 /// The sender's relay, that relay's key, and the delivery token of the

@@ -352,6 +352,7 @@ fn main() {
             hash: [0x77; 32],
             key: FileKey::from_parts(Zeroizing::new([0x88; 32]), [0x99; 7]),
         },
+        kind: sotto_client::offers::OfferKind::File,
     }];
     let mut home = vec![0];
     home.extend(postcard::to_stdvec(&offers).unwrap());
@@ -376,6 +377,32 @@ fn main() {
     home.extend(200u32.to_le_bytes());
     home.extend([1, 2, 3]);
     out.put("home_files", "history-file", &home);
+
+    // Directory trees: a plain one with contents, and one a hostile sender
+    // wrote (traversal, a duplicate after cleaning, a file used as a dir).
+    use sotto_client::tree::{encode_header, Entry, EntryKind};
+    let entry = |path: &[&str], kind| Entry {
+        path: path.iter().map(|s| s.to_string()).collect(),
+        kind,
+    };
+    let mut plain = encode_header(&[
+        entry(&["photos"], EntryKind::Dir),
+        entry(&["photos", "a.jpg"], EntryKind::File { size: 3 }),
+        entry(&["empty"], EntryKind::Dir),
+        entry(&["grüße.txt"], EntryKind::File { size: 0 }),
+    ])
+    .unwrap();
+    plain.extend(b"jpg");
+    out.put("tree_manifest", "plain", &plain);
+    let hostile = encode_header(&[
+        entry(&["..", "x"], EntryKind::File { size: 0 }),
+        entry(&["a\\b"], EntryKind::Dir),
+        entry(&["a\\b", "c"], EntryKind::File { size: 0 }),
+        entry(&["CON"], EntryKind::File { size: 0 }),
+        entry(&["_CON"], EntryKind::File { size: 0 }),
+    ])
+    .unwrap();
+    out.put("tree_manifest", "hostile", &hostile);
 }
 
 /// The `session_open` fixture and seeds of every envelope kind for it, and

@@ -59,6 +59,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("relay_codec", relay_codec),
     ("upload_state", upload_state),
     ("home_files", home_files),
+    ("tree_manifest", tree_manifest),
 ];
 
 /// The recipient of every envelope the envelope targets open.
@@ -562,5 +563,33 @@ pub fn home_files(data: &[u8]) {
                 assert_eq!(end + tail, rest.len() as u64);
             }
         }
+    }
+}
+
+/// A directory tree's stream as a hostile sender writes it. Whatever is
+/// accepted names only paths of plain components (no `.`, `..`, separator,
+/// control character or empty name), each once, within
+/// the depth and count limits.
+pub fn tree_manifest(data: &[u8]) {
+    use sotto_client::tree::{MAX_DEPTH, MAX_ENTRIES};
+    let Some(paths) = sotto_client::fuzzing::tree_plan(data) else {
+        return;
+    };
+    assert!(paths.len() <= MAX_ENTRIES);
+    let mut seen = std::collections::HashSet::new();
+    for path in &paths {
+        assert!(!path.is_empty() && path.len() <= MAX_DEPTH, "{path:?}");
+        for c in path {
+            assert!(!c.is_empty() && c != "." && c != "..", "{path:?}");
+            assert!(!c.contains(['/', '\\', '\0']), "{path:?}");
+            assert!(!c.chars().any(char::is_control), "{path:?}");
+            let mut parts = std::path::Path::new(c).components();
+            assert!(
+                matches!(parts.next(), Some(std::path::Component::Normal(_)))
+                    && parts.next().is_none(),
+                "{path:?}"
+            );
+        }
+        assert!(seen.insert(path.clone()), "{path:?} twice");
     }
 }

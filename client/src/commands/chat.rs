@@ -57,6 +57,8 @@
 
 mod file;
 mod presence;
+mod receive;
+mod transfers;
 mod view;
 
 use std::collections::{HashMap, HashSet};
@@ -80,6 +82,7 @@ use crate::config::{Config, OldRelay, RelayPin};
 use crate::contacts::list_lines;
 use crate::delivery_link::DeliveryLinks;
 use crate::delivery_pool::{Event, Policy, Pool};
+use crate::download_limits::DownloadLimits;
 use crate::history::History;
 use crate::identity;
 use crate::inbound::{self, Files, ShownMessage};
@@ -107,7 +110,8 @@ const HELP: &[&str] = &[
     "/to NAME     talk to the contact or group NAME from now on",
     "/contacts    list contacts and groups",
     "/online      the contacts online now (they tell their contacts, end to end)",
-    "/file PATH   send a file to the current partner, in the background",
+    "/file PATH   send a file or directory to the current partner, in the background",
+    "/receive [DIR]  receive the files contacts sent, into DIR (default: here), in the background",
     "/history     the messages exchanged with the current partner (on stderr in line mode)",
     "/help        this help",
     "/quit        leave once every message sent is stored (as end of input does)",
@@ -252,7 +256,10 @@ pub fn run(ctx: &Ctx, args: ChatArgs) -> Result<()> {
     };
     let config = Config::load(&ctx.home.config())?;
     let pin = config.relay()?;
-    let draining = config.draining.iter().map(OldRelay::pin).collect();
+    let draining: Vec<RelayPin> = config.draining.iter().map(OldRelay::pin).collect();
+    let holders = std::iter::once(pin.clone())
+        .chain(draining.iter().cloned())
+        .collect();
     let me = identity::load(&ctx.home, ctx.passphrase_file.as_deref())?;
     let sessions = SessionFiles::of(&ctx.home);
 
@@ -304,6 +311,10 @@ pub fn run(ctx: &Ctx, args: ChatArgs) -> Result<()> {
         roster: Roster::default(),
         uploads: JoinSet::new(),
         upload_states: UploadStates::new(ctx.home.uploads()),
+        holders,
+        limits: DownloadLimits::from_config(&config),
+        transfers: transfers::Transfers::default(),
+        receiving: receive::Receiving::default(),
     };
     super::block_on_threaded(async move {
         chat.queue_kept();
@@ -436,8 +447,16 @@ struct Chat {
     announced: HashSet<u64>,
     /// Which contacts are online.
     roster: Roster,
-    /// Files being sent with `/file`.
+    /// Files being sent with `/file` and received with `/receive`.
     uploads: JoinSet<()>,
+    /// Every relay I read from: files may wait on any (`/receive`).
+    holders: Vec<RelayPin>,
+    /// What a download may take (config.toml).
+    limits: DownloadLimits,
+    /// Files moving, for the status line.
+    transfers: transfers::Transfers,
+    /// Files being received, so none is fetched twice.
+    receiving: receive::Receiving,
     /// Where interrupted uploads are remembered.
     upload_states: UploadStates,
 }
@@ -871,7 +890,7 @@ impl Chat {
                 &self.pin,
                 Some(&self.mine),
                 deliveries,
-                Files::Announce,
+                Files::AnnounceInChat,
                 &mut |line| printer.line(line),
                 &|m| {
                     if is_partner(partner.as_ref(), m) {
@@ -987,6 +1006,13 @@ impl Chat {
                 "" => warn("/file needs a PATH: `/file photo.jpg`"),
                 path => self.send_file(path),
             }
+            return;
+        }
+        if let Some(dir) = line
+            .strip_prefix("/receive")
+            .filter(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
+        {
+            self.receive(dir.trim());
             return;
         }
         let mut words = line.split_whitespace();
@@ -1284,6 +1310,10 @@ mod tests {
             roster: Roster::default(),
             uploads: JoinSet::new(),
             upload_states: UploadStates::new(dir.join("uploads")),
+            holders: Vec::new(),
+            limits: DownloadLimits::new(u64::MAX),
+            transfers: transfers::Transfers::default(),
+            receiving: receive::Receiving::default(),
         }
     }
 

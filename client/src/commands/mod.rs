@@ -16,11 +16,13 @@ use crate::notice::Notice;
 mod bars;
 pub mod chat;
 pub mod contact;
+pub mod files;
 pub mod history;
 pub mod id;
 pub mod inbox;
 pub mod init;
 pub mod pair;
+mod pending;
 pub mod receive_all;
 pub mod relay;
 pub mod send;
@@ -67,6 +69,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::History(args) => history::run(&ctx, args),
         Command::SendFile(args) => send_file::run(&ctx, args),
         Command::ReceiveAll(args) => receive_all::run(&ctx, args),
+        Command::Files(args) => files::run(&ctx, args),
         Command::Token(TokenCommand::Rotate) => token::rotate(&ctx),
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
     }

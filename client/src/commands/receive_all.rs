@@ -1,13 +1,15 @@
-//! `sotto receive-all [--dir DIR]`: empty the mailbox, files included.
+//! `sotto receive-all [--dir DIR] [--from NAME] [--from-strangers]`: empty
+//! the mailbox, files included.
 //!
-//! 1. The mailbox is fetched once. Text messages are printed, remembered and
-//!    acknowledged exactly as `sotto inbox` does ([`crate::inbound`]); file
-//!    offers are kept in the home's offers ([`crate::offers`]), with those
-//!    that `inbox` or `chat` kept earlier.
-//! 2. Every file kept is downloaded, up to [`PARALLEL`] at once, each on its
-//!    own connection, into DIR ([`crate::download`]: chunk by chunk into a
-//!    temporary file, verified, published under a sanitised name that never
-//!    replaces an existing file).
+//! 1. The mailbox is emptied into the home ([`super::pending`]): text
+//!    messages printed, file offers kept with those kept earlier.
+//! 2. The offers chosen are downloaded: every contact's, or only NAME's
+//!    with `--from`; a stranger's (a key not in contacts.toml) only with
+//!    `--from-strangers`, else it is counted in one note and stays, listed by
+//!    `sotto files`. Up to [`PARALLEL`] at once, each on its own connection,
+//!    into DIR ([`crate::download`]: chunk by chunk into a temporary file,
+//!    verified, published under a sanitised name that never replaces an
+//!    existing file; a tree unpacked under its directory).
 //! 3. For each file safely in place: its offer leaves the home, its blob is
 //!    deleted from the relay, and one line is printed:
 //!    `[time] NAME: received FILE (SIZE bytes) -> PATH`.
@@ -23,137 +25,112 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use sotto_keys::{ContactBook, SecretKey};
+use sotto_keys::{ContactBook, PublicKey, SecretKey};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::bars::Bars;
-use super::{block_on, more_waiting, note, tell, warn, AlreadyReported, Ctx, Out};
+use super::bars::{resuming, Bars, FileBar};
+use super::pending::{self, forget, Waiting};
+use super::{block_on, note, warn, AlreadyReported, Ctx, Out};
 use crate::cli::ReceiveAllArgs;
-use crate::config::{Config, RelayPin};
-use crate::display::{local_time_ms, sanitize};
+use crate::config::RelayPin;
+use crate::display::sanitize;
 use crate::download::{self, DownloadError};
 use crate::download_limits::DownloadLimits;
-use crate::identity;
-use crate::inbound::{self, process_batch, Files, Outcome};
-use crate::offers::StoredOffer;
-use crate::outbox::send_replies;
-use crate::reach;
 use crate::relay_client::{self, RelayError};
 use crate::sessions::SessionFiles;
-use sotto_crypto::envelope::ReceiptState;
 use sotto_crypto::wire::ErrorCode;
 
 /// Files downloaded at once.
 pub const PARALLEL: usize = 4;
 
 /// Runs `sotto receive-all`.
-pub fn run(ctx: &Ctx, args: ReceiveAllArgs) -> Result<()> {
-    ctx.home.require_identity()?;
+pub fn run(ctx: &Ctx, mut args: ReceiveAllArgs) -> Result<()> {
+    args.dir = crate::home::expand_tilde(&args.dir);
     check_dir(&args.dir)?;
-    let config = Config::load(&ctx.home.config())?;
-    let (pin, limits) = (config.relay()?, DownloadLimits::from_config(&config));
-    let first_contact = config.accepts_first_contact();
-    // Files offered before a move may still be on the old relays.
-    let mut holders = vec![pin.clone()];
-    holders.extend(config.draining.iter().map(crate::config::OldRelay::pin));
-    let book = Arc::new(ContactBook::load(&ctx.home.contacts())?);
-    let me = Arc::new(identity::load(&ctx.home, ctx.passphrase_file.as_deref())?);
-    let store = Arc::new(SessionFiles::of(&ctx.home));
-    let mine = reach::mine(&ctx.home, &pin)?;
-    let registering = (*store).clone();
+    let book = ContactBook::load(&ctx.home.contacts())?;
+    let from = match &args.from {
+        None => None,
+        Some(name) => Some(from_contact(&book, name)?),
+    };
+    let opened = pending::open(ctx)?;
+    let limits = DownloadLimits::from_config(&opened.config);
     let bars = Bars::new(args.quiet);
     let dir = args.dir;
+    let choice = Choice {
+        from,
+        strangers: args.from_strangers,
+    };
 
     block_on(async move {
-        let mut conn = relay_client::connect(&pin, &me).await?;
-        reach::register(&mut conn, &registering, &me, &mine, first_contact).await?;
-        let fetched = conn.fetch_pending().await?;
-        let pending = fetched.deliveries;
-        tracing::info!(count = pending.len(), "fetched");
-        if fetched.more {
-            more_waiting("sotto receive-all");
+        let collected = pending::collect(&opened, "sotto receive-all").await?;
+        let (files, left): (Vec<_>, Vec<_>) =
+            collected.waiting.into_iter().partition(|w| choice.takes(w));
+        let strangers = left.iter().filter(|w| !w.contact).count();
+        if strangers > 0 {
+            note(&strangers_note(strangers));
         }
-        let (outcome, to_send) = if pending.is_empty() {
-            (Outcome::default(), Vec::new())
-        } else {
-            let (me, store, book, pin) = (me.clone(), store.clone(), book.clone(), pin.clone());
-            tokio::task::spawn_blocking(move || {
-                let mut out = Out::new();
-                process_batch(
-                    &me,
-                    &book,
-                    &store,
-                    &pin,
-                    Some(&mine),
-                    pending,
-                    Files::Collect,
-                    &mut |line| out.line(line),
-                    // Printed: read.
-                    &|_| ReceiptState::Read,
-                )
-            })
-            .await
-            .context("the inbox task failed")??
-        };
-        if !outcome.ack.is_empty() {
-            let deleted = conn.ack(&outcome.ack).await?;
-            tracing::info!(acked = outcome.ack.len(), deleted, "acknowledged");
-        }
-        send_replies(&pin, to_send).await;
-        conn.close().await;
-        for n in inbound::notices(&outcome) {
-            tell(&n);
-        }
-        if let Some(e) = outcome.print_error {
-            return Err(anyhow::Error::new(e).context("cannot write to stdout"));
-        }
-        // Every offer kept in the home: this run's and those `inbox`,
-        // `chat` or an earlier run kept.
-        let waiting = {
-            let (me, store) = (me.clone(), store.clone());
-            tokio::task::spawn_blocking(move || store.with_offers(&me, |o| Ok(o.list().to_vec())))
-                .await
-                .context("the offers task failed")??
-        };
-        if waiting.is_empty() {
-            if outcome.shown == 0 {
+        if files.is_empty() {
+            if collected.shown == 0 && left.is_empty() {
                 note("no new messages or files");
             }
             return Ok(());
         }
-        let files = waiting
-            .into_iter()
-            .map(|offer| Waiting::new(offer, &book))
-            .collect();
-        receive_files(&holders, &me, &store, &dir, &limits, files, &bars).await
+        receive_files(
+            &opened.holders,
+            &opened.me,
+            &opened.store,
+            &dir,
+            &limits,
+            files,
+            &bars,
+        )
+        .await
     })?
 }
 
-/// An offer to download, with what the lines about it show.
-struct Waiting {
-    offer: StoredOffer,
-    /// Its date as shown.
-    time: String,
-    /// Who sent it, safe to print.
-    who: String,
+/// Which offers a run downloads.
+struct Choice {
+    /// Only this contact's (`--from`), else every contact's.
+    from: Option<PublicKey>,
+    /// Strangers' too (`--from-strangers`).
+    strangers: bool,
 }
 
-impl Waiting {
-    fn new(offer: StoredOffer, book: &ContactBook) -> Self {
-        let time = local_time_ms(offer.sent_at_ms)
-            .or_else(|| local_time_ms(offer.received_at.saturating_mul(1000)))
-            .unwrap_or_else(|| "????-??-?? ??:??:??".to_owned());
-        let who = match book.by_key(&offer.sender) {
-            Some(contact) => contact.name.to_string(),
-            None => format!("unknown {}", offer.sender),
-        };
-        Self { offer, time, who }
+impl Choice {
+    fn takes(&self, w: &Waiting) -> bool {
+        if !w.contact {
+            return self.strangers;
+        }
+        self.from.is_none_or(|key| key == w.offer.sender)
     }
 }
 
+/// The key of contact `name`, for `--from`.
+fn from_contact(book: &ContactBook, name: &str) -> Result<PublicKey> {
+    match book.get(name) {
+        Some(contact) => Ok(contact.key),
+        None => bail!(
+            "no contact named {}; `sotto contact list` shows them, `sotto files` shows who sent what",
+            sanitize(name)
+        ),
+    }
+}
+
+/// What is said of the strangers' offers left waiting.
+fn strangers_note(n: usize) -> String {
+    let what = if n == 1 {
+        "a file from a stranger (a key not in your contacts) waits".to_owned()
+    } else {
+        format!("{n} files from strangers (keys not in your contacts) wait")
+    };
+    format!(
+        "{what}: `sotto files` lists them, `sotto receive-all --from-strangers` receives them, `sotto files --reject ID` deletes one"
+    )
+}
+
 /// DIR must be an existing directory.
-fn check_dir(dir: &Path) -> Result<()> {
+pub(crate) fn check_dir(dir: &Path) -> Result<()> {
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => Ok(()),
         Ok(_) => bail!(
@@ -169,10 +146,10 @@ fn check_dir(dir: &Path) -> Result<()> {
 }
 
 /// A file received and in place.
-struct Received {
-    path: PathBuf,
+pub(crate) struct Received {
+    pub(crate) path: PathBuf,
     /// What went wrong after the file was in place (it stays received).
-    late: Vec<String>,
+    pub(crate) late: Vec<String>,
 }
 
 async fn receive_files(
@@ -206,16 +183,20 @@ async fn receive_files(
             let Ok(_permit) = permits.acquire_owned().await else {
                 return (file, Err(DownloadError::Cancelled));
             };
-            let bar = bars.file(&file.offer.offer.name, file.offer.offer.size, 0);
+            let (name, size) = (&file.offer.offer.name, file.offer.offer.size);
+            // Made at the first report, which is what an earlier attempt
+            // left: the bar starts there, and its rate counts what moves now.
+            let mut bar: Option<FileBar> = None;
             let mut last = 0u64;
-            let mut started = false;
             let mut progress = |done: u64, _: u64| {
-                bar.set_position(done);
-                if !started {
-                    // The first call is what an earlier attempt left: the
-                    // bar starts there, and the rate counts only what moves.
-                    started = true;
-                    bar.reset_eta();
+                match &bar {
+                    Some(bar) => bar.set(done),
+                    None => {
+                        if done > 0 {
+                            bars.suspend(|| note(&resuming(&sanitize(name), done, size)));
+                        }
+                        bar = Some(bars.file(name, size, done));
+                    }
                 }
                 if let Some(total) = &total {
                     total.inc(done.saturating_sub(last));
@@ -224,7 +205,9 @@ async fn receive_files(
             };
             let result =
                 receive_one(&holders, &me, &store, &dir, &limits, &file, &mut progress).await;
-            bar.finish_and_clear();
+            if let Some(bar) = bar {
+                bar.finish(result.is_ok());
+            }
             (file, result)
         });
     }
@@ -232,12 +215,17 @@ async fn receive_files(
     let mut out = Out::new();
     let mut print_error = None;
     let mut failed = 0usize;
+    let mut finished = 0usize;
     while let Some(joined) = tasks.join_next().await {
         let Ok((file, result)) = joined else {
             failed += 1;
             continue;
         };
         let shown = sanitize(&file.offer.offer.name);
+        finished += 1;
+        if let Some(total) = &total {
+            total.set_message(bars.label(&format!("total, {finished} of {count} files done")));
+        }
         match result {
             Ok(received) => {
                 let line = format!(
@@ -286,11 +274,24 @@ fn is_gone(e: &DownloadError) -> bool {
 
 /// One failed file, on stderr: what went wrong and what happens next.
 fn error_line(file: &str, who: &str, e: &DownloadError) {
-    let text = match e {
+    let text = failure(who, e, "run `sotto receive-all` again");
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "sotto: error: {file}: {}",
+        sanitize(&text)
+    );
+}
+
+/// What went wrong with a file from `who` and what happens next; `again`
+/// says how to try again (`run ... again`).
+pub(crate) fn failure(who: &str, e: &DownloadError, again: &str) -> String {
+    match e {
         _ if is_gone(e) => format!(
             "the relay no longer has this file (files expire on the relay, 7 days after their upload by default); ask {who} to send it again"
         ),
         DownloadError::Verification(_)
+        | DownloadError::Tree(_)
         | DownloadError::TooLarge { .. }
         | DownloadError::NoSpace { .. }
         | DownloadError::Relay(
@@ -301,24 +302,18 @@ fn error_line(file: &str, who: &str, e: &DownloadError) {
         DownloadError::Relay(_) => {
             let why = e.to_string();
             let why = why.strip_suffix("; try again").unwrap_or(&why).to_owned();
-            format!("{why}; run `sotto receive-all` again to resume")
+            format!("{why}; {again} to resume")
         }
         DownloadError::Disk { .. } | DownloadError::Cancelled => {
             format!("{e}; it stays on the relay for a retry")
         }
-    };
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "sotto: error: {file}: {}",
-        sanitize(&text)
-    );
+    }
 }
 
 /// Downloads one file from the first of `holders` (my relay, then relays
 /// being drained after a move) that has it and, once it is in place, drops
 /// its offer from the home and deletes its blob from that relay.
-async fn receive_one(
+pub(crate) async fn receive_one(
     holders: &[RelayPin],
     me: &Arc<SecretKey>,
     store: &Arc<SessionFiles>,
@@ -352,7 +347,9 @@ async fn receive_from(
 ) -> Result<Received, DownloadError> {
     let offer = &file.offer.offer;
     let mut conn = relay_client::connect(pin, me).await?;
-    let path = match download::download(&mut conn, dir, offer, limits, progress).await {
+    let path = match download::download(&mut conn, dir, offer, file.offer.kind, limits, progress)
+        .await
+    {
         Ok(path) => path,
         Err(e) => {
             conn.close().await;
@@ -372,7 +369,7 @@ async fn receive_from(
     // at worst a relay copy that expires on its own.
     let shown = sanitize(&offer.name);
     let mut late = Vec::new();
-    match forget(me, store, offer.file_id).await {
+    match forget(me, store, offer.file_id).await.map(|_| ()) {
         Err(e) => late.push(format!(
             "{shown}: received, but its offer could not be removed ({}); the next `sotto receive-all` may fetch it again",
             crate::error_line(&e)
@@ -387,25 +384,6 @@ async fn receive_from(
     }
     conn.close().await;
     Ok(Received { path, late })
-}
-
-/// Drops the offer of `file_id` from the home.
-async fn forget(
-    me: &Arc<SecretKey>,
-    store: &Arc<SessionFiles>,
-    file_id: sotto_crypto::file::FileId,
-) -> Result<()> {
-    let (me, store) = (me.clone(), store.clone());
-    tokio::task::spawn_blocking(move || {
-        store.with_offers(&me, |offers| {
-            if offers.remove(file_id).is_some() {
-                offers.save()?;
-            }
-            Ok(())
-        })
-    })
-    .await
-    .map_err(anyhow::Error::from)?
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ use crate::config::RelayPin;
 use crate::display::{group_label, local_time_ms, message_line, sanitize};
 use crate::history;
 use crate::notice::Notice;
-use crate::offers::{Added, Offers, StoredOffer};
+use crate::offers::{Added, OfferKind, Offers, StoredOffer};
 use crate::outbox::{tell_where, Sealed, Telling};
 use crate::reach::{Mine, ReachBook};
 use crate::relay_client::Delivery;
@@ -53,8 +53,10 @@ use crate::sessions::SessionFiles;
 /// home's offers either way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Files {
-    /// `sotto inbox`, `sotto chat`: say a file is waiting for `receive-all`.
+    /// `sotto inbox`: say a file is waiting for `receive-all`.
     Announce,
+    /// `sotto chat`: say a file is waiting for `/receive`.
+    AnnounceInChat,
     /// `sotto receive-all`: nothing; it downloads what is kept next.
     Collect,
 }
@@ -290,14 +292,26 @@ pub fn process(
                 outcome.ack.push(delivery.id);
                 continue;
             }
-            Content::File(offer) => {
-                let line = file_waiting_line(&time, &who, &offer);
+            Content::File(_) | Content::Tree(_) => {
+                let (offer, kind) = match body.content {
+                    Content::Tree(offer) => (offer, OfferKind::Tree),
+                    Content::File(offer) => (offer, OfferKind::File),
+                    _ => continue,
+                };
+                let hint = match files {
+                    // Strangers' files are received only when asked for.
+                    _ if !is_contact(&sender) => "`sotto receive-all --from-strangers` receives it",
+                    Files::AnnounceInChat => "type /receive",
+                    _ => "run `sotto receive-all`",
+                };
+                let line = file_waiting_line(&time, &who, &offer, kind, hint);
                 let kept = StoredOffer {
                     sender,
                     message: body.id,
                     sent_at_ms: body.sent_at_ms,
                     received_at: delivery.received_at,
                     offer,
+                    kind,
                 };
                 match offers.add(kept) {
                     Added::Full => {
@@ -310,7 +324,7 @@ pub fn process(
                     Added::New => {
                         offers_changed = true;
                         outcome.announced += 1;
-                        if files == Files::Announce {
+                        if files != Files::Collect {
                             // Kept whether or not the line gets out: the
                             // offer is safe in the home either way.
                             if let Err(e) = print(&line) {
@@ -546,10 +560,21 @@ fn received(sender: &PublicKey, group: Option<String>, at_ms: u64, text: String)
     }
 }
 
-/// The line `sotto inbox` prints for a file waiting on the relay.
-pub fn file_waiting_line(time: &str, who: &str, offer: &FileOffer) -> String {
+/// The line `sotto inbox` (and the chat) prints for a file waiting on the
+/// relay; `hint` says how to receive it.
+pub fn file_waiting_line(
+    time: &str,
+    who: &str,
+    offer: &FileOffer,
+    kind: OfferKind,
+    hint: &str,
+) -> String {
+    let what = match kind {
+        OfferKind::File => "a file",
+        OfferKind::Tree => "a directory",
+    };
     format!(
-        "[{time}] {who}: sent a file: {} ({} bytes) — run `sotto receive-all`",
+        "[{time}] {who}: sent {what}: {} ({} bytes) — {hint}",
         sanitize(&offer.name),
         offer.size
     )

@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{explain, route_for, seal_body_and_save};
 use crate::config::RelayPin;
 use crate::delivery_link::{connect_delivery, DeliveryConn};
-use crate::display::sanitize;
+use crate::display::{human_bytes, sanitize};
 use crate::relay_client::RelayError;
 use crate::routes::Route;
 use crate::sessions::SessionFiles;
@@ -42,8 +42,8 @@ pub trait Progress: Send {
     fn start(&mut self, name: &str, size: u64, done: u64);
     /// `done` bytes are on the relay.
     fn advance(&mut self, done: u64);
-    /// Sending ended, whichever way.
-    fn finish(&mut self);
+    /// Sending ended: `complete`, the relay holds all of it; else it failed.
+    fn finish(&mut self, complete: bool);
 }
 
 /// Sends every file of `sources` to each of `recipients`, in order, each
@@ -122,13 +122,13 @@ where
         .map_err(|e| explain_upload(e, &file, &name))?;
     let done = bytes_in_chunks(size, have);
     if resumed && have > 0 {
-        progress.note(&format!("resuming {file} at {}%", percent(done, size)));
+        progress.note(&resuming(&file, done, size));
     }
     tracing::info!(size, have, "uploading");
 
     progress.start(&source.name, size, done);
     let sent = upload::send(conn, source, &state, have, &mut |d, _| progress.advance(d)).await;
-    progress.finish();
+    progress.finish(sent.is_ok());
     let hash = sent.map_err(|e| explain_upload(e, &file, &name))?;
 
     let offer = FileOffer {
@@ -139,11 +139,16 @@ where
         key: state.key.clone(),
     };
     // Sealed through the sessions, saved before it goes out.
+    let tree = source.is_tree();
     let mut sealed = {
         let (sessions, me, contact) = (sessions.clone(), me.clone(), contact.clone());
         let mine = mine.clone();
         tokio::task::spawn_blocking(move || {
-            let body = Body::new(Content::File(offer));
+            let body = Body::new(if tree {
+                Content::Tree(offer)
+            } else {
+                Content::File(offer)
+            });
             seal_body_and_save(&sessions, &me, &contact, &body, &mine)
         })
         .await
@@ -177,6 +182,15 @@ where
     }
     progress.note(&format!("sent {file} to {name}: the relay has stored it"));
     Ok(())
+}
+
+/// What a resumed transfer says: where it resumed.
+pub fn resuming(name: &str, done: u64, size: u64) -> String {
+    format!(
+        "resuming {name} at {} of {}",
+        human_bytes(done),
+        human_bytes(size)
+    )
 }
 
 /// `done` as a whole percentage of `total` (rounded down).

@@ -63,6 +63,7 @@ enum Update {
     Warning(String),
     Partner(String),
     Link(Link),
+    Transfers(Option<String>),
     Signal(i32),
     Stop,
 }
@@ -114,6 +115,12 @@ fn strip_colours(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Shows what files are moving (`↑ photo.jpg 42%`) on the status line, or
+/// nothing with `None`, if a screen is up; false otherwise.
+pub fn transfers(text: Option<&str>) -> bool {
+    send_to_sink(Update::Transfers(text.map(str::to_owned)))
 }
 
 /// Whether a screen is up.
@@ -339,6 +346,7 @@ fn apply(model: &mut Model, update: Update) {
         Update::Warning(text) => model.push(now_label(now), Kind::Warning, &text),
         Update::Partner(name) => model.partner = Some(crate::display::sanitize(&name)),
         Update::Link(link) => model.link = link,
+        Update::Transfers(text) => model.transfers = text.map(|t| crate::display::sanitize(&t)),
         Update::Signal(sig) => terminal::restore_and_exit(sig),
         Update::Stop => {}
     }

@@ -115,6 +115,8 @@ pub struct Model {
     pub partner: Option<String>,
     /// The relay link.
     pub link: Link,
+    /// Files being sent or received, as the status line shows them.
+    pub transfers: Option<String>,
     /// Ctrl-C or Ctrl-D was pressed: no more input, the chat is ending.
     pub ending: bool,
     /// The terminal's size, for scrolling by pages and wrapping.
@@ -133,6 +135,7 @@ impl Model {
             unseen: 0,
             partner: partner.map(|p| sanitize(&p)),
             link: Link::Connecting,
+            transfers: None,
             ending: false,
             width,
             height,

@@ -192,6 +192,9 @@ fn status_line(model: &Model) -> Line<'static> {
         Span::styled(partner, bar.add_modifier(Modifier::BOLD)),
         Span::styled(format!(" {link} "), link_style),
     ];
+    if let Some(transfers) = &model.transfers {
+        spans.push(Span::styled(format!(" {transfers} "), bar.fg(Color::Cyan)));
+    }
     if model.scroll > 0 {
         let more = match model.unseen {
             0 => " ↑ scrolled · PgDn goes back down ".to_owned(),

@@ -3,6 +3,7 @@
 
 mod abuse;
 mod chat;
+mod chat_receive;
 mod cli;
 mod download_limits;
 mod exhaustion;
@@ -14,6 +15,8 @@ mod history;
 mod messaging;
 mod nodes;
 mod pairing;
+mod pending_files;
 mod presence;
 mod sessions;
 mod state;
+mod trees;

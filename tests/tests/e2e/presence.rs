@@ -207,7 +207,7 @@ fn a_file_sent_from_chat_arrives_byte_exact_while_chatting_goes_on() {
     // Two lines, in either order: the upload runs beside the chat.
     let lines = b.expect_lines(2);
     let offer = format!(
-        "alice: sent a file: report final.bin ({} bytes) — run `sotto receive-all`",
+        "alice: sent a file: report final.bin ({} bytes) — type /receive",
         data.len()
     );
     assert!(lines.iter().any(|l| l.ends_with(&offer)), "{lines:?}");

@@ -5,22 +5,23 @@
 //! `sotto send-file` sends it ([`send_files`]: resumable upload, then the offer
 //! sealed end to end and stored in their mailbox), over a connection of its
 //! own (to each recipient's relay, [`crate::outbox::route_for`]) in a task of its own, so typing and receiving go on meanwhile.
-//! Progress comes as notices on stderr: the start, every quarter on a
-//! terminal, then done or failed with the reason. The chat does not end
-//! before its uploads have ended.
+//! The start, then done or failed with the reason, are notices; progress
+//! in between is on the screen's status line ([`Transfers`]), not in the
+//! history. A leading `~` in PATH is the home directory. The chat does not
+//! end before its uploads have ended.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use sotto_keys::{Contact, SecretKey};
 
+use super::transfers::{Transfers, Way};
 use super::Chat;
 use crate::commands::{note, warn};
 use crate::config::RelayPin;
 use crate::display::sanitize;
-use crate::outbox::file::{percent, send_files, Progress};
+use crate::outbox::file::{send_files, Progress};
 use crate::sessions::SessionFiles;
 use crate::upload::Source;
 use crate::upload_state::UploadStates;
@@ -45,7 +46,8 @@ impl Chat {
             self.upload_states.clone(),
             self.sessions.clone(),
             recipients,
-            PathBuf::from(path),
+            crate::home::expand_tilde(path.as_ref()),
+            self.transfers.clone(),
         ));
     }
 }
@@ -59,12 +61,16 @@ async fn send_in_background(
     sessions: SessionFiles,
     recipients: Vec<Contact>,
     path: PathBuf,
+    transfers: Transfers,
 ) {
     let shown = sanitize(&path.display().to_string());
     let sent = async {
         let source = tokio::task::spawn_blocking(move || Source::inspect(&path))
             .await
             .context("the file task failed")??;
+        for skipped in &source.skipped {
+            note(skipped);
+        }
         send_files(
             &me,
             &pin,
@@ -72,7 +78,7 @@ async fn send_in_background(
             &states,
             &recipients,
             std::slice::from_ref(&source),
-            &mut |contact| Box::new(Notices::new(contact.name.to_string())),
+            &mut |contact| Box::new(Notices::new(contact.name.to_string(), transfers.clone())),
         )
         .await
     }
@@ -82,27 +88,20 @@ async fn send_in_background(
     }
 }
 
-/// Progress as notices on stderr; percentages only on a terminal.
+/// The start and end as notices, progress on the status line.
 struct Notices {
     to: String,
-    file: String,
-    size: u64,
-    /// The next percentage worth a notice.
-    next: u64,
-    tty: bool,
+    transfers: Transfers,
+    /// The status line's entry of the file on its way.
+    on: Option<u64>,
 }
 
-/// Percentages said on a terminal.
-const STEP: u64 = 25;
-
 impl Notices {
-    fn new(to: String) -> Self {
+    fn new(to: String, transfers: Transfers) -> Self {
         Self {
             to,
-            file: String::new(),
-            size: 0,
-            next: STEP,
-            tty: std::io::stderr().is_terminal(),
+            transfers,
+            on: None,
         }
     }
 }
@@ -113,23 +112,23 @@ impl Progress for Notices {
     }
 
     fn start(&mut self, name: &str, size: u64, done: u64) {
-        self.file = sanitize(name);
-        self.size = size;
+        let file = sanitize(name);
         note(&format!(
-            "sending {} ({size} bytes) to {} in the background",
-            self.file, self.to
+            "sending {file} ({size} bytes) to {} in the background",
+            self.to
         ));
-        let at = percent(done, size);
-        self.next = (at / STEP + 1) * STEP;
+        self.on = Some(self.transfers.begin(Way::Up, &file, size, done));
     }
 
     fn advance(&mut self, done: u64) {
-        let at = percent(done, self.size);
-        if self.tty && at >= self.next && at < 100 {
-            note(&format!("{} to {}: {at}%", self.file, self.to));
-            self.next = (at / STEP + 1) * STEP;
+        if let Some(id) = self.on {
+            self.transfers.advance(id, done);
         }
     }
 
-    fn finish(&mut self) {}
+    fn finish(&mut self, _complete: bool) {
+        if let Some(id) = self.on.take() {
+            self.transfers.end(id);
+        }
+    }
 }
