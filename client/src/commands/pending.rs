@@ -147,7 +147,7 @@ pub(crate) async fn collect(opened: &Opened, command: &str) -> Result<Collected>
         let deleted = conn.ack(&outcome.ack).await?;
         tracing::info!(acked = outcome.ack.len(), deleted, "acknowledged");
     }
-    send_replies(&pin, to_send).await;
+    send_replies(pin, to_send).await;
     conn.close().await;
     for n in inbound::notices(&outcome) {
         tell(&n);
