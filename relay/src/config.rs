@@ -221,6 +221,7 @@ struct FileConfig {
     delivery: DeliveryFile,
     #[serde(default)]
     store: StoreFile,
+    #[serde(default)]
     pairing: PairingFile,
 }
 
