@@ -47,7 +47,7 @@ pub async fn latency(
         errors,
         relay_cpu,
         bench_cpu,
-    } = loaded_pairs(&a, &b, scale).await?;
+    } = chat::on_one_thread(|| loaded_pairs(&a, &b, scale))?;
     let (counts_a, counts_b) = (a.stop().await, b.stop().await);
     std::fs::remove_dir_all(tmp.join("relay-a"))?;
     std::fs::remove_dir_all(tmp.join("relay-b"))?;
@@ -116,7 +116,8 @@ pub async fn latency(
     );
     t.note(format!(
         "chat across relays under load: {sent} sent in {:.0} s, {delivered} delivered, {errors} \
-         refused; the two relays used {:.0}% of a core together, the bench's clients {:.0}%",
+         refused; the two relays used {:.0}% of a core together, the bench's clients {:.0}% \
+         (on one thread)",
         scale.pairs_secs,
         relay_cpu * 100.0,
         bench_cpu * 100.0
