@@ -114,11 +114,13 @@ pub async fn latency(
          so every delivery is a contact's); the loaded pairs alternate direction, half A -> B, \
          half B -> A, so both relays deliver and push",
     );
+    let (over, slowest) = loaded.tail(chat::STALL);
     t.note(format!(
         "chat across relays under load: {sent} sent in {:.0} s, {delivered} delivered, {errors} \
-         refused; the two relays used {:.0}% of a core together, the bench's clients {:.0}% \
-         (on one thread)",
+         refused ({over} over {} ms, the slowest {slowest:.1} ms); the two relays used {:.0}% of \
+         a core together, the bench's clients {:.0}% (on one thread)",
         scale.pairs_secs,
+        chat::STALL.as_millis(),
         relay_cpu * 100.0,
         bench_cpu * 100.0
     ));

@@ -34,6 +34,8 @@ use crate::Scale;
 
 /// `Send`s a throughput client keeps outstanding.
 pub(crate) const WINDOW: usize = 8;
+/// A delivery slower than this under load counts as stalled in the notes.
+pub(crate) const STALL: Duration = Duration::from_millis(5);
 /// How long stragglers may take once sending stops.
 pub(crate) const DRAIN: Duration = Duration::from_secs(5);
 
@@ -332,11 +334,14 @@ pub async fn latency(
         "chat: deliveries are pushed before their commit; 4 KiB overwrite + fdatasync ran at \
          {fsync_before:.0}/s just before this section and {fsync_after:.0}/s just after"
     ));
+    let (over, slowest) = loaded.tail(STALL);
     t.note(format!(
         "chat under load: {sent} sent in {:.0} s, {delivered} delivered, {errors} refused; \
-         latencies from every delivered envelope; the relay used {:.0}% of a core, the bench's \
-         clients {:.0}% (on one thread: see `on_one_thread`)",
+         latencies from every delivered envelope ({over} over {} ms, the slowest {slowest:.1} \
+         ms); the relay used {:.0}% of a core, the bench's clients {:.0}% (on one thread: see \
+         `on_one_thread`)",
         scale.pairs_secs,
+        STALL.as_millis(),
         relay_cpu * 100.0,
         bench_cpu * 100.0
     ));

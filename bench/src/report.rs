@@ -20,6 +20,16 @@ impl Samples {
         self.0.len()
     }
 
+    /// How many samples took longer than `limit`, and the slowest, in ms:
+    /// whether a p99 comes from a few long stalls or from everything being
+    /// slow.
+    pub fn tail(&self, limit: Duration) -> (usize, f64) {
+        let limit = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
+        let over = self.0.iter().filter(|&&ns| ns > limit).count();
+        let slowest = self.0.iter().copied().max().unwrap_or(0);
+        (over, slowest as f64 / 1e6)
+    }
+
     /// The `p`-th percentile (nearest rank), in microseconds; NaN when empty.
     pub fn percentile_us(&mut self, p: f64) -> f64 {
         if self.0.is_empty() {
